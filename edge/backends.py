@@ -1,0 +1,134 @@
+"""Backends own server selection: balance, max_conn and passive health.
+
+A connection asks its backend for a server; the backend tries servers in
+balance order, skips those at ``max_conn`` or recently failed, moves on to
+the next one when a connect is refused or times out, and marks a server
+down for ``fail_timeout`` after ``max_fails`` failures in a row (nginx's
+``max_fails``/``fail_timeout``).  When every server is down it still tries
+them rather than refuse: stale failure state should not cause an outage.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.logger import Logger
+
+from edge.config import BackendConfig, Server
+
+log = Logger()
+
+
+class NoServerAvailable(Exception):
+    """Every server is at max_conn (or the backend has none left to try)."""
+
+
+class BackendUnavailable(Exception):
+    """Every server tried refused or timed out."""
+
+
+class ServerState:
+    """Live counters for one server; kept across connections."""
+
+    __slots__ = ("server", "active", "fails", "down_until", "endpoint")
+
+    def __init__(self, server: Server, reactor: Any, connect_timeout: float) -> None:
+        self.server = server
+        self.active = 0
+        self.fails = 0
+        self.down_until = 0.0
+        self.endpoint = _endpoint(reactor, server.host, server.port, connect_timeout)
+
+    def __str__(self) -> str:
+        return str(self.server)
+
+
+def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    endpoint = TCP4ClientEndpoint if ip.version == 4 else TCP6ClientEndpoint
+    return endpoint(reactor, host, port, timeout=timeout)
+
+
+class Backend:
+    """A named group of servers and the policy for choosing among them."""
+
+    def __init__(self, config: BackendConfig, reactor: IReactorTime, connect_timeout: float) -> None:
+        self.config = config
+        self.name = config.name
+        self._reactor = reactor
+        self.servers = [ServerState(s, reactor, connect_timeout) for s in config.servers]
+        self._next = 0
+
+    def _ordered(self) -> list[ServerState]:
+        """All servers, in the order this connection should try them."""
+        n = len(self.servers)
+        start = self._next % n
+        self._next += 1
+        ring = self.servers[start:] + self.servers[:start]
+        if self.config.balance == "leastconn":
+            ring.sort(key=lambda s: s.active)  # stable: ties keep the rotation
+        now = self._reactor.seconds()
+        up = [s for s in ring if s.down_until <= now]
+        down = [s for s in ring if s.down_until > now]
+        return up + down
+
+    def _has_room(self, state: ServerState) -> bool:
+        return self.config.max_conn is None or state.active < self.config.max_conn
+
+    @inlineCallbacks
+    def connect(self, factory: IProtocolFactory) -> Deferred:
+        """Connect ``factory`` to one server; fires ``(ServerState, protocol)``.
+
+        The caller must call :meth:`release` with the state once that
+        connection has ended.
+        """
+        last_error: Exception | None = None
+        tried = 0
+        for state in self._ordered():
+            if not self._has_room(state):
+                continue
+            tried += 1
+            state.active += 1
+            try:
+                protocol = yield state.endpoint.connect(factory)
+            except Exception as e:  # refused, timed out, unreachable, DNS
+                state.active -= 1
+                last_error = e
+                self._failed(state, e)
+                continue
+            if state.fails or state.down_until:
+                log.info("backend {backend} server {server} is answering again", backend=self.name, server=str(state))
+            state.fails = 0
+            state.down_until = 0.0
+            return state, protocol
+        if not tried:
+            raise NoServerAvailable(f"all servers of backend {self.name!r} are at max_conn")
+        raise BackendUnavailable(f"no server of backend {self.name!r} accepted the connection: {_reason(last_error)}")
+
+    def release(self, state: ServerState) -> None:
+        state.active -= 1
+
+    def _failed(self, state: ServerState, error: Exception) -> None:
+        state.fails += 1
+        if state.fails >= self.config.max_fails:
+            was_up = state.down_until <= self._reactor.seconds()
+            state.down_until = self._reactor.seconds() + self.config.fail_timeout
+            if was_up:
+                log.warn(
+                    "backend {backend} server {server} marked down for {seconds:g}s: {reason}",
+                    backend=self.name, server=str(state), seconds=self.config.fail_timeout, reason=_reason(error),
+                )
+
+
+def _reason(error: Exception | None) -> str:
+    if error is None:
+        return "no server"
+    text = str(error).strip().rstrip(".")
+    return text or type(error).__name__

@@ -1,0 +1,361 @@
+"""The edge's configuration: a TOML file turned into an immutable, validated snapshot.
+
+Every other module reads a :class:`Config`, never the file.  Loading either
+returns a complete snapshot or raises :class:`ConfigError`, whose message is
+one line naming the file, the key and the problem, so a bad file stops
+start-up (or a reload) with an answer a person can act on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from edge.addresses import Address, parse_address, parse_server
+
+TLS_MODES = ("passthrough", "edge", "reencrypt")
+BALANCES = ("roundrobin", "leastconn")
+PROXY_PROTOCOLS = ("v1", "v2")
+HTTP_MODES = ("redirect", "allow", "deny")
+
+DEFAULT_LISTEN = {
+    "ssh": ("0.0.0.0:22", "[::]:22"),
+    "http": ("0.0.0.0:80", "[::]:80"),
+    "https": ("0.0.0.0:443", "[::]:443"),
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class ConfigError(Exception):
+    """A configuration problem: ``file: key: what is wrong`` on one line."""
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = path, key, problem
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(where + problem)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    inspect: float = 5.0
+    connect: float = 5.0
+    idle: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Listen:
+    ssh: tuple[Address, ...]
+    http: tuple[Address, ...]
+    https: tuple[Address, ...]
+    accept_proxy: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def trusts(self, ip: str) -> bool:
+        """Whether a connection from ``ip`` may carry a PROXY header."""
+        if not self.accept_proxy:
+            return False
+        try:
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.accept_proxy)
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server of a backend: where to connect and how it speaks."""
+
+    host: str
+    port: int
+    scheme: str  # "tcp", "http" or "https"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        prefix = "" if self.scheme == "tcp" else f"{self.scheme}://"
+        return f"{prefix}{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str
+    servers: tuple[Server, ...]
+    balance: str = "roundrobin"
+    max_conn: int | None = None
+    proxy_protocol: str | None = None
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+
+    @property
+    def kind(self) -> str:
+        """``"tcp"`` for byte streams, ``"http"`` for HTTP(S) servers."""
+        return "tcp" if self.servers[0].scheme == "tcp" else "http"
+
+
+@dataclass(frozen=True)
+class Route:
+    hosts: tuple[str, ...]
+    tls: str
+    backend: str
+    acme_backend: str | None = None
+    http: str = "redirect"
+    index: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"routes[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    state_dir: str
+    listen: Listen
+    timeouts: Timeouts
+    ssh_backend: str | None
+    backends: Mapping[str, BackendConfig]
+    routes: tuple[Route, ...]
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate ``path``; raise :class:`ConfigError` on any mistake."""
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"invalid TOML: {e}") from None
+    return parse(data, path)
+
+
+def parse(data: Mapping[str, Any], path: str = "<config>") -> Config:
+    """Validate an already decoded TOML document."""
+    return _Parser(path).config(data)
+
+
+def parse_duration(value: Any) -> float:
+    """``"5s"``, ``"100ms"``, ``"2m"``, ``"1h"``, ``"1d"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like \"5s\"")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration (use e.g. \"500ms\", \"5s\", \"2m\", \"1h\")")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+def normalise_host(host: str) -> str:
+    """Lower-case a host name and drop a trailing dot, as SNI and Host compare."""
+    return host.strip().lower().rstrip(".")
+
+
+def valid_route_host(host: str) -> bool:
+    """Exact DNS names, ``*.suffix`` wildcards and the catch-all ``*``."""
+    if host == "*":
+        return True
+    name = host[2:] if host.startswith("*.") else host
+    labels = name.split(".")
+    return bool(name) and all(_HOST_LABEL.match(label) for label in labels)
+
+
+class _Parser:
+    """Walks the document, keeping the file name for every error."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, key, problem)
+
+    def table(self, data: Any, key: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+        if not isinstance(data, dict):
+            raise self.fail(key, "must be a table")
+        for k in data:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else k
+                raise self.fail(where, f"unknown key (expected one of: {', '.join(allowed)})")
+        return data
+
+    def string_list(self, value: Any, key: str) -> list[str]:
+        if isinstance(value, str):
+            raise self.fail(key, "must be a list of strings, e.g. [\"" + value + "\"]")
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "must be a list of strings")
+        return value
+
+    def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+
+    def positive_int(self, value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(key, "must be a positive integer")
+        return value
+
+    def duration(self, value: Any, key: str) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise self.fail(key, str(e)) from None
+
+    def config(self, data: Mapping[str, Any]) -> Config:
+        self.table(data, "", ("edge", "listen", "timeouts", "ssh", "backends", "routes"))
+        edge = self.table(data.get("edge", {}), "edge", ("state_dir",))
+        state_dir = edge.get("state_dir", "/var/lib/edge")
+        if not isinstance(state_dir, str) or not state_dir:
+            raise self.fail("edge.state_dir", "must be a path")
+        listen = self.listen(data.get("listen", {}))
+        timeouts = self.timeouts(data.get("timeouts", {}))
+        backends = self.backends(data.get("backends", {}))
+        ssh = self.table(data.get("ssh", {}), "ssh", ("backend",))
+        ssh_backend = ssh.get("backend")
+        if ssh_backend is not None:
+            self.backend_ref(ssh_backend, "ssh.backend", backends, "tcp")
+        elif listen.ssh and "listen" in data and "ssh" in data["listen"]:
+            raise self.fail("ssh.backend", "listen.ssh is set, so [ssh] needs a backend")
+        elif listen.ssh:
+            listen = Listen((), listen.http, listen.https, listen.accept_proxy)
+        routes = self.routes(data.get("routes", []), backends)
+        return Config(
+            path=self.path,
+            state_dir=state_dir,
+            listen=listen,
+            timeouts=timeouts,
+            ssh_backend=ssh_backend,
+            backends=backends,
+            routes=routes,
+            raw=data,
+        )
+
+    def listen(self, data: Any) -> Listen:
+        data = self.table(data, "listen", ("ssh", "http", "https", "accept_proxy"))
+        doors = {}
+        for door, default in DEFAULT_LISTEN.items():
+            key = f"listen.{door}"
+            values = self.string_list(data.get(door, list(default)), key)
+            addresses = []
+            for value in values:
+                try:
+                    addresses.append(parse_address(value))
+                except ValueError as e:
+                    raise self.fail(key, str(e)) from None
+            doors[door] = tuple(addresses)
+        networks = []
+        for value in self.string_list(data.get("accept_proxy", []), "listen.accept_proxy"):
+            try:
+                networks.append(ipaddress.ip_network(value, strict=False))
+            except ValueError:
+                raise self.fail("listen.accept_proxy", f"{value!r} is not an address or CIDR network") from None
+        return Listen(accept_proxy=tuple(networks), **doors)
+
+    def timeouts(self, data: Any) -> Timeouts:
+        data = self.table(data, "timeouts", ("inspect", "connect", "idle"))
+        return Timeouts(**{k: self.duration(v, f"timeouts.{k}") for k, v in data.items()})
+
+    def backends(self, data: Any) -> dict[str, BackendConfig]:
+        data = self.table(data, "backends", tuple(data) if isinstance(data, dict) else ())
+        return {name: self.backend(name, value) for name, value in data.items()}
+
+    def backend(self, name: str, data: Any) -> BackendConfig:
+        key = f"backends.{name}"
+        data = self.table(
+            data, key, ("servers", "balance", "max_conn", "proxy_protocol", "max_fails", "fail_timeout")
+        )
+        if "servers" not in data:
+            raise self.fail(f"{key}.servers", "missing: a backend needs at least one server")
+        values = self.string_list(data["servers"], f"{key}.servers")
+        if not values:
+            raise self.fail(f"{key}.servers", "must name at least one server")
+        servers = []
+        for value in values:
+            try:
+                servers.append(Server(*parse_server(value)))
+            except ValueError as e:
+                raise self.fail(f"{key}.servers", str(e)) from None
+        kinds = {s.scheme == "tcp" for s in servers}
+        if len(kinds) > 1:
+            raise self.fail(f"{key}.servers", "mixes host:port (TCP) and http(s):// servers")
+        options: dict[str, Any] = {}
+        if "balance" in data:
+            options["balance"] = self.choice(data["balance"], f"{key}.balance", BALANCES)
+        if "max_conn" in data:
+            options["max_conn"] = self.positive_int(data["max_conn"], f"{key}.max_conn")
+        if "max_fails" in data:
+            options["max_fails"] = self.positive_int(data["max_fails"], f"{key}.max_fails")
+        if "fail_timeout" in data:
+            options["fail_timeout"] = self.duration(data["fail_timeout"], f"{key}.fail_timeout")
+        if "proxy_protocol" in data:
+            options["proxy_protocol"] = self.choice(
+                data["proxy_protocol"], f"{key}.proxy_protocol", PROXY_PROTOCOLS
+            )
+        return BackendConfig(name=name, servers=tuple(servers), **options)
+
+    def backend_ref(self, name: Any, key: str, backends: Mapping[str, BackendConfig], kind: str) -> None:
+        if not isinstance(name, str):
+            raise self.fail(key, "must be the name of a backend")
+        if name not in backends:
+            known = ", ".join(sorted(backends)) or "none defined"
+            raise self.fail(key, f"no backend named {name!r} (backends: {known})")
+        backend = backends[name]
+        if backend.kind != kind:
+            if kind == "tcp":
+                raise self.fail(
+                    key, f"backend {name!r} has http(s):// servers, but this needs host:port (TCP) servers"
+                )
+            raise self.fail(key, f"backend {name!r} has host:port servers, but this needs http:// or https:// servers")
+
+    def routes(self, data: Any, backends: Mapping[str, BackendConfig]) -> tuple[Route, ...]:
+        if not isinstance(data, list):
+            raise self.fail("routes", "must be an array of tables: [[routes]]")
+        routes = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(data):
+            key = f"routes[{index}]"
+            item = self.table(item, key, ("hosts", "tls", "backend", "acme_backend", "http"))
+            for required in ("hosts", "tls", "backend"):
+                if required not in item:
+                    raise self.fail(f"{key}.{required}", "missing")
+            hosts = []
+            for host in self.string_list(item["hosts"], f"{key}.hosts"):
+                name = normalise_host(host)
+                if not valid_route_host(name):
+                    raise self.fail(f"{key}.hosts", f"{host!r} is not a host name, a \"*.suffix\" wildcard or \"*\"")
+                if name in seen:
+                    raise self.fail(f"{key}.hosts", f"{host!r} is already routed by routes[{seen[name]}]")
+                seen[name] = index
+                hosts.append(name)
+            if not hosts:
+                raise self.fail(f"{key}.hosts", "must name at least one host")
+            tls = self.choice(item["tls"], f"{key}.tls", TLS_MODES)
+            if tls == "passthrough":
+                self.backend_ref(item["backend"], f"{key}.backend", backends, "tcp")
+            else:
+                self.backend_ref(item["backend"], f"{key}.backend", backends, "http")
+                scheme = backends[item["backend"]].servers[0].scheme
+                if tls == "reencrypt" and scheme != "https":
+                    raise self.fail(f"{key}.backend", f"tls = \"reencrypt\" needs https:// servers in {item['backend']!r}")
+                if tls == "edge" and scheme != "http":
+                    raise self.fail(f"{key}.backend", f"tls = \"edge\" needs http:// servers in {item['backend']!r}; use tls = \"reencrypt\" for https://")
+            acme_backend = item.get("acme_backend")
+            if acme_backend is not None:
+                self.backend_ref(acme_backend, f"{key}.acme_backend", backends, "tcp")
+            http = self.choice(item.get("http", "redirect"), f"{key}.http", HTTP_MODES)
+            routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index))
+        return tuple(routes)

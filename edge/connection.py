@@ -1,0 +1,72 @@
+"""What the edge knows about one client connection, and its access-log line.
+
+The dispatcher fills this in as it learns (real client address after a
+PROXY header, SNI, route); the handler adds backend, server and byte
+counts; when the connection ends one structured log event is emitted, so
+``twist --log-format json`` gives one JSON object per connection.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.logger import Logger
+
+access_log = Logger(namespace="edge.access")
+
+
+def _format_address(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "-"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ConnectionInfo:
+    __slots__ = (
+        "client", "local", "listener", "protocol", "sni", "alpn", "route", "tls_mode",
+        "backend", "server", "bytes_in", "bytes_out", "started", "ended", "proxied",
+    )
+
+    def __init__(self, client: tuple[str, int], local: tuple[str, int], listener: str) -> None:
+        self.client = client  # the real client: replaced by a trusted PROXY header
+        self.local = local  # the edge address the client reached
+        self.listener = listener  # "ssh", "http" or "https"
+        self.protocol: str | None = None  # "tls", "ssh", "http" once recognised
+        self.sni: str | None = None
+        self.alpn: tuple[str, ...] = ()
+        self.route: str | None = None
+        self.tls_mode: str | None = None
+        self.backend: str | None = None
+        self.server: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = time.monotonic()
+        self.ended: str | None = None
+        self.proxied = False
+
+    def finish(self, ended: str) -> None:
+        """Emit the access-log event once, with how the connection ended."""
+        if self.ended is not None:
+            return
+        self.ended = ended
+        access_log.info(
+            "{client_text} {listener} {protocol} sni={sni} route={route} backend={backend} "
+            "server={server} in={bytes_in} out={bytes_out} {duration:.3f}s {ended}",
+            client_text=_format_address(self.client),
+            client=self.client[0],
+            client_port=self.client[1],
+            listener=self.listener,
+            protocol=self.protocol or "-",
+            sni=self.sni or "-",
+            alpn=",".join(self.alpn) or None,
+            route=self.route or "-",
+            tls_mode=self.tls_mode,
+            backend=self.backend or "-",
+            server=self.server or "-",
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            duration=time.monotonic() - self.started,
+            ended=ended,
+            proxied=self.proxied,
+        )

@@ -1,0 +1,196 @@
+"""The dispatcher: the protocol every listener starts a connection with.
+
+It buffers a bounded prefix (at most 16 KiB, for at most
+``timeouts.inspect``), reads an optional PROXY header from trusted sources,
+asks the sniffers what the bytes are, picks a route, and then hands the
+same transport over in-process to a handler (TCP forwarder, redirector,
+later the TLS terminator) together with every byte it has buffered.  After
+the hand-over it only relays transport events to the handler.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from edge.connection import ConnectionInfo
+from edge.sniff import NEED_MORE, NO_MATCH, Malformed
+from edge.sniff.http import sniff_http
+from edge.sniff.proxy import ProxyHeader, sniff_proxy
+from edge.sniff.ssh import sniff_ssh
+from edge.sniff.tls import ClientHello, sniff_tls
+
+if TYPE_CHECKING:
+    from edge.runtime import Runtime
+
+log = Logger()
+
+MAX_PREFIX = 16384
+
+
+@implementer(IHalfCloseableProtocol)
+class Dispatcher(Protocol):
+    def __init__(self, runtime: "Runtime", listener: str) -> None:
+        self.runtime = runtime
+        self.listener = listener
+        self.handler: Protocol | None = None
+        self.buffer = b""
+        self.timer = None
+        self.proxy_pending = False
+
+    def connectionMade(self) -> None:
+        peer, local = self.transport.getPeer(), self.transport.getHost()
+        self.info = ConnectionInfo((peer.host, peer.port), (local.host, local.port), self.listener)
+        self.proxy_pending = self.runtime.config.listen.trusts(peer.host)
+        if not self.proxy_pending and self.listener != "https":
+            self._route_door()
+            return
+        self.timer = self.runtime.reactor.callLater(self.runtime.config.timeouts.inspect, self._inspect_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.handler is not None:
+            self.handler.dataReceived(data)
+            return
+        self.buffer += data
+        try:
+            self._decide()
+        except Malformed as e:
+            self._reject(f"error: {e}")
+            return
+        if self.handler is None and len(self.buffer) >= MAX_PREFIX and self.transport.connected:
+            self._reject("error: no protocol recognised in the first 16 KiB")
+
+    def _decide(self) -> None:
+        if self.proxy_pending:
+            header = sniff_proxy(self.buffer)
+            if header is NEED_MORE:
+                return
+            self.proxy_pending = False
+            if isinstance(header, ProxyHeader):
+                self.buffer = self.buffer[header.length :]
+                if header.source is not None:
+                    self.info.client = header.source
+                    self.info.local = header.destination
+                    self.info.proxied = True
+            if self.listener != "https":
+                self._route_door()
+                return
+        if self.buffer:
+            self._sniff_https()
+
+    def _route_door(self) -> None:
+        """Ports 22 and 80 need no sniffing: their door says what comes."""
+        if self.listener == "ssh":
+            self._to_ssh()
+        else:
+            self.info.protocol = "http"
+            self.hand_over(self.runtime.redirector(self.info, self.hand_over), self.buffer)
+
+    def _sniff_https(self) -> None:
+        data = self.buffer
+        hello = sniff_tls(data)
+        if isinstance(hello, ClientHello):
+            self._route_tls(hello)
+            return
+        if hello is NEED_MORE:
+            return
+        ssh, http = sniff_ssh(data), sniff_http(data)
+        if ssh is True:
+            self._to_ssh()
+        elif http is True:
+            self.info.protocol = "http"
+            self.hand_over(self.runtime.redirector(self.info, self.hand_over), data)
+        elif ssh is NO_MATCH and http is NO_MATCH:
+            self._reject("error: not TLS, SSH or HTTP")
+
+    def _route_tls(self, hello: ClientHello) -> None:
+        info = self.info
+        info.protocol, info.sni, info.alpn = "tls", hello.sni, hello.alpn
+        route = self.runtime.routes.lookup(hello.sni)
+        if route is None:
+            self._reject("refused: no SNI" if hello.sni is None else "refused: no route for SNI")
+            return
+        info.route, info.tls_mode = route.name, route.tls
+        handler = self.runtime.tls_handler(route, info)
+        if handler is None:
+            self._reject(f"refused: tls = {route.tls!r} is not supported yet")
+            return
+        self.hand_over(handler, self.buffer)
+
+    def _to_ssh(self) -> None:
+        self.info.protocol = "ssh"
+        if self.runtime.config.ssh_backend is None:
+            self._reject("refused: no [ssh] backend")
+            return
+        self.hand_over(self.runtime.forward(self.runtime.config.ssh_backend, self.info), self.buffer)
+
+    def hand_over(self, handler: Protocol, data: bytes) -> None:
+        """Give this transport, and the bytes read so far, to ``handler``."""
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.buffer = b""
+        self.handler = handler
+        handler.makeConnection(self.transport)
+        if data and self.transport.connected:
+            handler.dataReceived(data)
+
+    def _inspect_timeout(self) -> None:
+        self.timer = None
+        if self.handler is not None:
+            return
+        if self.proxy_pending and self.listener != "https" and not self.buffer:
+            self.proxy_pending = False  # a trusted source that sent no header
+            self._route_door()
+        elif not self.buffer and self.listener == "https" and self.runtime.config.ssh_backend:
+            self._to_ssh()  # SSH clients that wait for the server's banner
+        else:
+            self._reject("timeout: inspect" if self.buffer else "timeout: silent client")
+
+    def _reject(self, why: str) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.info.ended = why
+        self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        handler = self.handler
+        if handler is None:
+            self._reject("client closed before it was recognised")
+        elif IHalfCloseableProtocol.providedBy(handler):
+            handler.readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        if self.handler is not None and IHalfCloseableProtocol.providedBy(self.handler):
+            self.handler.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        if self.handler is not None:
+            self.handler.connectionLost(reason)
+        else:
+            self.info.finish(self.info.ended or "client closed")
+
+
+class DispatchFactory(Factory):
+    """Builds a :class:`Dispatcher` per connection for one front door."""
+
+    noisy = False
+
+    def __init__(self, runtime_source, listener: str) -> None:
+        self.runtime_source = runtime_source  # a callable: reload swaps what it returns
+        self.listener = listener
+
+    def buildProtocol(self, addr) -> Dispatcher:
+        protocol = Dispatcher(self.runtime_source(), self.listener)
+        protocol.factory = self
+        return protocol

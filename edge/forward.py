@@ -1,0 +1,195 @@
+"""The TCP forwarder: a client transport paired with a backend connection.
+
+Each transport is registered as the producer for the other, so a slow
+reader on one side pauses reading on the other instead of letting the edge
+buffer without bound.  An EOF on one side becomes a write shutdown on the
+other (half-close, which SSH and git rely on); the pair closes once both
+directions are done, or at once if either side is reset.  The bytes that
+were buffered while sniffing are replayed first, after an optional PROXY
+header.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from edge.backends import Backend, BackendUnavailable, NoServerAvailable, ServerState
+from edge.connection import ConnectionInfo
+
+log = Logger()
+
+
+@implementer(IHalfCloseableProtocol)
+class TcpForward(Protocol):
+    """Client-side protocol: connects a backend server and splices the two."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        info: ConnectionInfo,
+        reactor: Any,
+        idle_timeout: float,
+        header: Callable[[ConnectionInfo], bytes] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.info = info
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout
+        self.header = header
+        self.peer: _BackendSide | None = None
+        self.state: ServerState | None = None
+        self.pending: list[bytes] = []
+        self.connecting: Any = None
+        self.idle_call: Any = None
+        self.active = False
+        self.client_eof = False
+        self.backend_eof = False
+        self.closed = False
+
+    # client side
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # read nothing more until the backend is there
+        self.info.backend = self.backend.name
+        factory = Factory.forProtocol(lambda: _BackendSide(self))
+        self.connecting = self.backend.connect(factory)
+        self.connecting.addCallbacks(self._connected, self._failed)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.active = True
+        self.info.bytes_in += len(data)
+        if self.peer is not None:
+            self.peer.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def readConnectionLost(self) -> None:
+        if self.client_eof:
+            return
+        self.client_eof = True
+        if self.peer is not None:
+            self.peer.transport.loseWriteConnection()
+            self._maybe_done()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        if self.connecting is not None:
+            self.connecting.cancel()
+        if self.info.ended is None:
+            self.info.ended = "client closed"
+        if self.peer is not None:
+            self.peer.transport.loseConnection()
+        self._finish_if_both_gone()
+
+    # backend side
+    def _connected(self, result: tuple[ServerState, "_BackendSide"]) -> None:
+        self.connecting = None
+        self.state, self.peer = result
+        self.info.server = str(self.state)
+        if self.closed:
+            self.peer.transport.loseConnection()
+            return
+        out = self.peer.transport
+        if self.header is not None:
+            out.write(self.header(self.info))
+        if self.pending:
+            out.writeSequence(self.pending)
+            self.pending = []
+        out.registerProducer(self.transport, True)
+        self.transport.registerProducer(out, True)
+        if self.client_eof:
+            out.loseWriteConnection()
+        else:
+            self.transport.resumeProducing()
+        if self.idle_timeout:
+            self.idle_call = self.reactor.callLater(self.idle_timeout, self._check_idle)
+
+    def _failed(self, failure: Failure) -> None:
+        self.connecting = None
+        if failure.check(NoServerAvailable):
+            ended = "refused: no server available"
+        elif failure.check(BackendUnavailable):
+            ended = "error: backend unavailable"
+        else:
+            if not self.closed:
+                log.failure("connecting to backend {backend}", failure, backend=self.backend.name)
+            ended = "error: connect failed"
+        if not self.closed:
+            log.warn("{client}: {why}", client=self.info.client[0], why=failure.getErrorMessage())
+        self.info.ended = ended
+        self.transport.loseConnection()
+
+    def backend_data(self, data: bytes) -> None:
+        self.active = True
+        self.info.bytes_out += len(data)
+        self.transport.write(data)
+
+    def backend_eof(self) -> None:
+        if self.backend_eof:
+            return
+        self.backend_eof = True
+        self.transport.loseWriteConnection()
+        self._maybe_done()
+
+    def backend_lost(self) -> None:
+        if self.state is not None:
+            self.backend.release(self.state)
+            self.state = None
+        if self.idle_call is not None and self.idle_call.active():
+            self.idle_call.cancel()
+        if self.info.ended is None:
+            self.info.ended = "server closed"
+        self.transport.loseConnection()
+        self._finish_if_both_gone()
+
+    def _maybe_done(self) -> None:
+        if self.client_eof and self.backend_eof:
+            self.info.ended = "closed"
+            self.transport.loseConnection()
+            if self.peer is not None:
+                self.peer.transport.loseConnection()
+
+    def _check_idle(self) -> None:
+        if self.active:
+            self.active = False
+            self.idle_call = self.reactor.callLater(self.idle_timeout, self._check_idle)
+            return
+        self.idle_call = None
+        self.info.ended = "timeout: idle"
+        self.transport.loseConnection()
+        if self.peer is not None:
+            self.peer.transport.loseConnection()
+
+    def _finish_if_both_gone(self) -> None:
+        if self.closed and (self.peer is None or self.peer.lost):
+            self.info.finish(self.info.ended or "closed")
+
+
+@implementer(IHalfCloseableProtocol)
+class _BackendSide(Protocol):
+    """Backend-side protocol: reports everything to its :class:`TcpForward`."""
+
+    def __init__(self, client: TcpForward) -> None:
+        self.client = client
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.client.backend_data(data)
+
+    def readConnectionLost(self) -> None:
+        self.client.backend_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self.client.backend_lost()

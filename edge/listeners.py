@@ -1,0 +1,72 @@
+"""Listening sockets for the front doors.
+
+The edge makes its own listening socket so it can set what Twisted's
+``listenTCP`` does not: ``IPV6_V6ONLY`` (so ``[::]:443`` and
+``0.0.0.0:443`` can both be bound, as the default config does) and
+``SO_REUSEADDR``; the socket is then adopted by the reactor.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from edge.addresses import Address
+
+log = Logger()
+
+
+def bind(address: Address, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket on ``address`` (resolving a host name once)."""
+    family = socket.AF_INET6 if address.family6 else socket.AF_INET
+    infos = socket.getaddrinfo(address.host, address.port, family if address.family6 else 0, socket.SOCK_STREAM)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ListenerService(Service):
+    """Listens on one address for one front door while running."""
+
+    def __init__(self, reactor: Any, door: str, address: Address, factory: Factory) -> None:
+        """Bind at once, so a port in use fails start-up before the reactor runs."""
+        self.reactor = reactor
+        self.door = door
+        self.address = address
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.socket: socket.socket | None = bind(address)
+        self.setName(f"{door}:{address}")
+
+    def startService(self) -> None:
+        sock, self.socket = self.socket, None
+        if sock is None:
+            sock = bind(self.address)
+        try:
+            self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+        finally:
+            sock.close()  # the reactor holds its own duplicate
+        host = self.port.getHost()
+        log.info("listening for {door} on {address} (port {port})", door=self.door, address=str(self.address), port=host.port)
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()

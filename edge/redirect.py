@@ -1,0 +1,142 @@
+"""Port 80 (and plain HTTP arriving on 443): redirect to HTTPS.
+
+Every request gets a 308 to ``https://`` on the same host and path, except
+ACME HTTP-01 challenge paths for hosts whose route names an
+``acme_backend``: that connection is handed, bytes and all, to a TCP
+forwarder for the cluster's own ACME client (cert-manager).  Keep-alive is
+honoured for bodiless requests, up to a bounded number per connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from edge.connection import ConnectionInfo, access_log
+from edge.sniff import NEED_MORE
+from edge.sniff.http import BadRequest, RequestHead, parse_request_head
+
+if TYPE_CHECKING:
+    from edge.runtime import Runtime
+
+ACME_PREFIX = "/.well-known/acme-challenge/"
+MAX_HEAD = 65536
+MAX_REQUESTS = 100
+REASONS = {308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large"}
+
+
+class Redirector(Protocol):
+    def __init__(
+        self, runtime: "Runtime", info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]
+    ) -> None:
+        self.runtime = runtime
+        self.info = info
+        self.hand_over = hand_over
+        self.buffer = b""
+        self.served = 0
+        self.timer = None
+        self.closing = False
+
+    def connectionMade(self) -> None:
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = self.runtime.reactor.callLater(self.runtime.config.timeouts.inspect, self._timeout)
+
+    def _timeout(self) -> None:
+        self.timer = None
+        self.info.ended = "timeout: request head" if self.buffer else "timeout: idle"
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.buffer += data
+        while self.buffer and not self.closing:
+            try:
+                head = parse_request_head(self.buffer, MAX_HEAD)
+                if head is NEED_MORE:
+                    return
+                host = head.host
+                if host is None:
+                    raise BadRequest(400, "missing Host header")
+            except BadRequest as e:
+                self._respond(e.status, f"{e}\n", None, close=True)
+                self.info.ended = f"error: {e}"
+                return
+            if self._answer(head, host):
+                return
+
+    def _answer(self, head: RequestHead, host: str) -> bool:
+        """Answer one request; True if the connection was handed over."""
+        route = self.runtime.routes.lookup(host)
+        if route is not None:
+            self.info.route = route.name
+        if route is not None and route.acme_backend and head.path.startswith(ACME_PREFIX):
+            self._log(head, host, "forwarded")
+            self._cancel_timer()
+            self.info.backend = route.acme_backend
+            self.hand_over(self.runtime.forward(route.acme_backend, self.info), self.buffer)
+            return True
+        self.buffer = self.buffer[head.length :]
+        self.served += 1
+        close = head.has_body or not head.keep_alive or self.served >= MAX_REQUESTS
+        if route is not None and route.http == "deny":
+            self._respond(404, "no plain HTTP for this host\n", None, close, head)
+            self._log(head, host, 404)
+        else:
+            location = self._location(head)
+            self._respond(308, f"Redirecting to {location}\n", location, close, head)
+            self._log(head, host, 308)
+        if not close:
+            self._arm()
+        return False
+
+    def _location(self, head: RequestHead) -> str:
+        host = head.header("host") or ""
+        if host.startswith("["):
+            name = host[: host.index("]") + 1]
+        else:
+            name = host.partition(":")[0]
+        port = self.runtime.https_port
+        authority = name if port == 443 else f"{name}:{port}"
+        return f"https://{authority}{head.path}"
+
+    def _respond(
+        self, status: int, body: str, location: str | None, close: bool, head: RequestHead | None = None
+    ) -> None:
+        payload = body.encode("utf-8")
+        lines = [f"HTTP/1.1 {status} {REASONS[status]}", "Content-Type: text/plain; charset=utf-8",
+                 f"Content-Length: {len(payload)}"]
+        if location is not None:
+            lines.append(f"Location: {location}")
+        if close:
+            lines.append("Connection: close")
+        message = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if head is None or head.method != "HEAD":
+            message += payload
+        self.transport.write(message)
+        if close:
+            self.closing = True
+            self._cancel_timer()
+            self.transport.loseConnection()
+
+    def _log(self, head: RequestHead, host: str, status: int | str) -> None:
+        access_log.info(
+            "{client} {method} {host}{path} {status}",
+            client=self.info.client[0], method=head.method, host=host, path=head.path,
+            status=status, listener=self.info.listener, route=self.info.route,
+        )
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timer()
+        self.info.finish(self.info.ended or "client closed")

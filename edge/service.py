@@ -1,0 +1,51 @@
+"""Build the edge's service tree from a config file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+
+from edge.config import Config, ConfigError, load
+from edge.dispatch import DispatchFactory
+from edge.listeners import ListenerService
+from edge.runtime import Runtime
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is one line for the operator."""
+
+
+class EdgeService(MultiService):
+    """The running edge: its live runtime and one listener per address."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.runtime = Runtime(config, reactor)
+        for door in ("ssh", "http", "https"):
+            factory = DispatchFactory(lambda: self.runtime, door)
+            for address in getattr(config.listen, door):
+                try:
+                    ListenerService(reactor, door, address, factory).setServiceParent(self)
+                except OSError as e:
+                    self._close_sockets()
+                    raise StartupError(
+                        f"{config.path}: listen.{door}: cannot listen on {address}: {e.strerror or e}"
+                    ) from None
+
+    def _close_sockets(self) -> None:
+        for child in self:
+            if child.socket is not None:
+                child.socket.close()
+
+
+def make_service(config_path: str, reactor: Any = None) -> EdgeService:
+    """Load ``config_path`` and bind its listeners; raise :class:`StartupError`."""
+    if reactor is None:
+        from twisted.internet import reactor  # noqa: F811
+    try:
+        config = load(config_path)
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
+    return EdgeService(config, reactor)

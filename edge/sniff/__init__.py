@@ -1,0 +1,24 @@
+"""Pure parsers over the first bytes of a connection (sans-I/O, no sockets).
+
+Each sniffer returns a result, :data:`NEED_MORE` when the bytes so far are a
+valid but incomplete prefix, or :data:`NO_MATCH` when they are not its
+protocol at all; it raises :class:`Malformed` when they claim to be its
+protocol but break its rules.  The dispatcher owns buffering and timeouts.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Verdict(enum.Enum):
+    NEED_MORE = "need more bytes"
+    NO_MATCH = "not this protocol"
+
+
+NEED_MORE = Verdict.NEED_MORE
+NO_MATCH = Verdict.NO_MATCH
+
+
+class Malformed(ValueError):
+    """The bytes start like the protocol but are not valid for it."""

@@ -1,0 +1,37 @@
+"""The ``twist edge`` plugin: parse options, build the service; no logic here."""
+
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "edge: one process on ports 22, 80 and 443. SSH goes to the git server, "
+        "port 80 redirects to HTTPS, and port 443 is dispatched by what the client "
+        "sends first: TLS by SNI (passthrough or terminated), SSH, or plain HTTP."
+    )
+    optParameters = [["config", "c", "/etc/edge/edge.toml", "The TOML configuration file."]]
+
+
+@implementer(IServiceMaker, IPlugin)
+class EdgeServiceMaker:
+    tapname = "edge"
+    description = "Multi-protocol edge server: SNI passthrough, TLS termination, SSH and HTTP on 22/80/443."
+    options = Options
+
+    def makeService(self, options):
+        from edge.service import StartupError, make_service
+
+        try:
+            return make_service(options["config"])
+        except StartupError as e:
+            sys.stderr.write(f"edge: {e}\n")
+            raise SystemExit(2)
+
+
+serviceMaker = EdgeServiceMaker()
