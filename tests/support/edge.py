@@ -1,0 +1,75 @@
+"""Run the real edge (``twist edge``) on a config written by a test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from tests.support.procs import Program, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def edge_env() -> dict:
+    """Run from the checkout: twisted finds ROOT/twisted/plugins via sys.path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_edge_command(config: Path, *extra: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "twisted", "edge", "--config", str(config), *extra],
+        capture_output=True, text=True, timeout=timeout, env=edge_env(), cwd=config.parent,
+    )
+
+
+class Edge(Program):
+    """A running edge with its three doors on fresh loopback ports."""
+
+    def __init__(self, tmp: Path, body: str, *, ssh: bool = True, http: bool = True, https: bool = True,
+                 accept_proxy: list[str] | None = None, timeouts: str = "") -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.ssh_port = free_port() if ssh else None
+        self.http_port = free_port() if http else None
+        self.https_port = free_port() if https else None
+        listen = [
+            f"ssh = {self._door(self.ssh_port)}",
+            f"http = {self._door(self.http_port)}",
+            f"https = {self._door(self.https_port)}",
+        ]
+        if accept_proxy is not None:
+            listen.append(f"accept_proxy = {accept_proxy!r}".replace("'", '"'))
+        self.config = tmp / "edge.toml"
+        self.config.write_text(
+            f"[edge]\nstate_dir = {str(tmp / 'state')!r}\n\n[listen]\n" + "\n".join(listen) + "\n\n"
+            + "[timeouts]\n" + (textwrap.dedent(timeouts).strip() or 'inspect = "2s"\nconnect = "2s"\nidle = "60s"')
+            + "\n\n" + textwrap.dedent(body)
+        )
+        super().__init__(
+            [sys.executable, "-m", "twisted", "--log-format", "text", "edge", "--config", str(self.config)],
+            tmp / "edge.log", env=edge_env(), cwd=tmp,
+        )
+        self.wait_started()
+
+    @staticmethod
+    def _door(port: int | None) -> str:
+        return f'["127.0.0.1:{port}"]' if port else "[]"
+
+    def wait_started(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "Starting reactor" in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"edge exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"edge did not start:\n{self.log()}")
+
+    def assert_alive(self) -> None:
+        assert self.proc.poll() is None, f"edge died:\n{self.log()}"
+        assert "Traceback" not in self.log(), self.log()

@@ -1,0 +1,160 @@
+"""Every config mistake stops start-up with one line naming file, key and problem."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge.config import ConfigError, load, parse_duration
+from tests.support.edge import ROOT, run_edge_command
+
+GOOD = """
+[ssh]
+backend = "git"
+[backends.git]
+servers = ["127.0.0.1:22"]
+[backends.tls]
+servers = ["127.0.0.1:9443"]
+[backends.web]
+servers = ["http://127.0.0.1:8000"]
+[backends.secure]
+servers = ["https://127.0.0.1:8001"]
+[[routes]]
+hosts = ["a.example.test"]
+tls = "passthrough"
+backend = "tls"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_shipped_example_loads_as_the_contract_says():
+    config = load(ROOT / "etc" / "edge.toml")
+    assert [str(a) for a in config.listen.ssh] == ["0.0.0.0:22", "[::]:22"]
+    assert [str(a) for a in config.listen.https] == ["0.0.0.0:443", "[::]:443"]
+    assert config.listen.trusts("10.1.2.3") and not config.listen.trusts("192.0.2.1")
+    assert config.timeouts.inspect == 5 and config.timeouts.idle == 3600
+    assert config.ssh_backend == "git-ssh"
+    kube = config.backends["kube"]
+    assert (kube.balance, kube.max_conn, kube.proxy_protocol, len(kube.servers)) == ("leastconn", 128, "v2", 3)
+    assert config.backends["git-ssh"].balance == "roundrobin"
+    assert config.backends["vault"].servers[0].scheme == "https"
+    assert [(r.hosts, r.tls, r.backend, r.acme_backend) for r in config.routes] == [
+        (("*.kube.example.tld",), "passthrough", "kube", "kube-http"),
+        (("vault.example.tld",), "reencrypt", "vault", None),
+        (("prometheus.example.tld",), "edge", "prometheus", None),
+    ]
+
+
+def test_local_example_loads_on_loopback_only():
+    config = load(ROOT / "etc" / "edge.local.toml")
+    for door in (config.listen.ssh, config.listen.http, config.listen.https):
+        assert all(a.host in ("127.0.0.1", "::1") and a.port > 1024 for a in door)
+
+
+def test_defaults_when_listen_is_absent(tmp_path):
+    config = load(write(tmp_path, GOOD))
+    assert [str(a) for a in config.listen.http] == ["0.0.0.0:80", "[::]:80"]
+    assert config.listen.accept_proxy == ()
+
+
+@pytest.mark.parametrize(
+    "text, key, words",
+    [
+        ("x = [", "", "invalid TOML"),
+        ('bogus = 1', "bogus", "unknown key"),
+        ('[edge]\nstat_dir = "/x"', "edge.stat_dir", "unknown key"),
+        ('[listen]\nhttps = "0.0.0.0:443"', "listen.https", "list of strings"),
+        ('[listen]\nhttps = ["0.0.0.0:99999"]', "listen.https", "not a port"),
+        ('[listen]\nhttps = ["::1:443"]', "listen.https", "brackets"),
+        ('[listen]\nhttps = ["nohost"]', "listen.https", "host:port"),
+        ('[listen]\naccept_proxy = ["10.0.0.0/33"]', "listen.accept_proxy", "CIDR"),
+        ('[timeouts]\nidle = "forever"', "timeouts.idle", "not a duration"),
+        ('[timeouts]\nconnect = "-1s"', "timeouts.connect", "duration"),
+        ('[timeouts]\ninspekt = "1s"', "timeouts.inspekt", "unknown key"),
+        ('[backends.b]\nbalance = "random"\nservers = ["127.0.0.1:1"]', "backends.b.balance", "not one of"),
+        ('[backends.b]\nservers = []', "backends.b.servers", "at least one"),
+        ('[backends.b]\nmax_conn = 5', "backends.b.servers", "missing"),
+        ('[backends.b]\nservers = ["127.0.0.1:1"]\nmax_conn = 0', "backends.b.max_conn", "positive"),
+        ('[backends.b]\nservers = ["127.0.0.1:1"]\nproxy_protocol = "v3"', "backends.b.proxy_protocol", "not one of"),
+        ('[backends.b]\nservers = ["127.0.0.1:1", "http://127.0.0.1:2"]', "backends.b.servers", "mixes"),
+        ('[backends.b]\nservers = ["ftp://127.0.0.1:2"]', "backends.b.servers", "only http"),
+        ('[ssh]\nbackend = "nope"', "ssh.backend", "no backend named 'nope'"),
+        ('[listen]\nssh = ["127.0.0.1:2222"]', "ssh.backend", "needs a backend"),
+        ('[[routes]]\nhosts = ["a.test"]\ntls = "passthrough"\nbackend = "missing"', "routes[0].backend", "no backend named"),
+        ('[backends.w]\nservers = ["http://127.0.0.1:1"]\n[[routes]]\nhosts = ["a.test"]\ntls = "passthrough"\nbackend = "w"',
+         "routes[0].backend", "needs host:port"),
+        ('[backends.t]\nservers = ["127.0.0.1:1"]\n[[routes]]\nhosts = ["a.test"]\ntls = "edge"\nbackend = "t"',
+         "routes[0].backend", "needs http"),
+        ('[backends.w]\nservers = ["http://127.0.0.1:1"]\n[[routes]]\nhosts = ["a.test"]\ntls = "reencrypt"\nbackend = "w"',
+         "routes[0].backend", "https://"),
+        ('[backends.t]\nservers = ["127.0.0.1:1"]\n[[routes]]\nhosts = ["a.test"]\ntls = "tcp"\nbackend = "t"', "routes[0].tls", "not one of"),
+        ('[backends.t]\nservers = ["127.0.0.1:1"]\n[[routes]]\nhosts = ["a.test"]\ntls = "passthrough"', "routes[0].backend", "missing"),
+        ('[backends.t]\nservers = ["127.0.0.1:1"]\n[[routes]]\nhosts = ["a_b..test"]\ntls = "passthrough"\nbackend = "t"', "routes[0].hosts", "not a host name"),
+        ('[backends.t]\nservers = ["127.0.0.1:1"]\n[[routes]]\nhosts = ["A.test"]\ntls = "passthrough"\nbackend = "t"\n'
+         '[[routes]]\nhosts = ["a.test."]\ntls = "passthrough"\nbackend = "t"', "routes[1].hosts", "already routed by routes[0]"),
+        ('[backends.t]\nservers = ["127.0.0.1:1"]\n[[routes]]\nhosts = ["a.test"]\ntls = "passthrough"\nbackend = "t"\nacme_backend = "nope"',
+         "routes[0].acme_backend", "no backend named"),
+        ('[backends.t]\nservers = ["127.0.0.1:1"]\n[[routes]]\nhosts = ["a.test"]\ntls = "passthrough"\nbackend = "t"\nhttp = "maybe"',
+         "routes[0].http", "not one of"),
+        ('[backends.t]\nservers = ["127.0.0.1:1"]\n[[routes]]\nhosts = ["a.test"]\ntls = "passthrough"\nbackend = "t"\npaths = 3',
+         "routes[0].paths", "unknown key"),
+        ('routes = 5', "routes", "array of tables"),
+    ],
+)
+def test_each_mistake_names_file_key_and_problem(tmp_path, text, key, words):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert caught.value.key == key
+    assert message.startswith(f"{path}: ")
+    assert words in message
+    assert "\n" not in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("text, seconds", [("5s", 5), ("100ms", 0.1), ("2m", 120), ("1h", 3600), ("1d", 86400), (7, 7)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_twist_edge_reports_a_bad_config_on_one_line(tmp_path):
+    path = write(tmp_path, GOOD + '\n[[routes]]\nhosts = ["a.example.test"]\ntls = "passthrough"\nbackend = "tls"\n')
+    result = run_edge_command(path)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"edge: {path}: routes[1].hosts: 'a.example.test' is already routed by routes[0]"], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_twist_edge_reports_a_port_it_cannot_bind(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write(tmp_path, f'[listen]\nssh = []\nhttp = ["127.0.0.1:{port}"]\nhttps = []\n')
+        result = run_edge_command(path)
+    assert result.returncode != 0
+    assert f"listen.http: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_twist_edge_help_describes_it(tmp_path):
+    result = run_edge_command(tmp_path / "unused.toml", "--help")
+    assert result.returncode == 0
+    assert "--config" in result.stdout and "/etc/edge/edge.toml" in result.stdout
+    assert "SNI" in result.stdout
