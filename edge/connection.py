@@ -25,7 +25,7 @@ def _format_address(address: tuple[str, int] | None) -> str:
 class ConnectionInfo:
     __slots__ = (
         "client", "local", "listener", "protocol", "sni", "alpn", "route", "tls_mode",
-        "backend", "server", "bytes_in", "bytes_out", "started", "ended", "proxied",
+        "backend", "server", "bytes_in", "bytes_out", "started", "ended", "proxied", "logged",
     )
 
     def __init__(self, client: tuple[str, int], local: tuple[str, int], listener: str) -> None:
@@ -44,11 +44,13 @@ class ConnectionInfo:
         self.started = time.monotonic()
         self.ended: str | None = None
         self.proxied = False
+        self.logged = False
 
     def finish(self, ended: str) -> None:
         """Emit the access-log event once, with how the connection ended."""
-        if self.ended is not None:
+        if self.logged:
             return
+        self.logged = True
         self.ended = ended
         access_log.info(
             "{client_text} {listener} {protocol} sni={sni} route={route} backend={backend} "

@@ -48,8 +48,8 @@ class TcpForward(Protocol):
         self.connecting: Any = None
         self.idle_call: Any = None
         self.active = False
-        self.client_eof = False
-        self.backend_eof = False
+        self.client_eof_seen = False
+        self.backend_eof_seen = False
         self.closed = False
 
     # client side
@@ -57,6 +57,7 @@ class TcpForward(Protocol):
         self.transport.pauseProducing()  # read nothing more until the backend is there
         self.info.backend = self.backend.name
         factory = Factory.forProtocol(lambda: _BackendSide(self))
+        factory.noisy = False
         self.connecting = self.backend.connect(factory)
         self.connecting.addCallbacks(self._connected, self._failed)
 
@@ -69,9 +70,9 @@ class TcpForward(Protocol):
             self.pending.append(data)
 
     def readConnectionLost(self) -> None:
-        if self.client_eof:
+        if self.client_eof_seen:
             return
-        self.client_eof = True
+        self.client_eof_seen = True
         if self.peer is not None:
             self.peer.transport.loseWriteConnection()
             self._maybe_done()
@@ -105,7 +106,7 @@ class TcpForward(Protocol):
             self.pending = []
         out.registerProducer(self.transport, True)
         self.transport.registerProducer(out, True)
-        if self.client_eof:
+        if self.client_eof_seen:
             out.loseWriteConnection()
         else:
             self.transport.resumeProducing()
@@ -133,9 +134,9 @@ class TcpForward(Protocol):
         self.transport.write(data)
 
     def backend_eof(self) -> None:
-        if self.backend_eof:
+        if self.backend_eof_seen:
             return
-        self.backend_eof = True
+        self.backend_eof_seen = True
         self.transport.loseWriteConnection()
         self._maybe_done()
 
@@ -151,7 +152,7 @@ class TcpForward(Protocol):
         self._finish_if_both_gone()
 
     def _maybe_done(self) -> None:
-        if self.client_eof and self.backend_eof:
+        if self.client_eof_seen and self.backend_eof_seen:
             self.info.ended = "closed"
             self.transport.loseConnection()
             if self.peer is not None:

@@ -18,6 +18,7 @@ def edge_env() -> dict:
     """Run from the checkout: twisted finds ROOT/twisted/plugins via sys.path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
@@ -31,9 +32,11 @@ def run_edge_command(config: Path, *extra: str, timeout: float = 30) -> subproce
 class Edge(Program):
     """A running edge with its three doors on fresh loopback ports."""
 
-    def __init__(self, tmp: Path, body: str, *, ssh: bool = True, http: bool = True, https: bool = True,
+    def __init__(self, tmp: Path, body: str, *, ssh: bool | None = None, http: bool = True, https: bool = True,
                  accept_proxy: list[str] | None = None, timeouts: str = "") -> None:
         tmp.mkdir(parents=True, exist_ok=True)
+        if ssh is None:
+            ssh = "[ssh]" in body
         self.ssh_port = free_port() if ssh else None
         self.http_port = free_port() if http else None
         self.https_port = free_port() if https else None
@@ -69,6 +72,16 @@ class Edge(Program):
                 raise RuntimeError(f"edge exited with {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.05)
         raise TimeoutError(f"edge did not start:\n{self.log()}")
+
+    def wait_log(self, text: str, timeout: float = 10) -> str:
+        """Wait until ``text`` appears in the edge's log; return the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if text in log:
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in the edge log:\n{self.log()}")
 
     def assert_alive(self) -> None:
         assert self.proc.poll() is None, f"edge died:\n{self.log()}"

@@ -1,0 +1,80 @@
+"""SSH and git through the edge: port 22, SSH recognised on 443, and half-close."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+
+def ssh_body(sshd) -> str:
+    return f"""
+    [ssh]
+    backend = "git"
+    [backends.git]
+    servers = ["127.0.0.1:{sshd.port}"]
+    """
+
+
+@pytest.fixture
+def git_edge(edge, sshd):
+    return edge(ssh_body(sshd))
+
+
+def run_ssh(sshd, port: int, *command: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        sshd.ssh_args(port) + [f"{sshd.user}@127.0.0.1", *command],
+        input=input, capture_output=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize("door", ["ssh_port", "https_port"])
+def test_ssh_command_through_the_edge(git_edge, sshd, door):
+    result = run_ssh(sshd, getattr(git_edge, door), "echo", "hello-from-sshd")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello-from-sshd\n"
+    git_edge.assert_alive()
+
+
+def test_stdin_eof_reaches_the_server_half_close(git_edge, sshd):
+    """`wc -c` only answers once it has seen EOF on its input."""
+    payload = os.urandom(3 * 1024 * 1024)
+    result = run_ssh(sshd, git_edge.ssh_port, "wc", "-c", input=payload)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(len(payload)).encode()
+
+
+@pytest.fixture
+def repository(tmp_path):
+    work = tmp_path / "work"
+    bare = tmp_path / "origin.git"
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    for i in range(20):
+        (work / f"file{i}.bin").write_bytes(os.urandom(50_000))
+    subprocess.run(["git", "-C", str(work), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(work), "commit", "-qm", "content"], check=True, env=env)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    head = subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    return bare, head.stdout.strip()
+
+
+@pytest.mark.parametrize("door", ["ssh_port", "https_port"])
+def test_git_clone_and_push_over_ssh(git_edge, sshd, repository, tmp_path, door):
+    bare, head = repository
+    port = getattr(git_edge, door)
+    env = {**os.environ, "GIT_SSH_COMMAND": sshd.git_ssh_command()}
+    clone = tmp_path / f"clone-{door}"
+    url = f"ssh://{sshd.user}@127.0.0.1:{port}{bare}"
+    subprocess.run(["git", "clone", "-q", url, str(clone)], check=True, env=env, timeout=120)
+    cloned = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert cloned.stdout.strip() == head
+    (clone / "new.txt").write_text("pushed through the edge\n")
+    subprocess.run(["git", "-C", str(clone), "add", "new.txt"], check=True)
+    subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "push"], check=True)
+    subprocess.run(["git", "-C", str(clone), "push", "-q", "origin", "main"], check=True, env=env, timeout=120)
+    log = subprocess.run(["git", "-C", str(bare), "log", "--format=%s", "-1"], capture_output=True, text=True)
+    assert log.stdout.strip() == "push"
+    git_edge.assert_alive()
