@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -51,6 +52,13 @@ def ask(port: int, keep: bool = False) -> tuple[str, socket.socket | None]:
     return name, None
 
 
+def wait_until(predicate, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
 def test_roundrobin_spreads_connections(edge, named_servers):
     e = tcp_edge(edge, [f"127.0.0.1:{p}" for p in named_servers])
     answers = [ask(e.ssh_port)[0] for _ in range(6)]
@@ -90,6 +98,9 @@ def test_max_conn_caps_each_server(edge, named_servers):
 def test_leastconn_prefers_the_idle_server(edge, named_servers):
     e = tcp_edge(edge, [f"127.0.0.1:{p}" for p in named_servers[:2]], balance='"leastconn"')
     busy, held = ask(e.ssh_port, keep=True)
-    others = {ask(e.ssh_port)[0] for _ in range(4)}
+    others = set()
+    for done in range(1, 5):
+        others.add(ask(e.ssh_port)[0])
+        wait_until(lambda: e.log().count(" closed\n") >= done)  # its server slot is released
     assert others == {"server-1" if busy == "server-0" else "server-0"}
     held.close()

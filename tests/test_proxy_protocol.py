@@ -151,3 +151,15 @@ def test_malformed_header_from_trusted_source_is_closed(edge):
         assert sock.recv(100) == b""
     e.wait_log("PROXY v1 header")
     e.assert_alive()
+
+
+def test_ipv6_client_gets_a_tcp6_header(edge, reporting_haproxy, ca):
+    e = edge(routed_body(reporting_haproxy.port, "v2"), ipv6=True)
+    result = subprocess.run(
+        ["curl", "-sS", "--max-time", "20", "--resolve", f"app.example.test:{e.https_port6}:::1",
+         "--cacert", str(ca.ca_pem), f"https://app.example.test:{e.https_port6}/"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    report = fields(result.stdout)
+    assert report["src"] == "::1" and report["dst"] == "::1" and report["dport"] == str(e.https_port6)

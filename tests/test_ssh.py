@@ -78,3 +78,28 @@ def test_git_clone_and_push_over_ssh(git_edge, sshd, repository, tmp_path, door)
     log = subprocess.run(["git", "-C", str(bare), "log", "--format=%s", "-1"], capture_output=True, text=True)
     assert log.stdout.strip() == "push"
     git_edge.assert_alive()
+
+
+def test_silent_client_on_443_gets_the_ssh_banner_after_inspect(edge, sshd):
+    """Some SSH clients wait for the server to speak first."""
+    import socket
+
+    e = edge(ssh_body(sshd), timeouts='inspect = "1s"\nconnect = "2s"\nidle = "60s"')
+    with socket.create_connection(("127.0.0.1", e.https_port), timeout=10) as sock:
+        banner = sock.recv(100)
+    assert banner.startswith(b"SSH-2.0-OpenSSH")
+
+
+def test_trusted_balancer_header_on_port_22(edge, sshd):
+    """From a trusted source a PROXY header is read on port 22 too; sshd logs the real client."""
+    import socket
+
+    from edge.sniff.proxy import build_v1
+
+    e = edge(ssh_body(sshd), accept_proxy=["127.0.0.0/8"])
+    with socket.create_connection(("127.0.0.1", e.ssh_port), timeout=10) as sock:
+        sock.sendall(build_v1(("198.51.100.7", 5555), ("127.0.0.1", 22)))
+        assert sock.recv(100).startswith(b"SSH-2.0-OpenSSH")
+    e.wait_log("198.51.100.7:5555 ssh ssh")
+    result = run_ssh(sshd, e.ssh_port, "true")  # and without a header, from the same trusted source
+    assert result.returncode == 0, result.stderr

@@ -33,7 +33,7 @@ class Edge(Program):
     """A running edge with its three doors on fresh loopback ports."""
 
     def __init__(self, tmp: Path, body: str, *, ssh: bool | None = None, http: bool = True, https: bool = True,
-                 accept_proxy: list[str] | None = None, timeouts: str = "") -> None:
+                 accept_proxy: list[str] | None = None, timeouts: str = "", ipv6: bool = False) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         if ssh is None:
             ssh = "[ssh]" in body
@@ -45,6 +45,9 @@ class Edge(Program):
             f"http = {self._door(self.http_port)}",
             f"https = {self._door(self.https_port)}",
         ]
+        self.https_port6 = free_port("::1") if ipv6 else None
+        if ipv6:
+            listen[2] = f'https = ["127.0.0.1:{self.https_port}", "[::1]:{self.https_port6}"]'
         if accept_proxy is not None:
             listen.append(f"accept_proxy = {accept_proxy!r}".replace("'", '"'))
         self.config = tmp / "edge.toml"
