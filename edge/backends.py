@@ -66,7 +66,7 @@ class Backend:
         self.servers = [ServerState(s, reactor, connect_timeout) for s in config.servers]
         self._next = 0
 
-    def _ordered(self) -> list[ServerState]:
+    def ordered(self) -> list[ServerState]:
         """All servers, in the order this connection should try them."""
         n = len(self.servers)
         start = self._next % n
@@ -79,43 +79,50 @@ class Backend:
         down = [s for s in ring if s.down_until > now]
         return up + down
 
-    def _has_room(self, state: ServerState) -> bool:
+    def has_room(self, state: ServerState) -> bool:
         return self.config.max_conn is None or state.active < self.config.max_conn
 
     @inlineCallbacks
-    def connect(self, factory: IProtocolFactory) -> Deferred:
+    def connect(self, factory: IProtocolFactory, endpoint_for: Any = None) -> Deferred:
         """Connect ``factory`` to one server; fires ``(ServerState, protocol)``.
+
+        ``endpoint_for(state)`` may supply another endpoint than the plain
+        TCP one (TLS to an https:// server, for a WebSocket tunnel).
 
         The caller must call :meth:`release` with the state once that
         connection has ended.
         """
         last_error: Exception | None = None
         tried = 0
-        for state in self._ordered():
-            if not self._has_room(state):
+        for state in self.ordered():
+            if not self.has_room(state):
                 continue
             tried += 1
             state.active += 1
             try:
-                protocol = yield state.endpoint.connect(factory)
+                endpoint = state.endpoint if endpoint_for is None else endpoint_for(state)
+                protocol = yield endpoint.connect(factory)
             except Exception as e:  # refused, timed out, unreachable, DNS
                 state.active -= 1
                 last_error = e
-                self._failed(state, e)
+                self.failed(state, e)
                 continue
-            if state.fails or state.down_until:
-                log.info("backend {backend} server {server} is answering again", backend=self.name, server=str(state))
-            state.fails = 0
-            state.down_until = 0.0
+            self.succeeded(state)
             return state, protocol
         if not tried:
             raise NoServerAvailable(f"all servers of backend {self.name!r} are at max_conn")
         raise BackendUnavailable(f"no server of backend {self.name!r} accepted the connection: {_reason(last_error)}")
 
+    def succeeded(self, state: ServerState) -> None:
+        if state.fails or state.down_until:
+            log.info("backend {backend} server {server} is answering again", backend=self.name, server=str(state))
+        state.fails = 0
+        state.down_until = 0.0
+
     def release(self, state: ServerState) -> None:
         state.active -= 1
 
-    def _failed(self, state: ServerState, error: Exception) -> None:
+    def failed(self, state: ServerState, error: Exception) -> None:
         state.fails += 1
         if state.fails >= self.config.max_fails:
             was_up = state.down_until <= self._reactor.seconds()

@@ -30,6 +30,8 @@ DEFAULT_LISTEN = {
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
@@ -44,9 +46,10 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Timeouts:
-    inspect: float = 5.0
+    inspect: float = 5.0  # first bytes on 443, a PROXY header, an HTTP request head
     connect: float = 5.0
     idle: float = 3600.0
+    response: float = 60.0  # an HTTP backend's response headers (else 504)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,9 @@ class BackendConfig:
     proxy_protocol: str | None = None
     max_fails: int = 1
     fail_timeout: float = 10.0
+    verify: bool = True  # https:// servers: check the certificate
+    ca: str | None = None  # PEM bundle to verify https:// servers against (default: system CAs)
+    server_name: str | None = None  # name to send (SNI) and verify (default: the server's host)
 
     @property
     def kind(self) -> str:
@@ -107,6 +113,12 @@ class Route:
     acme_backend: str | None = None
     http: str = "redirect"
     index: int = 0
+    paths: tuple[str, ...] = ("/",)
+    max_body: int | None = None
+
+    @property
+    def terminated(self) -> bool:
+        return self.tls != "passthrough"
 
     @property
     def name(self) -> str:
@@ -117,6 +129,8 @@ class Route:
 class Config:
     path: str
     state_dir: str
+    certs_dir: str | None
+    issuer: str | None
     listen: Listen
     timeouts: Timeouts
     ssh_backend: str | None
@@ -158,6 +172,21 @@ def parse_duration(value: Any) -> float:
     if seconds <= 0:
         raise ValueError("a duration must be positive")
     return seconds
+
+
+def parse_size(value: Any) -> int:
+    """``"64K"``, ``"10M"``, ``"1G"`` (powers of 1024) or a number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like \"10M\"")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "")[:1].lower()]
+    else:
+        raise ValueError(f"{value!r} is not a size (use e.g. \"512K\", \"10M\", \"1G\")")
+    if size <= 0:
+        raise ValueError("a size must be positive")
+    return size
 
 
 def normalise_host(host: str) -> str:
@@ -209,6 +238,18 @@ class _Parser:
             raise self.fail(key, "must be a positive integer")
         return value
 
+    def size(self, value: Any, key: str) -> int:
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            raise self.fail(key, str(e)) from None
+
+    def path_in(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, "must be a path")
+        base = self.path.rsplit("/", 1)[0] if "/" in self.path else "."
+        return value if value.startswith("/") else f"{base}/{value}"
+
     def duration(self, value: Any, key: str) -> float:
         try:
             return parse_duration(value)
@@ -216,11 +257,12 @@ class _Parser:
             raise self.fail(key, str(e)) from None
 
     def config(self, data: Mapping[str, Any]) -> Config:
-        self.table(data, "", ("edge", "listen", "timeouts", "ssh", "backends", "routes"))
-        edge = self.table(data.get("edge", {}), "edge", ("state_dir",))
-        state_dir = edge.get("state_dir", "/var/lib/edge")
-        if not isinstance(state_dir, str) or not state_dir:
-            raise self.fail("edge.state_dir", "must be a path")
+        self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "backends", "routes"))
+        edge = self.table(data.get("edge", {}), "edge", ("state_dir", "certs_dir"))
+        state_dir = self.path_in(edge.get("state_dir", "/var/lib/edge"), "edge.state_dir")
+        certs_dir = self.path_in(edge["certs_dir"], "edge.certs_dir") if "certs_dir" in edge else None
+        tls = self.table(data.get("tls", {}), "tls", ("issuer",))
+        issuer = self.choice(tls["issuer"], "tls.issuer", ("local",)) if "issuer" in tls else None
         listen = self.listen(data.get("listen", {}))
         timeouts = self.timeouts(data.get("timeouts", {}))
         backends = self.backends(data.get("backends", {}))
@@ -236,6 +278,8 @@ class _Parser:
         return Config(
             path=self.path,
             state_dir=state_dir,
+            certs_dir=certs_dir,
+            issuer=issuer,
             listen=listen,
             timeouts=timeouts,
             ssh_backend=ssh_backend,
@@ -266,7 +310,7 @@ class _Parser:
         return Listen(accept_proxy=tuple(networks), **doors)
 
     def timeouts(self, data: Any) -> Timeouts:
-        data = self.table(data, "timeouts", ("inspect", "connect", "idle"))
+        data = self.table(data, "timeouts", ("inspect", "connect", "idle", "response"))
         return Timeouts(**{k: self.duration(v, f"timeouts.{k}") for k, v in data.items()})
 
     def backends(self, data: Any) -> dict[str, BackendConfig]:
@@ -276,7 +320,8 @@ class _Parser:
     def backend(self, name: str, data: Any) -> BackendConfig:
         key = f"backends.{name}"
         data = self.table(
-            data, key, ("servers", "balance", "max_conn", "proxy_protocol", "max_fails", "fail_timeout")
+            data, key, ("servers", "balance", "max_conn", "proxy_protocol", "max_fails", "fail_timeout",
+                        "verify", "ca", "server_name")
         )
         if "servers" not in data:
             raise self.fail(f"{key}.servers", "missing: a backend needs at least one server")
@@ -305,6 +350,21 @@ class _Parser:
             options["proxy_protocol"] = self.choice(
                 data["proxy_protocol"], f"{key}.proxy_protocol", PROXY_PROTOCOLS
             )
+        https_only = [k for k in ("verify", "ca", "server_name") if k in data]
+        if https_only and servers[0].scheme != "https":
+            raise self.fail(f"{key}.{https_only[0]}", "only applies to https:// servers")
+        if "verify" in data:
+            if not isinstance(data["verify"], bool):
+                raise self.fail(f"{key}.verify", "must be true or false")
+            options["verify"] = data["verify"]
+        if "ca" in data:
+            options["ca"] = self.path_in(data["ca"], f"{key}.ca")
+        if "server_name" in data:
+            if not isinstance(data["server_name"], str) or not valid_route_host(normalise_host(data["server_name"])):
+                raise self.fail(f"{key}.server_name", "must be a host name")
+            options["server_name"] = normalise_host(data["server_name"])
+        if "proxy_protocol" in options and servers[0].scheme != "tcp":
+            raise self.fail(f"{key}.proxy_protocol", "is for host:port (TCP) servers")
         return BackendConfig(name=name, servers=tuple(servers), **options)
 
     def backend_ref(self, name: Any, key: str, backends: Mapping[str, BackendConfig], kind: str) -> None:
@@ -325,25 +385,44 @@ class _Parser:
         if not isinstance(data, list):
             raise self.fail("routes", "must be an array of tables: [[routes]]")
         routes = []
-        seen: dict[str, int] = {}
+        seen: dict[tuple[str, str], int] = {}
+        passthrough_hosts: dict[str, int] = {}
         for index, item in enumerate(data):
             key = f"routes[{index}]"
-            item = self.table(item, key, ("hosts", "tls", "backend", "acme_backend", "http"))
+            item = self.table(item, key, ("hosts", "tls", "backend", "acme_backend", "http", "paths", "max_body"))
             for required in ("hosts", "tls", "backend"):
                 if required not in item:
                     raise self.fail(f"{key}.{required}", "missing")
+            tls = self.choice(item["tls"], f"{key}.tls", TLS_MODES)
+            paths = tuple(self.string_list(item.get("paths", ["/"]), f"{key}.paths"))
+            if not paths or any(not p.startswith("/") for p in paths):
+                raise self.fail(f"{key}.paths", "must be a list of path prefixes starting with \"/\"")
+            if tls == "passthrough" and "paths" in item:
+                raise self.fail(f"{key}.paths", "a passthrough route cannot see paths; use tls = \"edge\" or \"reencrypt\"")
+            if tls == "passthrough" and "max_body" in item:
+                raise self.fail(f"{key}.max_body", "a passthrough route cannot see request bodies")
             hosts = []
             for host in self.string_list(item["hosts"], f"{key}.hosts"):
                 name = normalise_host(host)
                 if not valid_route_host(name):
                     raise self.fail(f"{key}.hosts", f"{host!r} is not a host name, a \"*.suffix\" wildcard or \"*\"")
-                if name in seen:
-                    raise self.fail(f"{key}.hosts", f"{host!r} is already routed by routes[{seen[name]}]")
-                seen[name] = index
+                for path in paths:
+                    if (name, path) in seen:
+                        where = f"{host!r}" if path == "/" else f"{host!r} path {path!r}"
+                        raise self.fail(f"{key}.hosts", f"{where} is already routed by routes[{seen[name, path]}]")
+                other = passthrough_hosts.get(name)
+                if other is None and tls == "passthrough":
+                    other = next((i for (h, _), i in seen.items() if h == name), None)
+                if other is not None:
+                    raise self.fail(
+                        f"{key}.hosts", f"{host!r} is already routed by routes[{other}] (a passthrough host takes one route)"
+                    )
+                seen.update({(name, path): index for path in paths})
+                if tls == "passthrough":
+                    passthrough_hosts[name] = index
                 hosts.append(name)
             if not hosts:
                 raise self.fail(f"{key}.hosts", "must name at least one host")
-            tls = self.choice(item["tls"], f"{key}.tls", TLS_MODES)
             if tls == "passthrough":
                 self.backend_ref(item["backend"], f"{key}.backend", backends, "tcp")
             else:
@@ -357,5 +436,8 @@ class _Parser:
             if acme_backend is not None:
                 self.backend_ref(acme_backend, f"{key}.acme_backend", backends, "tcp")
             http = self.choice(item.get("http", "redirect"), f"{key}.http", HTTP_MODES)
-            routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index))
+            if http == "allow" and tls == "passthrough":
+                raise self.fail(f"{key}.http", "\"allow\" serves the route over plain HTTP, which needs an HTTP backend")
+            max_body = self.size(item["max_body"], f"{key}.max_body") if "max_body" in item else None
+            routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index, paths, max_body))
         return tuple(routes)

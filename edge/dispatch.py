@@ -24,6 +24,7 @@ from edge.sniff.http import sniff_http
 from edge.sniff.proxy import ProxyHeader, sniff_proxy
 from edge.sniff.ssh import sniff_ssh
 from edge.sniff.tls import ClientHello, sniff_tls
+from edge.terminate import UNRECOGNIZED_NAME_ALERT
 
 if TYPE_CHECKING:
     from edge.runtime import Runtime
@@ -111,14 +112,13 @@ class Dispatcher(Protocol):
     def _route_tls(self, hello: ClientHello) -> None:
         info = self.info
         info.protocol, info.sni, info.alpn = "tls", hello.sni, hello.alpn
-        route = self.runtime.routes.lookup(hello.sni)
-        if route is None:
-            self._reject("refused: no SNI" if hello.sni is None else "refused: no route for SNI")
+        entry = self.runtime.routes.lookup(hello.sni)
+        if entry is None:
+            self._reject("refused: no SNI" if hello.sni is None else "refused: no route for SNI", UNRECOGNIZED_NAME_ALERT)
             return
-        info.route, info.tls_mode = route.name, route.tls
-        handler = self.runtime.tls_handler(route, info)
+        handler = self.runtime.tls_handler(entry, info)
         if handler is None:
-            self._reject(f"refused: tls = {route.tls!r} is not supported yet")
+            self._reject("refused: no certificate for SNI", UNRECOGNIZED_NAME_ALERT)
             return
         self.hand_over(handler, self.buffer)
 
@@ -152,11 +152,13 @@ class Dispatcher(Protocol):
         else:
             self._reject("timeout: inspect" if self.buffer else "timeout: silent client")
 
-    def _reject(self, why: str) -> None:
+    def _reject(self, why: str, answer: bytes = b"") -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
         self.info.ended = why
+        if answer:
+            self.transport.write(answer)
         self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:

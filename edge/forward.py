@@ -36,12 +36,14 @@ class TcpForward(Protocol):
         reactor: Any,
         idle_timeout: float,
         header: Callable[[ConnectionInfo], bytes] | None = None,
+        endpoint_for: Any = None,
     ) -> None:
         self.backend = backend
         self.info = info
         self.reactor = reactor
         self.idle_timeout = idle_timeout
         self.header = header
+        self.endpoint_for = endpoint_for
         self.peer: _BackendSide | None = None
         self.state: ServerState | None = None
         self.pending: list[bytes] = []
@@ -58,7 +60,7 @@ class TcpForward(Protocol):
         self.info.backend = self.backend.name
         factory = Factory.forProtocol(lambda: _BackendSide(self))
         factory.noisy = False
-        self.connecting = self.backend.connect(factory)
+        self.connecting = self.backend.connect(factory, self.endpoint_for)
         self.connecting.addCallbacks(self._connected, self._failed)
 
     def dataReceived(self, data: bytes) -> None:

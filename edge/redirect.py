@@ -73,9 +73,16 @@ class Redirector(Protocol):
 
     def _answer(self, head: RequestHead, host: str) -> bool:
         """Answer one request; True if the connection was handed over."""
-        route = self.runtime.routes.lookup(host)
+        entry = self.runtime.routes.lookup(host)
+        route = entry.match(head.path.split("?", 1)[0]) if entry is not None else None
+        if route is None and entry is not None:
+            route = entry.routes[-1]  # shortest prefix: the host's ACME and plain-HTTP settings
         if route is not None:
             self.info.route = route.name
+        if route is not None and route.http == "allow" and self.info.listener == "http":
+            self._cancel_timer()
+            self.hand_over(self.runtime.plain_http(self.info, self.hand_over), self.buffer)
+            return True
         if route is not None and route.acme_backend and head.path.startswith(ACME_PREFIX):
             self._log(head, host, "forwarded")
             self._cancel_timer()

@@ -13,26 +13,44 @@ from typing import Iterable, Mapping
 from edge.config import Route
 
 
+class HostEntry:
+    """The routes of one host name, longest path prefix first."""
+
+    __slots__ = ("host", "routes", "_prefixes")
+
+    def __init__(self, host: str, routes: list[tuple[str, Route]]) -> None:
+        self.host = host
+        self._prefixes = sorted(routes, key=lambda item: len(item[0]), reverse=True)
+        self.routes = tuple(route for _, route in self._prefixes)
+
+    @property
+    def passthrough(self) -> Route | None:
+        """The route when this host is passed through (it then has only one)."""
+        first = self.routes[0]
+        return first if first.tls == "passthrough" else None
+
+    def match(self, path: str) -> Route | None:
+        """The route whose path prefix is the longest match for ``path``."""
+        for prefix, route in self._prefixes:
+            if path.startswith(prefix):
+                return route
+        return None
+
+
 class RouteTable:
     __slots__ = ("_exact", "_wildcard", "_default")
 
     def __init__(self, routes: Iterable[Route]) -> None:
-        exact: dict[str, Route] = {}
-        wildcard: dict[str, Route] = {}
-        default: Route | None = None
+        by_host: dict[str, list[tuple[str, Route]]] = {}
         for route in routes:
             for host in route.hosts:
-                if host == "*":
-                    default = route
-                elif host.startswith("*."):
-                    wildcard[host[2:]] = route
-                else:
-                    exact[host] = route
-        self._exact: Mapping[str, Route] = exact
-        self._wildcard: Mapping[str, Route] = wildcard
-        self._default = default
+                by_host.setdefault(host, []).extend((path, route) for path in route.paths)
+        entries = {host: HostEntry(host, items) for host, items in by_host.items()}
+        self._exact: Mapping[str, HostEntry] = {h: e for h, e in entries.items() if not h.startswith("*")}
+        self._wildcard: Mapping[str, HostEntry] = {h[2:]: e for h, e in entries.items() if h.startswith("*.")}
+        self._default: HostEntry | None = entries.get("*")
 
-    def lookup(self, host: str | None) -> Route | None:
+    def lookup(self, host: str | None) -> HostEntry | None:
         """The route for ``host`` (already lower-case); None if nothing matches.
 
         A connection without a name (no SNI) only matches the ``*`` route.

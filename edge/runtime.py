@@ -9,14 +9,23 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 
 from edge.backends import Backend
-from edge.config import Config, Route
+from edge.certs.files import load_directory
+from edge.certs.local_ca import LocalIssuer
+from edge.certs.store import CertificateStore
+from edge.config import Config
 from edge.connection import ConnectionInfo
 from edge.forward import TcpForward
+from edge.http_proxy import EdgeHTTPFactory
 from edge.redirect import Redirector
-from edge.routes import RouteTable
+from edge.routes import HostEntry, RouteTable
 from edge.sniff.proxy import build_v1, build_v2
+from edge.terminate import EdgeTLSProtocol
+from edge.upstream import Upstream
+
+log = Logger()
 
 
 def _v1(info: ConnectionInfo) -> bytes:
@@ -30,15 +39,47 @@ def _v2(info: ConnectionInfo) -> bytes:
 PROXY_HEADERS: dict[str | None, Callable[[ConnectionInfo], bytes] | None] = {None: None, "v1": _v1, "v2": _v2}
 
 
+class MissingCertificate(Exception):
+    """A terminated route's host has no certificate source; names the route."""
+
+
 class Runtime:
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, certificates: CertificateStore | None = None) -> None:
         self.config = config
         self.reactor = reactor
         self.routes = RouteTable(config.routes)
         self.backends = {
             name: Backend(backend, reactor, config.timeouts.connect) for name, backend in config.backends.items()
         }
+        self.upstreams = {
+            name: Upstream(backend, reactor, config.timeouts.connect, config.timeouts.response)
+            for name, backend in self.backends.items() if backend.config.kind == "http"
+        }
+        for name, backend in config.backends.items():
+            if backend.servers[0].scheme == "https" and not backend.verify:
+                log.warn("backend {backend}: verify = false, its TLS certificates are not checked", backend=name)
         self.https_port = config.listen.https[0].port if config.listen.https else 443
+        self.certificates = certificates if certificates is not None else self.load_certificates(config)
+        self.http_factory = EdgeHTTPFactory(self)
+
+    @staticmethod
+    def load_certificates(config: Config) -> CertificateStore:
+        """Fill a store from certs_dir and the local issuer; check every terminated host is covered."""
+        files = load_directory(config.certs_dir) if config.certs_dir else []
+        issuer = LocalIssuer(config.state_dir) if config.issuer == "local" else None
+        store = CertificateStore(files, fallback=issuer)
+        if issuer is None:
+            for route in config.routes:
+                if not route.terminated:
+                    continue
+                for host in route.hosts:
+                    probe = "edge-probe." + host[2:] if host.startswith("*.") else host
+                    if host == "*" or store.covered(probe) is None:
+                        raise MissingCertificate(
+                            f"{route.name}.hosts: no certificate for {host!r} "
+                            f"(put one in [edge] certs_dir, or set [tls] issuer = \"local\")"
+                        )
+        return store
 
     def forward(self, backend: str, info: ConnectionInfo) -> TcpForward:
         """A TCP forwarder to ``backend`` for the connection ``info``."""
@@ -49,8 +90,22 @@ class Runtime:
     def redirector(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Redirector:
         return Redirector(self, info, hand_over)
 
-    def tls_handler(self, route: Route, info: ConnectionInfo) -> Protocol | None:
-        """The handler for a TLS connection on ``route``; None if unsupported."""
-        if route.tls == "passthrough":
+    def tls_handler(self, entry: HostEntry, info: ConnectionInfo) -> Protocol | None:
+        """The handler for a TLS connection to ``entry``'s host; None if no certificate."""
+        route = entry.passthrough
+        if route is not None:
+            info.route, info.tls_mode = route.name, route.tls
             return self.forward(route.backend, info)
-        return None  # edge/reencrypt termination plugs in here
+        cert = self.certificates.lookup(info.sni)
+        if cert is None:
+            return None
+        info.tls_mode = "terminate"
+        tls_factory = cert.tls_factory(self.http_factory)
+        protocol: EdgeTLSProtocol
+        channel = self.http_factory.channel(info, "https", lambda p, data: protocol.switch(p, data))
+        protocol = EdgeTLSProtocol(tls_factory, channel, info)
+        return protocol
+
+    def plain_http(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Protocol:
+        """An HTTP channel for routes served over plain HTTP (``http = "allow"``)."""
+        return self.http_factory.channel(info, "http", hand_over)

@@ -9,7 +9,8 @@ from twisted.application.service import MultiService
 from edge.config import Config, ConfigError, load
 from edge.dispatch import DispatchFactory
 from edge.listeners import ListenerService
-from edge.runtime import Runtime
+from edge.certs.files import CertificateFileError
+from edge.runtime import MissingCertificate, Runtime
 
 
 class StartupError(Exception):
@@ -22,7 +23,14 @@ class EdgeService(MultiService):
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.reactor = reactor
-        self.runtime = Runtime(config, reactor)
+        try:
+            self.runtime = Runtime(config, reactor)
+        except MissingCertificate as e:
+            raise StartupError(f"{config.path}: {e}") from None
+        except CertificateFileError as e:
+            raise StartupError(f"{config.path}: edge.certs_dir: {e}") from None
+        except OSError as e:
+            raise StartupError(f"{config.path}: edge.state_dir: {e.strerror or e}: {e.filename}") from None
         for door in ("ssh", "http", "https"):
             factory = DispatchFactory(lambda: self.runtime, door)
             for address in getattr(config.listen, door):

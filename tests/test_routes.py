@@ -4,19 +4,30 @@ from edge.config import Route
 from edge.routes import RouteTable
 
 
-def route(i, *hosts):
-    return Route(hosts, "passthrough", "b", index=i)
+def route(i, *hosts, paths=("/",)):
+    return Route(hosts, "passthrough" if paths == ("/",) else "edge", "b", index=i, paths=paths)
+
+
+def test_longest_path_prefix_wins():
+    table = RouteTable([route(0, "a.test", paths=("/",)), route(1, "a.test", paths=("/api/", "/v2/")),
+                        route(2, "a.test", paths=("/api/admin/",))])
+    entry = table.lookup("a.test")
+    assert entry.match("/api/admin/x").index == 2
+    assert entry.match("/api/x").index == 1
+    assert entry.match("/v2/").index == 1
+    assert entry.match("/other").index == 0
+    assert RouteTable([route(0, "b.test", paths=("/api/",))]).lookup("b.test").match("/") is None
 
 
 def test_most_specific_wins():
     table = RouteTable([route(0, "*.example.test"), route(1, "a.example.test"), route(2, "*.b.example.test"), route(3, "*")])
-    assert table.lookup("a.example.test").index == 1
-    assert table.lookup("x.example.test").index == 0
-    assert table.lookup("y.x.example.test").index == 0
-    assert table.lookup("c.b.example.test").index == 2
-    assert table.lookup("example.test").index == 3
-    assert table.lookup("other.test").index == 3
-    assert table.lookup(None).index == 3
+    assert table.lookup("a.example.test").routes[0].index == 1
+    assert table.lookup("x.example.test").routes[0].index == 0
+    assert table.lookup("y.x.example.test").routes[0].index == 0
+    assert table.lookup("c.b.example.test").routes[0].index == 2
+    assert table.lookup("example.test").routes[0].index == 3
+    assert table.lookup("other.test").routes[0].index == 3
+    assert table.lookup(None).routes[0].index == 3
 
 
 def test_no_default_means_no_route():
@@ -28,5 +39,5 @@ def test_no_default_means_no_route():
 
 def test_ten_thousand_routes():
     table = RouteTable([route(i, f"h{i}.example.test", f"*.w{i}.example.test") for i in range(10000)])
-    assert table.lookup("h9999.example.test").index == 9999
-    assert table.lookup("deep.x.w42.example.test").index == 42
+    assert table.lookup("h9999.example.test").routes[0].index == 9999
+    assert table.lookup("deep.x.w42.example.test").routes[0].index == 42

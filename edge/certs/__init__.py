@@ -1,0 +1,1 @@
+"""Certificates for terminated routes: a live store and the sources that fill it."""

@@ -1,0 +1,400 @@
+"""The HTTP reverse proxy for terminated routes (HTTP/1.1 and HTTP/2 to clients).
+
+Twisted's HTTP channel (switching to HTTP/2 when ALPN chose ``h2``) parses
+requests; :class:`ProxyRequest` routes each one by Host and path, adds the
+forwarding headers, and sends it to the route's backend through
+:class:`edge.upstream.Upstream`.  Response bodies stream back with
+back-pressure: the upstream connection is the producer for the client's
+request, so a slow client pauses the backend instead of filling memory.
+A WebSocket upgrade (HTTP/1.1) turns the connection into a TCP tunnel.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
+from twisted.web.http import HTTPChannel, HTTPFactory, Request, _GenericHTTPChannelProtocol
+from twisted.web.http_headers import Headers
+
+from edge.connection import ConnectionInfo, access_log
+from edge.sniff.http import BadRequest, split_host
+from edge.upstream import UpstreamError
+
+log = Logger()
+
+HOP_BY_HOP = frozenset(
+    b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade "
+    b"proxy-authenticate proxy-authorization".split()
+)
+REASON_TEXT = {
+    400: "bad request", 404: "no route for this host and path", 408: "request head took too long",
+    413: "request body larger than this route allows", 421: "the Host header does not match the TLS server name",
+    431: "request header fields too large",
+}
+
+
+class HttpConnection:
+    """Per-connection facts the requests need (Twisted calls it the 'site')."""
+
+    __slots__ = ("runtime", "info", "scheme", "switch")
+
+    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str,
+                 switch: Callable[[Protocol, bytes], None]) -> None:
+        self.runtime = runtime
+        self.info = info
+        self.scheme = scheme  # "https" when terminated here, "http" for http = "allow"
+        self.switch = switch  # hands the client connection to another protocol (WebSocket)
+
+
+class EdgeChannel(HTTPChannel):
+    """HTTP/1.1 channel with the edge's limits: 64 KiB of head (431) and a head timeout."""
+
+    totalHeadersSize = 65536
+    header_timer: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm_header_timer()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.header_timer is None and not self.requests:
+            self._arm_header_timer()
+        super().dataReceived(data)
+
+    def _arm_header_timer(self) -> None:
+        timeout = self.site.runtime.config.timeouts.inspect
+        self.header_timer = self.callLater(timeout, self._header_timeout)
+
+    def _header_timeout(self) -> None:
+        self.header_timer = None
+        self.site.info.ended = "timeout: request head"
+        self.transport.write(_plain_response(408))
+        self.loseConnection()
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_header_timer()
+        super().allHeadersReceived()
+
+    def _cancel_header_timer(self) -> None:
+        if self.header_timer is not None and self.header_timer.active():
+            self.header_timer.cancel()
+        self.header_timer = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._cancel_header_timer()
+        super().connectionLost(reason)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted answers every bad head with 400; an oversized one deserves 431.
+        status = 431 if self._receivedHeaderSize > self.totalHeadersSize else 400
+        self._cancel_header_timer()
+        self.site.info.ended = f"error: {REASON_TEXT[status]}"
+        self.transport.write(_plain_response(status))
+        self.loseConnection()
+
+
+def _plain_response(status: int) -> bytes:
+    body = f"{REASON_TEXT[status]}\n".encode()
+    reason = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
+              431: "Request Header Fields Too Large"}[status]
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+class EdgeHTTPFactory(HTTPFactory):
+    """Builds client-side HTTP channels and writes one access-log event per request."""
+
+    noisy = False
+
+    def __init__(self, runtime: Any) -> None:
+        super().__init__(timeout=runtime.config.timeouts.idle, reactor=runtime.reactor)
+        self.runtime = runtime
+
+    def channel(self, info: ConnectionInfo, scheme: str,
+                switch: Callable[[Protocol, bytes], None]) -> _GenericHTTPChannelProtocol:
+        protocol = _GenericHTTPChannelProtocol(EdgeChannel())
+        protocol.factory = self
+        protocol.callLater = self.reactor.callLater
+        protocol.timeOut = self.timeOut
+        protocol.requestFactory = ProxyRequest
+        protocol.site = HttpConnection(self.runtime, info, scheme, switch)
+        return protocol
+
+    def log(self, request: "ProxyRequest") -> None:
+        site = request.channel.site if request.channel is not None else None
+        info = site.info if site is not None else None
+        started = getattr(request, "edge_started", None)
+        upstream = getattr(request, "edge_upstream_time", None)
+        access_log.info(
+            "{client} {method} {host}{path} {status} {sent}B route={route} backend={backend} server={server}"
+            " upstream={upstream_text} {duration:.3f}s",
+            client=info.client[0] if info else "-",
+            method=request.method.decode("latin-1"),
+            host=(request.getHeader(b"host") or b"-").decode("latin-1"),
+            path=request.uri.decode("latin-1"),
+            status=request.code,
+            sent=request.sentLength,
+            route=getattr(request, "edge_route", None) or "-",
+            backend=getattr(request, "edge_backend", None) or "-",
+            server=getattr(request, "edge_server", None) or "-",
+            upstream_time=upstream,
+            upstream_text=f"{upstream:.3f}s" if upstream is not None else "-",
+            duration=(time.monotonic() - started) if started else 0.0,
+            protocol=request.clientproto.decode("latin-1"),
+            sni=info.sni if info else None,
+            listener=info.listener if info else None,
+        )
+
+
+def _request_path(request: Request) -> bytes:
+    """The request target, known before the body arrives (HTTP/1.1 and HTTP/2)."""
+    channel = request.channel
+    return getattr(channel, "path", None) or getattr(channel, "_path", None) or b"/"
+
+
+class ProxyRequest(Request):
+    """One client request, routed and forwarded to a backend."""
+
+    edge_route: str | None = None
+    edge_backend: str | None = None
+    edge_server: str | None = None
+    edge_upstream_time: float | None = None
+    edge_error: int | None = None
+
+    def gotLength(self, length: int | None) -> None:
+        self.edge_started = time.monotonic()
+        super().gotLength(length)
+        self.edge_body_seen = 0
+        self.edge_limit = None
+        route = self._route_or_none(_request_path(self))
+        if route is not None and route.max_body is not None:
+            self.edge_limit = route.max_body
+            if length is not None and length > route.max_body:
+                self._too_large()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.edge_error is not None:
+            return
+        self.edge_body_seen += len(data)
+        if self.edge_limit is not None and self.edge_body_seen > self.edge_limit:
+            self._too_large()
+            return
+        super().handleContentChunk(data)
+
+    def _too_large(self) -> None:
+        self.edge_error = 413
+        if isinstance(self.channel, HTTPChannel):
+            # Answer now rather than read a body we will not use, then close.
+            self.channel.site.info.ended = "error: request body too large"
+            self.channel._cancel_header_timer()
+            self.channel.transport.write(_plain_response(413))
+            self.channel.transport.loseConnection()
+
+    def _route_or_none(self, path: bytes) -> Any:
+        host = self.getHeader(b"host")
+        if host is None:
+            return None
+        try:
+            name, _ = split_host(host.decode("latin-1"))
+        except BadRequest:
+            return None
+        entry = self.channel.site.runtime.routes.lookup(name)
+        return entry.match(path.decode("latin-1").split("?", 1)[0]) if entry else None
+
+    def process(self) -> None:
+        if self.edge_error is not None:
+            self.fail(self.edge_error)
+            return
+        site: HttpConnection = self.channel.site
+        try:
+            self._forward(site)
+        except UpstreamError as e:
+            self.fail(e.status, str(e))
+        except BadRequest as e:
+            self.fail(e.status, str(e))
+
+    def fail(self, status: int, reason: str | None = None) -> None:
+        if self.finished or self._disconnected:
+            return
+        if self.startedWriting:
+            self.loseConnection()  # headers already went out: all we can do is cut the body
+            return
+        body = f"{reason or REASON_TEXT.get(status, 'error')}\n".encode()
+        self.setResponseCode(status)
+        self.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        self.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+        if self.method != b"HEAD":
+            self.write(body)
+        self.finish()
+
+    def _forward(self, site: HttpConnection) -> None:
+        runtime = site.runtime
+        host_header = self.getHeader(b"host")
+        if host_header is None:
+            raise BadRequest(400, "missing Host header")
+        host, _ = split_host(host_header.decode("latin-1"))
+        sni = site.info.sni
+        if site.scheme == "https" and sni is not None and host != sni:
+            self.fail(421)
+            return
+        entry = runtime.routes.lookup(host)
+        path = self.uri.decode("latin-1")
+        route = entry.match(path.split("?", 1)[0]) if entry else None
+        if route is None or not route.terminated:
+            self.fail(404)
+            return
+        self.edge_route = route.name
+        if site.scheme == "http" and route.http != "allow":
+            self._redirect_or_deny(route, host_header.decode("latin-1"), path, runtime)
+            return
+        upstream = runtime.upstreams[route.backend]
+        self.edge_backend = route.backend
+        headers = self._upstream_headers(site, host_header)
+        if self._is_websocket() and isinstance(self.channel, HTTPChannel):
+            self._tunnel(site, upstream, headers)
+            return
+        body = None
+        rewind = None
+        if self.edge_body_seen or self.getHeader(b"content-length") not in (None, b"0") \
+                or self.getHeader(b"transfer-encoding") is not None:
+            self.content.seek(0)
+            body = FileBodyProducer(self.content)
+            rewind = lambda: self.content.seek(0)  # noqa: E731 - a retry on another server re-sends it
+        started = time.monotonic()
+        d = upstream.request(self.method, self.uri, headers, body, rewind)
+        d.addCallback(self._relay, upstream, started)
+        d.addErrback(self._upstream_failed)
+
+    def _redirect_or_deny(self, route: Any, host: str, path: str, runtime: Any) -> None:
+        if route.http == "deny":
+            self.fail(404)
+            return
+        name = host if host.startswith("[") else host.partition(":")[0]
+        if host.startswith("["):
+            name = host[: host.index("]") + 1]
+        port = runtime.https_port
+        location = f"https://{name}{'' if port == 443 else f':{port}'}{path}"
+        self.setResponseCode(308)
+        self.setHeader(b"location", location.encode("latin-1"))
+        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        body = f"Redirecting to {location}\n".encode("latin-1")
+        self.setHeader(b"content-length", str(len(body)).encode())
+        if self.method != b"HEAD":
+            self.write(body)
+        self.finish()
+
+    def _is_websocket(self) -> bool:
+        upgrade = self.getHeader(b"upgrade")
+        return upgrade is not None and upgrade.lower() == b"websocket"
+
+    def _upstream_headers(self, site: HttpConnection, host: bytes) -> Headers:
+        listed = {token.strip().lower() for value in self.requestHeaders.getRawHeaders(b"connection", [])
+                  for token in value.split(b",")}
+        headers = Headers()
+        for name, values in self.requestHeaders.getAllRawHeaders():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in listed:
+                continue
+            headers.setRawHeaders(name, values)
+        client = site.info.client[0]
+        forwarded_for = self.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+        headers.setRawHeaders(b"x-forwarded-for", [b", ".join(forwarded_for + [client.encode()])])
+        headers.setRawHeaders(b"x-forwarded-proto", [site.scheme.encode()])
+        headers.setRawHeaders(b"x-forwarded-host", [host])
+        node = f'"[{client}]"' if ":" in client else client
+        element = f'for={node};host="{host.decode("latin-1")}";proto={site.scheme}'.encode("latin-1")
+        headers.setRawHeaders(b"forwarded", self.requestHeaders.getRawHeaders(b"forwarded", []) + [element])
+        return headers
+
+    def _relay(self, result: tuple[Any, Any], upstream: Any, started: float) -> None:
+        state, response = result
+        self.edge_server = str(state)
+        self.edge_upstream_time = time.monotonic() - started
+        if self.finished or self._disconnected:
+            response._transport.stopProducing() if hasattr(response, "_transport") else None
+            upstream.backend.release(state)
+            return
+        self.setResponseCode(response.code, response.phrase)
+        listed = {token.strip().lower() for value in response.headers.getRawHeaders(b"connection", [])
+                  for token in value.split(b",")}
+        for name, values in response.headers.getAllRawHeaders():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in listed:
+                continue
+            self.responseHeaders.setRawHeaders(name, values)
+        relay = BodyRelay(self, lambda: upstream.backend.release(state))
+        response.deliverBody(relay)
+
+    def _upstream_failed(self, failure: Failure) -> None:
+        if failure.check(UpstreamError):
+            status, reason = failure.value.status, str(failure.value)
+        else:
+            log.failure("proxying a request", failure)
+            status, reason = 502, "backend error"
+        log.warn("{client}: {status} {reason}", client=self.channel.site.info.client[0] if self.channel else "-",
+                 status=status, reason=reason)
+        self.fail(status, reason)
+
+    def _tunnel(self, site: HttpConnection, upstream: Any, headers: Headers) -> None:
+        """Relay an HTTP/1.1 WebSocket upgrade as raw bytes in both directions."""
+        headers.setRawHeaders(b"connection", [b"Upgrade"])
+        headers.setRawHeaders(b"upgrade", self.requestHeaders.getRawHeaders(b"upgrade"))
+        head = b"%s %s HTTP/1.1\r\n" % (self.method, self.uri) + b"".join(
+            b"%s: %s\r\n" % (name, value) for name, values in headers.getAllRawHeaders() for value in values
+        ) + b"\r\n"
+        channel = self.channel
+        channel._cancel_header_timer()
+        channel.setTimeout(None)
+        leftover = b"".join(channel._dataBuffer)
+        channel._dataBuffer = []
+        info = site.info
+        info.backend = upstream.backend.name
+        info.protocol = "websocket"
+        from edge.forward import TcpForward
+
+        tunnel = TcpForward(upstream.backend, info, site.runtime.reactor, site.runtime.config.timeouts.idle,
+                            header=lambda _info: head, endpoint_for=upstream.tunnel_endpoint)
+        self.edge_server = "tunnel"
+        site.switch(tunnel, leftover)
+
+
+class BodyRelay(Protocol):
+    """Copies an upstream response body into the client's response, with back-pressure."""
+
+    def __init__(self, request: ProxyRequest, release: Callable[[], None]) -> None:
+        self.request = request
+        self.release = release
+        self.done = False
+
+    def connectionMade(self) -> None:
+        self.request.registerProducer(self.transport, True)
+        self.request.notifyFinish().addErrback(self._client_gone)
+
+    def _client_gone(self, _failure: Failure) -> None:
+        if not self.done:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.done = True
+        self.release()
+        request = self.request
+        if request._disconnected or request.finished:
+            return
+        request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            request.finish()
+        else:
+            log.warn("backend response cut short: {reason}", reason=reason.getErrorMessage())
+            request.loseConnection()
+
+
+__all__ = ["EdgeHTTPFactory", "ProxyRequest", "HttpConnection", "Deferred"]
