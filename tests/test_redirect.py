@@ -42,6 +42,8 @@ def cluster(start, tmp_path):
 @pytest.fixture
 def web_edge(edge, cluster):
     return edge(f"""
+    [tls]
+    issuer = "local"
     [backends.kube]
     servers = ["127.0.0.1:9"]
     [backends.kube-http]
