@@ -33,7 +33,8 @@ class Edge(Program):
     """A running edge with its three doors on fresh loopback ports."""
 
     def __init__(self, tmp: Path, body: str, *, ssh: bool | None = None, http: bool = True, https: bool = True,
-                 accept_proxy: list[str] | None = None, timeouts: str = "", ipv6: bool = False) -> None:
+                 accept_proxy: list[str] | None = None, timeouts: str = "", ipv6: bool = False,
+                 certs_dir: str | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         if ssh is None:
             ssh = "[ssh]" in body
@@ -52,7 +53,8 @@ class Edge(Program):
             listen.append(f"accept_proxy = {accept_proxy!r}".replace("'", '"'))
         self.config = tmp / "edge.toml"
         self.config.write_text(
-            f"[edge]\nstate_dir = {str(tmp / 'state')!r}\n\n[listen]\n" + "\n".join(listen) + "\n\n"
+            f"[edge]\nstate_dir = {str(tmp / 'state')!r}\n"
+            + (f"certs_dir = {certs_dir!r}\n" if certs_dir else "") + "\n[listen]\n" + "\n".join(listen) + "\n\n"
             + "[timeouts]\n" + (textwrap.dedent(timeouts).strip() or 'inspect = "2s"\nconnect = "2s"\nidle = "60s"')
             + "\n\n" + textwrap.dedent(body)
         )
