@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
 from twisted.web.http import HTTPChannel, HTTPFactory, Request, _GenericHTTPChannelProtocol
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from edge.connection import ConnectionInfo, access_log
 from edge.sniff.http import BadRequest, split_host
@@ -32,6 +33,8 @@ HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade "
     b"proxy-authenticate proxy-authorization".split()
 )
+# Framing the edge redoes itself towards the backend (the Agent sets Content-Length; 100-continue was answered).
+REQUEST_FRAMING = frozenset((b"content-length", b"expect"))
 REASON_TEXT = {
     400: "bad request", 404: "no route for this host and path", 408: "request head took too long",
     413: "request body larger than this route allows", 421: "the Host header does not match the TLS server name",
@@ -56,7 +59,12 @@ class EdgeChannel(HTTPChannel):
     """HTTP/1.1 channel with the edge's limits: 64 KiB of head (431) and a head timeout."""
 
     totalHeadersSize = 65536
+    MAX_LENGTH = 65536  # one header line may use the whole budget
     header_timer: Any = None
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._receivedHeaderSize = self.totalHeadersSize + 1
+        self._respondToBadRequestAndDisconnect()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -299,7 +307,7 @@ class ProxyRequest(Request):
         headers = Headers()
         for name, values in self.requestHeaders.getAllRawHeaders():
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in listed:
+            if lower in HOP_BY_HOP or lower in listed or lower in REQUEST_FRAMING:
                 continue
             headers.setRawHeaders(name, values)
         client = site.info.client[0]
@@ -328,6 +336,9 @@ class ProxyRequest(Request):
             if lower in HOP_BY_HOP or lower in listed:
                 continue
             self.responseHeaders.setRawHeaders(name, values)
+        # The Agent keeps Content-Length out of response.headers; without it we would re-chunk.
+        if response.length is not UNKNOWN_LENGTH and self.method != b"HEAD":
+            self.responseHeaders.setRawHeaders(b"content-length", [str(response.length).encode()])
         relay = BodyRelay(self, lambda: upstream.backend.release(state))
         response.deliverBody(relay)
 
@@ -351,6 +362,7 @@ class ProxyRequest(Request):
         channel = self.channel
         channel._cancel_header_timer()
         channel.setTimeout(None)
+        channel.transport.unregisterProducer()  # the tunnel registers its own producers
         leftover = b"".join(channel._dataBuffer)
         channel._dataBuffer = []
         info = site.info

@@ -146,11 +146,15 @@ class Upstream:
             if rewind is not None:
                 rewind()
             attempt = self.agent.request(method, self.url(state, path), headers, body)
-            timer = self.reactor.callLater(self.response_timeout, attempt.cancel)
+            expired: list[bool] = []
+            timer = self.reactor.callLater(self.response_timeout, lambda: (expired.append(True), attempt.cancel()))
             try:
                 response = yield attempt
             except CONNECT_ERRORS as e:
                 state.active -= 1
+                if expired:
+                    raise UpstreamError(504, f"backend {self.backend.name} did not answer within "
+                                             f"{self.response_timeout:g}s") from None
                 self.backend.failed(state, e)
                 last = e
                 continue
@@ -160,6 +164,9 @@ class Upstream:
                                          f"{self.response_timeout:g}s") from None
             except Exception as e:
                 state.active -= 1
+                if expired:
+                    raise UpstreamError(504, f"backend {self.backend.name} did not answer within "
+                                             f"{self.response_timeout:g}s") from None
                 raise UpstreamError(502, f"backend {self.backend.name} failed: {_describe(e)}") from None
             finally:
                 if timer.active():

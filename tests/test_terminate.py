@@ -55,6 +55,8 @@ def curl(edge_port: int, host: str, path: str = "/", *extra: str, cafile=None) -
 
 def split(response: str) -> tuple[int, dict[str, str], str]:
     head, _, body = response.replace("\r\n", "\n").partition("\n\n")
+    while head.split(" ", 2)[1:2] == ["100"]:  # interim 100 Continue
+        head, _, body = body.partition("\n\n")
     lines = head.split("\n")
     headers = {}
     for line in lines[1:]:
