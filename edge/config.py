@@ -131,6 +131,7 @@ class Config:
     state_dir: str
     certs_dir: str | None
     issuer: str | None
+    admin: Address | None
     listen: Listen
     timeouts: Timeouts
     ssh_backend: str | None
@@ -257,7 +258,16 @@ class _Parser:
             raise self.fail(key, str(e)) from None
 
     def config(self, data: Mapping[str, Any]) -> Config:
-        self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "backends", "routes"))
+        self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "admin", "backends", "routes"))
+        admin_table = self.table(data.get("admin", {}), "admin", ("listen",))
+        admin = None
+        if "listen" in admin_table:
+            try:
+                admin = parse_address(admin_table["listen"]) if isinstance(admin_table["listen"], str) else None
+            except ValueError as e:
+                raise self.fail("admin.listen", str(e)) from None
+            if admin is None:
+                raise self.fail("admin.listen", "must be an address like \"127.0.0.1:9090\"")
         edge = self.table(data.get("edge", {}), "edge", ("state_dir", "certs_dir"))
         state_dir = self.path_in(edge.get("state_dir", "/var/lib/edge"), "edge.state_dir")
         certs_dir = self.path_in(edge["certs_dir"], "edge.certs_dir") if "certs_dir" in edge else None
@@ -280,6 +290,7 @@ class _Parser:
             state_dir=state_dir,
             certs_dir=certs_dir,
             issuer=issuer,
+            admin=admin,
             listen=listen,
             timeouts=timeouts,
             ssh_backend=ssh_backend,

@@ -9,6 +9,7 @@ from twisted.application.service import MultiService
 from edge.config import Config, ConfigError, load
 from edge.dispatch import DispatchFactory
 from edge.listeners import ListenerService
+from edge.admin import admin_site
 from edge.certs.files import CertificateFileError
 from edge.runtime import MissingCertificate, Runtime
 
@@ -31,16 +32,18 @@ class EdgeService(MultiService):
             raise StartupError(f"{config.path}: edge.certs_dir: {e}") from None
         except OSError as e:
             raise StartupError(f"{config.path}: edge.state_dir: {e.strerror or e}: {e.filename}") from None
-        for door in ("ssh", "http", "https"):
-            factory = DispatchFactory(lambda: self.runtime, door)
-            for address in getattr(config.listen, door):
+        doors = [(door, DispatchFactory(lambda: self.runtime, door), getattr(config.listen, door))
+                 for door in ("ssh", "http", "https")]
+        if config.admin is not None:
+            doors.append(("admin", admin_site(lambda: self.runtime), (config.admin,)))
+        for door, factory, addresses in doors:
+            for address in addresses:
                 try:
                     ListenerService(reactor, door, address, factory).setServiceParent(self)
                 except OSError as e:
                     self._close_sockets()
-                    raise StartupError(
-                        f"{config.path}: listen.{door}: cannot listen on {address}: {e.strerror or e}"
-                    ) from None
+                    key = "admin.listen" if door == "admin" else f"listen.{door}"
+                    raise StartupError(f"{config.path}: {key}: cannot listen on {address}: {e.strerror or e}") from None
 
     def _close_sockets(self) -> None:
         for child in self:

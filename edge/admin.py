@@ -1,0 +1,74 @@
+"""The admin listener's status page: routes, backends, certificates at a glance.
+
+Served by twisted.web on ``[admin] listen`` (loopback by default, off when
+absent).  It reads the live runtime each time, so it shows what a reload
+put in place.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+from typing import Any, Callable
+
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:68rem;padding:0 1rem;color:#1d2733}
+h1{font-size:1.5rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #d5dbe3}
+table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #eef1f5}
+.up{color:#17803d}.down{color:#b42318;font-weight:600}.soon{background:#fff4d6}code{font-size:.9em}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+class StatusPage(Resource):
+    isLeaf = True
+
+    def __init__(self, runtime_source: Callable[[], Any]) -> None:
+        super().__init__()
+        self.runtime_source = runtime_source
+
+    def render_GET(self, request) -> bytes:
+        runtime = self.runtime_source()
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        rows = []
+        for route in runtime.config.routes:
+            rows.append(f"<tr><td>{_e(', '.join(route.hosts))}</td><td>{_e(', '.join(route.paths))}</td>"
+                        f"<td>{_e(route.tls)}</td><td>{_e(route.backend)}</td><td>{_e(route.http)}</td></tr>")
+        servers = []
+        seconds = runtime.reactor.seconds()
+        for backend in runtime.backends.values():
+            for state in backend.servers:
+                down = state.down_until > seconds
+                health = '<span class="down">down</span>' if down else '<span class="up">up</span>'
+                servers.append(f"<tr><td>{_e(backend.name)}</td><td><code>{_e(state)}</code></td>"
+                               f"<td>{health}</td><td>{state.active}</td><td>{_e(backend.config.balance)}</td></tr>")
+        certs = []
+        for cert in runtime.certificates:
+            days = (cert.not_after - now).total_seconds() / 86400
+            soon = ' class="soon"' if days < 14 else ""
+            certs.append(f"<tr{soon}><td>{_e(', '.join(cert.names))}</td><td>{_e(cert.source)}</td>"
+                         f"<td>{cert.not_after:%Y-%m-%d %H:%M} UTC</td><td>{days:.1f}</td></tr>")
+        page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>edge status</title>
+<style>{STYLE}</style></head><body><h1>edge</h1>
+<p>Configuration <code>{_e(runtime.config.path)}</code>, page made {now:%Y-%m-%d %H:%M:%S} UTC.</p>
+<h2>Routes</h2><table><tr><th>hosts</th><th>paths</th><th>TLS</th><th>backend</th><th>port 80</th></tr>{''.join(rows)}</table>
+<h2>Backends</h2><table><tr><th>backend</th><th>server</th><th>health</th><th>connections</th><th>balance</th></tr>{''.join(servers)}</table>
+<h2>Certificates</h2><table><tr><th>names</th><th>source</th><th>expires</th><th>days left</th></tr>{''.join(certs) or '<tr><td colspan="4">none issued yet</td></tr>'}</table>
+</body></html>"""
+        return page.encode("utf-8")
+
+
+def admin_site(runtime_source: Callable[[], Any]) -> Site:
+    site = Site(StatusPage(runtime_source))
+    site.noisy = False
+    site.displayTracebacks = False
+    return site
