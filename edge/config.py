@@ -125,6 +125,25 @@ class Route:
         return f"routes[{self.index}]"
 
 
+ACME_DIRECTORIES = {
+    "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+
+
+@dataclass(frozen=True)
+class AcmeConfig:
+    email: str | None
+    directory: str
+    ca_bundle: str | None = None
+    eab_kid: str | None = None
+    eab_hmac_key: str | None = None
+    challenge: str = "http-01"
+    profile: str | None = None
+    retry: float = 60.0  # first back-off after a failure; doubles up to a day
+    check_interval: float = 3600.0
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -132,6 +151,7 @@ class Config:
     certs_dir: str | None
     issuer: str | None
     admin: Address | None
+    acme: AcmeConfig | None
     listen: Listen
     timeouts: Timeouts
     ssh_backend: str | None
@@ -258,7 +278,8 @@ class _Parser:
             raise self.fail(key, str(e)) from None
 
     def config(self, data: Mapping[str, Any]) -> Config:
-        self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "admin", "backends", "routes"))
+        self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "admin", "acme", "backends", "routes"))
+        acme = self.acme(data["acme"]) if "acme" in data else None
         admin_table = self.table(data.get("admin", {}), "admin", ("listen",))
         admin = None
         if "listen" in admin_table:
@@ -291,12 +312,40 @@ class _Parser:
             certs_dir=certs_dir,
             issuer=issuer,
             admin=admin,
+            acme=acme,
             listen=listen,
             timeouts=timeouts,
             ssh_backend=ssh_backend,
             backends=backends,
             routes=routes,
             raw=data,
+        )
+
+    def acme(self, data: Any) -> AcmeConfig:
+        data = self.table(data, "acme", ("email", "directory", "ca_bundle", "eab_kid", "eab_hmac_key", "challenge",
+                                         "profile", "retry", "check_interval"))
+        for key in ("email", "directory", "eab_kid", "eab_hmac_key", "profile", "ca_bundle"):
+            if key in data and (not isinstance(data[key], str) or not data[key]):
+                raise self.fail(f"acme.{key}", "must be a non-empty string")
+        if "email" in data and "@" not in data["email"]:
+            raise self.fail("acme.email", f"{data['email']!r} is not an email address")
+        directory = data.get("directory", "letsencrypt")
+        directory = ACME_DIRECTORIES.get(directory, directory)
+        if not directory.startswith("https://"):
+            raise self.fail("acme.directory", "must be \"letsencrypt\", \"letsencrypt-staging\" or an https:// URL")
+        if ("eab_kid" in data) != ("eab_hmac_key" in data):
+            raise self.fail("acme.eab_kid" if "eab_kid" not in data else "acme.eab_hmac_key",
+                            "external account binding needs both eab_kid and eab_hmac_key")
+        return AcmeConfig(
+            email=data.get("email"),
+            directory=directory,
+            ca_bundle=self.path_in(data["ca_bundle"], "acme.ca_bundle") if "ca_bundle" in data else None,
+            eab_kid=data.get("eab_kid"),
+            eab_hmac_key=data.get("eab_hmac_key"),
+            challenge=self.choice(data.get("challenge", "http-01"), "acme.challenge", ("http-01", "tls-alpn-01")),
+            profile=data.get("profile"),
+            retry=self.duration(data.get("retry", "1m"), "acme.retry"),
+            check_interval=self.duration(data.get("check_interval", "1h"), "acme.check_interval"),
         )
 
     def listen(self, data: Any) -> Listen:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 ACME_PREFIX = "/.well-known/acme-challenge/"
 MAX_HEAD = 65536
 MAX_REQUESTS = 100
-REASONS = {308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large"}
+REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large"}
 
 
 class Redirector(Protocol):
@@ -73,6 +73,13 @@ class Redirector(Protocol):
 
     def _answer(self, head: RequestHead, host: str) -> bool:
         """Answer one request; True if the connection was handed over."""
+        if head.path.startswith(ACME_PREFIX):
+            answer = self.runtime.acme_responders.http01(host, head.path[len(ACME_PREFIX):])
+            if answer is not None:  # our own pending HTTP-01 challenge
+                self.buffer = self.buffer[head.length :]
+                self._respond(200, answer, None, not head.keep_alive, head)
+                self._log(head, host, 200)
+                return False
         entry = self.runtime.routes.lookup(host)
         route = entry.match(head.path.split("?", 1)[0]) if entry is not None else None
         if route is None and entry is not None:

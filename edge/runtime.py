@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
+from edge.acme.responders import ACME_TLS_ALPN, ChallengeResponders
 from edge.backends import Backend
 from edge.certs.files import load_directory
 from edge.certs.local_ca import LocalIssuer
@@ -44,9 +46,11 @@ class MissingCertificate(Exception):
 
 
 class Runtime:
-    def __init__(self, config: Config, reactor: Any, certificates: CertificateStore | None = None) -> None:
+    def __init__(self, config: Config, reactor: Any, certificates: CertificateStore | None = None,
+                 responders: ChallengeResponders | None = None) -> None:
         self.config = config
         self.reactor = reactor
+        self.acme_responders = responders if responders is not None else ChallengeResponders()
         self.routes = RouteTable(config.routes)
         self.backends = {
             name: Backend(backend, reactor, config.timeouts.connect) for name, backend in config.backends.items()
@@ -68,17 +72,22 @@ class Runtime:
         files = load_directory(config.certs_dir) if config.certs_dir else []
         issuer = LocalIssuer(config.state_dir) if config.issuer == "local" else None
         store = CertificateStore(files, fallback=issuer)
-        if issuer is None:
-            for route in config.routes:
-                if not route.terminated:
+        for route in config.routes:
+            if not route.terminated:
+                continue
+            for host in route.hosts:
+                wildcard = host == "*" or host.startswith("*.")
+                probe = "edge-probe." + host[2:] if host.startswith("*.") else host
+                if host != "*" and store.covered(probe) is not None:
                     continue
-                for host in route.hosts:
-                    probe = "edge-probe." + host[2:] if host.startswith("*.") else host
-                    if host == "*" or store.covered(probe) is None:
-                        raise MissingCertificate(
-                            f"{route.name}.hosts: no certificate for {host!r} "
-                            f"(put one in [edge] certs_dir, or set [tls] issuer = \"local\")"
-                        )
+                if config.acme is not None and wildcard:
+                    raise MissingCertificate(
+                        f"{route.name}.hosts: {host!r} needs a static certificate in [edge] certs_dir "
+                        f"(ACME here issues one certificate per name, not wildcards)")
+                if config.acme is None and issuer is None:
+                    raise MissingCertificate(
+                        f"{route.name}.hosts: no certificate for {host!r} "
+                        f"(put one in [edge] certs_dir, set [tls] issuer = \"local\", or configure [acme])")
         return store
 
     def forward(self, backend: str, info: ConnectionInfo) -> TcpForward:
@@ -96,6 +105,12 @@ class Runtime:
         if route is not None:
             info.route, info.tls_mode = route.name, route.tls
             return self.forward(route.backend, info)
+        if ACME_TLS_ALPN.decode() in info.alpn:  # a TLS-ALPN-01 validation for a host we manage
+            options = self.acme_responders.tls_alpn01(info.sni)
+            if options is None:
+                return None
+            info.tls_mode = "acme-tls/1"
+            return TLSMemoryBIOProtocol(TLSMemoryBIOFactory(options, False, Factory.forProtocol(Protocol)), Protocol())
         cert = self.certificates.lookup(info.sni)
         if cert is None:
             return None

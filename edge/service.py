@@ -9,6 +9,8 @@ from twisted.application.service import MultiService
 from edge.config import Config, ConfigError, load
 from edge.dispatch import DispatchFactory
 from edge.listeners import ListenerService
+from edge.acme.responders import ChallengeResponders
+from edge.acme.service import AcmeService
 from edge.admin import admin_site
 from edge.certs.files import CertificateFileError
 from edge.runtime import MissingCertificate, Runtime
@@ -24,14 +26,17 @@ class EdgeService(MultiService):
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.reactor = reactor
+        self.responders = ChallengeResponders()
         try:
-            self.runtime = Runtime(config, reactor)
+            self.runtime = Runtime(config, reactor, responders=self.responders)
         except MissingCertificate as e:
             raise StartupError(f"{config.path}: {e}") from None
         except CertificateFileError as e:
             raise StartupError(f"{config.path}: edge.certs_dir: {e}") from None
         except OSError as e:
             raise StartupError(f"{config.path}: edge.state_dir: {e.strerror or e}: {e.filename}") from None
+        if config.acme is not None:
+            AcmeService(config, self.runtime.certificates, self.responders, reactor).setServiceParent(self)
         doors = [(door, DispatchFactory(lambda: self.runtime, door), getattr(config.listen, door))
                  for door in ("ssh", "http", "https")]
         if config.admin is not None:

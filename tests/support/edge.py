@@ -34,13 +34,14 @@ class Edge(Program):
 
     def __init__(self, tmp: Path, body: str, *, ssh: bool | None = None, http: bool = True, https: bool = True,
                  accept_proxy: list[str] | None = None, timeouts: str = "", ipv6: bool = False,
-                 certs_dir: str | None = None) -> None:
+                 certs_dir: str | None = None, ports: dict[str, int] | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         if ssh is None:
             ssh = "[ssh]" in body
-        self.ssh_port = free_port() if ssh else None
-        self.http_port = free_port() if http else None
-        self.https_port = free_port() if https else None
+        ports = ports or {}
+        self.ssh_port = (ports.get("ssh") or free_port()) if ssh else None
+        self.http_port = (ports.get("http") or free_port()) if http else None
+        self.https_port = (ports.get("https") or free_port()) if https else None
         listen = [
             f"ssh = {self._door(self.ssh_port)}",
             f"http = {self._door(self.http_port)}",

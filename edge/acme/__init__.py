@@ -1,0 +1,1 @@
+"""Let's Encrypt (ACME, RFC 8555): account, challenges, issuance and renewal."""

@@ -1,0 +1,122 @@
+"""Blocking ACME steps, run in Twisted's thread pool with the ``acme`` library's ClientV2.
+
+Nothing here touches the reactor directly: challenge answers are published
+through ``publish``/``withdraw`` callables the service wraps with
+``blockingCallFromThread``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any, Callable
+
+import josepy as jose
+from acme import challenges, client, crypto_util, errors, messages
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from edge.config import AcmeConfig
+
+USER_AGENT = "edge (https://github.com/) acme-python"
+
+
+@challenges.ChallengeResponse.register
+class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
+    """RFC 8737 response (the acme package no longer ships this challenge)."""
+
+    typ = "tls-alpn-01"
+
+
+@challenges.Challenge.register
+class TLSALPN01(challenges.KeyAuthorizationChallenge):
+    response_cls = TLSALPN01Response
+    typ = response_cls.typ
+
+    def validation(self, account_key: jose.JWK, **unused: Any) -> str:
+        return self.key_authorization(account_key)
+
+
+class AcmeProblem(Exception):
+    """One line for the log: what the CA said."""
+
+
+def describe(error: BaseException) -> str:
+    """The CA's problem document (or the failure) as one line."""
+    if isinstance(error, errors.ValidationError):
+        parts = []
+        for authzr in error.failed_authzrs:
+            for challb in authzr.body.challenges:
+                if challb.error is not None:
+                    parts.append(f"{authzr.body.identifier.value}: {challb.error.typ} {challb.error.detail}")
+        return "validation failed: " + "; ".join(parts)
+    if isinstance(error, messages.Error):
+        return f"{error.typ}: {error.detail}"
+    if isinstance(error, errors.TimeoutError):
+        return "the order did not complete in time"
+    if type(error).__name__ in ("ConnectionError", "SSLError", "Timeout", "ConnectTimeout", "ReadTimeout"):
+        cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)|(certificate verify failed[^'\")]*)", str(error))
+        reason = next((g for g in cause.groups() if g), "").strip() if cause else type(error).__name__
+        return f"cannot reach the ACME server: {reason}"
+    return f"{type(error).__name__}: {error}".replace("\n", " ")
+
+
+class AcmeSession:
+    """An account at one ACME server; built (and registered) in a worker thread."""
+
+    def __init__(self, config: AcmeConfig, account_key: ec.EllipticCurvePrivateKey) -> None:
+        self.config = config
+        self.key = jose.JWKEC(key=account_key)
+        verify: Any = config.ca_bundle or True
+        net = client.ClientNetwork(self.key, alg=jose.ES256, user_agent=USER_AGENT, verify_ssl=verify)
+        directory = client.ClientV2.get_directory(config.directory, net)
+        self.client = client.ClientV2(directory, net)
+        eab = None
+        if config.eab_kid:
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=self.key.public_key(), kid=config.eab_kid,
+                hmac_key=config.eab_hmac_key, directory=directory)
+        registration = messages.NewRegistration.from_data(
+            email=config.email, terms_of_service_agreed=True, external_account_binding=eab)
+        try:
+            self.client.new_account(registration)
+        except errors.ConflictError as existing:  # the key is known: reuse that account
+            regr = messages.RegistrationResource(uri=existing.location, body=registration)
+            self.client.net.account = self.client.query_registration(regr)
+
+    def obtain(self, host: str, publish: Callable[..., None], withdraw: Callable[..., None]) -> tuple[bytes, Any]:
+        """Order, prove control of ``host``, finalise; return (fullchain PEM, key)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        csr = crypto_util.make_csr(key_pem, [host])
+        order = self.client.new_order(csr, profile=self.config.profile) if self.config.profile \
+            else self.client.new_order(csr)
+        wanted = self.config.challenge
+        published = []
+        try:
+            for authz in order.authorizations:
+                if authz.body.status == messages.STATUS_VALID:
+                    continue
+                challb = next((c for c in authz.body.challenges if c.chall.typ == wanted), None)
+                if challb is None:
+                    raise AcmeProblem(f"the CA offers no {wanted} challenge for {host}")
+                response, validation = challb.chall.response_and_validation(self.key)
+                token = challb.chall.encode("token")
+                publish(wanted, host, token, validation)
+                published.append((wanted, host, token))
+                self.client.answer_challenge(challb, response)
+            deadline = datetime.datetime.now() + datetime.timedelta(seconds=90)
+            order = self.client.poll_and_finalize(order, deadline)
+        finally:
+            for item in published:
+                withdraw(*item)
+        return order.fullchain_pem.encode("ascii"), key
+
+    def renewal_time(self, chain_pem: bytes) -> datetime.datetime | None:
+        """The CA's suggested renewal time (ARI), if it offers one."""
+        try:
+            when, _ = self.client.renewal_time(chain_pem)
+        except Exception:
+            return None
+        return when

@@ -1,0 +1,167 @@
+"""The issuing service: checks, obtains, renews and swaps ACME certificates.
+
+At start-up it loads what ``state_dir`` holds into the live certificate
+store, logs which host is covered by what until when, and then checks
+every managed host: at once, and every ``check_interval`` (jittered).  A
+certificate is renewed when a third of its lifetime remains (so 6-day and
+90-day certificates both work), or earlier if the CA's renewal information
+says so.  Orders run one at a time in a worker thread; a failure is logged
+with the CA's problem, and that host is retried with exponential back-off
+(``retry``, doubling, capped at a day) while the edge keeps serving what it
+has.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import DeferredLock, inlineCallbacks
+from twisted.internet.threads import blockingCallFromThread, deferToThread
+from twisted.logger import Logger
+
+from edge.acme.issuer import AcmeSession, describe
+from edge.acme.responders import ChallengeResponders
+from edge.acme.storage import AcmeStorage
+from edge.certs.store import Certificate, CertificateStore
+from edge.config import Config
+
+log = Logger()
+
+MAX_BACKOFF = 86400.0
+
+
+def managed_hosts(config: Config, store: CertificateStore) -> list[str]:
+    """Terminated exact host names that no static certificate covers."""
+    hosts = []
+    for route in config.routes:
+        if route.terminated:
+            for host in route.hosts:
+                if not host.startswith("*") and store.covered(host) is None and host not in hosts:
+                    hosts.append(host)
+    return hosts
+
+
+def due(cert: Certificate | None, now: datetime.datetime) -> bool:
+    if cert is None:
+        return True
+    lifetime = cert.not_after - cert.not_before
+    return cert.not_after - now < lifetime / 3
+
+
+class AcmeService(Service):
+    name = "acme"
+
+    def __init__(self, config: Config, store: CertificateStore, responders: ChallengeResponders, reactor: Any) -> None:
+        self.config = config
+        self.acme = config.acme
+        self.store = store
+        self.responders = responders
+        self.reactor = reactor
+        self.storage = AcmeStorage(config.state_dir, self.acme.directory)
+        self.hosts = managed_hosts(config, store)
+        self.current: dict[str, Certificate] = {}
+        self.backoff: dict[str, tuple[float, float]] = {}  # host -> (delay, not before)
+        self.session: AcmeSession | None = None
+        self.lock = DeferredLock()
+        self.timer: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        now = datetime.datetime.now(datetime.timezone.utc)
+        for host in self.hosts:
+            cert = self.storage.load(host)
+            if cert is not None:
+                self.current[host] = cert
+                self.store.add(cert)
+                log.info("certificate for {host}: ACME, expires {expiry:%Y-%m-%d} ({days:.0f} days)",
+                         host=host, expiry=cert.not_after, days=(cert.not_after - now).total_seconds() / 86400)
+            else:
+                fallback = "the local CA" if self.store.fallback is not None else "nothing (TLS alert)"
+                log.info("certificate for {host}: none yet from ACME; serving {fallback} until it arrives",
+                         host=host, fallback=fallback)
+        self._schedule(0)
+
+    def stopService(self):
+        super().stopService()
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def _schedule(self, delay: float) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = self.reactor.callLater(max(0.0, delay), self.check)
+
+    @inlineCallbacks
+    def check(self):
+        """Obtain or renew every managed host that needs it; then plan the next check."""
+        self.timer = None
+        yield self.lock.acquire()
+        try:
+            for host in list(self.hosts):
+                if not self.running:
+                    return
+                if self.backoff.get(host, (0, 0))[1] > self.reactor.seconds():
+                    continue
+                needed = yield self._needs(host)
+                if needed:
+                    yield self._obtain(host)
+        finally:
+            self.lock.release()
+            if self.running:
+                interval = self.acme.check_interval * random.uniform(0.9, 1.1)
+                retries = [when - self.reactor.seconds() for _, when in self.backoff.values()]
+                self._schedule(min([interval] + retries))
+
+    @inlineCallbacks
+    def _needs(self, host: str):
+        cert = self.current.get(host)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if due(cert, now):
+            return True
+        if self.session is not None:
+            when = yield deferToThread(self.session.renewal_time, self.storage.chain_pem(host))
+            if when is not None and when <= now:
+                log.info("the CA asks for {host} to be renewed early", host=host)
+                return True
+        return False
+
+    @inlineCallbacks
+    def _obtain(self, host: str):
+        renewing = host in self.current
+        log.info("{what} a certificate for {host} from {directory} ({challenge})",
+                 what="renewing" if renewing else "ordering", host=host,
+                 directory=self.acme.directory, challenge=self.acme.challenge)
+        try:
+            if self.session is None:
+                account_key = self.storage.account_key()
+                self.session = yield deferToThread(AcmeSession, self.acme, account_key)
+            chain, key = yield deferToThread(self.session.obtain, host, self._publish, self._withdraw)
+        except Exception as e:  # the CA said no, or could not be reached
+            self.session = None  # start afresh next time: directory, nonce, account
+            delay = min(MAX_BACKOFF, self.backoff[host][0] * 2) if host in self.backoff else self.acme.retry
+            self.backoff[host] = (delay, self.reactor.seconds() + delay)
+            log.error("ACME certificate for {host} failed: {problem}; retrying in {delay:g}s",
+                      host=host, problem=describe(e), delay=delay)
+            return
+        cert = self.storage.save(host, chain, key)
+        self.current[host] = cert
+        self.store.add(cert)
+        self.backoff.pop(host, None)
+        log.info("certificate for {host} obtained from ACME, expires {expiry:%Y-%m-%d %H:%M} UTC; now serving it",
+                 host=host, expiry=cert.not_after)
+
+    def _publish(self, kind: str, host: str, token: str, validation: str) -> None:
+        if kind == "http-01":
+            blockingCallFromThread(self.reactor, self.responders.add_http01, host, token, validation)
+        else:
+            blockingCallFromThread(self.reactor, self.responders.add_tls_alpn01, host, validation)
+
+    def _withdraw(self, kind: str, host: str, token: str) -> None:
+        if kind == "http-01":
+            blockingCallFromThread(self.reactor, self.responders.remove_http01, host, token)
+        else:
+            blockingCallFromThread(self.reactor, self.responders.remove_tls_alpn01, host)
