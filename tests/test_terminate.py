@@ -233,7 +233,7 @@ def test_terminated_host_without_certificate_is_a_startup_error(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         f"edge: {path}: routes[0].hosts: no certificate for 'a.example.test' "
-        f"(put one in [edge] certs_dir, or set [tls] issuer = \"local\")"
+        f"(put one in [edge] certs_dir, set [tls] issuer = \"local\", or configure [acme])"
     ]
 
 
