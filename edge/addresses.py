@@ -29,6 +29,16 @@ class Address:
         return f"[{self.host}]:{self.port}" if self.family6 else f"{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class SystemdAddress:
+    """A socket handed over by systemd (``LISTEN_FDS``), by FileDescriptorName or index."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"systemd:{self.name}"
+
+
 def _split_host_port(value: str, default_port: int | None) -> tuple[str, int]:
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")
@@ -59,9 +69,15 @@ def _split_host_port(value: str, default_port: int | None) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def parse_address(value: str) -> Address:
-    """Parse a listen address ``host:port`` or ``[v6]:port``."""
-    return Address(*_split_host_port(value.strip(), None))
+def parse_address(value: str) -> Address | SystemdAddress:
+    """Parse a listen address ``host:port``, ``[v6]:port`` or ``systemd:NAME``."""
+    value = value.strip()
+    if value.startswith("systemd:"):
+        name = value[len("systemd:"):]
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ValueError(f"{value!r}: expected systemd:NAME (a FileDescriptorName= or an index)")
+        return SystemdAddress(name)
+    return Address(*_split_host_port(value, None))
 
 
 def parse_server(value: str) -> tuple[str, int, str]:

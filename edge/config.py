@@ -50,6 +50,7 @@ class Timeouts:
     connect: float = 5.0
     idle: float = 3600.0
     response: float = 60.0  # an HTTP backend's response headers (else 504)
+    drain: float = 30.0  # on stop: how long open connections may take to finish
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class Config:
     issuer: str | None
     admin: Address | None
     acme: AcmeConfig | None
+    watch: bool
     listen: Listen
     timeouts: Timeouts
     ssh_backend: str | None
@@ -289,7 +291,10 @@ class _Parser:
                 raise self.fail("admin.listen", str(e)) from None
             if admin is None:
                 raise self.fail("admin.listen", "must be an address like \"127.0.0.1:9090\"")
-        edge = self.table(data.get("edge", {}), "edge", ("state_dir", "certs_dir"))
+        edge = self.table(data.get("edge", {}), "edge", ("state_dir", "certs_dir", "watch"))
+        watch = edge.get("watch", False)
+        if not isinstance(watch, bool):
+            raise self.fail("edge.watch", "must be true or false")
         state_dir = self.path_in(edge.get("state_dir", "/var/lib/edge"), "edge.state_dir")
         certs_dir = self.path_in(edge["certs_dir"], "edge.certs_dir") if "certs_dir" in edge else None
         tls = self.table(data.get("tls", {}), "tls", ("issuer",))
@@ -313,6 +318,7 @@ class _Parser:
             issuer=issuer,
             admin=admin,
             acme=acme,
+            watch=watch,
             listen=listen,
             timeouts=timeouts,
             ssh_backend=ssh_backend,
@@ -370,7 +376,7 @@ class _Parser:
         return Listen(accept_proxy=tuple(networks), **doors)
 
     def timeouts(self, data: Any) -> Timeouts:
-        data = self.table(data, "timeouts", ("inspect", "connect", "idle", "response"))
+        data = self.table(data, "timeouts", ("inspect", "connect", "idle", "response", "drain"))
         return Timeouts(**{k: self.duration(v, f"timeouts.{k}") for k, v in data.items()})
 
     def backends(self, data: Any) -> dict[str, BackendConfig]:

@@ -45,6 +45,7 @@ class Dispatcher(Protocol):
         self.proxy_pending = False
 
     def connectionMade(self) -> None:
+        self.factory.connections.add(self)
         peer, local = self.transport.getPeer(), self.transport.getHost()
         self.info = ConnectionInfo((peer.host, peer.port), (local.host, local.port), self.listener)
         self.proxy_pending = self.runtime.config.listen.trusts(peer.host)
@@ -175,6 +176,7 @@ class Dispatcher(Protocol):
             self.handler.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.connections.discard(self)
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         if self.handler is not None:
@@ -188,9 +190,10 @@ class DispatchFactory(Factory):
 
     noisy = False
 
-    def __init__(self, runtime_source, listener: str) -> None:
+    def __init__(self, runtime_source, listener: str, connections: set | None = None) -> None:
         self.runtime_source = runtime_source  # a callable: reload swaps what it returns
         self.listener = listener
+        self.connections = connections if connections is not None else set()
 
     def buildProtocol(self, addr) -> Dispatcher:
         protocol = Dispatcher(self.runtime_source(), self.listener)

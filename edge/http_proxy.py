@@ -61,6 +61,7 @@ class EdgeChannel(HTTPChannel):
     totalHeadersSize = 65536
     MAX_LENGTH = 65536  # one header line may use the whole budget
     header_timer: Any = None
+    wrapper: Any = None  # the _GenericHTTPChannelProtocol that may swap this channel for HTTP/2
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._receivedHeaderSize = self.totalHeadersSize + 1
@@ -81,6 +82,8 @@ class EdgeChannel(HTTPChannel):
 
     def _header_timeout(self) -> None:
         self.header_timer = None
+        if self.wrapper is not None and self.wrapper._channel is not self:
+            return  # ALPN chose h2: this HTTP/1.1 channel was replaced before it read anything
         self.site.info.ended = "timeout: request head"
         self.transport.write(_plain_response(408))
         self.loseConnection()
@@ -126,7 +129,9 @@ class EdgeHTTPFactory(HTTPFactory):
 
     def channel(self, info: ConnectionInfo, scheme: str,
                 switch: Callable[[Protocol, bytes], None]) -> _GenericHTTPChannelProtocol:
-        protocol = _GenericHTTPChannelProtocol(EdgeChannel())
+        channel = EdgeChannel()
+        protocol = _GenericHTTPChannelProtocol(channel)
+        channel.wrapper = protocol
         protocol.factory = self
         protocol.callLater = self.reactor.callLater
         protocol.timeOut = self.timeOut

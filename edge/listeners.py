@@ -8,6 +8,7 @@ The edge makes its own listening socket so it can set what Twisted's
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -16,13 +17,32 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from edge.addresses import Address
+from edge.addresses import Address, SystemdAddress
 
 log = Logger()
 
 
-def bind(address: Address, backlog: int = 1024) -> socket.socket:
+def systemd_socket(address: SystemdAddress) -> socket.socket:
+    """The listening socket systemd passed for ``address`` (socket activation)."""
+    from twisted.python.systemd import ListenFDs
+
+    fds = ListenFDs.fromEnvironment()
+    named = fds.inheritedNamedDescriptors()
+    if address.name in named:
+        fd = named[address.name]
+    elif address.name.isdigit() and int(address.name) < len(fds.inheritedDescriptors()):
+        fd = fds.inheritedDescriptors()[int(address.name)]
+    else:
+        raise OSError(f"systemd passed no socket named {address.name!r} (LISTEN_FDNAMES={sorted(named)})")
+    sock = socket.socket(fileno=os.dup(fd))
+    sock.setblocking(False)
+    return sock
+
+
+def bind(address: Address | SystemdAddress, backlog: int = 1024) -> socket.socket:
     """A listening TCP socket on ``address`` (resolving a host name once)."""
+    if isinstance(address, SystemdAddress):
+        return systemd_socket(address)
     family = socket.AF_INET6 if address.family6 else socket.AF_INET
     infos = socket.getaddrinfo(address.host, address.port, family if address.family6 else 0, socket.SOCK_STREAM)
     family, _, _, _, sockaddr = infos[0]
@@ -52,6 +72,12 @@ class ListenerService(Service):
         self.port: IListeningPort | None = None
         self.socket: socket.socket | None = bind(address)
         self.setName(f"{door}:{address}")
+
+    def close_socket(self) -> None:
+        """Release a socket bound but never started (start-up failed)."""
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
 
     def startService(self) -> None:
         sock, self.socket = self.socket, None

@@ -47,22 +47,29 @@ class MissingCertificate(Exception):
 
 class Runtime:
     def __init__(self, config: Config, reactor: Any, certificates: CertificateStore | None = None,
-                 responders: ChallengeResponders | None = None) -> None:
+                 responders: ChallengeResponders | None = None, previous: "Runtime | None" = None) -> None:
         self.config = config
         self.reactor = reactor
         self.acme_responders = responders if responders is not None else ChallengeResponders()
         self.routes = RouteTable(config.routes)
-        self.backends = {
-            name: Backend(backend, reactor, config.timeouts.connect) for name, backend in config.backends.items()
-        }
-        self.upstreams = {
-            name: Upstream(backend, reactor, config.timeouts.connect, config.timeouts.response)
-            for name, backend in self.backends.items() if backend.config.kind == "http"
-        }
+        same_timeouts = previous is not None and previous.config.timeouts == config.timeouts
+        self.backends: dict[str, Backend] = {}
+        self.upstreams: dict[str, Upstream] = {}
+        for name, backend_config in config.backends.items():
+            # An unchanged backend keeps its counters, health and connection pool across a reload.
+            old = previous.backends.get(name) if same_timeouts else None
+            if old is not None and old.config == backend_config:
+                self.backends[name] = old
+                if name in previous.upstreams:
+                    self.upstreams[name] = previous.upstreams[name]
+                continue
+            backend = self.backends[name] = Backend(backend_config, reactor, config.timeouts.connect)
+            if backend_config.kind == "http":
+                self.upstreams[name] = Upstream(backend, reactor, config.timeouts.connect, config.timeouts.response)
         for name, backend in config.backends.items():
             if backend.servers[0].scheme == "https" and not backend.verify:
                 log.warn("backend {backend}: verify = false, its TLS certificates are not checked", backend=name)
-        self.https_port = config.listen.https[0].port if config.listen.https else 443
+        self.https_port = next((a.port for a in config.listen.https if hasattr(a, "port")), 443)
         self.certificates = certificates if certificates is not None else self.load_certificates(config)
         self.http_factory = EdgeHTTPFactory(self)
 

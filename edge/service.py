@@ -1,23 +1,50 @@
-"""Build the edge's service tree from a config file."""
+"""The edge's service tree: listeners, the live runtime, ACME; reload and drain.
+
+``SIGHUP`` (or a changed file with ``[edge] watch = true``) re-reads the
+config.  A valid one becomes a new runtime that new connections use, while
+open connections keep the runtime they started with; listeners whose
+address is unchanged keep their sockets, new ones are bound, removed ones
+stop accepting.  An invalid one is logged and changes nothing.  On stop,
+listeners close first and open connections get ``timeouts.drain`` to finish.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
 
-from edge.config import Config, ConfigError, load
-from edge.dispatch import DispatchFactory
-from edge.listeners import ListenerService
 from edge.acme.responders import ChallengeResponders
 from edge.acme.service import AcmeService
 from edge.admin import admin_site
 from edge.certs.files import CertificateFileError
+from edge.config import Config, ConfigError, load
+from edge.dispatch import DispatchFactory
+from edge.listeners import ListenerService
 from edge.runtime import MissingCertificate, Runtime
+
+log = Logger()
 
 
 class StartupError(Exception):
-    """Start-up cannot go on; the message is one line for the operator."""
+    """Start-up (or a reload) cannot go on; the message is one line for the operator."""
+
+
+def build_runtime(config: Config, reactor: Any, responders: ChallengeResponders,
+                  previous: Runtime | None = None) -> Runtime:
+    try:
+        return Runtime(config, reactor, responders=responders, previous=previous)
+    except MissingCertificate as e:
+        raise StartupError(f"{config.path}: {e}") from None
+    except CertificateFileError as e:
+        raise StartupError(f"{config.path}: edge.certs_dir: {e}") from None
+    except OSError as e:
+        raise StartupError(f"{config.path}: edge.state_dir: {e.strerror or e}: {e.filename}") from None
 
 
 class EdgeService(MultiService):
@@ -26,34 +53,126 @@ class EdgeService(MultiService):
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.reactor = reactor
+        self.config_path = config.path
         self.responders = ChallengeResponders()
-        try:
-            self.runtime = Runtime(config, reactor, responders=self.responders)
-        except MissingCertificate as e:
-            raise StartupError(f"{config.path}: {e}") from None
-        except CertificateFileError as e:
-            raise StartupError(f"{config.path}: edge.certs_dir: {e}") from None
-        except OSError as e:
-            raise StartupError(f"{config.path}: edge.state_dir: {e.strerror or e}: {e.filename}") from None
-        if config.acme is not None:
-            AcmeService(config, self.runtime.certificates, self.responders, reactor).setServiceParent(self)
-        doors = [(door, DispatchFactory(lambda: self.runtime, door), getattr(config.listen, door))
-                 for door in ("ssh", "http", "https")]
-        if config.admin is not None:
-            doors.append(("admin", admin_site(lambda: self.runtime), (config.admin,)))
-        for door, factory, addresses in doors:
-            for address in addresses:
-                try:
-                    ListenerService(reactor, door, address, factory).setServiceParent(self)
-                except OSError as e:
-                    self._close_sockets()
-                    key = "admin.listen" if door == "admin" else f"listen.{door}"
-                    raise StartupError(f"{config.path}: {key}: cannot listen on {address}: {e.strerror or e}") from None
+        self.connections: set = set()  # every client connection, across reloads, for draining
+        self.runtime = build_runtime(config, reactor, self.responders)
+        self.factories = {door: DispatchFactory(lambda: self.runtime, door, self.connections)
+                          for door in ("ssh", "http", "https")}
+        self.factories["admin"] = admin_site(lambda: self.runtime)
+        self.listeners: dict[tuple[str, Any], ListenerService] = {}
+        self.acme: AcmeService | None = None
+        self.watcher: LoopingCall | None = None
+        self._mtime = self._config_mtime()
+        self._bind_all(config, fatal=True)
+        self._start_acme(config)
 
-    def _close_sockets(self) -> None:
-        for child in self:
-            if child.socket is not None:
-                child.socket.close()
+    @staticmethod
+    def _wanted(config: Config) -> list[tuple[str, Any]]:
+        wanted = [(door, address) for door in ("ssh", "http", "https") for address in getattr(config.listen, door)]
+        if config.admin is not None:
+            wanted.append(("admin", config.admin))
+        return wanted
+
+    def _bind_all(self, config: Config, fatal: bool) -> None:
+        """Listen on every address of ``config``; keep the sockets of unchanged ones."""
+        wanted = self._wanted(config)
+        for key, listener in list(self.listeners.items()):
+            if key not in wanted:
+                del self.listeners[key]
+                listener.disownServiceParent()
+                log.info("no longer listening for {door} on {address}", door=key[0], address=str(key[1]))
+        for key in wanted:
+            if key in self.listeners:
+                continue
+            door, address = key
+            try:
+                listener = ListenerService(self.reactor, door, address, self.factories[door])
+            except OSError as e:
+                name = "admin.listen" if door == "admin" else f"listen.{door}"
+                message = f"{config.path}: {name}: cannot listen on {address}: {e.strerror or e}"
+                if fatal:
+                    for other in self.listeners.values():
+                        other.close_socket()
+                    raise StartupError(message) from None
+                log.error("{message}", message=message)
+                continue
+            self.listeners[key] = listener
+            listener.setServiceParent(self)
+
+    def _start_acme(self, config: Config) -> None:
+        if self.acme is not None:
+            self.acme.disownServiceParent()
+            self.acme = None
+        if config.acme is not None:
+            self.acme = AcmeService(config, self.runtime.certificates, self.responders, self.reactor)
+            self.acme.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        self._watch(self.runtime.config.watch)
+
+    def _watch(self, enabled: bool) -> None:
+        """Poll the config file's modification time while ``[edge] watch`` is on."""
+        if enabled and self.watcher is None:
+            self.watcher = LoopingCall(self._check_file)
+            self.watcher.clock = self.reactor
+            self.watcher.start(1.0, now=False)
+        elif not enabled and self.watcher is not None:
+            if self.watcher.running:
+                self.watcher.stop()
+            self.watcher = None
+
+    def _config_mtime(self) -> float | None:
+        try:
+            return os.stat(self.config_path).st_mtime
+        except OSError:
+            return None
+
+    def _check_file(self) -> None:
+        mtime = self._config_mtime()
+        if mtime != self._mtime:
+            self._mtime = mtime
+            log.info("{path} changed", path=self.config_path)
+            self.reload()
+
+    def reload(self) -> bool:
+        """Re-read the config; apply it if valid, else log why and keep the old one."""
+        try:
+            config = load(self.config_path)
+            runtime = build_runtime(config, self.reactor, self.responders, previous=self.runtime)
+        except (ConfigError, StartupError) as e:
+            log.error("reload refused, the running configuration stays: {error}", error=str(e))
+            return False
+        self.runtime = runtime
+        self._bind_all(config, fatal=False)
+        self._start_acme(config)
+        self._mtime = self._config_mtime()
+        if self.running:
+            self._watch(config.watch)
+        log.info("reloaded {path}: {routes} routes, {backends} backends",
+                 path=config.path, routes=len(config.routes), backends=len(config.backends))
+        return True
+
+    @inlineCallbacks
+    def stopService(self) -> Deferred:
+        """Stop accepting, give open connections ``timeouts.drain``, then close the rest."""
+        if self.watcher is not None and self.watcher.running:
+            self.watcher.stop()
+        yield super().stopService()
+        drain = self.runtime.config.timeouts.drain
+        waited = 0.0
+        if self.connections:
+            log.info("draining {count} open connections (up to {drain:g}s)", count=len(self.connections), drain=drain)
+        while self.connections and waited < drain:
+            yield deferLater(self.reactor, 0.1, lambda: None)
+            waited += 0.1
+        for connection in list(self.connections):
+            connection.info.ended = "closed: shutdown"
+            connection.transport.abortConnection()
+        if waited:
+            log.info("drained after {waited:.1f}s", waited=waited)
 
 
 def make_service(config_path: str, reactor: Any = None) -> EdgeService:

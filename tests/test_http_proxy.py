@@ -279,3 +279,39 @@ def test_websocket_echo_through_the_edge(edge, start, tmp_path):
 
     assert asyncio.run(talk()) == ["hello", "x" * 100_000, b"\x00\x01binary"]
     e.assert_alive()
+
+
+def test_http2_connection_outlives_the_request_head_timeout(edge, files_origin):
+    """An idle HTTP/2 connection is not cut by the HTTP/1.1 head timer (a regression test)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    (files_origin.files / "a.txt").write_text("A\n")
+    e = edge(one_route(f'["http://127.0.0.1:{files_origin.port}"]'), timeouts='inspect = "1s"\nconnect = "2s"\nidle = "60s"')
+    context = ssl.create_default_context(cafile=local_ca(e))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", e.https_port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="app.example.test") as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            tls.sendall(conn.data_to_send())
+            for stream in (1, 3):
+                if stream == 3:
+                    time.sleep(2.5)  # longer than timeouts.inspect
+                conn.send_headers(stream, [(":method", "GET"), (":path", "/a.txt"), (":scheme", "https"),
+                                           (":authority", "app.example.test")], end_stream=True)
+                tls.sendall(conn.data_to_send())
+                body, ended = b"", False
+                while not ended:
+                    data = tls.recv(65536)
+                    assert data, "the edge closed the HTTP/2 connection"
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                            body += event.data
+                            conn.acknowledge_received_data(event.flow_controlled_length, stream)
+                        if isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
+                            ended = True
+                    tls.sendall(conn.data_to_send())
+                assert body == b"A\n"
