@@ -34,13 +34,19 @@ class BackendUnavailable(Exception):
 class ServerState:
     """Live counters for one server; kept across connections."""
 
-    __slots__ = ("server", "active", "fails", "down_until", "endpoint")
+    __slots__ = ("server", "active", "fails", "down_until", "endpoint",
+                 "checked_up", "check_fails", "check_passes", "checking", "last_check_error")
 
     def __init__(self, server: Server, reactor: Any, connect_timeout: float) -> None:
         self.server = server
         self.active = 0
-        self.fails = 0
+        self.fails = 0  # passive health: failed connects in a row
         self.down_until = 0.0
+        self.checked_up = True  # active health (edge.health); servers start up, as in HAProxy
+        self.check_fails = 0
+        self.check_passes = 0
+        self.checking = False
+        self.last_check_error = ""
         self.endpoint = _endpoint(reactor, server.host, server.port, connect_timeout)
 
     def __str__(self) -> str:
@@ -67,11 +73,11 @@ class Backend:
         self._next = 0
 
     def ordered(self) -> list[ServerState]:
-        """All servers, in the order this connection should try them."""
+        """The servers active checks say are up, in the order this connection should try them."""
         n = len(self.servers)
         start = self._next % n
         self._next += 1
-        ring = self.servers[start:] + self.servers[:start]
+        ring = [s for s in self.servers[start:] + self.servers[:start] if s.checked_up]
         if self.config.balance == "leastconn":
             ring.sort(key=lambda s: s.active)  # stable: ties keep the rotation
         now = self._reactor.seconds()

@@ -99,6 +99,10 @@ class BackendConfig:
     verify: bool = True  # https:// servers: check the certificate
     ca: str | None = None  # PEM bundle to verify https:// servers against (default: system CAs)
     server_name: str | None = None  # name to send (SNI) and verify (default: the server's host)
+    check: str | None = None  # active health check: "tcp", "tls" or "http GET /path"
+    check_interval: float = 2.0
+    rise: int = 2
+    fall: int = 3
 
     @property
     def kind(self) -> str:
@@ -387,7 +391,7 @@ class _Parser:
         key = f"backends.{name}"
         data = self.table(
             data, key, ("servers", "balance", "max_conn", "proxy_protocol", "max_fails", "fail_timeout",
-                        "verify", "ca", "server_name")
+                        "verify", "ca", "server_name", "check", "check_interval", "rise", "fall")
         )
         if "servers" not in data:
             raise self.fail(f"{key}.servers", "missing: a backend needs at least one server")
@@ -429,6 +433,22 @@ class _Parser:
             if not isinstance(data["server_name"], str) or not valid_route_host(normalise_host(data["server_name"])):
                 raise self.fail(f"{key}.server_name", "must be a host name")
             options["server_name"] = normalise_host(data["server_name"])
+        if "check" in data:
+            check = data["check"]
+            parts = check.split() if isinstance(check, str) else []
+            valid = parts in (["tcp"], ["tls"]) or (
+                len(parts) == 3 and parts[0] == "http" and parts[1] in ("GET", "HEAD") and parts[2].startswith("/"))
+            if not valid:
+                raise self.fail(f"{key}.check", f"{check!r} is not \"tcp\", \"tls\" or \"http GET /path\"")
+            options["check"] = " ".join(parts)
+        for name in ("check_interval", "rise", "fall"):
+            if name in data and "check" not in data:
+                raise self.fail(f"{key}.{name}", "only applies together with check")
+        if "check_interval" in data:
+            options["check_interval"] = self.duration(data["check_interval"], f"{key}.check_interval")
+        for name in ("rise", "fall"):
+            if name in data:
+                options[name] = self.positive_int(data[name], f"{key}.{name}")
         if "proxy_protocol" in options and servers[0].scheme != "tcp":
             raise self.fail(f"{key}.proxy_protocol", "is for host:port (TCP) servers")
         return BackendConfig(name=name, servers=tuple(servers), **options)

@@ -25,6 +25,7 @@ from edge.admin import admin_site
 from edge.certs.files import CertificateFileError
 from edge.config import Config, ConfigError, load
 from edge.dispatch import DispatchFactory
+from edge.health import HealthService
 from edge.listeners import ListenerService
 from edge.runtime import MissingCertificate, Runtime
 
@@ -62,10 +63,12 @@ class EdgeService(MultiService):
         self.factories["admin"] = admin_site(lambda: self.runtime)
         self.listeners: dict[tuple[str, Any], ListenerService] = {}
         self.acme: AcmeService | None = None
+        self.health: HealthService | None = None
         self.watcher: LoopingCall | None = None
         self._mtime = self._config_mtime()
         self._bind_all(config, fatal=True)
         self._start_acme(config)
+        self._start_health()
 
     @staticmethod
     def _wanted(config: Config) -> list[tuple[str, Any]]:
@@ -99,6 +102,12 @@ class EdgeService(MultiService):
                 continue
             self.listeners[key] = listener
             listener.setServiceParent(self)
+
+    def _start_health(self) -> None:
+        if self.health is not None:
+            self.health.disownServiceParent()
+        self.health = HealthService(self.runtime.backends, self.reactor, self.runtime.config.timeouts.connect)
+        self.health.setServiceParent(self)
 
     def _start_acme(self, config: Config) -> None:
         if self.acme is not None:
@@ -148,6 +157,7 @@ class EdgeService(MultiService):
         self.runtime = runtime
         self._bind_all(config, fatal=False)
         self._start_acme(config)
+        self._start_health()
         self._mtime = self._config_mtime()
         if self.running:
             self._watch(config.watch)
