@@ -11,8 +11,11 @@ import datetime
 import html
 from typing import Any, Callable
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+
+from edge import metrics
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:68rem;padding:0 1rem;color:#1d2733}
@@ -26,8 +29,15 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-class StatusPage(Resource):
+class MetricsPage(Resource):
     isLeaf = True
+
+    def render_GET(self, request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(metrics.REGISTRY)
+
+
+class StatusPage(Resource):
 
     def __init__(self, runtime_source: Callable[[], Any]) -> None:
         super().__init__()
@@ -67,7 +77,16 @@ class StatusPage(Resource):
         return page.encode("utf-8")
 
 
+    def getChild(self, path: bytes, request) -> Resource:
+        if path == b"metrics":
+            return MetricsPage()
+        if path == b"":
+            return self
+        return Resource.getChild(self, path, request)
+
+
 def admin_site(runtime_source: Callable[[], Any]) -> Site:
+    metrics.watch_runtime(runtime_source)
     site = Site(StatusPage(runtime_source))
     site.noisy = False
     site.displayTracebacks = False

@@ -441,14 +441,14 @@ class _Parser:
             if not valid:
                 raise self.fail(f"{key}.check", f"{check!r} is not \"tcp\", \"tls\" or \"http GET /path\"")
             options["check"] = " ".join(parts)
-        for name in ("check_interval", "rise", "fall"):
-            if name in data and "check" not in data:
-                raise self.fail(f"{key}.{name}", "only applies together with check")
+        for option in ("check_interval", "rise", "fall"):
+            if option in data and "check" not in data:
+                raise self.fail(f"{key}.{option}", "only applies together with check")
         if "check_interval" in data:
             options["check_interval"] = self.duration(data["check_interval"], f"{key}.check_interval")
-        for name in ("rise", "fall"):
-            if name in data:
-                options[name] = self.positive_int(data[name], f"{key}.{name}")
+        for option in ("rise", "fall"):
+            if option in data:
+                options[option] = self.positive_int(data[option], f"{key}.{option}")
         if "proxy_protocol" in options and servers[0].scheme != "tcp":
             raise self.fail(f"{key}.proxy_protocol", "is for host:port (TCP) servers")
         return BackendConfig(name=name, servers=tuple(servers), **options)

@@ -12,6 +12,8 @@ import time
 
 from twisted.logger import Logger
 
+from edge import metrics
+
 access_log = Logger(namespace="edge.access")
 
 
@@ -52,6 +54,8 @@ class ConnectionInfo:
             return
         self.logged = True
         self.ended = ended
+        duration = time.monotonic() - self.started
+        metrics.connection_finished(self, duration)
         access_log.info(
             "{client_text} {listener} {protocol} sni={sni} route={route} backend={backend} "
             "server={server} in={bytes_in} out={bytes_out} {duration:.3f}s {ended}",
@@ -68,7 +72,7 @@ class ConnectionInfo:
             server=self.server or "-",
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
-            duration=time.monotonic() - self.started,
+            duration=duration,
             ended=ended,
             proxied=self.proxied,
         )

@@ -23,6 +23,7 @@ from twisted.web.http import HTTPChannel, HTTPFactory, Request, _GenericHTTPChan
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from edge import metrics
 from edge.connection import ConnectionInfo, access_log
 from edge.sniff.http import BadRequest, split_host
 from edge.upstream import UpstreamError
@@ -144,6 +145,9 @@ class EdgeHTTPFactory(HTTPFactory):
         info = site.info if site is not None else None
         started = getattr(request, "edge_started", None)
         upstream = getattr(request, "edge_upstream_time", None)
+        duration = (time.monotonic() - started) if started else 0.0
+        metrics.request_finished(getattr(request, "edge_route", None), getattr(request, "edge_backend", None),
+                                 getattr(request, "edge_server", None), request.code, duration, upstream)
         access_log.info(
             "{client} {method} {host}{path} {status} {sent}B route={route} backend={backend} server={server}"
             " upstream={upstream_text} {duration:.3f}s",
@@ -158,7 +162,7 @@ class EdgeHTTPFactory(HTTPFactory):
             server=getattr(request, "edge_server", None) or "-",
             upstream_time=upstream,
             upstream_text=f"{upstream:.3f}s" if upstream is not None else "-",
-            duration=(time.monotonic() - started) if started else 0.0,
+            duration=duration,
             protocol=request.clientproto.decode("latin-1"),
             sni=info.sni if info else None,
             listener=info.listener if info else None,

@@ -121,7 +121,8 @@ class Runtime:
         cert = self.certificates.lookup(info.sni)
         if cert is None:
             return None
-        info.tls_mode = "terminate"
+        info.tls_mode = entry.routes[0].tls if len({r.tls for r in entry.routes}) == 1 else "terminate"
+        info.route = ",".join(r.name for r in entry.routes)
         tls_factory = cert.tls_factory(self.http_factory)
         protocol: EdgeTLSProtocol
         channel = self.http_factory.channel(info, "https", lambda p, data: protocol.switch(p, data))

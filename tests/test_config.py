@@ -172,3 +172,10 @@ def test_twist_edge_help_describes_it(tmp_path):
     assert result.returncode == 0
     assert "--config" in result.stdout and "/etc/edge/edge.toml" in result.stdout
     assert "SNI" in result.stdout
+
+
+def test_backend_names_survive_health_options(tmp_path):
+    config = load(write(tmp_path, '[backends.web]\nservers = ["http://127.0.0.1:1"]\ncheck = "http GET /healthz"\n'
+                                  'check_interval = "1s"\nrise = 3\nfall = 4\n'))
+    web = config.backends["web"]
+    assert (web.name, web.check, web.check_interval, web.rise, web.fall) == ("web", "http GET /healthz", 1.0, 3, 4)

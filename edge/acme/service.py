@@ -22,6 +22,7 @@ from twisted.internet.defer import DeferredLock, inlineCallbacks
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.logger import Logger
 
+from edge import metrics
 from edge.acme.issuer import AcmeSession, describe
 from edge.acme.responders import ChallengeResponders
 from edge.acme.storage import AcmeStorage
@@ -144,6 +145,7 @@ class AcmeService(Service):
             self.session = None  # start afresh next time: directory, nonce, account
             delay = min(MAX_BACKOFF, self.backoff[host][0] * 2) if host in self.backoff else self.acme.retry
             self.backoff[host] = (delay, self.reactor.seconds() + delay)
+            metrics.ACME_ORDERS.labels(host, "failure").inc()
             log.error("ACME certificate for {host} failed: {problem}; retrying in {delay:g}s",
                       host=host, problem=describe(e), delay=delay)
             return
@@ -151,6 +153,7 @@ class AcmeService(Service):
         self.current[host] = cert
         self.store.add(cert)
         self.backoff.pop(host, None)
+        metrics.ACME_ORDERS.labels(host, "success").inc()
         log.info("certificate for {host} obtained from ACME, expires {expiry:%Y-%m-%d %H:%M} UTC; now serving it",
                  host=host, expiry=cert.not_after)
 

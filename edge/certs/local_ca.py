@@ -49,7 +49,7 @@ class LocalIssuer:
             write_private(key_path, self.key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
             write_private(self.ca_cert_path, self.cert.public_bytes(serialization.Encoding.PEM), 0o644)
-        self._issued: dict[str, Certificate] = {}
+        self.issued: dict[str, Certificate] = {}
 
     @staticmethod
     def _create():
@@ -69,11 +69,11 @@ class LocalIssuer:
 
     def __call__(self, host: str) -> Certificate:
         """A certificate for ``host``, issued now or reused while fresh."""
-        cert = self._issued.get(host)
+        cert = self.issued.get(host)
         now = datetime.datetime.now(datetime.timezone.utc)
         if cert is None or cert.not_after - now < LEAF_LIFETIME / 3:
             cert = self._issue(host, now)
-            self._issued[host] = cert
+            self.issued[host] = cert
         return cert
 
     def _issue(self, host: str, now: datetime.datetime) -> Certificate:

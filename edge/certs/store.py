@@ -115,8 +115,10 @@ class CertificateStore:
         return cert
 
     def __iter__(self):
+        """Every certificate in use, including those the fallback issued."""
         seen = set()
-        for cert in self._by_name.values():
+        issued = getattr(self.fallback, "issued", {})
+        for cert in list(self._by_name.values()) + list(issued.values()):
             if id(cert) not in seen:
                 seen.add(id(cert))
                 yield cert

@@ -34,7 +34,8 @@ class Edge(Program):
 
     def __init__(self, tmp: Path, body: str, *, ssh: bool | None = None, http: bool = True, https: bool = True,
                  accept_proxy: list[str] | None = None, timeouts: str = "", ipv6: bool = False,
-                 certs_dir: str | None = None, ports: dict[str, int] | None = None) -> None:
+                 certs_dir: str | None = None, ports: dict[str, int] | None = None,
+                 log_format: str = "text", admin: bool = False) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         if ssh is None:
             ssh = "[ssh]" in body
@@ -50,17 +51,19 @@ class Edge(Program):
         self.https_port6 = free_port("::1") if ipv6 else None
         if ipv6:
             listen[2] = f'https = ["127.0.0.1:{self.https_port}", "[::1]:{self.https_port6}"]'
+        self.admin_port = free_port() if admin else None
         if accept_proxy is not None:
             listen.append(f"accept_proxy = {accept_proxy!r}".replace("'", '"'))
         self.config = tmp / "edge.toml"
         self.config.write_text(
             f"[edge]\nstate_dir = {str(tmp / 'state')!r}\n"
             + (f"certs_dir = {certs_dir!r}\n" if certs_dir else "") + "\n[listen]\n" + "\n".join(listen) + "\n\n"
+            + (f'[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n\n' if admin else "")
             + "[timeouts]\n" + (textwrap.dedent(timeouts).strip() or 'inspect = "2s"\nconnect = "2s"\nidle = "60s"')
             + "\n\n" + textwrap.dedent(body)
         )
         super().__init__(
-            [sys.executable, "-m", "twisted", "--log-format", "text", "edge", "--config", str(self.config)],
+            [sys.executable, "-m", "twisted", "--log-format", log_format, "edge", "--config", str(self.config)],
             tmp / "edge.log", env=edge_env(), cwd=tmp,
         )
         self.wait_started()
@@ -72,7 +75,7 @@ class Edge(Program):
     def wait_started(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "Starting reactor" in self.log():
+            if "Starting reactor" in self.log():  # in text and JSON alike
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"edge exited with {self.proc.returncode}:\n{self.log()}")

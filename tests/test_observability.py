@@ -1,0 +1,135 @@
+"""JSON access logs field by field, /metrics parsed with prometheus_client, the status page."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.procs import free_port, wait_listening
+from tests.support.servers import Nginx
+from tests.test_ssh import run_ssh
+from tests.test_terminate import curl, local_ca, split
+
+
+@pytest.fixture
+def busy_edge(edge, start, tmp_path, sshd, tls_origin):
+    web = free_port()
+    nginx = start(Nginx, tmp_path, f'server {{ listen 127.0.0.1:{web}; return 200 "web\\n"; }}')
+    wait_listening(web, proc=nginx.proc)
+    origin = tls_origin("pass.example.test")
+    e = edge(f"""
+    [tls]
+    issuer = "local"
+    [ssh]
+    backend = "git"
+    [backends.git]
+    servers = ["127.0.0.1:{sshd.port}"]
+    [backends.web]
+    servers = ["http://127.0.0.1:{web}"]
+    [backends.pass]
+    servers = ["127.0.0.1:{origin.port}"]
+    [[routes]]
+    hosts = ["app.example.test"]
+    tls = "edge"
+    backend = "web"
+    [[routes]]
+    hosts = ["pass.example.test"]
+    tls = "passthrough"
+    backend = "pass"
+    """, log_format="json", admin=True)
+    e.origin = origin
+    return e
+
+
+def events(edge) -> list[dict]:
+    found = []
+    for line in edge.log().split("\n")[:-1]:  # the last piece may be a line still being written
+        event = json.loads(line.lstrip("\x1e"))  # every line is one JSON object (RS-prefixed, RFC 7464)
+        if event.get("log_namespace") == "edge.access":
+            found.append(event)
+    return found
+
+
+def wait_events(edge, predicate, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in events(edge):
+            if predicate(event):
+                return event
+        time.sleep(0.1)
+    raise AssertionError(f"no matching access-log event in {events(edge)}")
+
+
+def test_json_access_log_fields(busy_edge, sshd, ca):
+    e = busy_edge
+    assert run_ssh(sshd, e.ssh_port, "true").returncode == 0
+    assert run_ssh(sshd, e.https_port, "true").returncode == 0
+    assert subprocess.run(["curl", "-sS", "--max-time", "10", "--resolve", f"pass.example.test:{e.https_port}:127.0.0.1",
+                           "--cacert", str(ca.ca_pem), "--interface", "127.0.0.6",
+                           f"https://pass.example.test:{e.https_port}/"], capture_output=True).returncode == 0
+    assert split(curl(e.https_port, "app.example.test", "/x?y=1", cafile=local_ca(e)).stdout)[0] == 200
+    subprocess.run(["curl", "-sS", "--max-time", "10", "-H", "Host: www.example.test", f"http://127.0.0.1:{e.http_port}/"],
+                   capture_output=True)
+
+    port22 = wait_events(e, lambda ev: ev.get("listener") == "ssh" and "bytes_in" in ev)
+    assert (port22["protocol"], port22["backend"], port22["server"]) == ("ssh", "git", f"127.0.0.1:{sshd.port}")
+    assert port22["bytes_in"] > 0 and port22["bytes_out"] > 0 and port22["duration"] > 0
+    assert port22["client"] == "127.0.0.1" and port22["ended"] in ("closed", "client closed", "server closed")
+    ssh443 = wait_events(e, lambda ev: ev.get("listener") == "https" and ev.get("protocol") == "ssh")
+    assert ssh443["backend"] == "git"
+    passthrough = wait_events(e, lambda ev: ev.get("sni") == "pass.example.test")
+    assert passthrough["client"] == "127.0.0.6" and passthrough["protocol"] == "tls"
+    assert passthrough["tls_mode"] == "passthrough" and passthrough["route"] == "routes[1]"
+    assert passthrough["backend"] == "pass" and passthrough["server"] == f"127.0.0.1:{e.origin.port}"
+    request = wait_events(e, lambda ev: ev.get("method") == "GET" and ev.get("status") == 200)
+    assert (request["host"], request["path"], request["backend"], request["route"]) == (
+        f"app.example.test:{e.https_port}", "/x?y=1", "web", "routes[0]")
+    assert request["upstream_time"] >= 0 and request["sni"] == "app.example.test"
+    terminated = wait_events(e, lambda ev: ev.get("sni") == "app.example.test" and "bytes_in" in ev)
+    assert terminated["tls_mode"] == "edge"
+    redirect = wait_events(e, lambda ev: ev.get("status") == 308)
+    assert redirect["host"] == "www.example.test" and redirect["listener"] == "http"
+
+
+def scrape(edge) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{edge.admin_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def test_metrics_parse_and_count(busy_edge, ca):
+    e = busy_edge
+    for _ in range(3):
+        assert split(curl(e.https_port, "app.example.test", "/", cafile=local_ca(e)).stdout)[0] == 200
+    with socket.create_connection(("127.0.0.1", e.https_port), timeout=5) as sock:
+        sock.sendall(b"\x00garbage")
+        sock.recv(10)
+    deadline = time.monotonic() + 10
+    while True:
+        families = scrape(e)
+        requests = [s for s in families["edge_http_requests"].samples
+                    if s.name == "edge_http_requests_total" and s.labels["status"] == "200"]
+        errors = [s for s in families["edge_connections"].samples if s.labels.get("outcome") == "error"]
+        if (requests and requests[0].value >= 3 and errors) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert requests[0].labels["backend"] == "web" and requests[0].value >= 3
+    assert errors
+    up = {s.labels["backend"]: s.value for s in families["edge_backend_server_up"].samples}
+    assert up == {"git": 1.0, "web": 1.0, "pass": 1.0}
+    expiry = families["edge_certificate_expiry_timestamp_seconds"].samples
+    assert any("app.example.test" in s.labels["names"] and s.value > time.time() for s in expiry)
+    assert "edge_http_request_duration_seconds" in families
+
+
+def test_status_page_lists_what_runs(busy_edge):
+    with urllib.request.urlopen(f"http://127.0.0.1:{busy_edge.admin_port}/", timeout=10) as response:
+        page = response.read().decode()
+    for text in ("<title>edge status</title>", "app.example.test", "pass.example.test", "passthrough", "git"):
+        assert text in page
