@@ -24,9 +24,11 @@ log = Logger()
 
 def systemd_socket(address: SystemdAddress) -> socket.socket:
     """The listening socket systemd passed for ``address`` (socket activation)."""
-    from twisted.python.systemd import ListenFDs
+    # Twisted reads (and removes) LISTEN_FDS once, when twisted.internet.endpoints is imported,
+    # for its own "systemd:" endpoint strings; ask the same record rather than the environment.
+    from twisted.internet.endpoints import _SystemdParser
 
-    fds = ListenFDs.fromEnvironment()
+    fds = _SystemdParser._sddaemon
     named = fds.inheritedNamedDescriptors()
     if address.name in named:
         fd = named[address.name]
