@@ -30,7 +30,7 @@ def systemd_socket(address: SystemdAddress) -> socket.socket:
 
     fds = _SystemdParser._sddaemon
     named = fds.inheritedNamedDescriptors()
-    if address.name in named:
+    if not address.name.isdigit() and address.name in named:
         fd = named[address.name]
     elif address.name.isdigit() and int(address.name) < len(fds.inheritedDescriptors()):
         fd = fds.inheritedDescriptors()[int(address.name)]

@@ -44,3 +44,19 @@ def test_systemd_sockets_by_name(tmp_path, tls_origin, ca):
         assert "listening for https on systemd:https" in activator.log()
     finally:
         activator.stop()
+
+
+def test_systemd_sockets_by_index_as_the_shipped_socket_unit_orders_them(tmp_path):
+    http = free_port()
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[edge]\nstate_dir = "{tmp_path / "state"}"\n[listen]\nssh = []\nhttp = ["systemd:0"]\nhttps = []\n')
+    # systemd names unnamed sockets after their unit ("edge"); the order is that of ListenStream=.
+    activator = Program(["systemd-socket-activate", "-E", f"PYTHONPATH={edge_env()['PYTHONPATH']}", "-l",
+                         f"127.0.0.1:{http}", "--fdname=edge", sys.executable, "-m", "twisted", "--log-format", "text", "edge",
+                         "--config", str(config)], tmp_path / "edge.log", env=edge_env())
+    try:
+        redirect = subprocess.run(["curl", "-sS", "-i", "--max-time", "20", "-H", "Host: a.example.test",
+                                   f"http://127.0.0.1:{http}/"], capture_output=True, text=True, timeout=30)
+        assert redirect.stdout.startswith("HTTP/1.1 308"), redirect.stderr + activator.log()
+    finally:
+        activator.stop()
