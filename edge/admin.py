@@ -7,9 +7,12 @@ put in place.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import html
 from typing import Any, Callable
+
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
@@ -27,6 +30,17 @@ table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.3rem .6
 
 def _e(value: Any) -> str:
     return html.escape(str(value))
+
+
+RECENT_ERRORS: collections.deque = collections.deque(maxlen=20)
+
+
+def _remember_errors(event: dict) -> None:
+    """Keep the last warnings and errors of edge's own loggers for the status page."""
+    level = event.get("log_level")
+    if level in (LogLevel.warn, LogLevel.error, LogLevel.critical) and \
+            str(event.get("log_namespace", "")).startswith("edge"):
+        RECENT_ERRORS.append((event.get("log_time", 0.0), level.name, formatEvent(event)))
 
 
 class MetricsPage(Resource):
@@ -63,9 +77,12 @@ class StatusPage(Resource):
         certs = []
         for cert in runtime.certificates:
             days = (cert.not_after - now).total_seconds() / 86400
-            soon = ' class="soon"' if days < 14 else ""
+            soon = ' class="soon"' if cert.not_after - now < (cert.not_after - cert.not_before) / 3 else ""
             certs.append(f"<tr{soon}><td>{_e(', '.join(cert.names))}</td><td>{_e(cert.source)}</td>"
                          f"<td>{cert.not_after:%Y-%m-%d %H:%M} UTC</td><td>{days:.1f}</td></tr>")
+        errors = "".join(
+            f"<tr><td>{datetime.datetime.fromtimestamp(when, datetime.timezone.utc):%H:%M:%S}</td>"
+            f"<td>{_e(level)}</td><td>{_e(text)}</td></tr>" for when, level, text in reversed(RECENT_ERRORS))
         page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>edge status</title>
 <style>{STYLE}</style></head><body><h1>edge</h1>
@@ -73,6 +90,7 @@ class StatusPage(Resource):
 <h2>Routes</h2><table><tr><th>hosts</th><th>paths</th><th>TLS</th><th>backend</th><th>port 80</th></tr>{''.join(rows)}</table>
 <h2>Backends</h2><table><tr><th>backend</th><th>server</th><th>health</th><th>connections</th><th>balance</th></tr>{''.join(servers)}</table>
 <h2>Certificates</h2><table><tr><th>names</th><th>source</th><th>expires</th><th>days left</th></tr>{''.join(certs) or '<tr><td colspan="4">none issued yet</td></tr>'}</table>
+<h2>Recent warnings and errors</h2><table><tr><th>time</th><th>level</th><th>message</th></tr>{errors or '<tr><td colspan="3">none</td></tr>'}</table>
 </body></html>"""
         return page.encode("utf-8")
 
@@ -87,6 +105,8 @@ class StatusPage(Resource):
 
 def admin_site(runtime_source: Callable[[], Any]) -> Site:
     metrics.watch_runtime(runtime_source)
+    if _remember_errors not in globalLogPublisher._observers:
+        globalLogPublisher.addObserver(_remember_errors)
     site = Site(StatusPage(runtime_source))
     site.noisy = False
     site.displayTracebacks = False

@@ -133,3 +133,17 @@ def test_status_page_lists_what_runs(busy_edge):
         page = response.read().decode()
     for text in ("<title>edge status</title>", "app.example.test", "pass.example.test", "passthrough", "git"):
         assert text in page
+
+
+def test_status_page_in_headless_chromium(busy_edge, tmp_path):
+    """Debian's chromium renders the page; its DOM shows routes, backends, certificates and errors."""
+    url = f"http://127.0.0.1:{busy_edge.admin_port}/"
+    result = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120)
+    dom = result.stdout
+    assert "<h1>edge</h1>" in dom, result.stderr[-2000:]
+    for text in ("app.example.test", "pass.example.test", "Backends", "Certificates", "Recent warnings and errors"):
+        assert text in dom
