@@ -85,8 +85,8 @@ class Runtime:
             for host in route.hosts:
                 wildcard = host == "*" or host.startswith("*.")
                 probe = "edge-probe." + host[2:] if host.startswith("*.") else host
-                if host != "*" and store.covered(probe) is not None:
-                    continue
+                if store.covered(probe) is not None or (host == "*" and store.default is not None):
+                    continue  # "*" is served the default (first) certificate, like HAProxy's first crt
                 if config.acme is not None and wildcard:
                     raise MissingCertificate(
                         f"{route.name}.hosts: {host!r} needs a static certificate in [edge] certs_dir "

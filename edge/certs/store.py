@@ -81,11 +81,14 @@ class CertificateStore:
                  fallback: Callable[[str], Certificate | None] | None = None) -> None:
         self.fallback = fallback
         self._by_name: dict[str, Certificate] = {}
+        self.default: Certificate | None = None  # for hellos without SNI (a "*" route): the first file
         self.replace(certificates)
 
     def replace(self, certificates: Iterable[Certificate]) -> None:
         """Swap the whole set at once (reload, renewal)."""
         by_name: dict[str, Certificate] = {}
+        certificates = list(certificates)
+        self.default = certificates[0] if certificates else None
         for cert in certificates:
             for name in cert.names:
                 current = by_name.get(name)
@@ -108,7 +111,7 @@ class CertificateStore:
 
     def lookup(self, host: str | None) -> Certificate | None:
         if not host:
-            return None
+            return self.default
         cert = self.covered(host)
         if cert is None and self.fallback is not None:
             cert = self.fallback(host)
