@@ -27,7 +27,7 @@ def _format_address(address: tuple[str, int] | None) -> str:
 class ConnectionInfo:
     __slots__ = (
         "client", "local", "listener", "protocol", "sni", "alpn", "route", "tls_mode",
-        "backend", "server", "bytes_in", "bytes_out", "started", "ended", "proxied", "logged",
+        "backend", "server", "bytes_in", "bytes_out", "started", "ended", "proxied", "logged", "spliced",
     )
 
     def __init__(self, client: tuple[str, int], local: tuple[str, int], listener: str) -> None:
@@ -47,6 +47,7 @@ class ConnectionInfo:
         self.ended: str | None = None
         self.proxied = False
         self.logged = False
+        self.spliced = False  # moved by os.splice in the kernel (edge.splice)
 
     def finish(self, ended: str) -> None:
         """Emit the access-log event once, with how the connection ended."""
@@ -75,4 +76,5 @@ class ConnectionInfo:
             duration=duration,
             ended=ended,
             proxied=self.proxied,
+            spliced=self.spliced,
         )

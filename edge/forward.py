@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from edge.backends import Backend, BackendUnavailable, NoServerAvailable, ServerState
 from edge.connection import ConnectionInfo
+from edge import splice
 
 log = Logger()
 
@@ -114,6 +115,34 @@ class TcpForward(Protocol):
             self.transport.resumeProducing()
         if self.idle_timeout:
             self.idle_call = self.reactor.callLater(self.idle_timeout, self._check_idle)
+        if splice.eligible(self.transport) and splice.eligible(out):
+            self._try_splice(tries=100)
+
+    def _try_splice(self, tries: int) -> None:
+        """Move to the zero-copy path once Twisted has written the replayed bytes."""
+        if self.closed or self.peer is None or self.peer.lost or self.client_eof_seen or self.backend_eof_seen:
+            return
+        out = self.peer.transport
+        if not (splice.eligible(self.transport) and splice.eligible(out)):
+            return
+        if not (splice.flushed(self.transport) and splice.flushed(out)):
+            if tries:
+                self.reactor.callLater(0.001, self._try_splice, tries - 1)
+            return
+        self.info.spliced = True
+        splice.Splicer(self.reactor, self.transport, out, self._spliced_in, self._spliced_out, self._splice_done)
+
+    def _spliced_in(self, n: int) -> None:
+        self.active = True
+        self.info.bytes_in += n
+
+    def _spliced_out(self, n: int) -> None:
+        self.active = True
+        self.info.bytes_out += n
+
+    def _splice_done(self, failed: bool) -> None:
+        if self.info.ended is None:
+            self.info.ended = "error: connection reset" if failed else "closed"
 
     def _failed(self, failure: Failure) -> None:
         self.connecting = None

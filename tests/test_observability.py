@@ -81,12 +81,14 @@ def test_json_access_log_fields(busy_edge, sshd, ca):
     assert (port22["protocol"], port22["backend"], port22["server"]) == ("ssh", "git", f"127.0.0.1:{sshd.port}")
     assert port22["bytes_in"] > 0 and port22["bytes_out"] > 0 and port22["duration"] > 0
     assert port22["client"] == "127.0.0.1" and port22["ended"] in ("closed", "client closed", "server closed")
+    assert port22["spliced"] is True  # the zero-copy path (os.splice) carried it
     ssh443 = wait_events(e, lambda ev: ev.get("listener") == "https" and ev.get("protocol") == "ssh")
     assert ssh443["backend"] == "git"
     passthrough = wait_events(e, lambda ev: ev.get("sni") == "pass.example.test")
     assert passthrough["client"] == "127.0.0.6" and passthrough["protocol"] == "tls"
     assert passthrough["tls_mode"] == "passthrough" and passthrough["route"] == "routes[1]"
     assert passthrough["backend"] == "pass" and passthrough["server"] == f"127.0.0.1:{e.origin.port}"
+    assert passthrough["spliced"] is True and passthrough["bytes_out"] > 1000
     request = wait_events(e, lambda ev: ev.get("method") == "GET" and ev.get("status") == 200)
     assert (request["host"], request["path"], request["backend"], request["route"]) == (
         f"app.example.test:{e.https_port}", "/x?y=1", "web", "routes[0]")

@@ -1,0 +1,185 @@
+"""Zero-copy forwarding on Linux: ``os.splice`` through a pipe per direction.
+
+Once a forwarded TCP connection has written its replayed prefix (and PROXY
+header), the two sockets are taken away from Twisted's reading and writing
+and bytes move socket → pipe → socket inside the kernel, driven by the
+reactor's readiness events: Python runs once per readiness event, never per
+byte.  Back-pressure is the pipe: when the destination cannot take more,
+the source is no longer read until the pipe drains.  An EOF becomes a
+write shutdown of the other socket (half-close); when both directions are
+done, or either side fails, the sockets go back to Twisted to be closed,
+so the normal ``connectionLost`` path runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from typing import Any, Callable
+
+from twisted.internet import tcp
+from twisted.python.failure import Failure
+
+HAVE_SPLICE = hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK")
+CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+FLAGS = (getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)) if HAVE_SPLICE else 0
+
+
+def eligible(transport: Any) -> bool:
+    """A plain TCP transport of Twisted's whose socket we can take (not TLS: wrappers delegate attributes)."""
+    return HAVE_SPLICE and isinstance(transport, tcp.Connection) and transport.connected \
+        and not transport.disconnecting
+
+
+def flushed(transport: Any) -> bool:
+    """Twisted has no bytes waiting to be written on ``transport``."""
+    return not transport._tempDataLen and len(transport.dataBuffer) == transport.offset
+
+
+class _Pipe:
+    """One direction: what ``src`` sends goes to ``dst`` through a kernel pipe."""
+
+    __slots__ = ("src", "dst", "read_fd", "write_fd", "pending", "eof", "done", "count")
+
+    def __init__(self, src: "_End", dst: "_End", count: Callable[[int], None]) -> None:
+        self.src, self.dst, self.count = src, dst, count
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.write_fd, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # the default 64 KiB pipe works too
+        self.pending = 0  # bytes in the pipe
+        self.eof = False
+        self.done = False
+
+    def pull(self) -> None:
+        """``src`` is readable: move what it has into the pipe, then on to ``dst``."""
+        try:
+            n = os.splice(self.src.fd, self.write_fd, CHUNK, flags=FLAGS)
+        except BlockingIOError:
+            return  # a spurious wake-up, or the pipe is full: push() below will resume us
+        if n == 0:
+            self.eof = True
+            self.src.want_read(False)
+        else:
+            self.pending += n
+            self.count(n)
+        self.push()
+
+    def push(self) -> None:
+        """Drain the pipe into ``dst``; pause ``src`` while ``dst`` is full."""
+        while self.pending:
+            try:
+                n = os.splice(self.read_fd, self.dst.fd, self.pending, flags=FLAGS)
+            except BlockingIOError:
+                self.src.want_read(False)
+                self.dst.want_write(True)
+                return
+            self.pending -= n
+        self.dst.want_write(False)
+        if self.eof:
+            if not self.done:
+                self.done = True
+                try:
+                    self.dst.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+        else:
+            self.src.want_read(True)
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class _End:
+    """One socket as the reactor sees it while spliced: readable feeds out, writable drains in."""
+
+    def __init__(self, splicer: "Splicer", transport: Any) -> None:
+        self.splicer = splicer
+        self.transport = transport
+        self.sock = transport.socket
+        self.fd = self.sock.fileno()
+        self.outgoing: _Pipe | None = None
+        self.incoming: _Pipe | None = None
+        self.reading = False
+        self.writing = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "splice"
+
+    def want_read(self, on: bool) -> None:
+        if on != self.reading and self.splicer.active:
+            self.reading = on
+            (self.splicer.reactor.addReader if on else self.splicer.reactor.removeReader)(self)
+
+    def want_write(self, on: bool) -> None:
+        if on != self.writing and self.splicer.active:
+            self.writing = on
+            (self.splicer.reactor.addWriter if on else self.splicer.reactor.removeWriter)(self)
+
+    def doRead(self) -> None:
+        self.splicer.guard(self.outgoing.pull)
+
+    def doWrite(self) -> None:
+        self.splicer.guard(self.incoming.push)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.splicer.finish(reason)
+
+
+class Splicer:
+    """Splices a client and a backend TCP transport until both directions end."""
+
+    def __init__(self, reactor: Any, client: Any, backend: Any, on_bytes_in: Callable[[int], None],
+                 on_bytes_out: Callable[[int], None], on_done: Callable[[bool], None]) -> None:
+        self.reactor = reactor
+        self.active = True
+        self.on_done = on_done
+        for transport in (client, backend):
+            transport.unregisterProducer()
+            transport.stopReading()
+            transport.stopWriting()
+        self.client, self.backend = _End(self, client), _End(self, backend)
+        self.upstream = _Pipe(self.client, self.backend, on_bytes_in)
+        self.downstream = _Pipe(self.backend, self.client, on_bytes_out)
+        self.client.outgoing = self.backend.incoming = self.upstream
+        self.backend.outgoing = self.client.incoming = self.downstream
+        self.client.want_read(True)
+        self.backend.want_read(True)
+
+    def guard(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except OSError as e:
+            self.finish(Failure(e), reset=e.errno in (errno.ECONNRESET, errno.EPIPE))
+            return
+        if self.upstream.done and self.downstream.done:
+            self.finish(None)
+
+    def finish(self, reason: Failure | None, reset: bool = False) -> None:
+        """Hand both sockets back to Twisted, which closes them and reports connectionLost."""
+        if not self.active:
+            return
+        for end in (self.client, self.backend):
+            end.want_read(False)
+            end.want_write(False)
+        self.active = False
+        for pipe in (self.upstream, self.downstream):
+            pipe.close()
+        self.on_done(reason is not None)
+        for end in (self.client, self.backend):
+            if reason is not None:
+                end.transport.abortConnection()
+            else:
+                end.transport.loseConnection()
