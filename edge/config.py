@@ -158,6 +158,7 @@ class Config:
     admin: Address | None
     acme: AcmeConfig | None
     watch: bool
+    workers: int
     listen: Listen
     timeouts: Timeouts
     ssh_backend: str | None
@@ -295,7 +296,8 @@ class _Parser:
                 raise self.fail("admin.listen", str(e)) from None
             if admin is None:
                 raise self.fail("admin.listen", "must be an address like \"127.0.0.1:9090\"")
-        edge = self.table(data.get("edge", {}), "edge", ("state_dir", "certs_dir", "watch"))
+        edge = self.table(data.get("edge", {}), "edge", ("state_dir", "certs_dir", "watch", "workers"))
+        workers = self.positive_int(edge.get("workers", 1), "edge.workers")
         watch = edge.get("watch", False)
         if not isinstance(watch, bool):
             raise self.fail("edge.watch", "must be true or false")
@@ -323,6 +325,7 @@ class _Parser:
             admin=admin,
             acme=acme,
             watch=watch,
+            workers=workers,
             listen=listen,
             timeouts=timeouts,
             ssh_backend=ssh_backend,

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from edge import metrics
 
 access_log = Logger(namespace="edge.access")
+WORKER = [0]  # this process's worker number ([edge] workers), set at start-up
 
 
 def _format_address(address: tuple[str, int] | None) -> str:
@@ -77,4 +78,5 @@ class ConnectionInfo:
             ended=ended,
             proxied=self.proxied,
             spliced=self.spliced,
+            worker=WORKER[0],
         )

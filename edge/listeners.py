@@ -41,7 +41,7 @@ def systemd_socket(address: SystemdAddress) -> socket.socket:
     return sock
 
 
-def bind(address: Address | SystemdAddress, backlog: int = 1024) -> socket.socket:
+def bind(address: Address | SystemdAddress, backlog: int = 1024, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket on ``address`` (resolving a host name once)."""
     if isinstance(address, SystemdAddress):
         return systemd_socket(address)
@@ -51,6 +51,8 @@ def bind(address: Address | SystemdAddress, backlog: int = 1024) -> socket.socke
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # [edge] workers > 1: every worker binds the same port, the kernel spreads connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
@@ -65,14 +67,15 @@ def bind(address: Address | SystemdAddress, backlog: int = 1024) -> socket.socke
 class ListenerService(Service):
     """Listens on one address for one front door while running."""
 
-    def __init__(self, reactor: Any, door: str, address: Address, factory: Factory) -> None:
+    def __init__(self, reactor: Any, door: str, address: Address, factory: Factory, reuse_port: bool = False) -> None:
         """Bind at once, so a port in use fails start-up before the reactor runs."""
+        self.reuse_port = reuse_port
         self.reactor = reactor
         self.door = door
         self.address = address
         self.factory = factory
         self.port: IListeningPort | None = None
-        self.socket: socket.socket | None = bind(address)
+        self.socket: socket.socket | None = bind(address, reuse_port=reuse_port)
         self.setName(f"{door}:{address}")
 
     def close_socket(self) -> None:
@@ -84,7 +87,7 @@ class ListenerService(Service):
     def startService(self) -> None:
         sock, self.socket = self.socket, None
         if sock is None:
-            sock = bind(self.address)
+            sock = bind(self.address, reuse_port=self.reuse_port)
         try:
             self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
         finally:

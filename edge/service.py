@@ -23,11 +23,13 @@ from edge.acme.responders import ChallengeResponders
 from edge.acme.service import AcmeService
 from edge.admin import admin_site
 from edge.certs.files import CertificateFileError
+from edge import connection
 from edge.config import Config, ConfigError, load
 from edge.dispatch import DispatchFactory
 from edge.health import HealthService
 from edge.listeners import ListenerService
 from edge.runtime import MissingCertificate, Runtime
+from edge.workers import WorkerSupervisor
 
 log = Logger()
 
@@ -51,9 +53,12 @@ def build_runtime(config: Config, reactor: Any, responders: ChallengeResponders,
 class EdgeService(MultiService):
     """The running edge: its live runtime and one listener per address."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, worker: int = 0) -> None:
         super().__init__()
         self.reactor = reactor
+        self.worker = worker  # 0: the first (or only) process; others are started by it
+        connection.WORKER[0] = worker
+        self.reuse_port = config.workers > 1
         self.config_path = config.path
         self.responders = ChallengeResponders()
         self.connections: set = set()  # every client connection, across reloads, for draining
@@ -69,6 +74,10 @@ class EdgeService(MultiService):
         self._bind_all(config, fatal=True)
         self._start_acme(config)
         self._start_health()
+        self.supervisor: WorkerSupervisor | None = None
+        if worker == 0 and config.workers > 1:
+            self.supervisor = WorkerSupervisor(reactor, config.workers, config.timeouts.drain)
+            self.supervisor.setServiceParent(self)
 
     @staticmethod
     def _wanted(config: Config) -> list[tuple[str, Any]]:
@@ -77,9 +86,13 @@ class EdgeService(MultiService):
             wanted.append(("admin", config.admin))
         return wanted
 
+    def _wanted_here(self, config: Config) -> list[tuple[str, Any]]:
+        """The admin listener runs in worker 0 only."""
+        return [key for key in self._wanted(config) if key[0] != "admin" or self.worker == 0]
+
     def _bind_all(self, config: Config, fatal: bool) -> None:
         """Listen on every address of ``config``; keep the sockets of unchanged ones."""
-        wanted = self._wanted(config)
+        wanted = self._wanted_here(config)
         for key, listener in list(self.listeners.items()):
             if key not in wanted:
                 del self.listeners[key]
@@ -90,7 +103,8 @@ class EdgeService(MultiService):
                 continue
             door, address = key
             try:
-                listener = ListenerService(self.reactor, door, address, self.factories[door])
+                listener = ListenerService(self.reactor, door, address, self.factories[door],
+                                           reuse_port=self.reuse_port and door != "admin")
             except OSError as e:
                 name = "admin.listen" if door == "admin" else f"listen.{door}"
                 message = f"{config.path}: {name}: cannot listen on {address}: {e.strerror or e}"
@@ -114,8 +128,14 @@ class EdgeService(MultiService):
             self.acme.disownServiceParent()
             self.acme = None
         if config.acme is not None:
-            self.acme = AcmeService(config, self.runtime.certificates, self.responders, self.reactor)
+            self.acme = AcmeService(config, self.runtime.certificates, self.responders, self.reactor,
+                                    orders=self.worker == 0, on_issued=self._certificate_issued)
             self.acme.setServiceParent(self)
+
+    def _certificate_issued(self) -> None:
+        """Other workers read new certificates from state_dir on reload."""
+        if getattr(self, "supervisor", None) is not None:
+            self.supervisor.signal(signal.SIGHUP)
 
     def startService(self) -> None:
         super().startService()
@@ -155,6 +175,8 @@ class EdgeService(MultiService):
             log.error("reload refused, the running configuration stays: {error}", error=str(e))
             return False
         self.runtime = runtime
+        if getattr(self, "supervisor", None) is not None:
+            self.supervisor.signal(signal.SIGHUP)
         self._bind_all(config, fatal=False)
         self._start_acme(config)
         self._start_health()
@@ -185,7 +207,7 @@ class EdgeService(MultiService):
             log.info("drained after {waited:.1f}s", waited=waited)
 
 
-def make_service(config_path: str, reactor: Any = None) -> EdgeService:
+def make_service(config_path: str, reactor: Any = None, worker: int = 0) -> EdgeService:
     """Load ``config_path`` and bind its listeners; raise :class:`StartupError`."""
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811
@@ -193,4 +215,4 @@ def make_service(config_path: str, reactor: Any = None) -> EdgeService:
         config = load(config_path)
     except ConfigError as e:
         raise StartupError(str(e)) from None
-    return EdgeService(config, reactor)
+    return EdgeService(config, reactor, worker)

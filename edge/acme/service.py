@@ -55,7 +55,10 @@ def due(cert: Certificate | None, now: datetime.datetime) -> bool:
 class AcmeService(Service):
     name = "acme"
 
-    def __init__(self, config: Config, store: CertificateStore, responders: ChallengeResponders, reactor: Any) -> None:
+    def __init__(self, config: Config, store: CertificateStore, responders: ChallengeResponders, reactor: Any,
+                 orders: bool = True, on_issued: Any = None) -> None:
+        self.orders = orders  # False in workers other than the first: they only load what it stored
+        self.on_issued = on_issued
         self.config = config
         self.acme = config.acme
         self.store = store
@@ -81,9 +84,12 @@ class AcmeService(Service):
                          host=host, expiry=cert.not_after, days=(cert.not_after - now).total_seconds() / 86400)
             else:
                 fallback = "the local CA" if self.store.fallback is not None else "nothing (TLS alert)"
+                if not self.orders:
+                    continue
                 log.info("certificate for {host}: none yet from ACME; serving {fallback} until it arrives",
                          host=host, fallback=fallback)
-        self._schedule(0)
+        if self.orders:
+            self._schedule(0)
 
     def stopService(self):
         super().stopService()
@@ -154,6 +160,8 @@ class AcmeService(Service):
         self.store.add(cert)
         self.backoff.pop(host, None)
         metrics.ACME_ORDERS.labels(host, "success").inc()
+        if self.on_issued is not None:
+            self.on_issued()
         log.info("certificate for {host} obtained from ACME, expires {expiry:%Y-%m-%d %H:%M} UTC; now serving it",
                  host=host, expiry=cert.not_after)
 

@@ -35,7 +35,7 @@ class Edge(Program):
     def __init__(self, tmp: Path, body: str, *, ssh: bool | None = None, http: bool = True, https: bool = True,
                  accept_proxy: list[str] | None = None, timeouts: str = "", ipv6: bool = False,
                  certs_dir: str | None = None, ports: dict[str, int] | None = None,
-                 log_format: str = "text", admin: bool = False) -> None:
+                 log_format: str = "text", admin: bool = False, workers: int = 1) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         if ssh is None:
             ssh = "[ssh]" in body
@@ -57,7 +57,8 @@ class Edge(Program):
         self.config = tmp / "edge.toml"
         self.config.write_text(
             f"[edge]\nstate_dir = {str(tmp / 'state')!r}\n"
-            + (f"certs_dir = {certs_dir!r}\n" if certs_dir else "") + "\n[listen]\n" + "\n".join(listen) + "\n\n"
+            + (f"certs_dir = {certs_dir!r}\n" if certs_dir else "")
+            + (f"workers = {workers}\n" if workers > 1 else "") + "\n[listen]\n" + "\n".join(listen) + "\n\n"
             + (f'[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n\n' if admin else "")
             + "[timeouts]\n" + (textwrap.dedent(timeouts).strip() or 'inspect = "2s"\nconnect = "2s"\nidle = "60s"')
             + "\n\n" + textwrap.dedent(body)

@@ -15,7 +15,10 @@ class Options(usage.Options):
         "port 80 redirects to HTTPS, and port 443 is dispatched by what the client "
         "sends first: TLS by SNI (passthrough or terminated), SSH, or plain HTTP."
     )
-    optParameters = [["config", "c", "/etc/edge/edge.toml", "The TOML configuration file."]]
+    optParameters = [
+        ["config", "c", "/etc/edge/edge.toml", "The TOML configuration file."],
+        ["worker", None, 0, "Internal: the worker number, for [edge] workers > 1.", int],
+    ]
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -28,7 +31,7 @@ class EdgeServiceMaker:
         from edge.service import StartupError, make_service
 
         try:
-            return make_service(options["config"])
+            return make_service(options["config"], worker=options["worker"])
         except StartupError as e:
             sys.stderr.write(f"edge: {e}\n")
             raise SystemExit(2)
