@@ -272,3 +272,20 @@ def test_reencrypt_without_verification_for_self_signed_backends(edge, origin):
     status, _, _ = split(curl(e.https_port, "vault.example.test", "/", cafile=local_ca(e)).stdout)
     assert status == 200
     assert e.log().count("verify = false") == 1
+
+
+def test_tls13_session_resumption(web_edge, tmp_path):
+    session = tmp_path / "session.pem"
+    base = ["openssl", "s_client", "-connect", f"127.0.0.1:{web_edge.https_port}", "-servername", "app.example.test"]
+    def connect(*extra: str) -> subprocess.CompletedProcess:
+        # Stay connected a moment: TLS 1.3 tickets arrive after the handshake.
+        feeder = subprocess.Popen(["sleep", "1"], stdout=subprocess.PIPE)
+        try:
+            return subprocess.run(base + list(extra), stdin=feeder.stdout, capture_output=True, timeout=20)
+        finally:
+            feeder.wait()
+
+    first = connect("-sess_out", str(session))
+    assert b"New, TLSv1.3" in first.stdout
+    second = connect("-sess_in", str(session))
+    assert b"Reused, TLSv1.3" in second.stdout, second.stdout[-1500:]

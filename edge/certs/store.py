@@ -50,6 +50,7 @@ class Certificate:
             acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
             acceptableProtocols=ALPN,
             enableSessions=True,
+            enableSessionTickets=True,  # TLS 1.3 resumption needs tickets (keys live in this process only)
         )
         options.getContext().set_options(SSL.OP_NO_RENEGOTIATION if hasattr(SSL, "OP_NO_RENEGOTIATION") else 0)
         return options
