@@ -129,8 +129,12 @@ class TcpForward(Protocol):
             if tries:
                 self.reactor.callLater(0.001, self._try_splice, tries - 1)
             return
+        try:
+            splice.Splicer(self.reactor, self.transport, out, self._spliced_in, self._spliced_out, self._splice_done)
+        except OSError as e:  # out of descriptors for the pipes: the ordinary path carries on
+            log.warn("zero-copy forwarding unavailable ({error}); using the ordinary path", error=e.strerror or e)
+            return
         self.info.spliced = True
-        splice.Splicer(self.reactor, self.transport, out, self._spliced_in, self._spliced_out, self._splice_done)
 
     def _spliced_in(self, n: int) -> None:
         self.active = True

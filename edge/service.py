@@ -207,8 +207,18 @@ class EdgeService(MultiService):
             log.info("drained after {waited:.1f}s", waited=waited)
 
 
+def raise_descriptor_limit() -> None:
+    """Use the hard limit on open files: every forwarded connection needs two sockets and two pipes."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def make_service(config_path: str, reactor: Any = None, worker: int = 0) -> EdgeService:
     """Load ``config_path`` and bind its listeners; raise :class:`StartupError`."""
+    raise_descriptor_limit()
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811
     try:

@@ -146,13 +146,17 @@ class Splicer:
         self.reactor = reactor
         self.active = True
         self.on_done = on_done
+        self.client, self.backend = _End(self, client), _End(self, backend)
+        self.upstream = _Pipe(self.client, self.backend, on_bytes_in)  # may raise (EMFILE): nothing changed yet
+        try:
+            self.downstream = _Pipe(self.backend, self.client, on_bytes_out)
+        except OSError:
+            self.upstream.close()
+            raise
         for transport in (client, backend):
             transport.unregisterProducer()
             transport.stopReading()
             transport.stopWriting()
-        self.client, self.backend = _End(self, client), _End(self, backend)
-        self.upstream = _Pipe(self.client, self.backend, on_bytes_in)
-        self.downstream = _Pipe(self.backend, self.client, on_bytes_out)
         self.client.outgoing = self.backend.incoming = self.upstream
         self.backend.outgoing = self.client.incoming = self.downstream
         self.client.want_read(True)
