@@ -40,6 +40,33 @@ def flushed(transport: Any) -> bool:
     return not transport._tempDataLen and len(transport.dataBuffer) == transport.offset
 
 
+_SPARE_PIPES: list[tuple[int, int]] = []
+MAX_SPARE_PIPES = 64
+
+
+def _acquire_pipe() -> tuple[int, int]:
+    """An empty pipe: pipes are held only while bytes are in flight, so idle connections cost no descriptors."""
+    if _SPARE_PIPES:
+        return _SPARE_PIPES.pop()
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # the default 64 KiB pipe works too
+    return read_fd, write_fd
+
+
+def _release_pipe(fds: tuple[int, int], empty: bool) -> None:
+    if empty and len(_SPARE_PIPES) < MAX_SPARE_PIPES:
+        _SPARE_PIPES.append(fds)
+        return
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class _Pipe:
     """One direction: what ``src`` sends goes to ``dst`` through a kernel pipe."""
 
@@ -47,21 +74,22 @@ class _Pipe:
 
     def __init__(self, src: "_End", dst: "_End", count: Callable[[int], None]) -> None:
         self.src, self.dst, self.count = src, dst, count
-        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.write_fd, F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # the default 64 KiB pipe works too
+        self.read_fd = self.write_fd = -1  # no pipe while nothing is in flight
         self.pending = 0  # bytes in the pipe
         self.eof = False
         self.done = False
 
     def pull(self) -> None:
         """``src`` is readable: move what it has into the pipe, then on to ``dst``."""
+        if self.read_fd < 0:
+            self.read_fd, self.write_fd = _acquire_pipe()
         try:
             n = os.splice(self.src.fd, self.write_fd, CHUNK, flags=FLAGS)
-        except BlockingIOError:
-            return  # a spurious wake-up, or the pipe is full: push() below will resume us
+        except BlockingIOError:  # a spurious wake-up, or the pipe is full: push() will resume us
+            if not self.pending:
+                _release_pipe((self.read_fd, self.write_fd), empty=True)
+                self.read_fd = self.write_fd = -1
+            return
         if n == 0:
             self.eof = True
             self.src.want_read(False)
@@ -80,6 +108,9 @@ class _Pipe:
                 self.dst.want_write(True)
                 return
             self.pending -= n
+        if self.read_fd >= 0:
+            _release_pipe((self.read_fd, self.write_fd), empty=True)
+            self.read_fd = self.write_fd = -1
         self.dst.want_write(False)
         if self.eof:
             if not self.done:
@@ -92,11 +123,9 @@ class _Pipe:
             self.src.want_read(True)
 
     def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        if self.read_fd >= 0:
+            _release_pipe((self.read_fd, self.write_fd), empty=self.pending == 0)
+            self.read_fd = self.write_fd = -1
 
 
 class _End:
@@ -147,12 +176,9 @@ class Splicer:
         self.active = True
         self.on_done = on_done
         self.client, self.backend = _End(self, client), _End(self, backend)
-        self.upstream = _Pipe(self.client, self.backend, on_bytes_in)  # may raise (EMFILE): nothing changed yet
-        try:
-            self.downstream = _Pipe(self.backend, self.client, on_bytes_out)
-        except OSError:
-            self.upstream.close()
-            raise
+        self.upstream = _Pipe(self.client, self.backend, on_bytes_in)
+        self.downstream = _Pipe(self.backend, self.client, on_bytes_out)
+        _release_pipe(_acquire_pipe(), empty=True)  # fail here (EMFILE), before the sockets are taken
         for transport in (client, backend):
             transport.unregisterProducer()
             transport.stopReading()
