@@ -194,6 +194,9 @@ def run_scenarios(args, tmp: Path, origin, cert, key) -> dict:
                 c = cls(tmp / f"{cls.name}-{mode}-{kind}-{round_number}", mode, origin, cert, key)
                 try:
                     outcome = measure(kind, c, args)
+                except Exception as e:  # a contestant that cannot do it (sslh-select: select() caps at 1024 fds)
+                    print(f"  {cls.name} failed {kind}: {type(e).__name__}: {e}", flush=True)
+                    outcome = {unit: float("nan") for _, unit in rows}
                 finally:
                     c.stop()
                 for title, unit in rows:
@@ -231,7 +234,8 @@ def table(results: dict) -> str:
     lines = ["| scenario | " + " | ".join(names) + " | edge / haproxy |", "|---" * (len(names) + 2) + "|"]
     for title in titles:
         medians = {n: statistics.median(results[(title, n)]) for n in names if (title, n) in results}
-        cells = [f"{medians[n]:,.1f}" if n in medians else "—" for n in names]
+        cells = [("failed" if medians[n] != medians[n] else f"{medians[n]:,.1f}") if n in medians else "—"
+                 for n in names]
         ratio = f"{medians['edge'] / medians['haproxy']:.2f}" if "edge" in medians and medians.get("haproxy") else "—"
         lines.append(f"| {title} | " + " | ".join(cells) + f" | {ratio} |")
     scale = [t for t in titles if t.startswith("8.")]
