@@ -200,9 +200,9 @@ class EdgeService(MultiService):
         while self.connections and waited < drain:
             yield deferLater(self.reactor, 0.1, lambda: None)
             waited += 0.1
-        for connection in list(self.connections):
-            connection.info.ended = "closed: shutdown"
-            connection.transport.abortConnection()
+        for client in list(self.connections):
+            client.info.ended = "closed: shutdown"
+            client.transport.abortConnection()
         if waited:
             log.info("drained after {waited:.1f}s", waited=waited)
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.certs import TestCA
 from tests.support.edge import Edge
-from tests.support.servers import HAProxy, Nginx, OpenSSLServer, Sshd
+from tests.support.servers import OpenSSLServer, Sshd
 
 
 @pytest.fixture(scope="session")

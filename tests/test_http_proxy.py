@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from tests.support.procs import Program, free_port, rss_kib, wait_listening
+from tests.support.procs import Program, free_port, wait_listening
 from tests.support.servers import Nginx
+from tests.support.streams import slow_download
 from tests.test_terminate import curl, local_ca, split
 
 
@@ -172,32 +173,8 @@ def test_large_download_streams_with_flat_memory(edge, files_origin):
             f.write(block)
     expected = hashlib.sha256(blob.read_bytes()).hexdigest()
     e = edge(one_route(f'["http://127.0.0.1:{files_origin.port}"]'))
-    baseline = rss_kib(e.pid)
-    context = ssl.create_default_context(cafile=local_ca(e))
-    raw = socket.create_connection(("127.0.0.1", e.https_port), timeout=30)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    digest, received, peak = hashlib.sha256(), 0, baseline
-    with context.wrap_socket(raw, server_hostname="app.example.test") as tls:
-        tls.sendall(b"GET /blob HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += tls.recv(1)
-        assert head.startswith(b"HTTP/1.1 200")
-        for _ in range(6):  # a stalled reader
-            time.sleep(0.5)
-            peak = max(peak, rss_kib(e.pid))
-        next_sample = 0
-        while received < size:
-            chunk = tls.recv(256 * 1024)
-            if not chunk:
-                break
-            digest.update(chunk)
-            received += len(chunk)
-            if received >= next_sample:
-                peak = max(peak, rss_kib(e.pid))
-                next_sample += 8 * 1024 * 1024
-    assert received == size and digest.hexdigest() == expected
-    growth = (peak - baseline) / 1024
+    received, digest, growth = slow_download(e.https_port, "app.example.test", local_ca(e), "/blob", size, e.pid)
+    assert received == size and digest == expected
     assert growth < 32, f"edge RSS grew {growth:.1f} MiB for a 200 MiB download"
 
 
