@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -418,4 +417,4 @@ class BodyRelay(Protocol):
             request.loseConnection()
 
 
-__all__ = ["EdgeHTTPFactory", "ProxyRequest", "HttpConnection", "Deferred"]
+__all__ = ["EdgeHTTPFactory", "ProxyRequest", "HttpConnection"]
