@@ -35,6 +35,10 @@ class Contestant:
             wait_listening(self.port, proc=self.program.proc, timeout=30)
         except RuntimeError as e:
             raise RuntimeError(f"{self.name} ({mode}) did not start: {e}\n{self.program.log()[-2000:]}") from None
+        self.ready()
+
+    def ready(self) -> None:
+        """Wait until every process of the contestant accepts."""
 
     @property
     def pid(self) -> int:
@@ -51,6 +55,7 @@ class Contestant:
 
 class Edge(Contestant):
     name = "edge"
+    workers = 1
 
     def start(self) -> Program:
         door = {"passthrough": "https", "terminate": "https", "tcp": "ssh"}[self.mode]
@@ -62,6 +67,7 @@ class Edge(Contestant):
         config = self.tmp / "edge.toml"
         config.write_text(textwrap.dedent(f"""
             [edge]
+            workers = {self.workers}
             state_dir = "{self.tmp / 'state'}"
             certs_dir = "{self.tmp / 'certs'}"
             [listen]
@@ -89,6 +95,21 @@ class Edge(Contestant):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         return Program([sys.executable, "-m", "twisted", "--log-format", "text", "--log-level", "warn", "edge",
                         "--config", str(config)], self.tmp / "edge.log", env=env, cwd=self.tmp)
+
+
+class EdgeWorkers(Edge):
+    """edge with ``[edge] workers = 2``: one process per core, SO_REUSEPORT."""
+
+    name = "edge x2"
+    workers = 2
+
+    def ready(self) -> None:
+        import time
+
+        deadline = time.monotonic() + 20
+        while len(self.pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # the second worker imports, binds with SO_REUSEPORT and starts its reactor
 
 
 class HAProxy(Contestant):
@@ -188,4 +209,4 @@ class Sslh(Contestant):
                        self.tmp / "sslh.log")
 
 
-CONTESTANTS = (Edge, HAProxy, Nginx, Sslh)
+CONTESTANTS = (Edge, EdgeWorkers, HAProxy, Nginx, Sslh)

@@ -241,7 +241,7 @@ def table(results: dict) -> str:
     scale = [t for t in titles if t.startswith("8.")]
     if len(scale) == 2:
         a, b = (statistics.median(results[(t, "edge")]) for t in scale)
-        lines.append(f"| 8. dispatch cost ratio, 10 / 10,000 routes | — | — | — | — | {a / b:.2f} |")
+        lines.append("| 8. dispatch cost ratio, 10 / 10,000 routes | " + "— | " * len(names) + f"{a / b:.2f} |")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ def test_bench_smoke_prints_the_table(tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = out.read_text()
-    assert "| scenario | edge | haproxy | nginx | sslh | edge / haproxy |" in report
+    assert "| scenario | edge | edge x2 | haproxy | nginx | sslh | edge / haproxy |" in report
     for scenario in ("1. passthrough keep-alive", "2. passthrough new connection", "3. passthrough bulk MB/s",
                      "4. TCP (SSH door) bulk", "5. terminated HTTP/2", "6. full handshakes/s",
                      "7. idle terminated", "8. dispatch cost ratio"):
