@@ -24,6 +24,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from edge import metrics
 from edge.connection import ConnectionInfo, access_log
+from edge.redirect import https_location
 from edge.sniff.http import BadRequest, split_host
 from edge.upstream import UpstreamError
 
@@ -291,11 +292,7 @@ class ProxyRequest(Request):
         if route.http == "deny":
             self.fail(404)
             return
-        name = host if host.startswith("[") else host.partition(":")[0]
-        if host.startswith("["):
-            name = host[: host.index("]") + 1]
-        port = runtime.https_port
-        location = f"https://{name}{'' if port == 443 else f':{port}'}{path}"
+        location = https_location(host, path, runtime.https_port)
         self.setResponseCode(308)
         self.setHeader(b"location", location.encode("latin-1"))
         self.setHeader(b"content-type", b"text/plain; charset=utf-8")

@@ -27,6 +27,12 @@ MAX_REQUESTS = 100
 REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large"}
 
 
+def https_location(host: str, path: str, port: int) -> str:
+    """Where a plain-HTTP request for ``host`` (a Host header) and ``path`` goes on HTTPS ``port``."""
+    name = host[: host.index("]") + 1] if host.startswith("[") else host.partition(":")[0]
+    return f"https://{name if port == 443 else f'{name}:{port}'}{path}"
+
+
 class Redirector(Protocol):
     def __init__(
         self, runtime: "Runtime", info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]
@@ -111,14 +117,7 @@ class Redirector(Protocol):
         return False
 
     def _location(self, head: RequestHead) -> str:
-        host = head.header("host") or ""
-        if host.startswith("["):
-            name = host[: host.index("]") + 1]
-        else:
-            name = host.partition(":")[0]
-        port = self.runtime.https_port
-        authority = name if port == 443 else f"{name}:{port}"
-        return f"https://{authority}{head.path}"
+        return https_location(head.header("host") or "", head.path, self.runtime.https_port)
 
     def _respond(
         self, status: int, body: str, location: str | None, close: bool, head: RequestHead | None = None

@@ -64,11 +64,10 @@ class Runtime:
                     self.upstreams[name] = previous.upstreams[name]
                 continue
             backend = self.backends[name] = Backend(backend_config, reactor, config.timeouts.connect)
+            if backend_config.servers[0].scheme == "https" and not backend_config.verify:
+                log.warn("backend {backend}: verify = false, its TLS certificates are not checked", backend=name)
             if backend_config.kind == "http":
                 self.upstreams[name] = Upstream(backend, reactor, config.timeouts.connect, config.timeouts.response)
-        for name, backend in config.backends.items():
-            if backend.servers[0].scheme == "https" and not backend.verify:
-                log.warn("backend {backend}: verify = false, its TLS certificates are not checked", backend=name)
         self.https_port = next((a.port for a in config.listen.https if hasattr(a, "port")), 443)
         self.certificates = certificates if certificates is not None else self.load_certificates(config)
         self.http_factory = EdgeHTTPFactory(self)

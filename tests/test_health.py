@@ -17,27 +17,8 @@ def nginx_on(start, tmp_path, port: int, name: str) -> Nginx:
     return server
 
 
-@pytest.mark.parametrize("check", ["tcp", "http GET /healthz", "tls"])
-def test_backend_marked_down_and_up_by_checks(edge, start, tmp_path, check, tls_origin):
-    if check == "tls":
-        origin = tls_origin("t.example.test")
-        port, backend = origin.port, f'servers = ["127.0.0.1:{origin.port}"]'
-        body = f"""
-        [backends.b]
-        {backend}
-        check = "tls"
-        check_interval = "300ms"
-        rise = 2
-        fall = 2
-        [[routes]]
-        hosts = ["t.example.test"]
-        tls = "passthrough"
-        backend = "b"
-        """
-        e = edge(body)
-        origin.stop()
-        e.wait_log(f"server 127.0.0.1:{port} is DOWN (check failed 2 times")
-        return
+@pytest.mark.parametrize("check", ["tcp", "http GET /healthz"])
+def test_backend_marked_down_and_up_by_checks(edge, start, tmp_path, check):
     port = free_port()
     server = nginx_on(start, tmp_path, port, "web")
     e = edge(f"""
@@ -83,3 +64,20 @@ def test_http_check_fails_on_a_5xx(edge, start, tmp_path):
     import socket
     with socket.create_connection(("127.0.0.1", e.ssh_port), timeout=5) as sock:
         assert sock.recv(10) == b""  # a TCP route with no server up refuses
+
+
+def test_tls_check_marks_a_stopped_tls_server_down(edge, tls_origin):
+    origin = tls_origin("t.example.test")
+    e = edge(f"""
+    [backends.b]
+    servers = ["127.0.0.1:{origin.port}"]
+    check = "tls"
+    check_interval = "300ms"
+    fall = 2
+    [[routes]]
+    hosts = ["t.example.test"]
+    tls = "passthrough"
+    backend = "b"
+    """)
+    origin.stop()
+    e.wait_log(f"server 127.0.0.1:{origin.port} is DOWN (check failed 2 times")

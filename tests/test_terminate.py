@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -271,6 +273,9 @@ def test_reencrypt_without_verification_for_self_signed_backends(edge, origin):
     e = reencrypt_edge(edge, origin, "verify = false")
     status, _, _ = split(curl(e.https_port, "vault.example.test", "/", cafile=local_ca(e)).stdout)
     assert status == 200
+    assert e.log().count("verify = false") == 1
+    os.kill(e.pid, signal.SIGHUP)  # an unchanged backend is kept on reload, and not announced again
+    e.wait_log("reloaded")
     assert e.log().count("verify = false") == 1
 
 
