@@ -185,10 +185,14 @@ def run_scenarios(args, tmp: Path, origin, cert, key) -> dict:
     results: dict[tuple[str, str], list[float]] = {}
     groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for title, mode, kind, unit in SCENARIOS:
+        if args.only and title.split(".", 1)[0] not in args.only:
+            continue
         groups.setdefault((mode, kind), []).append((title, unit))
     for (mode, kind), rows in groups.items():
         for round_number in range(args.rounds):
             for cls in CONTESTANTS:
+                if args.contestants and cls.name not in args.contestants:
+                    continue
                 if mode not in cls.modes or (kind == "h2load" and cls.name == "sslh"):
                     continue
                 c = cls(tmp / f"{cls.name}-{mode}-{kind}-{round_number}", mode, origin, cert, key)
@@ -203,7 +207,7 @@ def run_scenarios(args, tmp: Path, origin, cert, key) -> dict:
                     results.setdefault((title, cls.name), []).append(outcome[unit])
                 print(f"  {mode:11} {kind:12} round {round_number + 1} {cls.name:8} {outcome}", flush=True)
     # 8. route scale: new connections/s with 10 and 10,000 routes (edge only).
-    for routes in (10, 10_000):
+    for routes in (10, 10_000) if not args.only or "8" in args.only else ():
         samples = []
         for round_number in range(args.rounds):
             c = Edge(tmp / f"edge-routes-{routes}-{round_number}", "passthrough", origin, cert, key, routes=routes)
@@ -253,7 +257,11 @@ def main() -> int:
     parser.add_argument("--bulk-mb", type=int, default=1024)
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections for scenario 7")
     parser.add_argument("--out", default=None, help="markdown report (default docs/benchmarks.md, none with --smoke)")
+    parser.add_argument("--only", default="", help="scenario numbers to run, e.g. 1,5 (default all)")
+    parser.add_argument("--contestants", default="", help="names to run, e.g. edge,haproxy (default all)")
     args = parser.parse_args()
+    args.only = {n.strip() for n in args.only.split(",") if n.strip()}
+    args.contestants = {n.strip() for n in args.contestants.split(",") if n.strip()}
     if args.smoke:
         args.rounds, args.duration, args.bulk_mb, args.idle = 1, 1.0, 20, 100
     out = Path(args.out) if args.out else (None if args.smoke else ROOT / "docs" / "benchmarks.md")

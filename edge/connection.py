@@ -80,3 +80,30 @@ class ConnectionInfo:
             spliced=self.spliced,
             worker=WORKER[0],
         )
+
+
+def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, status: int, sent: int,
+                route: str | None, backend: str | None, server: str | None, upstream: float | None,
+                duration: float, protocol: str) -> None:
+    """One access-log event (and the request metrics) for one proxied HTTP request."""
+    metrics.request_finished(route, backend, server, status, duration, upstream)
+    access_log.info(
+        "{client} {method} {host}{path} {status} {sent}B route={route} backend={backend} server={server}"
+        " upstream={upstream_text} {duration:.3f}s",
+        client=info.client[0] if info else "-",
+        method=method,
+        host=host,
+        path=path,
+        status=status,
+        sent=sent,
+        route=route or "-",
+        backend=backend or "-",
+        server=server or "-",
+        upstream_time=upstream,
+        upstream_text=f"{upstream:.3f}s" if upstream is not None else "-",
+        duration=duration,
+        protocol=protocol,
+        sni=info.sni if info else None,
+        listener=info.listener if info else None,
+        worker=WORKER[0],
+    )

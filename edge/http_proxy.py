@@ -22,8 +22,7 @@ from twisted.web.http import HTTPChannel, HTTPFactory, Request, _GenericHTTPChan
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from edge import metrics
-from edge.connection import ConnectionInfo, access_log
+from edge.connection import ConnectionInfo, log_request
 from edge.redirect import https_location
 from edge.sniff.http import BadRequest, split_host
 from edge.upstream import UpstreamError
@@ -142,31 +141,14 @@ class EdgeHTTPFactory(HTTPFactory):
 
     def log(self, request: "ProxyRequest") -> None:
         site = request.channel.site if request.channel is not None else None
-        info = site.info if site is not None else None
         started = getattr(request, "edge_started", None)
-        upstream = getattr(request, "edge_upstream_time", None)
-        duration = (time.monotonic() - started) if started else 0.0
-        metrics.request_finished(getattr(request, "edge_route", None), getattr(request, "edge_backend", None),
-                                 getattr(request, "edge_server", None), request.code, duration, upstream)
-        access_log.info(
-            "{client} {method} {host}{path} {status} {sent}B route={route} backend={backend} server={server}"
-            " upstream={upstream_text} {duration:.3f}s",
-            client=info.client[0] if info else "-",
-            method=request.method.decode("latin-1"),
-            host=(request.getHeader(b"host") or b"-").decode("latin-1"),
-            path=request.uri.decode("latin-1"),
-            status=request.code,
-            sent=request.sentLength,
-            route=getattr(request, "edge_route", None) or "-",
-            backend=getattr(request, "edge_backend", None) or "-",
-            server=getattr(request, "edge_server", None) or "-",
-            upstream_time=upstream,
-            upstream_text=f"{upstream:.3f}s" if upstream is not None else "-",
-            duration=duration,
-            protocol=request.clientproto.decode("latin-1"),
-            sni=info.sni if info else None,
-            listener=info.listener if info else None,
-        )
+        log_request(
+            site.info if site is not None else None, request.method.decode("latin-1"),
+            (request.getHeader(b"host") or b"-").decode("latin-1"), request.uri.decode("latin-1"),
+            request.code, request.sentLength, getattr(request, "edge_route", None),
+            getattr(request, "edge_backend", None), getattr(request, "edge_server", None),
+            getattr(request, "edge_upstream_time", None), (time.monotonic() - started) if started else 0.0,
+            request.clientproto.decode("latin-1"))
 
 
 def _request_path(request: Request) -> bytes:

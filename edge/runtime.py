@@ -20,11 +20,12 @@ from edge.certs.store import CertificateStore
 from edge.config import Config
 from edge.connection import ConnectionInfo
 from edge.forward import TcpForward
+from edge.http1_proxy import Http1Proxy
 from edge.http_proxy import EdgeHTTPFactory
 from edge.redirect import Redirector
 from edge.routes import HostEntry, RouteTable
 from edge.sniff.proxy import build_v1, build_v2
-from edge.terminate import EdgeTLSProtocol
+from edge.terminate import AlpnSwitch, EdgeTLSProtocol
 from edge.upstream import Upstream
 
 log = Logger()
@@ -124,10 +125,19 @@ class Runtime:
         info.route = ",".join(r.name for r in entry.routes)
         tls_factory = cert.tls_factory(self.http_factory)
         protocol: EdgeTLSProtocol
-        channel = self.http_factory.channel(info, "https", lambda p, data: protocol.switch(p, data))
-        protocol = EdgeTLSProtocol(tls_factory, channel, info)
+
+        def switch(to: Protocol, data: bytes) -> None:
+            protocol.switch(to, data)
+
+        def choose(negotiated: bytes | None) -> Protocol:
+            if negotiated == b"h2":
+                return self.http_factory.channel(info, "https", switch)
+            return Http1Proxy(self, info, "https", switch)
+
+        protocol = EdgeTLSProtocol(tls_factory, AlpnSwitch(choose, info, self.reactor, self.config.timeouts.inspect),
+                                   info)
         return protocol
 
     def plain_http(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Protocol:
-        """An HTTP channel for routes served over plain HTTP (``http = "allow"``)."""
-        return self.http_factory.channel(info, "http", hand_over)
+        """The HTTP/1.1 proxy for routes served over plain HTTP (``http = "allow"``)."""
+        return Http1Proxy(self, info, "http", hand_over)

@@ -1,4 +1,7 @@
-"""HTTP(S) backends: a keep-alive Agent per backend, with the backend's server selection.
+"""HTTP(S) backends: keep-alive pools per backend, with the backend's server selection.
+
+Requests from HTTP/2 clients go through a Twisted ``Agent``; those from
+HTTP/1.1 clients through the leaner :class:`edge.http1_upstream.Http1Pool`.
 
 Each request picks a server the way TCP connections do (balance, max_conn
 counting in-flight requests, passive health) and goes to it through a
@@ -25,6 +28,7 @@ from zope.interface import implementer
 
 from edge.backends import Backend, NoServerAvailable, ServerState
 from edge.config import BackendConfig
+from edge.http1_upstream import Http1Pool
 
 log = Logger()
 
@@ -117,6 +121,7 @@ class Upstream:
         self.pool._factory.noisy = False
         kwargs = {"contextFactory": self.policy} if self.policy else {}
         self.agent = Agent(reactor, connectTimeout=connect_timeout, pool=self.pool, **kwargs)
+        self.http1 = Http1Pool(backend, self.tunnel_endpoint)  # HTTP/1.1 clients' requests (edge.http1_proxy)
 
     def tunnel_endpoint(self, state: ServerState) -> Any:
         """The endpoint a WebSocket tunnel to ``state`` connects through."""

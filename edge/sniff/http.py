@@ -9,14 +9,13 @@ conflicting framing headers) is rejected.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import Iterable
 
 from edge.sniff import NEED_MORE, NO_MATCH, Malformed, Verdict
 
 METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE", b"CONNECT")
 _LONGEST_METHOD = max(len(m) for m in METHODS) + 1
-_REQUEST_LINE = re.compile(rb"^([A-Z]+) (\S+) HTTP/(1\.[01])$")
-_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_REQUEST_LINE = re.compile(rb"([A-Z]+) ([^\s\x00-\x1f\x7f]+) HTTP/(1\.[01])\Z")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?$")
 
 
@@ -28,18 +27,33 @@ class BadRequest(Malformed):
         self.status = status
 
 
-@dataclass(frozen=True)
 class RequestHead:
-    method: str
-    target: str
-    version: str
-    headers: tuple[tuple[str, str], ...]  # names lower-cased, in order
-    length: int  # bytes up to and including the blank line
+    """A parsed request head.  The header lines stay one block of bytes (``fields``, each line
+    starting with CRLF) with a lower-cased twin for lookups: relaying them costs no re-encoding."""
+
+    __slots__ = ("method", "target", "version", "fields", "lower", "length")
+
+    def __init__(self, method: str, target: str, version: str, fields: bytes, length: int) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.fields = fields
+        self.lower = fields.lower()
+        self.length = length  # bytes up to and including the blank line
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """Every header as (lower-case name, value), in order."""
+        return tuple((name.decode("ascii"), value.decode("latin-1"))
+                     for name, value in field_list(self.fields, self.lower))
 
     def header(self, name: str) -> str | None:
-        """The single value of ``name``; None if absent."""
-        values = [v for k, v in self.headers if k == name]
-        return values[0] if values else None
+        """The (first) value of ``name``; None if absent."""
+        value = field_value(self.fields, self.lower, name.encode("ascii"))
+        return None if value is None else value.decode("latin-1")
+
+    def values(self, name: str) -> list[str]:
+        return [v.decode("latin-1") for v in field_values(self.fields, self.lower, name.encode("ascii"))]
 
     @property
     def host(self) -> str | None:
@@ -68,7 +82,70 @@ class RequestHead:
 
     @property
     def has_body(self) -> bool:
-        return self.header("transfer-encoding") is not None or (self.header("content-length") or "0") != "0"
+        return b"\r\ntransfer-encoding:" in self.lower or (self.header("content-length") or "0") != "0"
+
+
+# A header block (lines each starting with CRLF) is valid when every line is "token:" and more.
+_BAD_FIELD_LINE = re.compile(rb"\r\n(?![!#$%&'*+.^_`|~0-9A-Za-z-]+:)")
+
+
+def check_fields(fields: bytes) -> None:
+    """Reject malformed header lines, obsolete folding, and CR, LF or NUL inside a line."""
+    if _BAD_FIELD_LINE.search(fields):
+        raise Malformed("malformed header line")
+    if b"\x00" in fields or fields.count(b"\n") != fields.count(b"\r\n") or fields.count(b"\r") != fields.count(b"\n"):
+        raise Malformed("control character in a header line")
+
+
+def field_values(fields: bytes, lower: bytes, name: bytes) -> list[bytes]:
+    """Every value of the header ``name`` (lower case) in a header block."""
+    key = b"\r\n" + name + b":"
+    values, at = [], lower.find(key)
+    while at >= 0:
+        start = at + len(key)
+        stop = fields.find(b"\r\n", start)
+        values.append(fields[start : stop if stop >= 0 else len(fields)].strip(b" \t"))
+        at = lower.find(key, start)
+    return values
+
+
+def field_value(fields: bytes, lower: bytes, name: bytes) -> bytes | None:
+    """The first value of the header ``name`` (lower case) in a header block."""
+    key = b"\r\n" + name + b":"
+    at = lower.find(key)
+    if at < 0:
+        return None
+    start = at + len(key)
+    stop = fields.find(b"\r\n", start)
+    return fields[start : stop if stop >= 0 else len(fields)].strip(b" \t")
+
+
+def field_list(fields: bytes, lower: bytes) -> list[tuple[bytes, bytes]]:
+    """Every header of a block as (lower-case name, value)."""
+    out = []
+    for line, lower_line in zip(fields.split(b"\r\n")[1:], lower.split(b"\r\n")[1:]):
+        colon = line.index(b":")
+        out.append((lower_line[:colon], line[colon + 1 :].strip(b" \t")))
+    return out
+
+
+def drop_fields(fields: bytes, lower: bytes, pattern: re.Pattern) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Remove the header lines ``pattern`` matches (on the lower-cased block); returns the rest and
+    the removed (lower-case name, value) pairs.  ``pattern`` is made by :func:`field_pattern`."""
+    pieces, removed, pos = [], [], 0
+    for match in pattern.finditer(lower):
+        removed.append((match.group(1), fields[match.start(2) : match.end(2)].strip(b" \t")))
+        pieces.append(fields[pos : match.start()])
+        pos = match.end()
+    if not removed:
+        return fields, removed
+    pieces.append(fields[pos:])
+    return b"".join(pieces), removed
+
+
+def field_pattern(names: "Iterable[bytes]") -> re.Pattern:
+    """A pattern for :func:`drop_fields` matching whole header lines with one of ``names``."""
+    return re.compile(rb"\r\n(" + b"|".join(re.escape(n) for n in sorted(names)) + rb"):([^\r]*)")
 
 
 def split_host(value: str) -> tuple[str, int | None]:
@@ -101,32 +178,28 @@ def parse_request_head(data: bytes, limit: int = 65536) -> RequestHead | Verdict
         if len(data) >= limit:
             raise BadRequest(431, "request header fields too large")
         return NEED_MORE
-    lines = data[:end].split(b"\r\n")
-    match = _REQUEST_LINE.match(lines[0])
+    first = data.find(b"\r\n", 0, end)
+    line, fields = (data[:end], b"") if first < 0 else (data[:first], data[first:end])
+    match = _REQUEST_LINE.match(line)
     if not match:
         raise BadRequest(400, "malformed request line")
+    try:
+        check_fields(fields)
+    except Malformed as e:
+        raise BadRequest(400, str(e)) from None
     method, target, version = (g.decode("latin-1") for g in match.groups())
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name):
-            raise BadRequest(400, "malformed header line")
-        value = value.strip(b" \t")
-        if b"\n" in value or b"\r" in value or b"\x00" in value:
-            raise BadRequest(400, "control character in a header value")
-        headers.append((name.decode("ascii").lower(), value.decode("latin-1")))
-    head = RequestHead(method, target, version, tuple(headers), end + 4)
+    head = RequestHead(method, target, version, fields, end + 4)
     _check_framing(head)
     return head
 
 
 def _check_framing(head: RequestHead) -> None:
-    lengths = [v for k, v in head.headers if k == "content-length"]
-    if head.header("transfer-encoding") is not None and lengths:
+    lengths = head.values("content-length")
+    if lengths and b"\r\ntransfer-encoding:" in head.lower:
         raise BadRequest(400, "both Content-Length and Transfer-Encoding")
     if len(set(lengths)) > 1 or any(not v.isdigit() for v in lengths):
         raise BadRequest(400, "invalid Content-Length")
-    if [k for k, _ in head.headers].count("host") > 1:
+    if head.lower.count(b"\r\nhost:") > 1:
         raise BadRequest(400, "more than one Host header")
-    if head.version == "1.1" and head.header("host") is None:
+    if head.version == "1.1" and b"\r\nhost:" not in head.lower:
         raise BadRequest(400, "missing Host header")

@@ -1,0 +1,563 @@
+"""The HTTP/1.1 reverse proxy for terminated routes (and ``http = "allow"`` on port 80).
+
+A lean relay in the manner of HAProxy's HTTP mode rather than a web
+framework's request objects: the request head is parsed and rewritten
+(forwarding headers in, hop-by-hop headers out), then the head and the body
+bytes go to a pooled keep-alive connection to the backend exactly as they
+arrived (a chunked body stays chunked); the response head is rewritten the
+same way and the response body relayed as it comes, with back-pressure
+both ways.  Framing is followed only to find where each message ends
+(:mod:`edge.sniff.http_framing`).  A response that arrives in one read is
+written to the client in one write, so TLS makes one record of it.
+
+Keep-alive and pipelining: one request is handled at a time; bytes of the
+next one wait (at most 64 KiB, then reading pauses) until the response to
+this one is complete.  Errors are one-line HTTP answers as the README lists
+them.  HTTP/2 clients are served by :mod:`edge.http_proxy`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edge.connection import ConnectionInfo, log_request
+from edge.eager import write_now
+from edge.http1_upstream import UpstreamConnection
+from edge.redirect import https_location
+from edge.sniff import NEED_MORE, Malformed
+from edge.sniff.http import BadRequest, RequestHead, drop_fields, field_pattern, parse_request_head, split_host
+from edge.sniff.http_framing import LAST_CHUNK, BodyTooLarge, ChunkedReader, LengthReader, ResponseHead, chunk
+
+log = Logger()
+
+MAX_HEAD = 65536
+HOP_BY_HOP = frozenset(
+    "connection keep-alive proxy-connection te trailer transfer-encoding upgrade "
+    "proxy-authenticate proxy-authorization".split()
+)
+# Transfer-Encoding is kept: a body is relayed in the framing it came in (Content-Length or chunked).
+REQUEST_DROP = field_pattern(
+    name.encode() for name in HOP_BY_HOP - {"transfer-encoding"}
+    | {"expect", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-for", "forwarded"})
+RESPONSE_DROP = field_pattern(name.encode() for name in HOP_BY_HOP - {"transfer-encoding"})
+RESPONSE_DROP_TE = field_pattern(name.encode() for name in HOP_BY_HOP)  # to an HTTP/1.0 client (de-chunked)
+_LISTED_PATTERNS: dict[frozenset, Any] = {}
+STATUS_TEXT = {
+    400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
+    421: "Misdirected Request", 431: "Request Header Fields Too Large", 499: "Client Closed Request",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout", 308: "Permanent Redirect",
+}
+REASON_TEXT = {
+    400: "bad request", 404: "no route for this host and path", 408: "request head took too long",
+    413: "request body larger than this route allows", 421: "the Host header does not match the TLS server name",
+    431: "request header fields too large",
+}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _drop_listed(fields: bytes, connection: bytes) -> bytes:
+    """Remove the headers a Connection header names (they are hop-by-hop too)."""
+    names = frozenset(token.strip().lower() for token in connection.split(b",")) - {b"close", b"keep-alive", b""}
+    if not names:
+        return fields
+    pattern = _LISTED_PATTERNS.get(names)
+    if pattern is None:
+        if len(_LISTED_PATTERNS) > 256:
+            _LISTED_PATTERNS.clear()
+        pattern = _LISTED_PATTERNS[names] = field_pattern(names)
+    return drop_fields(fields, fields.lower(), pattern)[0]
+
+
+def plain_response(status: int, text: str, close: bool, head_only: bool = False,
+                   location: str | None = None) -> bytes:
+    """A short text/plain answer the edge gives itself (errors, redirects)."""
+    body = f"{text}\n".encode("utf-8")
+    lines = [f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
+             f"Content-Length: {len(body)}"]
+    if location is not None:
+        lines.append(f"Location: {location}")
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
+
+
+class Http1Proxy(Protocol):
+    """One client connection speaking HTTP/1.x to the edge."""
+
+    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str,
+                 switch: Callable[[Protocol, bytes], None]) -> None:
+        self.runtime = runtime
+        self.info = info
+        self.scheme = scheme  # "https" when terminated here, "http" for http = "allow"
+        self.switch = switch  # hands the client connection to another protocol (WebSocket)
+        self.buffer = b""
+        self.closed = False
+        self.paused = False
+        self.wait_until: float | None = None  # head or keep-alive deadline, checked by one lazy timer
+        self.wait_kind = "head"
+        self.timer: Any = None
+        # the request in progress
+        self.head: RequestHead | None = None
+        self.host = "-"
+        self.route: Any = None
+        self.pool: Any = None
+        self.upstream: UpstreamConnection | None = None
+        self.upstream_head = b""
+        self.body: Any = None  # framing of the request body still to come from the client
+        self.body_sent = 0
+        self.response_timer: Any = None
+        self.response_started = False
+        self.transform: Any = None  # None, "chunk" or a ChunkedReader (de-chunk for HTTP/1.0)
+        self.close_after = False
+        self.status = 0
+        self.sent = 0
+        self.started = 0.0
+        self.upstream_time: float | None = None
+        self.retried = False
+        self.producing = False  # the client feeds the upstream connection (request body)
+        self.streaming = False  # the upstream connection feeds the client (response body)
+        self.looping = False
+
+    # -- client side ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._wait(self.runtime.config.timeouts.inspect, "head")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.head is None:
+            self.buffer = self.buffer + data if self.buffer else data
+            self._next_request()
+        elif self.body is not None and self.upstream is not None:
+            self._relay_body(data)
+        else:  # the next request (pipelined), or body bytes while we connect: kept for later, bounded
+            self.buffer += data
+            if len(self.buffer) > MAX_HEAD and not self.paused:
+                self.paused = True
+                self.transport.pauseProducing()
+
+    def _next_request(self) -> None:
+        if self.looping:  # answered at once from inside the loop below: it carries on
+            return
+        self.looping = True
+        try:
+            while self.head is None and self.buffer and not self.closed:
+                try:
+                    head = parse_request_head(self.buffer, MAX_HEAD)
+                except BadRequest as e:
+                    self._answer_and_close(e.status, str(e))
+                    return
+                if head is NEED_MORE:
+                    if self.wait_kind != "head" or self.wait_until is None:
+                        self._wait(self.runtime.config.timeouts.inspect, "head")
+                    return
+                self.buffer = self.buffer[head.length :]
+                self.wait_until = None
+                self._start(head)
+        finally:
+            self.looping = False
+
+    def _start(self, head: RequestHead) -> None:
+        self.head = head
+        self.started = time.monotonic()
+        self.status = self.sent = self.body_sent = 0
+        self.route = self.upstream_time = None
+        self.response_started = self.retried = False
+        self.transform = None
+        self.close_after = not head.keep_alive
+        host_value = head.header("host")
+        if host_value is None:
+            self._answer_and_close(400, "missing Host header")
+            return
+        self.host = host_value
+        try:
+            host, _ = split_host(host_value)
+        except BadRequest as e:
+            self._answer_and_close(400, str(e))
+            return
+        info = self.info
+        if self.scheme == "https" and info.sni is not None and host != info.sni:
+            self._answer_and_close(421, REASON_TEXT[421]) if head.has_body else self._answer(421, REASON_TEXT[421])
+            return
+        runtime = self.runtime
+        entry = runtime.routes.lookup(host)
+        path = head.path
+        route = entry.match(path.split("?", 1)[0]) if entry is not None else None
+        if route is None or not route.terminated:
+            self._answer_and_close(404, REASON_TEXT[404]) if head.has_body else self._answer(404, REASON_TEXT[404])
+            return
+        self.route = route
+        if self.scheme == "http" and route.http != "allow":
+            if route.http == "deny":
+                self._answer(404, REASON_TEXT[404], close=head.has_body)
+            else:
+                location = https_location(host_value, path, runtime.https_port)
+                self._answer(308, f"Redirecting to {location}", close=head.has_body, location=location)
+            return
+        try:
+            self.body = self._request_framing(head, route.max_body)
+        except BadRequest as e:
+            self._answer_and_close(e.status, str(e))
+            return
+        self.upstream_head = self._upstream_head(head, host_value, path)
+        upstream = runtime.upstreams[route.backend]
+        self.pool = upstream.http1
+        upgrade = head.header("upgrade")
+        if upgrade is not None and upgrade.lower() == "websocket":
+            self._tunnel(upstream, head)
+            return
+        if self.body is not None and not self.paused:  # read no body until a server is there to take it
+            self.paused = True
+            self.transport.pauseProducing()
+        self.pool.acquire(self)
+
+    @staticmethod
+    def _request_framing(head: RequestHead, limit: int | None) -> Any:
+        codings = head.header("transfer-encoding")
+        if codings is not None:
+            if codings.lower().rsplit(",", 1)[-1].strip() != "chunked":
+                raise BadRequest(400, "unsupported Transfer-Encoding")
+            return ChunkedReader(limit)
+        length = head.header("content-length")
+        if length is None or length == "0":
+            return None
+        size = int(length)
+        if limit is not None and size > limit:
+            raise BadRequest(413, REASON_TEXT[413])
+        return LengthReader(size)
+
+    def _upstream_head(self, head: RequestHead, host: str, path: str) -> bytes:
+        fields, removed = drop_fields(head.fields, head.lower, REQUEST_DROP)
+        forwarded_for, forwarded = [], []
+        for name, value in removed:
+            if name == b"x-forwarded-for":
+                forwarded_for.append(value)
+            elif name == b"forwarded":
+                forwarded.append(value)
+            elif name == b"connection":
+                fields = _drop_listed(fields, value)
+        client = self.info.client[0].encode("latin-1")
+        forwarded_for.append(client)
+        node = b'"[%s]"' % client if b":" in client else client
+        host_bytes = host.encode("latin-1")
+        scheme = self.scheme.encode("ascii")
+        forwarded.append(b'for=%s;host="%s";proto=%s' % (node, host_bytes, scheme))
+        return b"%s %s HTTP/1.1%s\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nx-forwarded-host: %s" \
+               b"\r\nforwarded: %s\r\n\r\n" % (head.method.encode("latin-1"), path.encode("latin-1"), fields,
+                                              b", ".join(forwarded_for), scheme, host_bytes, b", ".join(forwarded))
+
+    # -- the upstream connection ----------------------------------------------------------
+
+    def upstream_ready(self, connection: UpstreamConnection) -> None:
+        if self.closed or self.head is None:
+            self.pool.release(connection, reusable=not connection.head_done and connection.owner is None)
+            return
+        self.upstream = connection
+        connection.start(self, self.head.method.encode("latin-1"))
+        out = [self.upstream_head]
+        body = self.body
+        if body is not None:
+            if (self.head.header("expect") or "").lower() == "100-continue":
+                self.transport.write(CONTINUE)
+            if self.buffer:
+                if not self._take_body(out):
+                    return
+        write_now(connection.transport, b"".join(out) if len(out) > 1 else out[0])
+        self.response_timer = self.runtime.reactor.callLater(self.runtime.config.timeouts.response,
+                                                             self._response_timeout)
+        if self.body is not None:
+            connection.transport.registerProducer(self.transport, True)
+            self.producing = True
+        if self.paused and (self.body is not None or len(self.buffer) <= MAX_HEAD):
+            self.paused = False
+            self.transport.resumeProducing()
+
+    def _take_body(self, out: list[bytes]) -> bool:
+        """Move the request body bytes in the buffer to ``out``; False if the request was refused."""
+        data = self.buffer
+        try:
+            used, done = self.body.feed(data)
+        except BodyTooLarge:
+            self._refuse_body(413, REASON_TEXT[413])
+            return False
+        except Malformed as e:
+            self._refuse_body(400, str(e))
+            return False
+        out.append(data if used == len(data) else data[:used])
+        self.buffer = data[used:]
+        self.body_sent += used
+        if done:
+            self._body_done()
+        return True
+
+    def _relay_body(self, data: bytes) -> None:
+        self.buffer = data
+        out: list[bytes] = []
+        if self._take_body(out) and out[0]:
+            self.upstream.transport.write(out[0])
+
+    def _body_done(self) -> None:
+        self.body = None
+        if self.producing:
+            self.producing = False
+            if self.upstream is not None:
+                self.upstream.transport.unregisterProducer()
+            if not self.paused and not self.closed:
+                self.transport.resumeProducing()  # the server may have paused us just before the end
+
+    def _drop_upstream(self, reusable: bool = False) -> None:
+        """Done with the upstream connection: back to the pool if ``reusable``, else closed."""
+        self._cancel_response_timer()
+        connection, self.upstream = self.upstream, None
+        if connection is None:
+            return
+        if self.producing:
+            self.producing = False
+            connection.transport.unregisterProducer()
+        connection.owner = None
+        self.pool.release(connection, reusable)
+
+    def _refuse_body(self, status: int, reason: str) -> None:
+        self._drop_upstream()
+        self.body = None
+        self._answer_and_close(status, reason)
+
+    def upstream_unavailable(self, status: int, reason: str) -> None:
+        if self.closed:
+            return
+        log.warn("{client}: {status} {reason}", client=self.info.client[0], status=status, reason=reason)
+        self._answer(status, reason, close=self.body is not None)
+
+    def upstream_response(self, connection: UpstreamConnection, head: ResponseHead, body: bytes, done: bool) -> None:
+        self._cancel_response_timer()
+        self.upstream_time = time.monotonic() - self.started
+        self.response_started = True
+        self.status = head.status
+        self.info.server = str(connection.state)
+        out = self._response_head(head, connection, done)
+        if body or done:
+            out += self._encode(body, done)
+        self.transport.write(out)
+        if done:
+            self._finish(connection.reusable)
+        elif not self.closed:
+            self.streaming = True
+            self.transport.registerProducer(connection.transport, True)
+
+    def upstream_body(self, data: bytes, done: bool) -> None:
+        encoded = self._encode(data, done)
+        if encoded:
+            self.transport.write(encoded)
+        if done:
+            self._stop_streaming()
+            self._finish(self.upstream.reusable if self.upstream is not None else False)
+
+    def _stop_streaming(self) -> None:
+        if self.streaming:
+            self.streaming = False
+            self.transport.unregisterProducer()
+
+    def upstream_failed(self, connection: UpstreamConnection, reason: str) -> None:
+        self._drop_upstream()
+        if self.closed:
+            return
+        if self.response_started:
+            log.warn("backend response cut short: {reason}", reason=reason)
+            self.info.ended = "error: backend response cut short"
+            self._log()
+            self._close()
+            return
+        if connection.reused and not self.retried and self.body_sent == 0 and self.body is None:
+            self.retried = True  # a kept-alive connection the server had just closed: once more on a new one
+            self.pool.acquire(self, fresh=True)
+            return
+        backend = self.route.backend if self.route is not None else "-"
+        log.warn("{client}: 502 backend {backend} failed: {reason}", client=self.info.client[0],
+                 backend=backend, reason=reason)
+        self._answer(502, f"backend {backend} failed: {reason}", close=self.body is not None)
+
+    def _response_timeout(self) -> None:
+        self.response_timer = None
+        self._drop_upstream()
+        if self.closed or self.response_started:
+            return
+        seconds = self.runtime.config.timeouts.response
+        reason = f"backend {self.route.backend} did not answer within {seconds:g}s"
+        log.warn("{client}: 504 {reason}", client=self.info.client[0], reason=reason)
+        self._answer(504, reason, close=self.body is not None)
+
+    def _cancel_response_timer(self) -> None:
+        timer, self.response_timer = self.response_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _response_head(self, head: ResponseHead, connection: UpstreamConnection, done: bool) -> bytes:
+        http10 = self.head.version == "1.0"
+        fields, removed = drop_fields(head.fields, head.lower, RESPONSE_DROP_TE if http10 else RESPONSE_DROP)
+        for name, value in removed:
+            if name == b"connection":
+                fields = _drop_listed(fields, value)
+        extra = b""
+        chunked = b"\r\ntransfer-encoding:" in head.lower
+        reader = connection.reader
+        if http10:
+            if chunked and not done:
+                self.transform = ChunkedReader(collect=True)
+            if chunked or (reader is not None and not isinstance(reader, (LengthReader, ChunkedReader))):
+                self.close_after = True  # no length to tell the end by: the close does
+        elif not done and reader is not None and not chunked and not isinstance(reader, LengthReader):
+            extra = b"\r\nTransfer-Encoding: chunked"  # the server delimits by closing: we chunk instead
+            self.transform = "chunk"
+        if self.close_after:
+            extra += b"\r\nConnection: close"
+        elif http10:
+            extra += b"\r\nConnection: keep-alive"
+        return b"HTTP/1.1 %d %s%s%s\r\n\r\n" % (head.status, head.reason, fields, extra)
+
+    def _encode(self, data: bytes, done: bool) -> bytes:
+        transform = self.transform
+        if transform is None:
+            self.sent += len(data)
+            return data
+        if transform == "chunk":
+            out = chunk(data) + (LAST_CHUNK if done else b"")
+        else:
+            transform.feed(data)
+            out = b"".join(transform.pieces)
+            transform.pieces.clear()
+        self.sent += len(out)
+        return out
+
+    def _finish(self, reusable: bool) -> None:
+        """The response is complete: log it, keep or close both connections, start on the next request."""
+        if self.body is not None:
+            reusable = False  # the server answered before the whole body was sent
+            self._body_done()
+            self.close_after = True  # the rest of the body is unread: this connection cannot go on
+        self._drop_upstream(reusable)
+        if self.closed:
+            return
+        self._log()
+        if self.close_after:
+            self._close()
+            return
+        self.head = None
+        self._wait(self.runtime.config.timeouts.idle, "idle")
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+        if self.buffer:
+            self._next_request()
+
+    # -- answers the edge gives itself --------------------------------------------------
+
+    def _answer(self, status: int, text: str, close: bool = False, location: str | None = None) -> None:
+        head = self.head
+        close = close or self.close_after
+        self.status = status
+        message = plain_response(status, text, close, head is not None and head.method == "HEAD", location)
+        self.sent = len(message)
+        self.transport.write(message)
+        if head is not None:
+            self._log()
+        if close:
+            self.info.ended = self.info.ended or f"error: {text}" if status >= 400 else self.info.ended
+            self._close()
+            return
+        self.head = None
+        self.body = None
+        self._wait(self.runtime.config.timeouts.idle, "idle")
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+        if self.buffer:
+            self._next_request()
+
+    def _answer_and_close(self, status: int, text: str) -> None:
+        self.info.ended = f"error: {REASON_TEXT.get(status, text)}"
+        self._answer(status, text, close=True)
+
+    def _close(self) -> None:
+        self.closed = True
+        self._cancel_wait()
+        self._stop_streaming()
+        self.transport.loseConnection()
+
+    def _log(self) -> None:
+        head = self.head
+        if head is None:
+            return
+        route = self.route
+        log_request(self.info, head.method, self.host, head.target, self.status, self.sent,
+                    route.name if route is not None else None, route.backend if route is not None else None,
+                    self.info.server if self.upstream_time is not None else None, self.upstream_time,
+                    time.monotonic() - self.started, f"HTTP/{head.version}")
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _wait(self, seconds: float, kind: str) -> None:
+        """Set the one deadline this connection has while no request is in progress."""
+        deadline = time.monotonic() + seconds
+        self.wait_until, self.wait_kind = deadline, kind
+        timer = self.timer
+        if timer is None:
+            self.timer = self.runtime.reactor.callLater(seconds, self._tick)
+        elif timer.getTime() > self.runtime.reactor.seconds() + seconds:
+            timer.reset(seconds)
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.closed or self.wait_until is None or self.head is not None:
+            return
+        remaining = self.wait_until - time.monotonic()
+        if remaining > 0:
+            self.timer = self.runtime.reactor.callLater(remaining, self._tick)
+            return
+        if self.wait_kind == "head":
+            self.info.ended = "timeout: request head"
+            self.transport.write(plain_response(408, REASON_TEXT[408], close=True))
+        else:
+            self.info.ended = "timeout: idle"
+        self._close()
+
+    def _cancel_wait(self) -> None:
+        self.wait_until = None
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    # -- WebSocket --------------------------------------------------------------------------
+
+    def _tunnel(self, upstream: Any, head: RequestHead) -> None:
+        """Relay an HTTP/1.1 WebSocket upgrade as raw bytes in both directions."""
+        from edge.forward import TcpForward
+
+        request = self.upstream_head[:-2] + b"connection: Upgrade\r\nupgrade: " + \
+            head.header("upgrade").encode("latin-1") + b"\r\n\r\n"
+        self._cancel_wait()
+        self.closed = True  # this protocol is done with the connection
+        info = self.info
+        info.backend = upstream.backend.name
+        info.protocol = "websocket"
+        self.status = 101
+        self._log()
+        tunnel = TcpForward(upstream.backend, info, self.runtime.reactor, self.runtime.config.timeouts.idle,
+                            header=lambda _info: request, endpoint_for=upstream.tunnel_endpoint)
+        leftover, self.buffer = self.buffer, b""
+        self.switch(tunnel, leftover)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        was_closed, self.closed = self.closed, True
+        self._cancel_wait()
+        self.streaming = False
+        self._drop_upstream()
+        if not was_closed and self.head is not None:
+            self.status = self.status or 499
+            self._log()
+        self.info.finish(self.info.ended or "closed")

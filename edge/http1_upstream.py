@@ -1,0 +1,225 @@
+"""HTTP/1.1 connections to a backend's servers, kept alive in a pool per server.
+
+The HTTP/1.1 proxy (:mod:`edge.http1_proxy`) writes a request head and body
+bytes straight to an :class:`UpstreamConnection`; the connection parses the
+response head, follows the body's framing, and reports to its current
+*owner* (the client connection) with three calls: the response head with
+the first body bytes, further body bytes, and the end of the response.
+When the response is complete and both ends allow it, the connection goes
+back to its server's idle list for the next request.  No Deferred, no
+object per request: at thousands of requests a second those are what cost.
+
+Server selection is the backend's (balance, ``max_conn`` counting requests
+in flight, passive health); a server that refuses or times out on connect
+is skipped and the next one tried, since nothing was sent yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol as TypingProtocol
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edge.backends import Backend, ServerState
+from edge.sniff import NEED_MORE, Malformed
+from edge.sniff.http_framing import ResponseHead, UntilClose, parse_response_head, response_reader
+
+log = Logger()
+
+MAX_RESPONSE_HEAD = 65536
+MAX_IDLE_PER_SERVER = 64
+
+
+class Owner(TypingProtocol):
+    """What a client connection offers the upstream connection serving its request."""
+
+    def upstream_ready(self, connection: "UpstreamConnection") -> None: ...
+    def upstream_unavailable(self, status: int, reason: str) -> None: ...
+    def upstream_response(self, connection: "UpstreamConnection", head: ResponseHead, body: bytes, done: bool) -> None: ...
+    def upstream_body(self, data: bytes, done: bool) -> None: ...
+    def upstream_failed(self, connection: "UpstreamConnection", reason: str) -> None: ...
+
+
+class UpstreamConnection(Protocol):
+    """One connection to one server; serves one request at a time."""
+
+    def __init__(self, pool: "Http1Pool", state: ServerState) -> None:
+        self.pool = pool
+        self.state = state
+        self.owner: Any = None
+        self.method = b"GET"
+        self.buffer = b""
+        self.reader: Any = None
+        self.head_done = False
+        self.reusable = False  # the last response left the connection clean for another request
+        self.reused = False  # this request runs on a connection that served one before
+        self.lost = False
+
+    def start(self, owner: Any, method: bytes) -> None:
+        self.owner = owner
+        self.method = method
+        self.buffer = b""
+        self.reader = None
+        self.head_done = False
+        self.reusable = False
+
+    def dataReceived(self, data: bytes) -> None:
+        owner = self.owner
+        if owner is None:  # nothing was asked: a server talking out of turn is not reused
+            self.transport.loseConnection()
+            return
+        if self.head_done:
+            reader = self.reader
+            used, done = reader.feed(data)
+            if done:
+                self.reusable = self.reusable and used == len(data)
+                self.reader = None
+            owner.upstream_body(data if used == len(data) else data[:used], done)
+            return
+        self.buffer += data
+        try:
+            while True:
+                head = parse_response_head(self.buffer, MAX_RESPONSE_HEAD)
+                if head is NEED_MORE:
+                    return
+                if head.status >= 200:
+                    break
+                if head.status == 101:
+                    raise Malformed("unexpected 101 Switching Protocols")
+                self.buffer = self.buffer[head.length :]  # 100 Continue, 103 Early Hints: the final answer follows
+            reader = response_reader(head, self.method)
+        except Malformed as e:
+            self._fail(f"invalid response: {e}")
+            return
+        rest, self.buffer = self.buffer[head.length :], b""
+        self.head_done = True
+        self.reusable = head.keep_alive and not isinstance(reader, UntilClose)
+        if reader is None:
+            done, body = True, b""
+            self.reusable = self.reusable and not rest
+        else:
+            try:
+                used, done = reader.feed(rest)
+            except Malformed as e:
+                self._fail(f"invalid response body: {e}")
+                return
+            body = rest if used == len(rest) else rest[:used]
+            if done:
+                self.reusable = self.reusable and used == len(rest)
+            else:
+                self.reader = reader
+        owner.upstream_response(self, head, body, done)
+
+    def _fail(self, reason: str) -> None:
+        owner, self.owner = self.owner, None
+        self.reusable = False
+        self.transport.abortConnection()
+        if owner is not None:
+            owner.upstream_failed(self, reason)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.lost = True
+        owner, self.owner = self.owner, None
+        if owner is None:
+            self.pool.forget(self)
+            return
+        if self.head_done and isinstance(self.reader, UntilClose):
+            self.reader = None
+            owner.upstream_body(b"", True)  # the server's close ends this body
+            return
+        why = "connection closed before the response was complete" if self.head_done \
+            else f"connection closed before a response ({reason.getErrorMessage() if reason else 'closed'})"
+        owner.upstream_failed(self, why)
+
+
+class Http1Pool:
+    """Idle keep-alive connections per server of one HTTP backend, and connecting new ones."""
+
+    def __init__(self, backend: Backend, endpoint_for: Callable[[ServerState], Any]) -> None:
+        self.backend = backend
+        self.endpoint_for = endpoint_for
+        self.idle: dict[ServerState, list[UpstreamConnection]] = {}
+
+    def acquire(self, owner: Any, fresh: bool = False) -> None:
+        """Find ``owner`` a connection: ``owner.upstream_ready(connection)`` or ``owner.upstream_unavailable``.
+
+        May call back before it returns (an idle connection was at hand).
+        """
+        backend = self.backend
+        candidates = [state for state in backend.ordered() if backend.has_room(state)]
+        if not candidates:
+            owner.upstream_unavailable(503, f"no server available in backend {backend.name}")
+            return
+        self._try(owner, candidates, 0, None, fresh)
+
+    def _try(self, owner: Any, candidates: list[ServerState], index: int, last: Exception | None, fresh: bool) -> None:
+        backend = self.backend
+        while index < len(candidates) and not backend.has_room(candidates[index]):
+            index += 1
+        if index >= len(candidates):
+            if last is None:
+                owner.upstream_unavailable(503, f"no server available in backend {backend.name}")
+            else:
+                owner.upstream_unavailable(502, f"backend {backend.name} refused the connection: {_describe(last)}")
+            return
+        state = candidates[index]
+        state.active += 1
+        idle = self.idle.get(state)
+        while idle and not fresh:
+            connection = idle.pop()
+            if not connection.lost and connection.transport.connected:
+                connection.reused = True
+                owner.upstream_ready(connection)
+                return
+        factory = Factory.forProtocol(lambda: UpstreamConnection(self, state))
+        factory.noisy = False
+        attempt = self.endpoint_for(state).connect(factory)
+
+        def connected(connection: UpstreamConnection) -> None:
+            if getattr(owner, "closed", False):  # the client left while we connected: keep it for the next one
+                backend.succeeded(state)
+                self.release(connection, reusable=True)
+                return
+            backend.succeeded(state)
+            owner.upstream_ready(connection)
+
+        def failed(failure: Failure) -> None:
+            state.active -= 1
+            backend.failed(state, failure.value)
+            if getattr(owner, "closed", False):
+                return
+            self._try(owner, candidates, index + 1, failure.value, fresh)
+
+        attempt.addCallbacks(connected, failed)
+
+    def release(self, connection: UpstreamConnection, reusable: bool) -> None:
+        """The request on ``connection`` is over: keep the connection for the next one, or close it."""
+        connection.owner = None
+        self.backend.release(connection.state)
+        if reusable and not connection.lost and connection.transport.connected:
+            idle = self.idle.setdefault(connection.state, [])
+            if len(idle) < MAX_IDLE_PER_SERVER:
+                connection.transport.resumeProducing()  # a slow client may have paused it near the end
+                idle.append(connection)
+                return
+        if not connection.lost:
+            connection.transport.loseConnection()
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        """An idle connection was closed by its server."""
+        idle = self.idle.get(connection.state)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    def close_idle(self) -> None:
+        for idle in self.idle.values():
+            for connection in list(idle):
+                connection.transport.loseConnection()
+        self.idle.clear()
+
+
+def _describe(e: Exception | None) -> str:
+    text = str(e).strip().rstrip(".") if e is not None else ""
+    return text or type(e).__name__
