@@ -407,7 +407,7 @@ class Http1Proxy(Protocol):
         chunked = b"\r\ntransfer-encoding:" in head.lower
         reader = connection.reader
         if http10:
-            if chunked and not done:
+            if chunked:
                 self.transform = ChunkedReader(collect=True)
             if chunked or (reader is not None and not isinstance(reader, (LengthReader, ChunkedReader))):
                 self.close_after = True  # no length to tell the end by: the close does

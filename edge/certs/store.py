@@ -20,7 +20,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 # TLS 1.2 suites for TLS 1.2 clients (forward secret, AEAD only); TLS 1.3 suites are OpenSSL's.
 CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
           "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
-ALPN = [b"h2", b"http/1.1"]
+ALPN = [b"h2", b"http/1.1", b"http/1.0"]  # http/1.0 too: such clients (curl --http1.0) would get an alert otherwise
 
 
 class Certificate:
