@@ -75,6 +75,9 @@ class Backend:
     def ordered(self) -> list[ServerState]:
         """The servers active checks say are up, in the order this connection should try them."""
         n = len(self.servers)
+        if n == 1:
+            only = self.servers[0]
+            return [only] if only.checked_up else []
         start = self._next % n
         self._next += 1
         ring = [s for s in self.servers[start:] + self.servers[:start] if s.checked_up]

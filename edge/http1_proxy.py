@@ -47,6 +47,7 @@ REQUEST_DROP = field_pattern(
 RESPONSE_DROP = field_pattern(name.encode() for name in HOP_BY_HOP - {"transfer-encoding"})
 RESPONSE_DROP_TE = field_pattern(name.encode() for name in HOP_BY_HOP)  # to an HTTP/1.0 client (de-chunked)
 _LISTED_PATTERNS: dict[frozenset, Any] = {}
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close"))
 STATUS_TEXT = {
     400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
     421: "Misdirected Request", 431: "Request Header Fields Too Large", 499: "Client Closed Request",
@@ -62,6 +63,8 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 def _drop_listed(fields: bytes, connection: bytes) -> bytes:
     """Remove the headers a Connection header names (they are hop-by-hop too)."""
+    if connection in _PLAIN_CONNECTION:
+        return fields
     names = frozenset(token.strip().lower() for token in connection.split(b",")) - {b"close", b"keep-alive", b""}
     if not names:
         return fields
@@ -98,9 +101,10 @@ class Http1Proxy(Protocol):
         self.buffer = b""
         self.closed = False
         self.paused = False
-        self.wait_until: float | None = None  # head or keep-alive deadline, checked by one lazy timer
-        self.wait_kind = "head"
-        self.timer: Any = None
+        self.deadline: float | None = None  # request head, keep-alive or response deadline (monotonic)
+        self.deadline_kind = "head"
+        self.timer: Any = None  # one lazy timer checks the deadline: moving it costs nothing per request
+        self.timer_at = 0.0
         # the request in progress
         self.head: RequestHead | None = None
         self.host = "-"
@@ -110,7 +114,6 @@ class Http1Proxy(Protocol):
         self.upstream_head = b""
         self.body: Any = None  # framing of the request body still to come from the client
         self.body_sent = 0
-        self.response_timer: Any = None
         self.response_started = False
         self.transform: Any = None  # None, "chunk" or a ChunkedReader (de-chunk for HTTP/1.0)
         self.close_after = False
@@ -126,7 +129,7 @@ class Http1Proxy(Protocol):
     # -- client side ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._wait(self.runtime.config.timeouts.inspect, "head")
+        self._arm(self.runtime.config.timeouts.inspect, "head")
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
@@ -154,11 +157,11 @@ class Http1Proxy(Protocol):
                     self._answer_and_close(e.status, str(e))
                     return
                 if head is NEED_MORE:
-                    if self.wait_kind != "head" or self.wait_until is None:
-                        self._wait(self.runtime.config.timeouts.inspect, "head")
+                    if self.deadline_kind != "head" or self.deadline is None:
+                        self._arm(self.runtime.config.timeouts.inspect, "head")
                     return
                 self.buffer = self.buffer[head.length :]
-                self.wait_until = None
+                self.deadline = None
                 self._start(head)
         finally:
             self.looping = False
@@ -269,8 +272,7 @@ class Http1Proxy(Protocol):
                 if not self._take_body(out):
                     return
         write_now(connection.transport, b"".join(out) if len(out) > 1 else out[0])
-        self.response_timer = self.runtime.reactor.callLater(self.runtime.config.timeouts.response,
-                                                             self._response_timeout)
+        self._arm(self.runtime.config.timeouts.response, "response")
         if self.body is not None:
             connection.transport.registerProducer(self.transport, True)
             self.producing = True
@@ -383,7 +385,6 @@ class Http1Proxy(Protocol):
         self._answer(502, f"backend {backend} failed: {reason}", close=self.body is not None)
 
     def _response_timeout(self) -> None:
-        self.response_timer = None
         self._drop_upstream()
         if self.closed or self.response_started:
             return
@@ -393,9 +394,8 @@ class Http1Proxy(Protocol):
         self._answer(504, reason, close=self.body is not None)
 
     def _cancel_response_timer(self) -> None:
-        timer, self.response_timer = self.response_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        if self.deadline_kind == "response":
+            self.deadline = None
 
     def _response_head(self, head: ResponseHead, connection: UpstreamConnection, done: bool) -> bytes:
         http10 = self.head.version == "1.0"
@@ -448,7 +448,7 @@ class Http1Proxy(Protocol):
             self._close()
             return
         self.head = None
-        self._wait(self.runtime.config.timeouts.idle, "idle")
+        self._arm(self.runtime.config.timeouts.idle, "idle")
         if self.paused:
             self.paused = False
             self.transport.resumeProducing()
@@ -472,7 +472,7 @@ class Http1Proxy(Protocol):
             return
         self.head = None
         self.body = None
-        self._wait(self.runtime.config.timeouts.idle, "idle")
+        self._arm(self.runtime.config.timeouts.idle, "idle")
         if self.paused:
             self.paused = False
             self.transport.resumeProducing()
@@ -501,25 +501,36 @@ class Http1Proxy(Protocol):
 
     # -- timers ---------------------------------------------------------------------------
 
-    def _wait(self, seconds: float, kind: str) -> None:
-        """Set the one deadline this connection has while no request is in progress."""
+    def _arm(self, seconds: float, kind: str) -> None:
+        """Set this connection's one deadline: for its request head, its keep-alive or its response."""
         deadline = time.monotonic() + seconds
-        self.wait_until, self.wait_kind = deadline, kind
-        timer = self.timer
-        if timer is None:
-            self.timer = self.runtime.reactor.callLater(seconds, self._tick)
-        elif timer.getTime() > self.runtime.reactor.seconds() + seconds:
-            timer.reset(seconds)
+        self.deadline, self.deadline_kind = deadline, kind
+        if self.timer is None:
+            self._schedule(seconds)
+        elif self.timer_at > deadline:
+            self.timer.reset(seconds)
+            self.timer_at = deadline
+
+    def _schedule(self, seconds: float) -> None:
+        # Never further ahead than a response deadline, so arming one never has to move the timer.
+        seconds = min(seconds, self.runtime.config.timeouts.response)
+        self.timer = self.runtime.reactor.callLater(seconds, self._tick)
+        self.timer_at = time.monotonic() + seconds
 
     def _tick(self) -> None:
         self.timer = None
-        if self.closed or self.wait_until is None or self.head is not None:
+        if self.closed or self.deadline is None:
             return
-        remaining = self.wait_until - time.monotonic()
+        remaining = self.deadline - time.monotonic()
         if remaining > 0:
-            self.timer = self.runtime.reactor.callLater(remaining, self._tick)
+            self._schedule(remaining)
             return
-        if self.wait_kind == "head":
+        self.deadline = None
+        kind = self.deadline_kind
+        if kind == "response":
+            self._response_timeout()
+            return
+        if kind == "head":
             self.info.ended = "timeout: request head"
             self.transport.write(plain_response(408, REASON_TEXT[408], close=True))
         else:
@@ -527,7 +538,7 @@ class Http1Proxy(Protocol):
         self._close()
 
     def _cancel_wait(self) -> None:
-        self.wait_until = None
+        self.deadline = None
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()

@@ -49,12 +49,24 @@ def connection_finished(info: Any, duration: float) -> None:
     CONNECTION_SECONDS.labels(info.listener, info.protocol or "none").observe(duration)
 
 
+_REQUEST_CHILDREN: dict[tuple, tuple[Any, Any, Any]] = {}
+
+
 def request_finished(route: str | None, backend: str | None, server: str | None, status: int,
                      duration: float, upstream: float | None) -> None:
-    REQUESTS.labels(route or "", backend or "", server or "", str(status)).inc()
-    REQUEST_SECONDS.labels(route or "").observe(duration)
-    if upstream is not None and backend:
-        UPSTREAM_SECONDS.labels(backend).observe(upstream)
+    key = (route, backend, server, status)
+    children = _REQUEST_CHILDREN.get(key)
+    if children is None:  # labels() takes a lock and validates: once per combination, not per request
+        if len(_REQUEST_CHILDREN) > 10_000:
+            _REQUEST_CHILDREN.clear()
+        children = _REQUEST_CHILDREN[key] = (
+            REQUESTS.labels(route or "", backend or "", server or "", str(status)),
+            REQUEST_SECONDS.labels(route or ""), UPSTREAM_SECONDS.labels(backend) if backend else None)
+    requests, seconds, upstream_seconds = children
+    requests.inc()
+    seconds.observe(duration)
+    if upstream is not None and upstream_seconds is not None:
+        upstream_seconds.observe(upstream)
 
 
 class RuntimeCollector:

@@ -26,6 +26,7 @@ from edge.certs.files import CertificateFileError
 from edge import connection
 from edge.config import Config, ConfigError, load
 from edge.dispatch import DispatchFactory
+from edge.event_loop import lighten
 from edge.health import HealthService
 from edge.listeners import ListenerService
 from edge.runtime import MissingCertificate, Runtime
@@ -221,6 +222,7 @@ def make_service(config_path: str, reactor: Any = None, worker: int = 0) -> Edge
     raise_descriptor_limit()
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811
+    lighten(reactor)
     try:
         config = load(config_path)
     except ConfigError as e:

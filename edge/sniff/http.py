@@ -148,8 +148,21 @@ def field_pattern(names: "Iterable[bytes]") -> re.Pattern:
     return re.compile(rb"\r\n(" + b"|".join(re.escape(n) for n in sorted(names)) + rb"):([^\r]*)")
 
 
+_SPLIT_HOSTS: dict[str, tuple[str, int | None]] = {}
+
+
 def split_host(value: str) -> tuple[str, int | None]:
     """Split a Host header into a lower-case name and an optional port."""
+    known = _SPLIT_HOSTS.get(value)
+    if known is not None:
+        return known
+    if len(_SPLIT_HOSTS) > 4096:
+        _SPLIT_HOSTS.clear()
+    _SPLIT_HOSTS[value] = result = _split_host(value)
+    return result
+
+
+def _split_host(value: str) -> tuple[str, int | None]:
     if not _HOST.match(value):
         raise BadRequest(400, "invalid Host header")
     if value.startswith("["):
@@ -194,6 +207,10 @@ def parse_request_head(data: bytes, limit: int = 65536) -> RequestHead | Verdict
 
 
 def _check_framing(head: RequestHead) -> None:
+    lower = head.lower
+    if b"\r\ncontent-length:" not in lower and b"\r\ntransfer-encoding:" not in lower \
+            and lower.count(b"\r\nhost:") == 1:
+        return  # the usual bodiless request with its one Host header
     lengths = head.values("content-length")
     if lengths and b"\r\ntransfer-encoding:" in head.lower:
         raise BadRequest(400, "both Content-Length and Transfer-Encoding")
