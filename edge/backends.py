@@ -13,10 +13,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from edge.config import BackendConfig, Server
 
@@ -91,7 +93,6 @@ class Backend:
     def has_room(self, state: ServerState) -> bool:
         return self.config.max_conn is None or state.active < self.config.max_conn
 
-    @inlineCallbacks
     def connect(self, factory: IProtocolFactory, endpoint_for: Any = None) -> Deferred:
         """Connect ``factory`` to one server; fires ``(ServerState, protocol)``.
 
@@ -99,28 +100,53 @@ class Backend:
         TCP one (TLS to an https:// server, for a WebSocket tunnel).
 
         The caller must call :meth:`release` with the state once that
-        connection has ended.
+        connection has ended.  Plain callbacks rather than inlineCallbacks:
+        this runs once per forwarded connection.
         """
-        last_error: Exception | None = None
-        tried = 0
-        for state in self.ordered():
-            if not self.has_room(state):
-                continue
-            tried += 1
+        result: Deferred = Deferred(lambda _: attempt[0].cancel() if attempt else None)
+        attempt: list[Deferred] = []
+        candidates = self.ordered()
+
+        def try_next(index: int, tried: int, last_error: Exception | None) -> None:
+            while index < len(candidates) and not self.has_room(candidates[index]):
+                index += 1
+            if index >= len(candidates):
+                if not tried:
+                    result.errback(NoServerAvailable(f"all servers of backend {self.name!r} are at max_conn"))
+                else:
+                    result.errback(BackendUnavailable(
+                        f"no server of backend {self.name!r} accepted the connection: {_reason(last_error)}"))
+                return
+            state = candidates[index]
             state.active += 1
             try:
                 endpoint = state.endpoint if endpoint_for is None else endpoint_for(state)
-                protocol = yield endpoint.connect(factory)
-            except Exception as e:  # refused, timed out, unreachable, DNS
-                state.active -= 1
-                last_error = e
-                self.failed(state, e)
-                continue
+                d = endpoint.connect(factory)
+            except Exception as e:
+                failed(Failure(e), state, index, tried)
+                return
+            attempt[:] = [d]
+            d.addCallbacks(connected, failed, callbackArgs=(state,), errbackArgs=(state, index, tried))
+
+        def connected(protocol: Any, state: ServerState) -> None:
+            attempt.clear()
             self.succeeded(state)
-            return state, protocol
-        if not tried:
-            raise NoServerAvailable(f"all servers of backend {self.name!r} are at max_conn")
-        raise BackendUnavailable(f"no server of backend {self.name!r} accepted the connection: {_reason(last_error)}")
+            if result.called:  # cancelled meanwhile: nobody wants this connection
+                state.active -= 1
+                protocol.transport.loseConnection()
+                return
+            result.callback((state, protocol))
+
+        def failed(failure: Failure, state: ServerState, index: int, tried: int) -> None:
+            attempt.clear()
+            state.active -= 1
+            if result.called or failure.check(CancelledError, ConnectingCancelledError):
+                return  # the client went away and the caller cancelled us
+            self.failed(state, failure.value)
+            try_next(index + 1, tried + 1, failure.value)
+
+        try_next(0, 0, None)
+        return result
 
     def succeeded(self, state: ServerState) -> None:
         if state.fails or state.down_until:

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from edge.backends import Backend, BackendUnavailable, NoServerAvailable, ServerState
 from edge.connection import ConnectionInfo
 from edge import splice
+from edge.eager import write_now
 
 log = Logger()
 
@@ -68,7 +69,7 @@ class TcpForward(Protocol):
         self.active = True
         self.info.bytes_in += len(data)
         if self.peer is not None:
-            self.peer.transport.write(data)
+            write_now(self.peer.transport, data)
         else:
             self.pending.append(data)
 
@@ -102,10 +103,11 @@ class TcpForward(Protocol):
             self.peer.transport.loseConnection()
             return
         out = self.peer.transport
+        replay = self.pending
         if self.header is not None:
-            out.write(self.header(self.info))
-        if self.pending:
-            out.writeSequence(self.pending)
+            replay.insert(0, self.header(self.info))
+        if replay:
+            write_now(out, b"".join(replay))  # sent in this turn, so splicing can start at once
             self.pending = []
         out.registerProducer(self.transport, True)
         self.transport.registerProducer(out, True)
@@ -166,7 +168,7 @@ class TcpForward(Protocol):
     def backend_data(self, data: bytes) -> None:
         self.active = True
         self.info.bytes_out += len(data)
-        self.transport.write(data)
+        write_now(self.transport, data)
 
     def backend_eof(self) -> None:
         if self.backend_eof_seen:

@@ -39,14 +39,27 @@ def outcome(ended: str | None) -> str:
     return head if head in ("timeout", "refused", "error") else "closed"
 
 
+_CONNECTION_CHILDREN: dict[tuple, tuple[Any, Any, Any, Any]] = {}
+
+
 def connection_finished(info: Any, duration: float) -> None:
-    CONNECTIONS.labels(info.listener, info.protocol or "none", info.route or "", info.backend or "",
-                       outcome(info.ended)).inc()
+    key = (info.listener, info.protocol, info.route, info.backend, outcome(info.ended))
+    children = _CONNECTION_CHILDREN.get(key)
+    if children is None:  # labels() takes a lock and validates: once per combination, not per connection
+        if len(_CONNECTION_CHILDREN) > 10_000:
+            _CONNECTION_CHILDREN.clear()
+        listener, protocol = info.listener, info.protocol or "none"
+        children = _CONNECTION_CHILDREN[key] = (
+            CONNECTIONS.labels(listener, protocol, info.route or "", info.backend or "", key[4]),
+            CONNECTION_BYTES.labels(listener, "in"), CONNECTION_BYTES.labels(listener, "out"),
+            CONNECTION_SECONDS.labels(listener, protocol))
+    connections, bytes_in, bytes_out, seconds = children
+    connections.inc()
     if info.bytes_in:
-        CONNECTION_BYTES.labels(info.listener, "in").inc(info.bytes_in)
+        bytes_in.inc(info.bytes_in)
     if info.bytes_out:
-        CONNECTION_BYTES.labels(info.listener, "out").inc(info.bytes_out)
-    CONNECTION_SECONDS.labels(info.listener, info.protocol or "none").observe(duration)
+        bytes_out.inc(info.bytes_out)
+    seconds.observe(duration)
 
 
 _REQUEST_CHILDREN: dict[tuple, tuple[Any, Any, Any]] = {}

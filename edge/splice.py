@@ -22,7 +22,7 @@ from typing import Any, Callable
 from twisted.internet import tcp
 from twisted.python.failure import Failure
 
-HAVE_SPLICE = hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK")
+HAVE_SPLICE = hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK") and not os.environ.get("EDGE_NO_SPLICE")
 CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)

@@ -121,17 +121,24 @@ def _parse_body(body: bytes) -> tuple[str | None, tuple[str, ...]]:
     extensions = r.vector(2)
     if r.left:
         raise Malformed("bytes after the extensions")
+    # A hello carries a dozen or more extensions: walk them with plain index arithmetic.
+    pos, end = extensions.pos, extensions.end
     seen: set[int] = set()
-    while extensions.left:
-        kind = extensions.uint(2)
-        ext = extensions.vector(2)
+    while pos < end:
+        if pos + 4 > end:
+            raise Malformed("ClientHello field runs past its enclosing length")
+        kind = (body[pos] << 8) | body[pos + 1]
+        start = pos + 4
+        pos = start + ((body[pos + 2] << 8) | body[pos + 3])
+        if pos > end:
+            raise Malformed("ClientHello field runs past its enclosing length")
         if kind in seen:
             raise Malformed(f"extension {kind} appears twice")
         seen.add(kind)
         if kind == EXT_SERVER_NAME:
-            sni = _parse_server_name(ext)
+            sni = _parse_server_name(_Reader(body, start, pos))
         elif kind == EXT_ALPN:
-            alpn = _parse_alpn(ext)
+            alpn = _parse_alpn(_Reader(body, start, pos))
     return sni, alpn
 
 
