@@ -17,15 +17,16 @@ from typing import Any, Callable
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
+from twisted.protocols.basic import FileSender
 from twisted.web.http import HTTPChannel, HTTPFactory, Request, _GenericHTTPChannelProtocol
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH
 
 from edge.connection import ConnectionInfo, log_request
+from edge.eager import write_now
+from edge.http1_upstream import UpstreamConnection
 from edge.redirect import https_location
-from edge.sniff.http import BadRequest, split_host
-from edge.upstream import UpstreamError
+from edge.sniff.http import BadRequest, drop_fields, field_list, field_pattern, split_host
+from edge.sniff.http_framing import ChunkedReader, ResponseHead
 
 log = Logger()
 
@@ -33,8 +34,9 @@ HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade "
     b"proxy-authenticate proxy-authorization".split()
 )
-# Framing the edge redoes itself towards the backend (the Agent sets Content-Length; 100-continue was answered).
+# Framing the edge redoes itself towards the backend (Content-Length of the spooled body; 100-continue was answered).
 REQUEST_FRAMING = frozenset((b"content-length", b"expect"))
+RESPONSE_DROP_ALL = field_pattern(HOP_BY_HOP)  # HTTP/2 has no connection-level headers at all
 REASON_TEXT = {
     400: "bad request", 404: "no route for this host and path", 408: "request head took too long",
     413: "request body larger than this route allows", 421: "the Host header does not match the TLS server name",
@@ -213,8 +215,6 @@ class ProxyRequest(Request):
         site: HttpConnection = self.channel.site
         try:
             self._forward(site)
-        except UpstreamError as e:
-            self.fail(e.status, str(e))
         except BadRequest as e:
             self.fail(e.status, str(e))
 
@@ -259,16 +259,14 @@ class ProxyRequest(Request):
             self._tunnel(site, upstream, headers)
             return
         body = None
-        rewind = None
         if self.edge_body_seen or self.getHeader(b"content-length") not in (None, b"0") \
                 or self.getHeader(b"transfer-encoding") is not None:
-            self.content.seek(0)
-            body = FileBodyProducer(self.content)
-            rewind = lambda: self.content.seek(0)  # noqa: E731 - a retry on another server re-sends it
-        started = time.monotonic()
-        d = upstream.request(self.method, self.uri, headers, body, rewind)
-        d.addCallback(self._relay, upstream, started)
-        d.addErrback(self._upstream_failed)
+            body = self.content
+            headers.setRawHeaders(b"content-length", [str(body.seek(0, 2)).encode()])
+        head = b"%s %s HTTP/1.1\r\n" % (self.method, self.uri) + b"".join(
+            b"%s: %s\r\n" % (name, value) for name, values in headers.getAllRawHeaders() for value in values
+        ) + b"\r\n"
+        UpstreamExchange(self, upstream, head, body).start()
 
     def _redirect_or_deny(self, route: Any, host: str, path: str, runtime: Any) -> None:
         if route.http == "deny":
@@ -307,38 +305,6 @@ class ProxyRequest(Request):
         headers.setRawHeaders(b"forwarded", self.requestHeaders.getRawHeaders(b"forwarded", []) + [element])
         return headers
 
-    def _relay(self, result: tuple[Any, Any], upstream: Any, started: float) -> None:
-        state, response = result
-        self.edge_server = str(state)
-        self.edge_upstream_time = time.monotonic() - started
-        if self.finished or self._disconnected:
-            response._transport.stopProducing() if hasattr(response, "_transport") else None
-            upstream.backend.release(state)
-            return
-        self.setResponseCode(response.code, response.phrase)
-        listed = {token.strip().lower() for value in response.headers.getRawHeaders(b"connection", [])
-                  for token in value.split(b",")}
-        for name, values in response.headers.getAllRawHeaders():
-            lower = name.lower()
-            if lower in HOP_BY_HOP or lower in listed:
-                continue
-            self.responseHeaders.setRawHeaders(name, values)
-        # The Agent keeps Content-Length out of response.headers; without it we would re-chunk.
-        if response.length is not UNKNOWN_LENGTH and self.method != b"HEAD":
-            self.responseHeaders.setRawHeaders(b"content-length", [str(response.length).encode()])
-        relay = BodyRelay(self, lambda: upstream.backend.release(state))
-        response.deliverBody(relay)
-
-    def _upstream_failed(self, failure: Failure) -> None:
-        if failure.check(UpstreamError):
-            status, reason = failure.value.status, str(failure.value)
-        else:
-            log.failure("proxying a request", failure)
-            status, reason = 502, "backend error"
-        log.warn("{client}: {status} {reason}", client=self.channel.site.info.client[0] if self.channel else "-",
-                 status=status, reason=reason)
-        self.fail(status, reason)
-
     def _tunnel(self, site: HttpConnection, upstream: Any, headers: Headers) -> None:
         """Relay an HTTP/1.1 WebSocket upgrade as raw bytes in both directions."""
         headers.setRawHeaders(b"connection", [b"Upgrade"])
@@ -363,37 +329,151 @@ class ProxyRequest(Request):
         site.switch(tunnel, leftover)
 
 
-class BodyRelay(Protocol):
-    """Copies an upstream response body into the client's response, with back-pressure."""
+class UpstreamExchange:
+    """One request of an HTTP/2 client relayed over the backend's HTTP/1.1 keep-alive pool.
 
-    def __init__(self, request: ProxyRequest, release: Callable[[], None]) -> None:
+    The owner the pool's connections report to (:mod:`edge.http1_upstream`):
+    the spooled request body is sent with a :class:`FileSender`, the response
+    head becomes the Twisted response, and its body (de-chunked) streams back
+    with the upstream connection as the producer.
+    """
+
+    def __init__(self, request: ProxyRequest, upstream: Any, head: bytes, body: Any) -> None:
         self.request = request
-        self.release = release
-        self.done = False
+        self.upstream = upstream
+        self.pool = upstream.http1
+        self.head = head
+        self.body = body
+        self.connection: Any = None
+        self.started = time.monotonic()
+        self.timer: Any = None
+        self.sender: FileSender | None = None
+        self.dechunk: ChunkedReader | None = None
+        self.response_started = False
+        self.streaming = False
+        self.retried = False
 
-    def connectionMade(self) -> None:
-        self.request.registerProducer(self.transport, True)
+    @property
+    def closed(self) -> bool:
+        return self.request._disconnected or self.request.finished
+
+    def start(self) -> None:
         self.request.notifyFinish().addErrback(self._client_gone)
+        self.pool.acquire(self)
+
+    def upstream_ready(self, connection: UpstreamConnection) -> None:
+        if self.closed:
+            self.pool.release(connection, reusable=True)
+            return
+        self.connection = connection
+        connection.start(self, self.request.method)
+        write_now(connection.transport, self.head)
+        if self.body is not None:
+            self.body.seek(0)
+            self.sender = FileSender()
+            self.sender.beginFileTransfer(self.body, connection.transport).addBoth(self._body_sent)
+        reactor, seconds = self.request.channel.site.runtime.reactor, self.upstream.response_timeout
+        self.timer = reactor.callLater(seconds, self._timed_out, seconds)
+
+    def _body_sent(self, result: Any) -> None:
+        self.sender = None
+
+    def upstream_unavailable(self, status: int, reason: str) -> None:
+        self._fail(status, reason)
+
+    def upstream_response(self, connection: UpstreamConnection, head: ResponseHead, body: bytes, done: bool) -> None:
+        self._cancel_timer()
+        request = self.request
+        request.edge_server = str(connection.state)
+        request.edge_upstream_time = time.monotonic() - self.started
+        self.response_started = True
+        request.setResponseCode(head.status, head.reason)
+        fields, removed = drop_fields(head.fields, head.lower, RESPONSE_DROP_ALL)
+        listed = {token.strip().lower() for name, value in removed if name == b"connection"
+                  for token in value.split(b",")}
+        for name, value in field_list(fields, fields.lower()):
+            if name not in listed:
+                request.responseHeaders.addRawHeader(name, value)
+        if b"\r\ntransfer-encoding:" in head.lower:
+            self.dechunk = ChunkedReader(collect=True)
+        self._write(body)
+        if done:
+            self._done(connection.reusable)
+        elif not self.closed:
+            self.streaming = True
+            request.registerProducer(connection.transport, True)
+
+    def upstream_body(self, data: bytes, done: bool) -> None:
+        self._write(data)
+        if done:
+            self._done(self.connection.reusable if self.connection is not None else False)
+
+    def _write(self, data: bytes) -> None:
+        if self.dechunk is not None:
+            self.dechunk.feed(data)
+            data = b"".join(self.dechunk.pieces)
+            self.dechunk.pieces.clear()
+        if data and not self.closed:
+            self.request.write(data)
+
+    def _done(self, reusable: bool) -> None:
+        connection, self.connection = self.connection, None
+        if self.streaming:
+            self.streaming = False
+            self.request.unregisterProducer()
+        if connection is not None:
+            self.pool.release(connection, reusable and self.sender is None)
+        if not self.closed:
+            self.request.finish()
+
+    def upstream_failed(self, connection: UpstreamConnection, reason: str) -> None:
+        self._drop()
+        if self.closed:
+            return
+        if self.response_started:
+            log.warn("backend response cut short: {reason}", reason=reason)
+            self.request.loseConnection()
+            return
+        if connection.reused and not self.retried and self.body is None:
+            self.retried = True  # a kept-alive connection the server had just closed: once more on a new one
+            self.pool.acquire(self, fresh=True)
+            return
+        self._fail(502, f"backend {self.upstream.backend.name} failed: {reason}")
+
+    def _timed_out(self, seconds: float) -> None:
+        self.timer = None
+        self._drop()
+        self._fail(504, f"backend {self.upstream.backend.name} did not answer within {seconds:g}s")
 
     def _client_gone(self, _failure: Failure) -> None:
-        if not self.done:
-            self.transport.stopProducing()
+        self._drop()
 
-    def dataReceived(self, data: bytes) -> None:
-        self.request.write(data)
+    def _drop(self) -> None:
+        """Close the upstream connection, if any (a request that failed half-way cannot reuse it)."""
+        self._cancel_timer()
+        if self.sender is not None:
+            self.sender.stopProducing()
+            self.sender = None
+        connection, self.connection = self.connection, None
+        if self.streaming:
+            self.streaming = False
+            if not self.closed:
+                self.request.unregisterProducer()
+        if connection is not None:
+            connection.owner = None
+            self.pool.release(connection, reusable=False)
 
-    def connectionLost(self, reason: Failure) -> None:
-        self.done = True
-        self.release()
-        request = self.request
-        if request._disconnected or request.finished:
+    def _fail(self, status: int, reason: str) -> None:
+        if self.closed:
             return
-        request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
-            request.finish()
-        else:
-            log.warn("backend response cut short: {reason}", reason=reason.getErrorMessage())
-            request.loseConnection()
+        log.warn("{client}: {status} {reason}", client=self.request.channel.site.info.client[0]
+                 if self.request.channel else "-", status=status, reason=reason)
+        self.request.fail(status, reason)
+
+    def _cancel_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
 
 __all__ = ["EdgeHTTPFactory", "ProxyRequest", "HttpConnection"]

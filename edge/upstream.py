@@ -1,15 +1,11 @@
-"""HTTP(S) backends: keep-alive pools per backend, with the backend's server selection.
+"""HTTP(S) backends: a keep-alive pool per backend, and TLS to https:// servers.
 
-Requests from HTTP/2 clients go through a Twisted ``Agent``; those from
-HTTP/1.1 clients through the leaner :class:`edge.http1_upstream.Http1Pool`.
-
-Each request picks a server the way TCP connections do (balance, max_conn
-counting in-flight requests, passive health) and goes to it through a
-persistent :class:`HTTPConnectionPool`.  A server that refuses or times
-out on connect is skipped and the next one tried (the request never left,
-so retrying is safe).  ``https://`` servers are verified with
-service_identity against the system CAs or the backend's ``ca``, unless
-``verify = false``.
+Requests from HTTP/1.1 and HTTP/2 clients alike go to the backend over
+HTTP/1.1 through :class:`edge.http1_upstream.Http1Pool`, which picks servers
+the way TCP connections do (balance, max_conn counting in-flight requests,
+passive health) and skips a server that refuses or times out on connect.
+``https://`` servers are verified with service_identity against the system
+CAs or the backend's ``ca``, unless ``verify = false``.
 """
 
 from __future__ import annotations
@@ -17,31 +13,18 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet import error, ssl
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet import ssl
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from edge.backends import Backend, NoServerAvailable, ServerState
+from edge.backends import Backend, ServerState
 from edge.config import BackendConfig
 from edge.http1_upstream import Http1Pool
 
 log = Logger()
-
-CONNECT_ERRORS = (error.ConnectError, error.DNSLookupError, error.TimeoutError, error.ConnectingCancelledError)
-
-
-class UpstreamError(Exception):
-    """A proxied request failed; ``status`` is what the client gets."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _Unverified:
@@ -107,7 +90,7 @@ def _pem_blocks(data: bytes) -> list[bytes]:
 
 
 class Upstream:
-    """Requests to one HTTP backend through a keep-alive pool."""
+    """One HTTP backend: its keep-alive pool and how to reach its servers (TLS or not)."""
 
     def __init__(self, backend: Backend, reactor: Any, connect_timeout: float, response_timeout: float) -> None:
         self.backend = backend
@@ -115,79 +98,13 @@ class Upstream:
         self.response_timeout = response_timeout
         self.scheme = backend.config.servers[0].scheme
         self.policy = BackendTLSPolicy(backend.config) if self.scheme == "https" else None
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 64
-        self.pool.retryAutomatically = False
-        self.pool._factory.noisy = False
-        kwargs = {"contextFactory": self.policy} if self.policy else {}
-        self.agent = Agent(reactor, connectTimeout=connect_timeout, pool=self.pool, **kwargs)
-        self.http1 = Http1Pool(backend, self.tunnel_endpoint)  # HTTP/1.1 clients' requests (edge.http1_proxy)
+        self.http1 = Http1Pool(backend, self.tunnel_endpoint)
 
     def tunnel_endpoint(self, state: ServerState) -> Any:
-        """The endpoint a WebSocket tunnel to ``state`` connects through."""
+        """The endpoint a connection to ``state`` goes through: TLS for https:// servers."""
         if self.policy is None:
             return state.endpoint
         return wrapClientTLS(self.policy.creator(state.server.host), state.endpoint)
 
-    def url(self, state: ServerState, path: bytes) -> bytes:
-        host = state.server.host
-        host = f"[{host}]" if ":" in host else host
-        return f"{self.scheme}://{host}:{state.server.port}".encode("ascii") + path
 
-    @inlineCallbacks
-    def request(self, method: bytes, path: bytes, headers: Any, body: Any, rewind: Any) -> Deferred:
-        """Send the request to one server; fires ``(ServerState, response)``.
-
-        The caller releases the server (:meth:`Backend.release`) once the
-        response body is done.  Raises :class:`UpstreamError`.
-        """
-        last: Exception | None = None
-        tried = 0
-        for state in self.backend.ordered():
-            if not self.backend.has_room(state):
-                continue
-            tried += 1
-            state.active += 1
-            if rewind is not None:
-                rewind()
-            attempt = self.agent.request(method, self.url(state, path), headers, body)
-            expired: list[bool] = []
-            timer = self.reactor.callLater(self.response_timeout, lambda: (expired.append(True), attempt.cancel()))
-            try:
-                response = yield attempt
-            except CONNECT_ERRORS as e:
-                state.active -= 1
-                if expired:
-                    raise UpstreamError(504, f"backend {self.backend.name} did not answer within "
-                                             f"{self.response_timeout:g}s") from None
-                self.backend.failed(state, e)
-                last = e
-                continue
-            except CancelledError:
-                state.active -= 1
-                raise UpstreamError(504, f"backend {self.backend.name} did not answer within "
-                                         f"{self.response_timeout:g}s") from None
-            except Exception as e:
-                state.active -= 1
-                if expired:
-                    raise UpstreamError(504, f"backend {self.backend.name} did not answer within "
-                                             f"{self.response_timeout:g}s") from None
-                raise UpstreamError(502, f"backend {self.backend.name} failed: {_describe(e)}") from None
-            finally:
-                if timer.active():
-                    timer.cancel()
-            self.backend.succeeded(state)
-            return state, response
-        if not tried:
-            raise UpstreamError(503, f"no server available in backend {self.backend.name}")
-        raise UpstreamError(502, f"backend {self.backend.name} refused the connection: {_describe(last)}")
-
-
-def _describe(e: Exception | None) -> str:
-    reasons = getattr(e, "reasons", None)  # ResponseNeverReceived, RequestTransmissionFailed
-    if reasons:
-        return "; ".join(r.getErrorMessage() for r in reasons)
-    return str(e).strip() or type(e).__name__
-
-
-__all__ = ["Upstream", "UpstreamError", "BackendTLSPolicy", "NoServerAvailable"]
+__all__ = ["Upstream", "BackendTLSPolicy"]

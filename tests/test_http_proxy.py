@@ -120,22 +120,28 @@ def test_slow_request_head_gets_408(edge, files_origin):
     assert answer.startswith(b"HTTP/1.1 408 "), answer
 
 
-def test_refused_backend_is_502(edge):
+VERSIONS = pytest.mark.parametrize("version", ["--http1.1", "--http2"])
+
+
+@VERSIONS
+def test_refused_backend_is_502(edge, version):
     e = edge(one_route(f'["http://127.0.0.1:{free_port()}"]'))
-    status, _, body = split(curl(e.https_port, "app.example.test", "/", cafile=local_ca(e)).stdout)
+    status, _, body = split(curl(e.https_port, "app.example.test", "/", version, cafile=local_ca(e)).stdout)
     assert status == 502 and "refused" in body
     e.wait_log(" 502 ")
 
 
-def test_failover_to_the_next_server(edge, files_origin):
+@VERSIONS
+def test_failover_to_the_next_server(edge, files_origin, version):
     (files_origin.files / "ok.txt").write_text("fine\n")
     e = edge(one_route(f'["http://127.0.0.1:{free_port()}", "http://127.0.0.1:{files_origin.port}"]'))
     for _ in range(3):
-        status, _, body = split(curl(e.https_port, "app.example.test", "/ok.txt", cafile=local_ca(e)).stdout)
+        status, _, body = split(curl(e.https_port, "app.example.test", "/ok.txt", version, cafile=local_ca(e)).stdout)
         assert (status, body) == (200, "fine\n")
 
 
-def test_no_server_available_is_503(edge, files_origin):
+@VERSIONS
+def test_no_server_available_is_503(edge, files_origin, version):
     (files_origin.files / "slow").mkdir()
     (files_origin.files / "slow" / "blob").write_bytes(os.urandom(2 * 1024 * 1024))
     e = edge(one_route(f'["http://127.0.0.1:{files_origin.port}"]', extra_backend="max_conn = 1"))
@@ -144,21 +150,22 @@ def test_no_server_available_is_503(edge, files_origin):
          "--cacert", local_ca(e), f"https://app.example.test:{e.https_port}/slow/blob"])
     try:
         time.sleep(1)  # the slow download holds the only slot
-        status, _, body = split(curl(e.https_port, "app.example.test", "/", cafile=local_ca(e)).stdout)
+        status, _, body = split(curl(e.https_port, "app.example.test", "/", version, cafile=local_ca(e)).stdout)
         assert status == 503 and "no server available" in body
     finally:
         holder.kill()
         holder.wait()
 
 
-def test_silent_backend_is_504(edge, tmp_path):
+@VERSIONS
+def test_silent_backend_is_504(edge, tmp_path, version):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # accepts (in the kernel) and never answers
     try:
         e = edge(one_route(f'["http://127.0.0.1:{silent.getsockname()[1]}"]'),
                  timeouts='inspect = "2s"\nconnect = "2s"\nidle = "60s"\nresponse = "1s"')
-        status, _, body = split(curl(e.https_port, "app.example.test", "/", cafile=local_ca(e)).stdout)
+        status, _, body = split(curl(e.https_port, "app.example.test", "/", version, cafile=local_ca(e)).stdout)
         assert status == 504 and "did not answer" in body
     finally:
         silent.close()

@@ -254,17 +254,19 @@ def reencrypt_edge(edge, origin, extra: str):
     """)
 
 
-def test_reencrypt_verifies_the_backend_against_its_ca(edge, origin, ca):
+@pytest.mark.parametrize("version", ["--http1.1", "--http2"])
+def test_reencrypt_verifies_the_backend_against_its_ca(edge, origin, ca, version):
     e = reencrypt_edge(edge, origin, f'ca = "{ca.ca_pem}"')
-    status, _, body = split(curl(e.https_port, "vault.example.test", "/", "--http2", cafile=local_ca(e)).stdout)
+    status, _, body = split(curl(e.https_port, "vault.example.test", "/", version, cafile=local_ca(e)).stdout)
     assert status == 200 and report(body)["backend"] == str(origin.tls)
 
 
-def test_reencrypt_with_the_wrong_ca_is_a_502(edge, origin, tmp_path):
+@pytest.mark.parametrize("version", ["--http1.1", "--http2"])
+def test_reencrypt_with_the_wrong_ca_is_a_502(edge, origin, tmp_path, version):
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
     e = reencrypt_edge(edge, origin, f'ca = "{other}"')
-    status, _, body = split(curl(e.https_port, "vault.example.test", "/", cafile=local_ca(e)).stdout)
+    status, _, body = split(curl(e.https_port, "vault.example.test", "/", version, cafile=local_ca(e)).stdout)
     assert status == 502
     assert "certificate verify failed" in body or "verify" in body
 
