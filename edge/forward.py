@@ -26,6 +26,10 @@ from edge.eager import write_now
 
 log = Logger()
 
+# A short exchange (a TLS handshake, one small request) is cheaper through Twisted's
+# buffers than set up as a splice; past this many bytes the kernel moves them.
+SPLICE_AFTER = 32768
+
 
 @implementer(IHalfCloseableProtocol)
 class TcpForward(Protocol):
@@ -55,6 +59,7 @@ class TcpForward(Protocol):
         self.client_eof_seen = False
         self.backend_eof_seen = False
         self.closed = False
+        self.splice_at: int | None = None  # bytes relayed after which the kernel takes over (edge.splice)
 
     # client side
     def connectionMade(self) -> None:
@@ -67,9 +72,12 @@ class TcpForward(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.active = True
-        self.info.bytes_in += len(data)
+        info = self.info
+        info.bytes_in += len(data)
         if self.peer is not None:
             write_now(self.peer.transport, data)
+            if self.splice_at is not None and info.bytes_in + info.bytes_out >= self.splice_at:
+                self._try_splice()
         else:
             self.pending.append(data)
 
@@ -117,20 +125,21 @@ class TcpForward(Protocol):
             self.transport.resumeProducing()
         if self.idle_timeout:
             self.idle_call = self.reactor.callLater(self.idle_timeout, self._check_idle)
-        if splice.eligible(self.transport) and splice.eligible(out):
-            self._try_splice(tries=100)
+        self.splice_at = SPLICE_AFTER if splice.eligible(self.transport) and splice.eligible(out) else None
 
-    def _try_splice(self, tries: int) -> None:
-        """Move to the zero-copy path once Twisted has written the replayed bytes."""
+    def _try_splice(self) -> None:
+        """Move to the zero-copy path once Twisted has written everything it was given."""
         if self.closed or self.peer is None or self.peer.lost or self.client_eof_seen or self.backend_eof_seen:
+            self.splice_at = None
             return
         out = self.peer.transport
         if not (splice.eligible(self.transport) and splice.eligible(out)):
+            self.splice_at = None
             return
         if not (splice.flushed(self.transport) and splice.flushed(out)):
-            if tries:
-                self.reactor.callLater(0.001, self._try_splice, tries - 1)
+            self.splice_at = self.info.bytes_in + self.info.bytes_out + 65536  # try again a little later
             return
+        self.splice_at = None
         try:
             splice.Splicer(self.reactor, self.transport, out, self._spliced_in, self._spliced_out, self._splice_done)
         except OSError as e:  # out of descriptors for the pipes: the ordinary path carries on
@@ -167,8 +176,11 @@ class TcpForward(Protocol):
 
     def backend_data(self, data: bytes) -> None:
         self.active = True
-        self.info.bytes_out += len(data)
+        info = self.info
+        info.bytes_out += len(data)
         write_now(self.transport, data)
+        if self.splice_at is not None and info.bytes_in + info.bytes_out >= self.splice_at:
+            self._try_splice()
 
     def backend_eof(self) -> None:
         if self.backend_eof_seen:

@@ -68,7 +68,7 @@ def wait_events(edge, predicate, timeout: float = 10) -> dict:
 
 def test_json_access_log_fields(busy_edge, sshd, ca):
     e = busy_edge
-    assert run_ssh(sshd, e.ssh_port, "true").returncode == 0
+    assert len(run_ssh(sshd, e.ssh_port, "head -c 300000 /dev/zero").stdout) == 300000
     assert run_ssh(sshd, e.https_port, "true").returncode == 0
     assert subprocess.run(["curl", "-sS", "--max-time", "10", "--resolve", f"pass.example.test:{e.https_port}:127.0.0.1",
                            "--cacert", str(ca.ca_pem), "--interface", "127.0.0.6",
@@ -81,14 +81,15 @@ def test_json_access_log_fields(busy_edge, sshd, ca):
     assert (port22["protocol"], port22["backend"], port22["server"]) == ("ssh", "git", f"127.0.0.1:{sshd.port}")
     assert port22["bytes_in"] > 0 and port22["bytes_out"] > 0 and port22["duration"] > 0
     assert port22["client"] == "127.0.0.1" and port22["ended"] in ("closed", "client closed", "server closed")
-    assert port22["spliced"] is True  # the zero-copy path (os.splice) carried it
+    assert port22["bytes_out"] > 300000
+    assert port22["spliced"] is True  # past the first 32 KiB the zero-copy path (os.splice) carried it
     ssh443 = wait_events(e, lambda ev: ev.get("listener") == "https" and ev.get("protocol") == "ssh")
     assert ssh443["backend"] == "git"
     passthrough = wait_events(e, lambda ev: ev.get("sni") == "pass.example.test")
     assert passthrough["client"] == "127.0.0.6" and passthrough["protocol"] == "tls"
     assert passthrough["tls_mode"] == "passthrough" and passthrough["route"] == "routes[1]"
     assert passthrough["backend"] == "pass" and passthrough["server"] == f"127.0.0.1:{e.origin.port}"
-    assert passthrough["spliced"] is True and passthrough["bytes_out"] > 1000
+    assert passthrough["spliced"] is False and passthrough["bytes_out"] > 1000  # a short exchange stays in Twisted
     request = wait_events(e, lambda ev: ev.get("method") == "GET" and ev.get("status") == 200)
     assert (request["host"], request["path"], request["backend"], request["route"]) == (
         f"app.example.test:{e.https_port}", "/x?y=1", "web", "routes[0]")
