@@ -150,3 +150,17 @@ def test_http10_keep_alive_and_close(edge, origin):
         status, headers, body = read_responses(tls, 1)[0]
         assert (status, body, headers.get("connection")) == (200, b"A", "close")
         assert tls.recv(100) == b""  # and the edge closed it
+
+
+def test_streamed_chunked_upload_over_max_body_is_413(edge, origin):
+    e = edge(one_route(f'["http://127.0.0.1:{origin.port}"]', extra_route='max_body = "1M"'))
+    big = origin.files.parent / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    result = subprocess.run(
+        ["curl", "-sS", "-i", "--http1.1", "--max-time", "20", "--resolve", f"app.example.test:{e.https_port}:127.0.0.1",
+         "--cacert", local_ca(e), "-H", "Transfer-Encoding: chunked", "-T", str(big),
+         f"https://app.example.test:{e.https_port}/up/big.bin"], capture_output=True, text=True, timeout=30)
+    assert split(result.stdout)[0] == 413, result.stdout[:300] + result.stderr
+    time.sleep(0.5)
+    assert not (origin.files / "up" / "big.bin").exists()
+    e.assert_alive()
