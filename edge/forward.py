@@ -29,6 +29,7 @@ log = Logger()
 # A short exchange (a TLS handshake, one small request) is cheaper through Twisted's
 # buffers than set up as a splice; past this many bytes the kernel moves them.
 SPLICE_AFTER = 32768
+MAX_PENDING = 65536  # bytes a client may send ahead while its backend connection is being made
 
 
 @implementer(IHalfCloseableProtocol)
@@ -59,11 +60,11 @@ class TcpForward(Protocol):
         self.client_eof_seen = False
         self.backend_eof_seen = False
         self.closed = False
+        self.paused = False
         self.splice_at: int | None = None  # bytes relayed after which the kernel takes over (edge.splice)
 
     # client side
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()  # read nothing more until the backend is there
         self.info.backend = self.backend.name
         factory = Factory.forProtocol(lambda: _BackendSide(self))
         factory.noisy = False
@@ -80,6 +81,9 @@ class TcpForward(Protocol):
                 self._try_splice()
         else:
             self.pending.append(data)
+            if not self.paused and sum(map(len, self.pending)) > MAX_PENDING:
+                self.paused = True  # read no more until the backend is there to take it
+                self.transport.pauseProducing()
 
     def readConnectionLost(self) -> None:
         if self.client_eof_seen:
@@ -121,7 +125,8 @@ class TcpForward(Protocol):
         self.transport.registerProducer(out, True)
         if self.client_eof_seen:
             out.loseWriteConnection()
-        else:
+        elif self.paused:
+            self.paused = False
             self.transport.resumeProducing()
         if self.idle_timeout:
             self.idle_call = self.reactor.callLater(self.idle_timeout, self._check_idle)
