@@ -25,6 +25,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from edge.answers import REASON_TEXT, error_response, plain_response
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.http1_upstream import UpstreamConnection
@@ -48,16 +49,6 @@ RESPONSE_DROP = field_pattern(name.encode() for name in HOP_BY_HOP - {"transfer-
 RESPONSE_DROP_TE = field_pattern(name.encode() for name in HOP_BY_HOP)  # to an HTTP/1.0 client (de-chunked)
 _LISTED_PATTERNS: dict[frozenset, Any] = {}
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close"))
-STATUS_TEXT = {
-    400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
-    421: "Misdirected Request", 431: "Request Header Fields Too Large", 499: "Client Closed Request",
-    502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout", 308: "Permanent Redirect",
-}
-REASON_TEXT = {
-    400: "bad request", 404: "no route for this host and path", 408: "request head took too long",
-    413: "request body larger than this route allows", 421: "the Host header does not match the TLS server name",
-    431: "request header fields too large",
-}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -74,19 +65,6 @@ def _drop_listed(fields: bytes, connection: bytes) -> bytes:
             _LISTED_PATTERNS.clear()
         pattern = _LISTED_PATTERNS[names] = field_pattern(names)
     return drop_fields(fields, fields.lower(), pattern)[0]
-
-
-def plain_response(status: int, text: str, close: bool, head_only: bool = False,
-                   location: str | None = None) -> bytes:
-    """A short text/plain answer the edge gives itself (errors, redirects)."""
-    body = f"{text}\n".encode("utf-8")
-    lines = [f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
-             f"Content-Length: {len(body)}"]
-    if location is not None:
-        lines.append(f"Location: {location}")
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
 
 
 class Http1Proxy(Protocol):
@@ -186,14 +164,14 @@ class Http1Proxy(Protocol):
             return
         info = self.info
         if self.scheme == "https" and info.sni is not None and host != info.sni:
-            self._answer_and_close(421, REASON_TEXT[421]) if head.has_body else self._answer(421, REASON_TEXT[421])
+            self._answer(421, REASON_TEXT[421], close=head.has_body)
             return
         runtime = self.runtime
         entry = runtime.routes.lookup(host)
         path = head.path
         route = entry.match(path.split("?", 1)[0]) if entry is not None else None
         if route is None or not route.terminated:
-            self._answer_and_close(404, REASON_TEXT[404]) if head.has_body else self._answer(404, REASON_TEXT[404])
+            self._answer(404, REASON_TEXT[404], close=head.has_body)
             return
         self.route = route
         if self.scheme == "http" and route.http != "allow":
@@ -447,7 +425,12 @@ class Http1Proxy(Protocol):
         if self.close_after:
             self._close()
             return
+        self._await_next()
+
+    def _await_next(self) -> None:
+        """This request is done and the connection stays: wait for (or start on) the next one."""
         self.head = None
+        self.body = None
         self._arm(self.runtime.config.timeouts.idle, "idle")
         if self.paused:
             self.paused = False
@@ -461,7 +444,7 @@ class Http1Proxy(Protocol):
         head = self.head
         close = close or self.close_after
         self.status = status
-        message = plain_response(status, text, close, head is not None and head.method == "HEAD", location)
+        message = plain_response(status, f"{text}\n", close, head is not None and head.method == "HEAD", location)
         self.sent = len(message)
         self.transport.write(message)
         if head is not None:
@@ -470,14 +453,7 @@ class Http1Proxy(Protocol):
             self.info.ended = self.info.ended or f"error: {text}" if status >= 400 else self.info.ended
             self._close()
             return
-        self.head = None
-        self.body = None
-        self._arm(self.runtime.config.timeouts.idle, "idle")
-        if self.paused:
-            self.paused = False
-            self.transport.resumeProducing()
-        if self.buffer:
-            self._next_request()
+        self._await_next()
 
     def _answer_and_close(self, status: int, text: str) -> None:
         self.info.ended = f"error: {REASON_TEXT.get(status, text)}"
@@ -532,7 +508,7 @@ class Http1Proxy(Protocol):
             return
         if kind == "head":
             self.info.ended = "timeout: request head"
-            self.transport.write(plain_response(408, REASON_TEXT[408], close=True))
+            self.transport.write(error_response(408))
         else:
             self.info.ended = "timeout: idle"
         self._close()

@@ -21,6 +21,7 @@ from twisted.protocols.basic import FileSender
 from twisted.web.http import HTTPChannel, HTTPFactory, Request, _GenericHTTPChannelProtocol
 from twisted.web.http_headers import Headers
 
+from edge.answers import REASON_TEXT, error_response
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.http1_upstream import UpstreamConnection
@@ -37,12 +38,6 @@ HOP_BY_HOP = frozenset(
 # Framing the edge redoes itself towards the backend (Content-Length of the spooled body; 100-continue was answered).
 REQUEST_FRAMING = frozenset((b"content-length", b"expect"))
 RESPONSE_DROP_ALL = field_pattern(HOP_BY_HOP)  # HTTP/2 has no connection-level headers at all
-REASON_TEXT = {
-    400: "bad request", 404: "no route for this host and path", 408: "request head took too long",
-    413: "request body larger than this route allows", 421: "the Host header does not match the TLS server name",
-    431: "request header fields too large",
-}
-
 
 class HttpConnection:
     """Per-connection facts the requests need (Twisted calls it the 'site')."""
@@ -87,7 +82,7 @@ class EdgeChannel(HTTPChannel):
         if self.wrapper is not None and self.wrapper._channel is not self:
             return  # ALPN chose h2: this HTTP/1.1 channel was replaced before it read anything
         self.site.info.ended = "timeout: request head"
-        self.transport.write(_plain_response(408))
+        self.transport.write(error_response(408))
         self.loseConnection()
 
     def allHeadersReceived(self) -> None:
@@ -108,16 +103,8 @@ class EdgeChannel(HTTPChannel):
         status = 431 if self._receivedHeaderSize > self.totalHeadersSize else 400
         self._cancel_header_timer()
         self.site.info.ended = f"error: {REASON_TEXT[status]}"
-        self.transport.write(_plain_response(status))
+        self.transport.write(error_response(status))
         self.loseConnection()
-
-
-def _plain_response(status: int) -> bytes:
-    body = f"{REASON_TEXT[status]}\n".encode()
-    reason = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
-              431: "Request Header Fields Too Large"}[status]
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
 class EdgeHTTPFactory(HTTPFactory):
@@ -194,7 +181,7 @@ class ProxyRequest(Request):
             # Answer now rather than read a body we will not use, then close.
             self.channel.site.info.ended = "error: request body too large"
             self.channel._cancel_header_timer()
-            self.channel.transport.write(_plain_response(413))
+            self.channel.transport.write(error_response(413))
             self.channel.transport.loseConnection()
 
     def _route_or_none(self, path: bytes) -> Any:

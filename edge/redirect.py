@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from edge.answers import plain_response
 from edge.connection import ConnectionInfo, access_log
 from edge.sniff import NEED_MORE
 from edge.sniff.http import BadRequest, RequestHead, parse_request_head
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 ACME_PREFIX = "/.well-known/acme-challenge/"
 MAX_HEAD = 65536
 MAX_REQUESTS = 100
-REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large"}
 
 
 def https_location(host: str, path: str, port: int) -> str:
@@ -122,17 +122,8 @@ class Redirector(Protocol):
     def _respond(
         self, status: int, body: str, location: str | None, close: bool, head: RequestHead | None = None
     ) -> None:
-        payload = body.encode("utf-8")
-        lines = [f"HTTP/1.1 {status} {REASONS[status]}", "Content-Type: text/plain; charset=utf-8",
-                 f"Content-Length: {len(payload)}"]
-        if location is not None:
-            lines.append(f"Location: {location}")
-        if close:
-            lines.append("Connection: close")
-        message = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if head is None or head.method != "HEAD":
-            message += payload
-        self.transport.write(message)
+        head_only = head is not None and head.method == "HEAD"
+        self.transport.write(plain_response(status, body, close, head_only, location))
         if close:
             self.closing = True
             self._cancel_timer()

@@ -1,0 +1,36 @@
+"""The short HTTP/1.1 answers the edge gives itself: errors, redirects, ACME tokens.
+
+One text/plain body, its length, ``Connection: close`` when the edge closes
+after it, and the body left out for a HEAD request.
+"""
+
+from __future__ import annotations
+
+STATUS_TEXT = {
+    200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
+    413: "Content Too Large", 421: "Misdirected Request", 431: "Request Header Fields Too Large",
+    499: "Client Closed Request", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+}
+# The one-line bodies of the errors that need no further explanation.
+REASON_TEXT = {
+    400: "bad request", 404: "no route for this host and path", 408: "request head took too long",
+    413: "request body larger than this route allows", 421: "the Host header does not match the TLS server name",
+    431: "request header fields too large",
+}
+
+
+def plain_response(status: int, body: str, close: bool, head_only: bool = False, location: str | None = None) -> bytes:
+    """A complete response with ``body`` (sent as it is) as text/plain."""
+    payload = body.encode("utf-8")
+    lines = [f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
+             f"Content-Length: {len(payload)}"]
+    if location is not None:
+        lines.append(f"Location: {location}")
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else payload)
+
+
+def error_response(status: int) -> bytes:
+    """The edge's answer for ``status`` with its standard reason line, closing the connection."""
+    return plain_response(status, f"{REASON_TEXT[status]}\n", close=True)
