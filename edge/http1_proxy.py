@@ -237,7 +237,7 @@ class Http1Proxy(Protocol):
 
     def upstream_ready(self, connection: UpstreamConnection) -> None:
         if self.closed or self.head is None:
-            self.pool.release(connection, reusable=not connection.head_done and connection.owner is None)
+            self.pool.release(connection, reusable=True)  # nothing was sent on it
             return
         self.upstream = connection
         connection.start(self, self.head.method.encode("latin-1"))
@@ -250,8 +250,10 @@ class Http1Proxy(Protocol):
                 if not self._take_body(out):
                     return
         write_now(connection.transport, b"".join(out) if len(out) > 1 else out[0])
-        self._arm(self.runtime.config.timeouts.response, "response")
-        if self.body is not None:
+        if self.body is None:
+            self._arm(self.runtime.config.timeouts.response, "response")
+        else:  # the response deadline starts once the body is sent; until then the client must keep sending
+            self._arm(self.runtime.config.timeouts.idle, "body")
             connection.transport.registerProducer(self.transport, True)
             self.producing = True
         if self.paused and (self.body is not None or len(self.buffer) <= MAX_HEAD):
@@ -277,6 +279,8 @@ class Http1Proxy(Protocol):
         return True
 
     def _relay_body(self, data: bytes) -> None:
+        if self.deadline_kind == "body":
+            self.deadline = time.monotonic() + self.runtime.config.timeouts.idle
         self.buffer = data
         out: list[bytes] = []
         if self._take_body(out) and out[0]:
@@ -290,6 +294,8 @@ class Http1Proxy(Protocol):
                 self.upstream.transport.unregisterProducer()
             if not self.paused and not self.closed:
                 self.transport.resumeProducing()  # the server may have paused us just before the end
+        if self.deadline_kind == "body" and self.upstream is not None and not self.response_started:
+            self._arm(self.runtime.config.timeouts.response, "response")
 
     def _drop_upstream(self, reusable: bool = False) -> None:
         """Done with the upstream connection: back to the pool if ``reusable``, else closed."""
@@ -505,6 +511,11 @@ class Http1Proxy(Protocol):
         kind = self.deadline_kind
         if kind == "response":
             self._response_timeout()
+            return
+        if kind == "body":
+            self._drop_upstream()
+            self.info.ended = "timeout: request body"
+            self._answer(408, "request body took too long", close=True)
             return
         if kind == "head":
             self.info.ended = "timeout: request head"

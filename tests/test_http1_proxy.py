@@ -164,3 +164,17 @@ def test_streamed_chunked_upload_over_max_body_is_413(edge, origin):
     time.sleep(0.5)
     assert not (origin.files / "up" / "big.bin").exists()
     e.assert_alive()
+
+
+def test_slow_upload_is_not_cut_by_the_response_timeout(edge, origin):
+    """The response deadline starts when the request body has been sent, not before."""
+    e = edge(one_route(f'["http://127.0.0.1:{origin.port}"]'),
+             timeouts='inspect = "2s"\nconnect = "2s"\nidle = "60s"\nresponse = "1s"')
+    with tls_socket(e, timeout=20) as tls:
+        tls.sendall(b"PUT /up/slow.txt HTTP/1.1\r\nHost: app.example.test\r\nContent-Length: 30\r\n\r\n")
+        for piece in (b"a" * 10, b"b" * 10, b"c" * 10):
+            time.sleep(0.8)  # 2.4 s in all, longer than timeouts.response
+            tls.sendall(piece)
+        status, _, _ = read_responses(tls, 1)[0]
+    assert status in (201, 204)
+    assert (origin.files / "up" / "slow.txt").read_bytes() == b"a" * 10 + b"b" * 10 + b"c" * 10
