@@ -141,6 +141,7 @@ class Http1Pool:
         self.backend = backend
         self.endpoint_for = endpoint_for
         self.idle: dict[ServerState, list[UpstreamConnection]] = {}
+        self.closed = False
 
     def acquire(self, owner: Any, fresh: bool = False) -> None:
         """Find ``owner`` a connection: ``owner.upstream_ready(connection)`` or ``owner.upstream_unavailable``.
@@ -198,7 +199,7 @@ class Http1Pool:
         """The request on ``connection`` is over: keep the connection for the next one, or close it."""
         connection.owner = None
         self.backend.release(connection.state)
-        if reusable and not connection.lost and connection.transport.connected:
+        if reusable and not self.closed and not connection.lost and connection.transport.connected:
             idle = self.idle.setdefault(connection.state, [])
             if len(idle) < MAX_IDLE_PER_SERVER:
                 connection.transport.resumeProducing()  # a slow client may have paused it near the end
@@ -213,7 +214,9 @@ class Http1Pool:
         if idle and connection in idle:
             idle.remove(connection)
 
-    def close_idle(self) -> None:
+    def close(self) -> None:
+        """This pool is retired (a reload changed its backend): close idle connections, keep no more."""
+        self.closed = True
         for idle in self.idle.values():
             for connection in list(idle):
                 connection.transport.loseConnection()

@@ -73,6 +73,13 @@ class Runtime:
         self.certificates = certificates if certificates is not None else self.load_certificates(config)
         self.http_factory = EdgeHTTPFactory(self)
 
+    def retire(self, successor: "Runtime") -> None:
+        """``successor`` replaced this runtime: close the keep-alive pools it does not carry on."""
+        kept = {id(upstream) for upstream in successor.upstreams.values()}
+        for upstream in self.upstreams.values():
+            if id(upstream) not in kept:
+                upstream.http1.close()
+
     @staticmethod
     def load_certificates(config: Config) -> CertificateStore:
         """Fill a store from certs_dir and the local issuer; check every terminated host is covered."""

@@ -175,7 +175,8 @@ class EdgeService(MultiService):
         except (ConfigError, StartupError) as e:
             log.error("reload refused, the running configuration stays: {error}", error=str(e))
             return False
-        self.runtime = runtime
+        previous, self.runtime = self.runtime, runtime
+        previous.retire(runtime)  # requests in flight finish on their old connections
         if getattr(self, "supervisor", None) is not None:
             self.supervisor.signal(signal.SIGHUP)
         self._bind_all(config, fatal=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -178,3 +179,28 @@ def test_slow_upload_is_not_cut_by_the_response_timeout(edge, origin):
         status, _, _ = read_responses(tls, 1)[0]
     assert status in (201, 204)
     assert (origin.files / "up" / "slow.txt").read_bytes() == b"a" * 10 + b"b" * 10 + b"c" * 10
+
+
+def backend_connections(port: int) -> int:
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def test_reload_closes_the_idle_pool_of_a_changed_backend(edge, origin):
+    e = edge(one_route(f'["http://127.0.0.1:{origin.port}"]'))
+    with tls_socket(e) as tls:
+        tls.sendall(b"GET /who HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+        assert read_responses(tls, 1)[0][0] == 200
+    assert backend_connections(origin.port) == 1  # kept alive in the pool
+    e.config.write_text(e.config.read_text().replace(f"127.0.0.1:{origin.port}", f"127.0.0.1:{origin.short}"))
+    os.kill(e.pid, signal.SIGHUP)
+    e.wait_log("reloaded")
+    deadline = time.monotonic() + 5
+    while backend_connections(origin.port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert backend_connections(origin.port) == 0
+    with tls_socket(e) as tls:
+        tls.sendall(b"GET /who HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+        assert read_responses(tls, 1)[0][0] == 200
+    assert backend_connections(origin.short) == 1
