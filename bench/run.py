@@ -140,6 +140,8 @@ def idle_memory(port: int, contestant, count: int, tls: bool) -> dict:
     return {"KiB_per_conn": (after - before) / count}
 
 
+NOTES_MARK = "## Notes"
+
 SCENARIOS = [
     # name, mode, measure, unit key, contestants filter
     ("1. passthrough keep-alive 1 KiB (wrk, 50 conns)", "passthrough", "wrk", "rps"),
@@ -228,7 +230,7 @@ def versions() -> dict[str, str]:
         except (OSError, IndexError):
             return "?"
     return {"haproxy": first(["haproxy", "-v"]), "nginx": first(["nginx", "-v"]),
-            "sslh": first(["sslh-select", "--version"]), "wrk": first(["wrk", "--version"]),
+            "sslh": first(["sslh-select", "-V"]), "wrk": first(["wrk", "--version"]),
             "python": sys.version.split()[0], "openssl": first(["openssl", "version"])}
 
 
@@ -286,16 +288,20 @@ def main() -> int:
     print(report)
     if out is not None:
         info = versions()
+        notes = ""  # hand-written analysis below the table survives a rerun
+        if out.exists() and NOTES_MARK in out.read_text():
+            notes = out.read_text()[out.read_text().index(NOTES_MARK):]
+        command = " ".join(["bench/run.py", *sys.argv[1:]])
         out.write_text(textwrap.dedent(f"""\
             # Benchmarks
 
-            Made by `python3 bench/run.py` on {datetime.date.today()} ({time.monotonic() - started:.0f} s):
+            Made by `{command}` on {datetime.date.today()} ({time.monotonic() - started:.0f} s):
             {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, {platform.platform()}.
             {args.rounds} interleaved rounds of {args.duration:g} s per measurement, medians; bulk file {args.bulk_mb} MiB;
             {args.idle} idle connections. All on loopback; the origin is nginx; wrk and h2load are the clients.
             Versions: {'; '.join(f'{k} {v}' for k, v in info.items())}.
 
-            """) + report + "\n")
+            """) + report + "\n" + ("\n" + notes if notes else ""))
         print(f"wrote {out}")
     return 0
 
