@@ -219,7 +219,28 @@ def run_scenarios(args, tmp: Path, origin, cert, key) -> dict:
                 c.stop()
         results[(f"8. new conns/s with {routes} routes", "edge")] = samples
         print(f"  routes {routes}: {samples}", flush=True)
+    if not args.only or "8" in args.only:
+        for routes in (10, 10_000):
+            results[(f"8. route lookup ns with {routes} routes", "edge")] = [lookup_ns(routes)]
     return results
+
+
+def lookup_ns(routes: int) -> float:
+    """Nanoseconds per host lookup (exact, wildcard and unknown names) in a table of ``routes`` routes."""
+    import timeit
+    import tomllib
+
+    from edge.config import parse
+    from edge.routes import RouteTable
+
+    text = "[backends.pass]\nservers = [\"127.0.0.1:1\"]\n" + "".join(
+        f'[[routes]]\nhosts = ["h{i}.bench.test", "*.w{i}.bench.test"]\ntls = "passthrough"\nbackend = "pass"\n'
+        for i in range(routes))
+    table = RouteTable(parse(tomllib.loads(text)).routes)
+    names = ["h7.bench.test", "a.b.w3.bench.test", "unknown.example.test"]
+    loops = 20_000
+    best = min(timeit.repeat(lambda: [table.lookup(n) for n in names], number=loops, repeat=5))
+    return best / loops / len(names) * 1e9
 
 
 def versions() -> dict[str, str]:
@@ -244,7 +265,7 @@ def table(results: dict) -> str:
                  for n in names]
         ratio = f"{medians['edge'] / medians['haproxy']:.2f}" if "edge" in medians and medians.get("haproxy") else "—"
         lines.append(f"| {title} | " + " | ".join(cells) + f" | {ratio} |")
-    scale = [t for t in titles if t.startswith("8.")]
+    scale = [t for t in titles if t.startswith("8. new conns")]
     if len(scale) == 2:
         a, b = (statistics.median(results[(t, "edge")]) for t in scale)
         lines.append("| 8. dispatch cost ratio, 10 / 10,000 routes | " + "— | " * len(names) + f"{a / b:.2f} |")

@@ -26,7 +26,7 @@ from edge.certs.files import CertificateFileError
 from edge import connection
 from edge.config import Config, ConfigError, load
 from edge.dispatch import DispatchFactory
-from edge.event_loop import lighten
+from edge.event_loop import lighten, settle_memory
 from edge.health import HealthService
 from edge.listeners import ListenerService
 from edge.runtime import MissingCertificate, Runtime
@@ -177,6 +177,7 @@ class EdgeService(MultiService):
             return False
         previous, self.runtime = self.runtime, runtime
         previous.retire(runtime)  # requests in flight finish on their old connections
+        settle_memory()
         if getattr(self, "supervisor", None) is not None:
             self.supervisor.signal(signal.SIGHUP)
         self._bind_all(config, fatal=False)
@@ -228,4 +229,6 @@ def make_service(config_path: str, reactor: Any = None, worker: int = 0) -> Edge
         config = load(config_path)
     except ConfigError as e:
         raise StartupError(str(e)) from None
-    return EdgeService(config, reactor, worker)
+    service = EdgeService(config, reactor, worker)
+    settle_memory()
+    return service
