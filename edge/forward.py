@@ -66,9 +66,7 @@ class TcpForward(Protocol):
     # client side
     def connectionMade(self) -> None:
         self.info.backend = self.backend.name
-        factory = Factory.forProtocol(lambda: _BackendSide(self))
-        factory.noisy = False
-        self.connecting = self.backend.connect(factory, self.endpoint_for)
+        self.connecting = self.backend.connect(_BackendFactory(self), self.endpoint_for)
         self.connecting.addCallbacks(self._connected, self._failed)
 
     def dataReceived(self, data: bytes) -> None:
@@ -226,6 +224,26 @@ class TcpForward(Protocol):
     def _finish_if_both_gone(self) -> None:
         if self.closed and (self.peer is None or self.peer.lost):
             self.info.finish(self.info.ended or "closed")
+
+
+class _BackendFactory(Factory):
+    """Builds the one backend-side protocol of a :class:`TcpForward`, then lets go of it."""
+
+    noisy = False
+
+    def __init__(self, client: TcpForward) -> None:
+        self.client: TcpForward | None = client
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        client, self.client = self.client, None  # the connector keeps this factory as long as the connection
+        return _BackendSide(client) if client is not None else _Surplus()
+
+
+class _Surplus(Protocol):
+    """A second connection from a racing connect attempt (several addresses for one name): not wanted."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
 
 
 @implementer(IHalfCloseableProtocol)

@@ -134,6 +134,18 @@ class UpstreamConnection(Protocol):
         owner.upstream_failed(self, why)
 
 
+class _ConnectionFactory(Factory):
+    """Builds one :class:`UpstreamConnection` for ``state``'s server."""
+
+    noisy = False
+
+    def __init__(self, pool: "Http1Pool", state: ServerState) -> None:
+        self.pool, self.state = pool, state
+
+    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+        return UpstreamConnection(self.pool, self.state)
+
+
 class Http1Pool:
     """Idle keep-alive connections per server of one HTTP backend, and connecting new ones."""
 
@@ -174,9 +186,7 @@ class Http1Pool:
                 connection.reused = True
                 owner.upstream_ready(connection)
                 return
-        factory = Factory.forProtocol(lambda: UpstreamConnection(self, state))
-        factory.noisy = False
-        attempt = self.endpoint_for(state).connect(factory)
+        attempt = self.endpoint_for(state).connect(_ConnectionFactory(self, state))
 
         def connected(connection: UpstreamConnection) -> None:
             if getattr(owner, "closed", False):  # the client left while we connected: keep it for the next one
