@@ -19,14 +19,11 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edge.backends import Backend, ServerState
 from edge.sniff import NEED_MORE, Malformed
 from edge.sniff.http_framing import ResponseHead, UntilClose, parse_response_head, response_reader
-
-log = Logger()
 
 MAX_RESPONSE_HEAD = 65536
 MAX_IDLE_PER_SERVER = 64

@@ -16,15 +16,12 @@ from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from edge.backends import Backend, ServerState
 from edge.config import BackendConfig
 from edge.http1_upstream import Http1Pool
-
-log = Logger()
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _Unverified:
