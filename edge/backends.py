@@ -115,7 +115,7 @@ class Backend:
                     result.errback(NoServerAvailable(f"all servers of backend {self.name!r} are at max_conn"))
                 else:
                     result.errback(BackendUnavailable(
-                        f"no server of backend {self.name!r} accepted the connection: {_reason(last_error)}"))
+                        f"no server of backend {self.name!r} accepted the connection: {describe_error(last_error)}"))
                 return
             state = candidates[index]
             state.active += 1
@@ -165,11 +165,12 @@ class Backend:
             if was_up:
                 log.warn(
                     "backend {backend} server {server} marked down for {seconds:g}s: {reason}",
-                    backend=self.name, server=str(state), seconds=self.config.fail_timeout, reason=_reason(error),
+                    backend=self.name, server=str(state), seconds=self.config.fail_timeout, reason=describe_error(error),
                 )
 
 
-def _reason(error: Exception | None) -> str:
+def describe_error(error: Exception | None) -> str:
+    """An exception as a short reason for a log line or an error page."""
     if error is None:
         return "no server"
     text = str(error).strip().rstrip(".")

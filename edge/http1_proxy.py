@@ -31,22 +31,20 @@ from edge.eager import write_now
 from edge.http1_upstream import UpstreamConnection
 from edge.redirect import https_location
 from edge.sniff import NEED_MORE, Malformed
-from edge.sniff.http import BadRequest, RequestHead, drop_fields, field_pattern, parse_request_head, split_host
+from edge.sniff.http import (
+    HOP_BY_HOP, BadRequest, RequestHead, drop_fields, field_pattern, parse_request_head, split_host,
+)
 from edge.sniff.http_framing import LAST_CHUNK, BodyTooLarge, ChunkedReader, LengthReader, ResponseHead, chunk
 
 log = Logger()
 
 MAX_HEAD = 65536
-HOP_BY_HOP = frozenset(
-    "connection keep-alive proxy-connection te trailer transfer-encoding upgrade "
-    "proxy-authenticate proxy-authorization".split()
-)
 # Transfer-Encoding is kept: a body is relayed in the framing it came in (Content-Length or chunked).
 REQUEST_DROP = field_pattern(
-    name.encode() for name in HOP_BY_HOP - {"transfer-encoding"}
-    | {"expect", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-for", "forwarded"})
-RESPONSE_DROP = field_pattern(name.encode() for name in HOP_BY_HOP - {"transfer-encoding"})
-RESPONSE_DROP_TE = field_pattern(name.encode() for name in HOP_BY_HOP)  # to an HTTP/1.0 client (de-chunked)
+    HOP_BY_HOP - {b"transfer-encoding"}
+    | {b"expect", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for", b"forwarded"})
+RESPONSE_DROP = field_pattern(HOP_BY_HOP - {b"transfer-encoding"})
+RESPONSE_DROP_TE = field_pattern(HOP_BY_HOP)  # to an HTTP/1.0 client (de-chunked)
 _LISTED_PATTERNS: dict[frozenset, Any] = {}
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close"))
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol as TypingProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from edge.backends import Backend, ServerState
+from edge.backends import Backend, ServerState, describe_error
 from edge.sniff import NEED_MORE, Malformed
 from edge.sniff.http_framing import ResponseHead, UntilClose, parse_response_head, response_reader
 
@@ -31,6 +31,8 @@ MAX_IDLE_PER_SERVER = 64
 
 class Owner(TypingProtocol):
     """What a client connection offers the upstream connection serving its request."""
+
+    closed: bool  # the client has gone: a connection made for it is kept for the next one
 
     def upstream_ready(self, connection: "UpstreamConnection") -> None: ...
     def upstream_unavailable(self, status: int, reason: str) -> None: ...
@@ -45,7 +47,7 @@ class UpstreamConnection(Protocol):
     def __init__(self, pool: "Http1Pool", state: ServerState) -> None:
         self.pool = pool
         self.state = state
-        self.owner: Any = None
+        self.owner: Owner | None = None
         self.method = b"GET"
         self.buffer = b""
         self.reader: Any = None
@@ -54,7 +56,7 @@ class UpstreamConnection(Protocol):
         self.reused = False  # this request runs on a connection that served one before
         self.lost = False
 
-    def start(self, owner: Any, method: bytes) -> None:
+    def start(self, owner: Owner, method: bytes) -> None:
         self.owner = owner
         self.method = method
         self.buffer = b""
@@ -152,7 +154,7 @@ class Http1Pool:
         self.idle: dict[ServerState, list[UpstreamConnection]] = {}
         self.closed = False
 
-    def acquire(self, owner: Any, fresh: bool = False) -> None:
+    def acquire(self, owner: Owner, fresh: bool = False) -> None:
         """Find ``owner`` a connection: ``owner.upstream_ready(connection)`` or ``owner.upstream_unavailable``.
 
         May call back before it returns (an idle connection was at hand).
@@ -164,7 +166,7 @@ class Http1Pool:
             return
         self._try(owner, candidates, 0, None, fresh)
 
-    def _try(self, owner: Any, candidates: list[ServerState], index: int, last: Exception | None, fresh: bool) -> None:
+    def _try(self, owner: Owner, candidates: list[ServerState], index: int, last: Exception | None, fresh: bool) -> None:
         backend = self.backend
         while index < len(candidates) and not backend.has_room(candidates[index]):
             index += 1
@@ -172,7 +174,7 @@ class Http1Pool:
             if last is None:
                 owner.upstream_unavailable(503, f"no server available in backend {backend.name}")
             else:
-                owner.upstream_unavailable(502, f"backend {backend.name} refused the connection: {_describe(last)}")
+                owner.upstream_unavailable(502, f"backend {backend.name} refused the connection: {describe_error(last)}")
             return
         state = candidates[index]
         state.active += 1
@@ -186,17 +188,16 @@ class Http1Pool:
         attempt = self.endpoint_for(state).connect(_ConnectionFactory(self, state))
 
         def connected(connection: UpstreamConnection) -> None:
-            if getattr(owner, "closed", False):  # the client left while we connected: keep it for the next one
-                backend.succeeded(state)
+            backend.succeeded(state)
+            if owner.closed:  # the client left while we connected: keep it for the next one
                 self.release(connection, reusable=True)
                 return
-            backend.succeeded(state)
             owner.upstream_ready(connection)
 
         def failed(failure: Failure) -> None:
             state.active -= 1
             backend.failed(state, failure.value)
-            if getattr(owner, "closed", False):
+            if owner.closed:
                 return
             self._try(owner, candidates, index + 1, failure.value, fresh)
 
@@ -229,7 +230,3 @@ class Http1Pool:
                 connection.transport.loseConnection()
         self.idle.clear()
 
-
-def _describe(e: Exception | None) -> str:
-    text = str(e).strip().rstrip(".") if e is not None else ""
-    return text or type(e).__name__

@@ -26,15 +26,11 @@ from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.http1_upstream import UpstreamConnection
 from edge.redirect import https_location
-from edge.sniff.http import BadRequest, drop_fields, field_list, field_pattern, split_host
+from edge.sniff.http import HOP_BY_HOP, BadRequest, drop_fields, field_list, field_pattern, split_host
 from edge.sniff.http_framing import ChunkedReader, ResponseHead
 
 log = Logger()
 
-HOP_BY_HOP = frozenset(
-    b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade "
-    b"proxy-authenticate proxy-authorization".split()
-)
 # Framing the edge redoes itself towards the backend (Content-Length of the spooled body; 100-continue was answered).
 REQUEST_FRAMING = frozenset((b"content-length", b"expect"))
 RESPONSE_DROP_ALL = field_pattern(HOP_BY_HOP)  # HTTP/2 has no connection-level headers at all

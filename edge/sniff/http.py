@@ -148,6 +148,12 @@ def field_pattern(names: "Iterable[bytes]") -> re.Pattern:
     return re.compile(rb"\r\n(" + b"|".join(re.escape(n) for n in sorted(names)) + rb"):([^\r]*)")
 
 
+# Headers that concern one connection only (RFC 9110 7.6.1); a proxy never relays them.
+HOP_BY_HOP = frozenset(
+    b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade "
+    b"proxy-authenticate proxy-authorization".split()
+)
+
 _SPLIT_HOSTS: dict[str, tuple[str, int | None]] = {}
 
 
