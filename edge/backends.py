@@ -11,16 +11,14 @@ them rather than refuse: stale failure state should not cause an outage.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Callable
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from edge.config import BackendConfig, Server
+from edge.outgoing import TCPEndpoint, open_endpoint
 
 log = Logger()
 
@@ -57,11 +55,10 @@ class ServerState:
 
 def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
     try:
-        ip = ipaddress.ip_address(host)
+        ipaddress.ip_address(host)
     except ValueError:
         return HostnameEndpoint(reactor, host, port, timeout=timeout)
-    endpoint = TCP4ClientEndpoint if ip.version == 4 else TCP6ClientEndpoint
-    return endpoint(reactor, host, port, timeout=timeout)
+    return TCPEndpoint(reactor, host, port, timeout)
 
 
 class Backend:
@@ -93,60 +90,18 @@ class Backend:
     def has_room(self, state: ServerState) -> bool:
         return self.config.max_conn is None or state.active < self.config.max_conn
 
-    def connect(self, factory: IProtocolFactory, endpoint_for: Any = None) -> Deferred:
-        """Connect ``factory`` to one server; fires ``(ServerState, protocol)``.
+    def connect(self, build: Callable[[], Any], on_open: Callable[[ServerState, Any], None],
+                on_fail: Callable[[Exception], None], endpoint_for: Any = None) -> "ServerAttempt":
+        """Connect ``build()``'s protocol to one server: ``on_open(state, protocol)`` or ``on_fail(error)``.
 
         ``endpoint_for(state)`` may supply another endpoint than the plain
-        TCP one (TLS to an https:// server, for a WebSocket tunnel).
-
-        The caller must call :meth:`release` with the state once that
-        connection has ended.  Plain callbacks rather than inlineCallbacks:
-        this runs once per forwarded connection.
+        TCP one (TLS to an https:// server, for a WebSocket tunnel).  The
+        caller must call :meth:`release` with the state once that connection
+        has ended.  Plain callbacks rather than Deferreds: this runs once per
+        forwarded connection.  ``cancel()`` on the result stops the attempt
+        and reports nothing more.
         """
-        result: Deferred = Deferred(lambda _: attempt[0].cancel() if attempt else None)
-        attempt: list[Deferred] = []
-        candidates = self.ordered()
-
-        def try_next(index: int, tried: int, last_error: Exception | None) -> None:
-            while index < len(candidates) and not self.has_room(candidates[index]):
-                index += 1
-            if index >= len(candidates):
-                if not tried:
-                    result.errback(NoServerAvailable(f"all servers of backend {self.name!r} are at max_conn"))
-                else:
-                    result.errback(BackendUnavailable(
-                        f"no server of backend {self.name!r} accepted the connection: {describe_error(last_error)}"))
-                return
-            state = candidates[index]
-            state.active += 1
-            try:
-                endpoint = state.endpoint if endpoint_for is None else endpoint_for(state)
-                d = endpoint.connect(factory)
-            except Exception as e:
-                failed(Failure(e), state, index, tried)
-                return
-            attempt[:] = [d]
-            d.addCallbacks(connected, failed, callbackArgs=(state,), errbackArgs=(state, index, tried))
-
-        def connected(protocol: Any, state: ServerState) -> None:
-            attempt.clear()
-            self.succeeded(state)
-            if result.called:  # cancelled meanwhile: nobody wants this connection
-                state.active -= 1
-                protocol.transport.loseConnection()
-                return
-            result.callback((state, protocol))
-
-        def failed(failure: Failure, state: ServerState, index: int, tried: int) -> None:
-            attempt.clear()
-            state.active -= 1
-            if result.called or failure.check(CancelledError, ConnectingCancelledError):
-                return  # the client went away and the caller cancelled us
-            self.failed(state, failure.value)
-            try_next(index + 1, tried + 1, failure.value)
-
-        try_next(0, 0, None)
-        return result
+        return ServerAttempt(self, build, on_open, on_fail, endpoint_for)
 
     def succeeded(self, state: ServerState) -> None:
         if state.fails or state.down_until:
@@ -167,6 +122,74 @@ class Backend:
                     "backend {backend} server {server} marked down for {seconds:g}s: {reason}",
                     backend=self.name, server=str(state), seconds=self.config.fail_timeout, reason=describe_error(error),
                 )
+
+
+class ServerAttempt:
+    """Trying a backend's servers in turn until one accepts the connection."""
+
+    __slots__ = ("backend", "build", "on_open", "on_fail", "endpoint_for", "candidates", "index", "tried",
+                 "state", "attempt", "serial", "finished")
+
+    def __init__(self, backend: Backend, build: Callable[[], Any], on_open: Callable[[ServerState, Any], None],
+                 on_fail: Callable[[Exception], None], endpoint_for: Any) -> None:
+        self.backend, self.build, self.on_open, self.on_fail = backend, build, on_open, on_fail
+        self.endpoint_for = endpoint_for
+        self.candidates = backend.ordered()
+        self.index = self.tried = self.serial = 0
+        self.state: ServerState | None = None
+        self.attempt: Any = None
+        self.finished = False
+        self._try(None)
+
+    def _try(self, last_error: Exception | None) -> None:
+        backend, candidates, index = self.backend, self.candidates, self.index
+        while index < len(candidates) and not backend.has_room(candidates[index]):
+            index += 1
+        self.index = index
+        if index >= len(candidates):
+            self.finished = True
+            if not self.tried:
+                self.on_fail(NoServerAvailable(f"all servers of backend {backend.name!r} are at max_conn"))
+            else:
+                self.on_fail(BackendUnavailable(
+                    f"no server of backend {backend.name!r} accepted the connection: {describe_error(last_error)}"))
+            return
+        state = self.state = candidates[index]
+        state.active += 1
+        self.serial += 1
+        serial = self.serial
+        try:
+            endpoint = state.endpoint if self.endpoint_for is None else self.endpoint_for(state)
+            attempt = open_endpoint(endpoint, self.build, self._opened, self._failed)
+        except Exception as e:
+            self._failed(e)
+            return
+        if self.serial == serial and not self.finished:  # it did not report already (an immediate failure)
+            self.attempt = attempt
+
+    def _opened(self, protocol: Any) -> None:
+        self.attempt = None
+        self.finished = True
+        self.backend.succeeded(self.state)
+        self.on_open(self.state, protocol)
+
+    def _failed(self, error: Exception) -> None:
+        self.attempt = None
+        state = self.state
+        state.active -= 1
+        self.backend.failed(state, error)
+        self.index += 1
+        self.tried += 1
+        self._try(error)
+
+    def cancel(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        attempt, self.attempt = self.attempt, None
+        if attempt is not None:
+            attempt.cancel()
+            self.state.active -= 1
 
 
 def describe_error(error: Exception | None) -> str:

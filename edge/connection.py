@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import time
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from edge import metrics
 
 access_log = Logger(namespace="edge.access")
 WORKER = [0]  # this process's worker number ([edge] workers), set at start-up
+# False when this process records nothing at info level (``twist --log-level warn``): the events,
+# one or two per connection, are then not built at all rather than built and dropped by the filter.
+ACCESS_LOG = [True]
+
+
+def set_access_log(level: LogLevel) -> None:
+    """Build access-log events only if ``level`` (the lowest level logged) lets them through."""
+    ACCESS_LOG[0] = level <= LogLevel.info
 
 
 def _format_address(address: tuple[str, int] | None) -> str:
@@ -58,6 +66,8 @@ class ConnectionInfo:
         self.ended = ended
         duration = time.monotonic() - self.started
         metrics.connection_finished(self, duration)
+        if not ACCESS_LOG[0]:
+            return
         access_log.info(
             "{client_text} {listener} {protocol} sni={sni} route={route} backend={backend} "
             "server={server} in={bytes_in} out={bytes_out} {duration:.3f}s {ended}",
@@ -87,6 +97,8 @@ def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, 
                 duration: float, protocol: str) -> None:
     """One access-log event (and the request metrics) for one proxied HTTP request."""
     metrics.request_finished(route, backend, server, status, duration, upstream)
+    if not ACCESS_LOG[0]:
+        return
     access_log.info(
         "{client} {method} {host}{path} {status} {sent}B route={route} backend={backend} server={server}"
         " upstream={upstream_text} {duration:.3f}s",

@@ -15,10 +15,14 @@ from typing import Any
 
 from twisted.internet import tcp
 
+from edge.outgoing import BackendTransport
+
+PLAIN_TCP = frozenset((tcp.Server, tcp.Client, BackendTransport))  # not TLS: those wrap a transport
+
 
 def write_now(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, but sent in this turn when the socket can take it."""
-    if (type(transport) is not tcp.Server and type(transport) is not tcp.Client) or transport._tempDataLen \
+    if type(transport) not in PLAIN_TCP or transport._tempDataLen \
             or len(transport.dataBuffer) != transport.offset or not transport.connected or transport.disconnecting:
         transport.write(data)
         return

@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.backends import Backend, BackendUnavailable, NoServerAvailable, ServerState
+from edge.backends import Backend, BackendUnavailable, NoServerAvailable, ServerState, describe_error
 from edge.connection import ConnectionInfo
 from edge import splice
 from edge.eager import write_now
@@ -66,8 +66,7 @@ class TcpForward(Protocol):
     # client side
     def connectionMade(self) -> None:
         self.info.backend = self.backend.name
-        self.connecting = self.backend.connect(_BackendFactory(self), self.endpoint_for)
-        self.connecting.addCallbacks(self._connected, self._failed)
+        self.connecting = self.backend.connect(self._backend_side, self._connected, self._failed, self.endpoint_for)
 
     def dataReceived(self, data: bytes) -> None:
         self.active = True
@@ -105,9 +104,12 @@ class TcpForward(Protocol):
         self._finish_if_both_gone()
 
     # backend side
-    def _connected(self, result: tuple[ServerState, "_BackendSide"]) -> None:
+    def _backend_side(self) -> "_BackendSide":
+        return _BackendSide(self)
+
+    def _connected(self, state: ServerState, peer: "_BackendSide") -> None:
         self.connecting = None
-        self.state, self.peer = result
+        self.state, self.peer = state, peer
         self.info.server = str(self.state)
         if self.closed:
             self.peer.transport.loseConnection()
@@ -162,18 +164,18 @@ class TcpForward(Protocol):
         if self.info.ended is None:
             self.info.ended = "error: connection reset" if failed else "closed"
 
-    def _failed(self, failure: Failure) -> None:
+    def _failed(self, error: Exception) -> None:
         self.connecting = None
-        if failure.check(NoServerAvailable):
+        if isinstance(error, NoServerAvailable):
             ended = "refused: no server available"
-        elif failure.check(BackendUnavailable):
+        elif isinstance(error, BackendUnavailable):
             ended = "error: backend unavailable"
         else:
             if not self.closed:
-                log.failure("connecting to backend {backend}", failure, backend=self.backend.name)
+                log.failure("connecting to backend {backend}", Failure(error), backend=self.backend.name)
             ended = "error: connect failed"
         if not self.closed:
-            log.warn("{client}: {why}", client=self.info.client[0], why=failure.getErrorMessage())
+            log.warn("{client}: {why}", client=self.info.client[0], why=describe_error(error))
         self.info.ended = ended
         self.transport.loseConnection()
 
@@ -224,26 +226,6 @@ class TcpForward(Protocol):
     def _finish_if_both_gone(self) -> None:
         if self.closed and (self.peer is None or self.peer.lost):
             self.info.finish(self.info.ended or "closed")
-
-
-class _BackendFactory(Factory):
-    """Builds the one backend-side protocol of a :class:`TcpForward`, then lets go of it."""
-
-    noisy = False
-
-    def __init__(self, client: TcpForward) -> None:
-        self.client: TcpForward | None = client
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        client, self.client = self.client, None  # the connector keeps this factory as long as the connection
-        return _BackendSide(client) if client is not None else _Surplus()
-
-
-class _Surplus(Protocol):
-    """A second connection from a racing connect attempt (several addresses for one name): not wanted."""
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()
 
 
 @implementer(IHalfCloseableProtocol)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol as TypingProtocol
 
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from edge.backends import Backend, ServerState, describe_error
+from edge.outgoing import open_endpoint
 from edge.sniff import NEED_MORE, Malformed
 from edge.sniff.http_framing import ResponseHead, UntilClose, parse_response_head, response_reader
 
@@ -133,18 +134,6 @@ class UpstreamConnection(Protocol):
         owner.upstream_failed(self, why)
 
 
-class _ConnectionFactory(Factory):
-    """Builds one :class:`UpstreamConnection` for ``state``'s server."""
-
-    noisy = False
-
-    def __init__(self, pool: "Http1Pool", state: ServerState) -> None:
-        self.pool, self.state = pool, state
-
-    def buildProtocol(self, addr: Any) -> UpstreamConnection:
-        return UpstreamConnection(self.pool, self.state)
-
-
 class Http1Pool:
     """Idle keep-alive connections per server of one HTTP backend, and connecting new ones."""
 
@@ -185,7 +174,8 @@ class Http1Pool:
                 connection.reused = True
                 owner.upstream_ready(connection)
                 return
-        attempt = self.endpoint_for(state).connect(_ConnectionFactory(self, state))
+        def build() -> UpstreamConnection:
+            return UpstreamConnection(self, state)
 
         def connected(connection: UpstreamConnection) -> None:
             backend.succeeded(state)
@@ -194,14 +184,14 @@ class Http1Pool:
                 return
             owner.upstream_ready(connection)
 
-        def failed(failure: Failure) -> None:
+        def failed(error: Exception) -> None:
             state.active -= 1
-            backend.failed(state, failure.value)
+            backend.failed(state, error)
             if owner.closed:
                 return
-            self._try(owner, candidates, index + 1, failure.value, fresh)
+            self._try(owner, candidates, index + 1, error, fresh)
 
-        attempt.addCallbacks(connected, failed)
+        open_endpoint(self.endpoint_for(state), build, connected, failed)
 
     def release(self, connection: UpstreamConnection, reusable: bool) -> None:
         """The request on ``connection`` is over: keep the connection for the next one, or close it."""

@@ -2,8 +2,9 @@
 
 The edge makes its own listening socket so it can set what Twisted's
 ``listenTCP`` does not: ``IPV6_V6ONLY`` (so ``[::]:443`` and
-``0.0.0.0:443`` can both be bound, as the default config does) and
-``SO_REUSEADDR``; the socket is then adopted by the reactor.
+``0.0.0.0:443`` can both be bound, as the default config does),
+``SO_REUSEADDR`` and ``TCP_NODELAY`` (which accepted sockets inherit); the
+socket is then adopted by the reactor.
 """
 
 from __future__ import annotations
@@ -38,7 +39,16 @@ def systemd_socket(address: SystemdAddress) -> socket.socket:
         raise OSError(f"systemd passed no socket named {address.name!r} (LISTEN_FDNAMES={sorted(named)})")
     sock = socket.socket(fileno=os.dup(fd))
     sock.setblocking(False)
+    _no_delay(sock)
     return sock
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Send small writes at once (no Nagle), as HAProxy and nginx do; accepted sockets inherit it."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass  # not a TCP socket (a systemd socket unit may pass anything)
 
 
 def bind(address: Address | SystemdAddress, backlog: int = 1024, reuse_port: bool = False) -> socket.socket:
@@ -51,6 +61,7 @@ def bind(address: Address | SystemdAddress, backlog: int = 1024, reuse_port: boo
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _no_delay(sock)
         if reuse_port:  # [edge] workers > 1: every worker binds the same port, the kernel spreads connections
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:

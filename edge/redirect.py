@@ -15,7 +15,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from edge.answers import plain_response
-from edge.connection import ConnectionInfo, access_log
+from edge.connection import ACCESS_LOG, ConnectionInfo, access_log
 from edge.sniff import NEED_MORE
 from edge.sniff.http import BadRequest, RequestHead, parse_request_head
 
@@ -130,6 +130,8 @@ class Redirector(Protocol):
             self.transport.loseConnection()
 
     def _log(self, head: RequestHead, host: str, status: int | str) -> None:
+        if not ACCESS_LOG[0]:
+            return
         access_log.info(
             "{client} {method} {host}{path} {status}",
             client=self.info.client[0], method=head.method, host=host, path=head.path,

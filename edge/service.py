@@ -17,7 +17,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from edge.acme.responders import ChallengeResponders
 from edge.acme.service import AcmeService
@@ -219,9 +219,14 @@ def raise_descriptor_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def make_service(config_path: str, reactor: Any = None, worker: int = 0) -> EdgeService:
-    """Load ``config_path`` and bind its listeners; raise :class:`StartupError`."""
+def make_service(config_path: str, reactor: Any = None, worker: int = 0,
+                 log_level: LogLevel = LogLevel.info) -> EdgeService:
+    """Load ``config_path`` and bind its listeners; raise :class:`StartupError`.
+
+    ``log_level`` is the lowest level ``twist`` records (``--log-level``).
+    """
     raise_descriptor_limit()
+    connection.set_access_log(log_level)
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811
     lighten(reactor)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.support.procs import free_port, wait_listening
+from tests.support.procs import free_port, process_sockets, wait_listening
 from tests.support.servers import Nginx
 
 
@@ -104,3 +104,57 @@ def test_leastconn_prefers_the_idle_server(edge, named_servers):
         wait_until(lambda: e.log().count(" closed\n") >= done)  # its server slot is released
     assert others == {"server-1" if busy == "server-0" else "server-0"}
     held.close()
+
+
+@pytest.fixture
+def black_hole():
+    """A loopback port whose accept queue is full: connects to it get no answer (their SYNs are dropped)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        fillers.append(filler)
+    probe = socket.socket()
+    probe.settimeout(0.5)
+    with pytest.raises(TimeoutError):  # the premise: nothing answers there now
+        probe.connect(listener.getsockname())
+    probe.close()
+    yield listener.getsockname()[1]
+    for s in [listener, *fillers]:
+        s.close()
+
+
+def test_server_that_does_not_answer_times_out_and_the_next_is_used(edge, named_servers, black_hole):
+    e = tcp_edge(edge, [f"127.0.0.1:{black_hole}", f"127.0.0.1:{named_servers[0]}"], fail_timeout='"30s"')
+    started = time.monotonic()
+    assert ask(e.ssh_port)[0] == "server-0"
+    assert time.monotonic() - started >= 0.9  # timeouts.connect = 1s on the silent server first
+    log = e.wait_log(f"127.0.0.1:{black_hole} marked down for 30s")
+    assert "User timeout caused connection failure" in log
+    assert ask(e.ssh_port)[0] == "server-0"
+    e.assert_alive()
+
+
+def test_forwarded_connections_send_without_delay(edge, named_servers):
+    """Both sockets of a forwarded connection have TCP_NODELAY: small writes are not held back (Nagle)."""
+    e = tcp_edge(edge, [f"127.0.0.1:{named_servers[0]}"])
+    name, held = ask(e.ssh_port, keep=True)
+    assert name == "server-0"
+    try:
+        peers = {}
+        for sock in process_sockets(e.pid):
+            try:
+                peers[sock.getpeername()] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            except OSError:
+                pass  # a listening socket
+            finally:
+                sock.close()
+        client_side = peers.get(held.getsockname())
+        backend_side = peers.get(("127.0.0.1", named_servers[0]))
+        assert (client_side, backend_side) == (1, 1), peers
+    finally:
+        held.close()

@@ -131,6 +131,37 @@ def test_metrics_parse_and_count(busy_edge, ca):
     assert "edge_http_request_duration_seconds" in families
 
 
+def test_quiet_log_level_still_counts(edge, start, tmp_path):
+    """With ``twist --log-level warn`` no access-log events are built, yet /metrics counts and warnings log."""
+    web = free_port()
+    nginx = start(Nginx, tmp_path, f'server {{ listen 127.0.0.1:{web}; return 200 "web\\n"; }}')
+    wait_listening(web, proc=nginx.proc)
+    e = edge(f"""
+    [tls]
+    issuer = "local"
+    [backends.web]
+    servers = ["http://127.0.0.1:{web}"]
+    [backends.gone]
+    servers = ["http://127.0.0.1:{free_port()}"]
+    [[routes]]
+    hosts = ["app.example.test"]
+    tls = "edge"
+    backend = "web"
+    [[routes]]
+    hosts = ["gone.example.test"]
+    tls = "edge"
+    backend = "gone"
+    """, log_format="json", admin=True, log_level="warn")
+    for _ in range(3):
+        assert split(curl(e.https_port, "app.example.test", "/", cafile=local_ca(e)).stdout)[0] == 200
+    assert split(curl(e.https_port, "gone.example.test", "/", cafile=local_ca(e)).stdout)[0] == 502
+    e.wait_log("backend gone refused the connection")  # warnings are still logged
+    requests = [s for s in scrape(e)["edge_http_requests"].samples
+                if s.name == "edge_http_requests_total" and s.labels["backend"] == "web"]
+    assert requests and requests[0].value == 3
+    assert events(e) == []
+
+
 def test_status_page_lists_what_runs(busy_edge):
     with urllib.request.urlopen(f"http://127.0.0.1:{busy_edge.admin_port}/", timeout=10) as response:
         page = response.read().decode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -29,13 +30,21 @@ def run_edge_command(config: Path, *extra: str, timeout: float = 30) -> subproce
     )
 
 
+def _listening(port: int | None) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except (OSError, TypeError):
+        return False
+
+
 class Edge(Program):
     """A running edge with its three doors on fresh loopback ports."""
 
     def __init__(self, tmp: Path, body: str, *, ssh: bool | None = None, http: bool = True, https: bool = True,
                  accept_proxy: list[str] | None = None, timeouts: str = "", ipv6: bool = False,
                  certs_dir: str | None = None, ports: dict[str, int] | None = None,
-                 log_format: str = "text", admin: bool = False, workers: int = 1) -> None:
+                 log_format: str = "text", admin: bool = False, workers: int = 1, log_level: str = "info") -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         if ssh is None:
             ssh = "[ssh]" in body
@@ -63,8 +72,10 @@ class Edge(Program):
             + "[timeouts]\n" + (textwrap.dedent(timeouts).strip() or 'inspect = "2s"\nconnect = "2s"\nidle = "60s"')
             + "\n\n" + textwrap.dedent(body)
         )
+        self.log_level = log_level
         super().__init__(
-            [sys.executable, "-m", "twisted", "--log-format", log_format, "edge", "--config", str(self.config)],
+            [sys.executable, "-m", "twisted", "--log-format", log_format, "--log-level", log_level,
+             "edge", "--config", str(self.config)],
             tmp / "edge.log", env=edge_env(), cwd=tmp,
         )
         self.wait_started()
@@ -75,8 +86,11 @@ class Edge(Program):
 
     def wait_started(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
+        port = self.https_port or self.http_port or self.ssh_port
         while time.monotonic() < deadline:
             if "Starting reactor" in self.log():  # in text and JSON alike
+                return
+            if self.log_level != "info" and _listening(port):  # that line is not logged
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"edge exited with {self.proc.returncode}:\n{self.log()}")

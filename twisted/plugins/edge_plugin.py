@@ -28,10 +28,14 @@ class EdgeServiceMaker:
     options = Options
 
     def makeService(self, options):
+        from twisted.logger import LogLevel
+
         from edge.service import StartupError, make_service
 
+        twist_options = getattr(options, "parent", None) or {}  # twist's own options: --log-level
         try:
-            return make_service(options["config"], worker=options["worker"])
+            return make_service(options["config"], worker=options["worker"],
+                                log_level=twist_options.get("logLevel", LogLevel.info))
         except StartupError as e:
             sys.stderr.write(f"edge: {e}\n")
             raise SystemExit(2)

@@ -1,0 +1,242 @@
+"""Outgoing TCP connections to backend servers named by an IP address, without a connector.
+
+Twisted's ``connectTCP`` (and the endpoints over it) builds a connector and
+a client transport that starts its connect in a later reactor turn, fires
+two Deferreds, puts a wrapping protocol between the transport and ours, and
+registers the socket with epoll three times.  A proxy opens one backend
+connection per client connection, so that machinery was a large part of
+what a forwarded connection cost.  A server named by an IP address needs
+none of it: :class:`TCPEndpoint` starts a non-blocking ``connect``, waits
+once for the socket to become writable, and gives the protocol a
+:class:`BackendTransport`, which *is* a Twisted ``tcp.Connection``, so
+back-pressure, half-close, eager writes and splicing work on it as on
+Twisted's own transports.
+
+:meth:`TCPEndpoint.open` reports through plain callbacks (no Deferred per
+connection); :meth:`TCPEndpoint.connect` offers the usual endpoint interface
+on top of it, so TLS wrappers and health checks use the same endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from errno import ECONNREFUSED, EINPROGRESS, EWOULDBLOCK
+from typing import Any, Callable
+
+from twisted.internet import address, error, tcp
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+Opened = Callable[[Protocol], None]
+Failed = Callable[[Exception], None]
+
+
+class BackendTransport(tcp.Connection):
+    """An established connection to a backend server: a Twisted TCP transport."""
+
+    def __init__(self, sock: socket.socket, protocol: Protocol, reactor: Any, peer: tuple[str, int]) -> None:
+        # tcp.Connection.__init__ without its setblocking call: the socket is non-blocking already.
+        FileDescriptor.__init__(self, reactor=reactor)
+        self.socket = sock
+        self.fileno = sock.fileno
+        self.protocol = protocol
+        self.peer = peer
+        self.connected = 1
+        self.logstr = "backend"
+
+    def _address(self, host: str, port: int) -> Any:
+        return (address.IPv6Address if ":" in host else address.IPv4Address)("TCP", host, port)
+
+    def getPeer(self) -> Any:
+        return self._address(*self.peer)
+
+    def getHost(self) -> Any:
+        return self._address(*self.socket.getsockname()[:2])
+
+
+class Connecting:
+    """One connect in progress: registered with the reactor until the socket is writable."""
+
+    __slots__ = ("reactor", "sock", "fd", "peer", "build", "on_open", "on_fail", "timer")
+
+    def __init__(self, reactor: Any, peer: tuple[str, int], family: int, timeout: float,
+                 build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> None:
+        self.reactor, self.peer, self.build, self.on_open, self.on_fail = reactor, peer, build, on_open, on_fail
+        self.timer: Any = None
+        self.sock: socket.socket | None = None
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            result = sock.connect_ex(peer)
+        except OSError as e:
+            sock.close()
+            self._report(error.getConnectError((e.errno, e.strerror)))
+            return
+        if result and result not in (EINPROGRESS, EWOULDBLOCK):
+            sock.close()
+            self._report(error.getConnectError((result, os.strerror(result))))
+            return
+        self.sock, self.fd = sock, sock.fileno()
+        reactor.addWriter(self)
+        if timeout:
+            self.timer = reactor.callLater(timeout, self._timed_out)
+
+    # what the reactor calls
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "connecting"
+
+    def doRead(self) -> None:
+        self.doWrite()
+
+    def doWrite(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._stop()
+        if err:
+            sock.close()
+            self._report(error.getConnectError((err, os.strerror(err))))
+            return
+        try:
+            protocol = self.build()
+            transport = BackendTransport(sock, protocol, self.reactor, self.peer)
+            transport.startReading()
+            protocol.makeConnection(transport)
+        except Exception as e:  # a bug above us: the connection is useless, say so rather than leak it
+            sock.close()
+            self._report(e)
+            return
+        on_open, self.on_open, self.on_fail, self.build = self.on_open, None, None, None
+        on_open(protocol)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """epoll reported an error or hang-up on the connecting socket (the reactor dropped it)."""
+        sock = self.sock
+        if sock is None:
+            return
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or ECONNREFUSED
+        self._stop()
+        sock.close()
+        self._report(error.getConnectError((err, os.strerror(err))))
+
+    # the caller's side
+    def cancel(self) -> None:
+        """Give up: close the socket, report nothing."""
+        sock = self.sock
+        self.on_open = self.on_fail = self.build = None
+        if sock is not None:
+            self._stop()
+            sock.close()
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        sock = self.sock
+        if sock is None:
+            return
+        self._stop()
+        sock.close()
+        self._report(error.TimeoutError())
+
+    def _stop(self) -> None:
+        self.reactor.removeWriter(self)
+        self.sock = None
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _report(self, exc: Exception) -> None:
+        on_fail, self.on_open, self.on_fail, self.build = self.on_fail, None, None, None
+        if on_fail is not None:
+            on_fail(exc)
+
+
+@implementer(IStreamClientEndpoint)
+class TCPEndpoint:
+    """A backend server named by an IP address (v4 or v6)."""
+
+    def __init__(self, reactor: Any, host: str, port: int, timeout: float) -> None:
+        self.reactor = reactor
+        self.peer = (host, port)
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.timeout = timeout
+
+    def open(self, build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> Connecting:
+        """Connect; ``on_open(protocol)`` once ``build()``'s protocol is connected, or ``on_fail(error)``.
+
+        Either may be called before this returns (an immediate failure).
+        """
+        return Connecting(self.reactor, self.peer, self.family, self.timeout, build, on_open, on_fail)
+
+    def connect(self, factory: Any) -> Deferred:
+        """The endpoint interface: a Deferred firing with the connected protocol."""
+        peer = self.peer
+
+        def build() -> Protocol:
+            protocol = factory.buildProtocol(BackendTransport._address(None, *peer))
+            if protocol is None:
+                raise error.ConnectError(string="the factory built no protocol")
+            return protocol
+
+        attempt: list[Connecting] = []
+        result: Deferred = Deferred(lambda _: attempt[0].cancel() if attempt else None)
+        attempt.append(self.open(build, result.callback, lambda e: result.called or result.errback(e)))
+        return result
+
+
+def open_endpoint(endpoint: Any, build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> Any:
+    """Connect through any endpoint with plain callbacks; returns something with ``cancel()``.
+
+    :class:`TCPEndpoint` does it without a Deferred; other endpoints (host
+    names, TLS wrappers) go through their own ``connect``.
+    """
+    if type(endpoint) is TCPEndpoint:
+        return endpoint.open(build, on_open, on_fail)
+    return _Attempt(endpoint, build, on_open, on_fail)
+
+
+class _Attempt(Factory):
+    """A connect through another endpoint, reported like :class:`Connecting` (nothing after ``cancel``)."""
+
+    noisy = False
+
+    def __init__(self, endpoint: Any, build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> None:
+        self.build: Callable[[], Protocol] | None = build
+        self.cancelled = False
+        self.attempt = endpoint.connect(self)
+        self.attempt.addCallbacks(self._opened, self._failed, callbackArgs=(on_open,), errbackArgs=(on_fail,))
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        build, self.build = self.build, None  # the connector keeps this factory as long as the connection
+        return build() if build is not None else _Surplus()
+
+    def _opened(self, protocol: Protocol, on_open: Opened) -> None:
+        if self.cancelled:
+            protocol.transport.loseConnection()
+        else:
+            protocol.transport.setTcpNoDelay(True)  # as on our own connections (a TLS wrapper passes it down)
+            on_open(protocol)
+
+    def _failed(self, failure: Failure, on_fail: Failed) -> None:
+        if not self.cancelled:
+            on_fail(failure.value)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.attempt.cancel()
+
+
+class _Surplus(Protocol):
+    """A second connection from a racing connect attempt (several addresses for one name): not wanted."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
