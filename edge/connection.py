@@ -8,6 +8,7 @@ counts; when the connection ends one structured log event is emitted, so
 
 from __future__ import annotations
 
+import socket
 import time
 
 from twisted.logger import Logger, LogLevel
@@ -35,13 +36,18 @@ def _format_address(address: tuple[str, int] | None) -> str:
 
 class ConnectionInfo:
     __slots__ = (
-        "client", "local", "listener", "protocol", "sni", "alpn", "route", "tls_mode",
+        "client", "listener", "protocol", "sni", "alpn", "route", "tls_mode",
         "backend", "server", "bytes_in", "bytes_out", "started", "ended", "proxied", "logged", "spliced",
+        "_local", "_socket",
     )
 
-    def __init__(self, client: tuple[str, int], local: tuple[str, int], listener: str) -> None:
+    def __init__(self, client: tuple[str, int], local: tuple[str, int] | socket.socket, listener: str) -> None:
+        """``local`` is the edge address the client reached, or the socket to ask when it is needed."""
         self.client = client  # the real client: replaced by a trusted PROXY header
-        self.local = local  # the edge address the client reached
+        if isinstance(local, tuple):
+            self._local, self._socket = local, None
+        else:  # asked only for a PROXY header: most connections never need the system call
+            self._local, self._socket = None, local
         self.listener = listener  # "ssh", "http" or "https"
         self.protocol: str | None = None  # "tls", "ssh", "http" once recognised
         self.sni: str | None = None
@@ -57,6 +63,18 @@ class ConnectionInfo:
         self.proxied = False
         self.logged = False
         self.spliced = False  # moved by os.splice in the kernel (edge.splice)
+
+    @property
+    def local(self) -> tuple[str, int]:
+        """The edge address the client reached (after a trusted PROXY header: the one it names)."""
+        if self._local is None:
+            host, port = self._socket.getsockname()[:2]
+            self._local, self._socket = (host, port), None
+        return self._local
+
+    @local.setter
+    def local(self, address: tuple[str, int]) -> None:
+        self._local, self._socket = address, None
 
     def finish(self, ended: str) -> None:
         """Emit the access-log event once, with how the connection ended."""

@@ -25,6 +25,7 @@ from edge.sniff.proxy import ProxyHeader, sniff_proxy
 from edge.sniff.ssh import sniff_ssh
 from edge.sniff.tls import ClientHello, sniff_tls
 from edge.terminate import UNRECOGNIZED_NAME_ALERT
+from edge.transports import under_tls
 
 if TYPE_CHECKING:
     from edge.runtime import Runtime
@@ -46,9 +47,10 @@ class Dispatcher(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
-        peer, local = self.transport.getPeer(), self.transport.getHost()
-        self.info = ConnectionInfo((peer.host, peer.port), (local.host, local.port), self.listener)
-        self.proxy_pending = self.runtime.config.listen.trusts(peer.host)
+        transport = self.transport
+        client = transport.client  # the address accept() gave: (host, port), IPv6 with flow and scope
+        self.info = info = ConnectionInfo((client[0], client[1]), transport.socket, self.listener)
+        self.proxy_pending = self.runtime.config.listen.trusts(info.client[0])
         if not self.proxy_pending and self.listener != "https":
             self._route_door()
             return
@@ -137,6 +139,7 @@ class Dispatcher(Protocol):
         self.timer = None
         self.buffer = b""
         self.handler = handler
+        under_tls(self.transport, handler)
         handler.makeConnection(self.transport)
         if data and self.transport.connected:
             handler.dataReceived(data)

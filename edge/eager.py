@@ -16,8 +16,9 @@ from typing import Any
 from twisted.internet import tcp
 
 from edge.outgoing import BackendTransport
+from edge.transports import AcceptedTransport
 
-PLAIN_TCP = frozenset((tcp.Server, tcp.Client, BackendTransport))  # not TLS: those wrap a transport
+PLAIN_TCP = frozenset((tcp.Server, tcp.Client, AcceptedTransport, BackendTransport))  # not TLS wrappers
 
 
 def write_now(transport: Any, data: bytes) -> None:

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from edge import transports
 from edge.addresses import Address, SystemdAddress
 
 log = Logger()
@@ -103,6 +104,7 @@ class ListenerService(Service):
             self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
         finally:
             sock.close()  # the reactor holds its own duplicate
+        transports.use_for(self.port)
         host = self.port.getHost()
         log.info("listening for {door} on {address} (port {port})", door=self.door, address=str(self.address), port=host.port)
         super().startService()

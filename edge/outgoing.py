@@ -32,11 +32,13 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edge.transports import QuickClose, under_tls
+
 Opened = Callable[[Protocol], None]
 Failed = Callable[[Exception], None]
 
 
-class BackendTransport(tcp.Connection):
+class BackendTransport(QuickClose, tcp.Connection):
     """An established connection to a backend server: a Twisted TCP transport."""
 
     def __init__(self, sock: socket.socket, protocol: Protocol, reactor: Any, peer: tuple[str, int]) -> None:
@@ -69,9 +71,8 @@ class Connecting:
         self.reactor, self.peer, self.build, self.on_open, self.on_fail = reactor, peer, build, on_open, on_fail
         self.timer: Any = None
         self.sock: socket.socket | None = None
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
-            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             result = sock.connect_ex(peer)
         except OSError as e:
@@ -110,6 +111,7 @@ class Connecting:
         try:
             protocol = self.build()
             transport = BackendTransport(sock, protocol, self.reactor, self.peer)
+            under_tls(transport, protocol)
             transport.startReading()
             protocol.makeConnection(transport)
         except Exception as e:  # a bug above us: the connection is useless, say so rather than leak it

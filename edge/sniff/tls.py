@@ -9,7 +9,7 @@ It never looks past the hello and never decrypts anything.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from edge.sniff import NEED_MORE, NO_MATCH, Malformed, Verdict
 
@@ -21,8 +21,7 @@ MAX_RECORD = 16384 + 2048
 _HOSTNAME = re.compile(rb"^[A-Za-z0-9_.-]{1,253}$")
 
 
-@dataclass(frozen=True)
-class ClientHello:
+class ClientHello(NamedTuple):
     """What routing needs from a hello: server name, ALPN protocols, size."""
 
     sni: str | None
@@ -41,6 +40,18 @@ def sniff_tls(data: bytes) -> ClientHello | Verdict:
         return NEED_MORE
     if data[0] != HANDSHAKE:
         return NO_MATCH
+    # Nearly every hello comes whole in its first record: parse it in place, without copying.
+    if len(data) >= 9 and data[1] == 3 and data[5] == CLIENT_HELLO:
+        length = (data[3] << 8) | data[4]
+        body_length = (data[6] << 16) | (data[7] << 8) | data[8]
+        if 4 + body_length <= length <= MAX_RECORD and len(data) >= 5 + length:
+            sni, alpn = _parse_body(data, 9, 9 + body_length)
+            return ClientHello(sni, alpn, 5 + length)
+    return _reassemble(data)
+
+
+def _reassemble(data: bytes) -> ClientHello | Verdict:
+    """A hello spread over several records: join their handshake bytes, then parse."""
     handshake = bytearray()
     offset = 0
     while True:
@@ -66,108 +77,114 @@ def sniff_tls(data: bytes) -> ClientHello | Verdict:
         if len(handshake) >= 4:
             body_length = int.from_bytes(handshake[1:4], "big")
             if len(handshake) >= 4 + body_length:
-                sni, alpn = _parse_body(bytes(handshake[4 : 4 + body_length]))
+                sni, alpn = _parse_body(bytes(handshake), 4, 4 + body_length)
                 return ClientHello(sni, alpn, offset)
 
 
-class _Reader:
-    """Bounds-checked reads over one buffer; every overrun is Malformed."""
-
-    __slots__ = ("data", "pos", "end")
-
-    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
-        self.data, self.pos = data, pos
-        self.end = len(data) if end is None else end
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > self.end:
-            raise Malformed("ClientHello field runs past its enclosing length")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def uint(self, n: int) -> int:
-        return int.from_bytes(self.take(n), "big")
-
-    def vector(self, length_bytes: int) -> "_Reader":
-        n = self.uint(length_bytes)
-        start = self.pos
-        self.take(n)
-        return _Reader(self.data, start, start + n)
-
-    @property
-    def left(self) -> int:
-        return self.end - self.pos
+def _overrun() -> Malformed:
+    return Malformed("ClientHello field runs past its enclosing length")
 
 
-def _parse_body(body: bytes) -> tuple[str | None, tuple[str, ...]]:
-    r = _Reader(body)
-    version = r.uint(2)
-    if version >> 8 != 3:
-        raise Malformed(f"ClientHello version {version:#06x} is not TLS")
-    r.take(32)  # random
-    session_id = r.vector(1)
-    if session_id.left > 32:
+def _parse_body(b: bytes, pos: int, end: int) -> tuple[str | None, tuple[str, ...]]:
+    """The hello's body in ``b[pos:end]``, walked with index arithmetic (it runs once per connection)."""
+    if pos + 35 > end:
+        raise _overrun()
+    if b[pos] != 3:
+        raise Malformed(f"ClientHello version {(b[pos] << 8) | b[pos + 1]:#06x} is not TLS")
+    pos += 34  # version, random
+    n = b[pos]  # session id
+    pos += 1 + n
+    if pos + 2 > end:
+        raise _overrun()
+    if n > 32:
         raise Malformed("session id longer than 32 bytes")
-    suites = r.vector(2)
-    if suites.left == 0 or suites.left % 2:
+    n = (b[pos] << 8) | b[pos + 1]  # cipher suites
+    pos += 2 + n
+    if pos + 1 > end:
+        raise _overrun()
+    if n == 0 or n % 2:
         raise Malformed("bad cipher suite list")
-    if r.vector(1).left == 0:
+    n = b[pos]  # compression methods
+    pos += 1 + n
+    if pos > end:
+        raise _overrun()
+    if n == 0:
         raise Malformed("empty compression method list")
     sni: str | None = None
     alpn: tuple[str, ...] = ()
-    if r.left == 0:
+    if pos == end:
         return sni, alpn
-    extensions = r.vector(2)
-    if r.left:
+    if pos + 2 > end:
+        raise _overrun()
+    n = (b[pos] << 8) | b[pos + 1]
+    pos += 2
+    if pos + n > end:
+        raise _overrun()
+    if pos + n < end:
         raise Malformed("bytes after the extensions")
-    # A hello carries a dozen or more extensions: walk them with plain index arithmetic.
-    pos, end = extensions.pos, extensions.end
     seen: set[int] = set()
     while pos < end:
         if pos + 4 > end:
-            raise Malformed("ClientHello field runs past its enclosing length")
-        kind = (body[pos] << 8) | body[pos + 1]
+            raise _overrun()
+        kind = (b[pos] << 8) | b[pos + 1]
         start = pos + 4
-        pos = start + ((body[pos + 2] << 8) | body[pos + 3])
+        pos = start + ((b[pos + 2] << 8) | b[pos + 3])
         if pos > end:
-            raise Malformed("ClientHello field runs past its enclosing length")
+            raise _overrun()
         if kind in seen:
             raise Malformed(f"extension {kind} appears twice")
         seen.add(kind)
         if kind == EXT_SERVER_NAME:
-            sni = _parse_server_name(_Reader(body, start, pos))
+            sni = _parse_server_name(b, start, pos)
         elif kind == EXT_ALPN:
-            alpn = _parse_alpn(_Reader(body, start, pos))
+            alpn = _parse_alpn(b, start, pos)
     return sni, alpn
 
 
-def _parse_server_name(ext: _Reader) -> str | None:
-    names = ext.vector(2)
-    if ext.left:
-        raise Malformed("bytes after the server name list")
+def _vector2(b: bytes, pos: int, end: int, what: str) -> int:
+    """The end of the 2-byte-length vector at ``pos``, which must fill ``b[pos:end]``."""
+    if pos + 2 > end:
+        raise _overrun()
+    inner = pos + 2 + ((b[pos] << 8) | b[pos + 1])
+    if inner > end:
+        raise _overrun()
+    if inner < end:
+        raise Malformed(f"bytes after the {what}")
+    return inner
+
+
+def _parse_server_name(b: bytes, pos: int, end: int) -> str | None:
+    end = _vector2(b, pos, end, "server name list")
+    pos += 2
     host: str | None = None
-    while names.left:
-        name_type = names.uint(1)
-        name = names.vector(2)
-        value = name.take(name.left)
+    while pos < end:
+        if pos + 3 > end:
+            raise _overrun()
+        name_type = b[pos]
+        start = pos + 3
+        pos = start + ((b[pos + 1] << 8) | b[pos + 2])
+        if pos > end:
+            raise _overrun()
         if name_type == 0:
             if host is not None:
                 raise Malformed("two host names in the server name extension")
+            value = b[start:pos]
             if not _HOSTNAME.match(value):
                 raise Malformed("server name is not a valid host name")
             host = value.decode("ascii").lower().rstrip(".")
     return host
 
 
-def _parse_alpn(ext: _Reader) -> tuple[str, ...]:
-    protocols = ext.vector(2)
-    if ext.left:
-        raise Malformed("bytes after the ALPN list")
+def _parse_alpn(b: bytes, pos: int, end: int) -> tuple[str, ...]:
+    end = _vector2(b, pos, end, "ALPN list")
+    pos += 2
     found = []
-    while protocols.left:
-        proto = protocols.vector(1)
-        if proto.left == 0:
+    while pos < end:
+        start = pos + 1
+        pos = start + b[pos]
+        if pos > end:
+            raise _overrun()
+        if pos == start:
             raise Malformed("empty ALPN protocol name")
-        found.append(proto.take(proto.left).decode("latin-1"))
+        found.append(b[start:pos].decode("latin-1"))
     return tuple(found)
