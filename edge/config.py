@@ -9,6 +9,7 @@ start-up (or a reload) with an answer a person can act on.
 from __future__ import annotations
 
 import ipaddress
+from functools import cached_property
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -82,6 +83,10 @@ class Server:
     scheme: str  # "tcp", "http" or "https"
 
     def __str__(self) -> str:
+        return self.text
+
+    @cached_property  # read for every connection's and request's log line and metrics
+    def text(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         prefix = "" if self.scheme == "tcp" else f"{self.scheme}://"
         return f"{prefix}{host}:{self.port}"
@@ -125,7 +130,7 @@ class Route:
     def terminated(self) -> bool:
         return self.tls != "passthrough"
 
-    @property
+    @cached_property  # read for every request's log line and metrics
     def name(self) -> str:
         return f"routes[{self.index}]"
 

@@ -84,6 +84,12 @@ class Http1Proxy(Protocol):
         # the request in progress
         self.head: RequestHead | None = None
         self.host = "-"
+        # Keep-alive requests repeat their Host: its checks, route lookup and forwarding headers are kept.
+        self.last_host: bytes | None = None
+        self.last_host_value = self.last_host_name = ""
+        self.last_entry: Any = None
+        self.forwarded_host: bytes | None = None
+        self.forwarded_tail = b""
         self.route: Any = None
         self.pool: Any = None
         self.upstream: UpstreamConnection | None = None
@@ -148,30 +154,36 @@ class Http1Proxy(Protocol):
         self.status = self.sent = self.body_sent = 0
         self.route = self.upstream_time = None
         self.response_started = self.retried = False
-        self.transform = None
+        self.transform = self.body = None
         self.close_after = not head.keep_alive
-        host_value = head.header("host")
-        if host_value is None:
+        raw_host = head.get(b"host")
+        if raw_host is None:
             self._answer_and_close(400, "missing Host header")
             return
+        if raw_host == self.last_host:  # keep-alive: the same Host as the last request, already checked
+            host_value, host, entry = self.last_host_value, self.last_host_name, self.last_entry
+        else:
+            host_value = raw_host.decode("latin-1")
+            try:
+                host, _ = split_host(host_value)
+            except BadRequest as e:
+                self._answer_and_close(400, str(e))
+                return
+            entry = self.runtime.routes.lookup(host)
+            self.last_host, self.last_host_value, self.last_host_name, self.last_entry = \
+                raw_host, host_value, host, entry
         self.host = host_value
-        try:
-            host, _ = split_host(host_value)
-        except BadRequest as e:
-            self._answer_and_close(400, str(e))
-            return
         info = self.info
         if self.scheme == "https" and info.sni is not None and host != info.sni:
             self._answer(421, REASON_TEXT[421], close=head.has_body)
             return
-        runtime = self.runtime
-        entry = runtime.routes.lookup(host)
         path = head.path
         route = entry.match(path.split("?", 1)[0]) if entry is not None else None
         if route is None or not route.terminated:
             self._answer(404, REASON_TEXT[404], close=head.has_body)
             return
         self.route = route
+        runtime = self.runtime
         if self.scheme == "http" and route.http != "allow":
             if route.http == "deny":
                 self._answer(404, REASON_TEXT[404], close=head.has_body)
@@ -179,16 +191,17 @@ class Http1Proxy(Protocol):
                 location = https_location(host_value, path, runtime.https_port)
                 self._answer(308, f"Redirecting to {location}", close=head.has_body, location=location)
             return
-        try:
-            self.body = self._request_framing(head, route.max_body)
-        except BadRequest as e:
-            self._answer_and_close(e.status, str(e))
-            return
-        self.upstream_head = self._upstream_head(head, host_value, path)
+        lower = head.lower
+        if b"\r\ntransfer-encoding:" in lower or b"\r\ncontent-length:" in lower:
+            try:
+                self.body = self._request_framing(head, route.max_body)
+            except BadRequest as e:
+                self._answer_and_close(e.status, str(e))
+                return
+        self.upstream_head = self._upstream_head(head, raw_host, path)
         upstream = runtime.upstreams[route.backend]
         self.pool = upstream.http1
-        upgrade = head.header("upgrade")
-        if upgrade is not None and upgrade.lower() == "websocket":
+        if b"\r\nupgrade:" in lower and (head.header("upgrade") or "").lower() == "websocket":
             self._tunnel(upstream, head)
             return
         if self.body is not None and not self.paused:  # read no body until a server is there to take it
@@ -211,8 +224,15 @@ class Http1Proxy(Protocol):
             raise BadRequest(413, REASON_TEXT[413])
         return LengthReader(size)
 
-    def _upstream_head(self, head: RequestHead, host: str, path: str) -> bytes:
+    def _upstream_head(self, head: RequestHead, host: bytes, path: str) -> bytes:
         fields, removed = drop_fields(head.fields, head.lower, REQUEST_DROP)
+        line = head.line if path is head.target else b"%s %s" % (head.method.encode("latin-1"),
+                                                                  path.encode("latin-1"))
+        if not removed or (len(removed) == 1 and removed[0][0] == b"connection" and removed[0][1] in _PLAIN_CONNECTION):
+            # The usual request: no forwarding headers of its own, so the ones we add depend on the Host only.
+            if host != self.forwarded_host:
+                self.forwarded_host, self.forwarded_tail = host, self._forwarded_tail(host, [], [])
+            return b"%s HTTP/1.1%s%s" % (line, fields, self.forwarded_tail)
         forwarded_for, forwarded = [], []
         for name, value in removed:
             if name == b"x-forwarded-for":
@@ -221,15 +241,17 @@ class Http1Proxy(Protocol):
                 forwarded.append(value)
             elif name == b"connection":
                 fields = _drop_listed(fields, value)
+        return b"%s HTTP/1.1%s%s" % (line, fields, self._forwarded_tail(host, forwarded_for, forwarded))
+
+    def _forwarded_tail(self, host: bytes, forwarded_for: list[bytes], forwarded: list[bytes]) -> bytes:
+        """The forwarding headers edge adds (after those the client sent), and the blank line."""
         client = self.info.client[0].encode("latin-1")
         forwarded_for.append(client)
         node = b'"[%s]"' % client if b":" in client else client
-        host_bytes = host.encode("latin-1")
         scheme = self.scheme.encode("ascii")
-        forwarded.append(b'for=%s;host="%s";proto=%s' % (node, host_bytes, scheme))
-        return b"%s %s HTTP/1.1%s\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nx-forwarded-host: %s" \
-               b"\r\nforwarded: %s\r\n\r\n" % (head.method.encode("latin-1"), path.encode("latin-1"), fields,
-                                              b", ".join(forwarded_for), scheme, host_bytes, b", ".join(forwarded))
+        forwarded.append(b'for=%s;host="%s";proto=%s' % (node, host, scheme))
+        return b"\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nx-forwarded-host: %s\r\nforwarded: %s\r\n\r\n" % (
+            b", ".join(forwarded_for), scheme, host, b", ".join(forwarded))
 
     # -- the upstream connection ----------------------------------------------------------
 

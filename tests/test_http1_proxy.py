@@ -33,6 +33,7 @@ def origin(start, tmp_path):
           keepalive_requests 1000;
           gzip on; gzip_types text/plain; gzip_min_length 10;
           location = /who {{ return 200 "conn=$connection req=$connection_requests\\n"; }}
+          location = /fwd {{ return 200 "xff=$http_x_forwarded_for|xhost=$http_x_forwarded_host|fwd=$http_forwarded"; }}
           location /up/ {{ dav_methods PUT; create_full_put_path on; }}
         }}
         server {{
@@ -204,3 +205,29 @@ def test_reload_closes_the_idle_pool_of_a_changed_backend(edge, origin):
         tls.sendall(b"GET /who HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
         assert read_responses(tls, 1)[0][0] == 200
     assert backend_connections(origin.short) == 1
+
+
+def test_forwarding_headers_follow_each_request_on_a_kept_alive_connection(edge, origin):
+    """The Host and the client's own forwarding headers may change from one request to the next."""
+    e = edge(one_route(f'["http://127.0.0.1:{origin.port}"]'))
+    port = e.https_port
+    requests = [
+        f"GET /fwd HTTP/1.1\r\nHost: app.example.test:{port}\r\n\r\n",
+        "GET /fwd HTTP/1.1\r\nHost: app.example.test\r\nX-Forwarded-For: 192.0.2.9\r\n"
+        "Forwarded: for=192.0.2.9\r\nConnection: keep-alive\r\n\r\n",
+        "GET /fwd HTTP/1.1\r\nhost: APP.example.test\r\nConnection: keep-alive\r\n\r\n",
+        f"GET /fwd HTTP/1.1\r\nHost: app.example.test:{port}\r\n\r\n",
+    ]
+    with tls_socket(e) as tls:
+        answers = []
+        for request in requests:
+            tls.sendall(request.encode())
+            status, _, body = read_responses(tls, 1)[0]
+            assert status == 200
+            answers.append(body.decode())
+    assert answers == [
+        f'xff=127.0.0.1|xhost=app.example.test:{port}|fwd=for=127.0.0.1;host="app.example.test:{port}";proto=https',
+        'xff=192.0.2.9, 127.0.0.1|xhost=app.example.test|fwd=for=192.0.2.9, for=127.0.0.1;host="app.example.test";proto=https',
+        'xff=127.0.0.1|xhost=APP.example.test|fwd=for=127.0.0.1;host="APP.example.test";proto=https',
+        f'xff=127.0.0.1|xhost=app.example.test:{port}|fwd=for=127.0.0.1;host="app.example.test:{port}";proto=https',
+    ]

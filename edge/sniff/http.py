@@ -31,15 +31,17 @@ class RequestHead:
     """A parsed request head.  The header lines stay one block of bytes (``fields``, each line
     starting with CRLF) with a lower-cased twin for lookups: relaying them costs no re-encoding."""
 
-    __slots__ = ("method", "target", "version", "fields", "lower", "length")
+    __slots__ = ("method", "target", "version", "fields", "lower", "length", "line")
 
-    def __init__(self, method: str, target: str, version: str, fields: bytes, length: int) -> None:
+    def __init__(self, method: str, target: str, version: str, fields: bytes, length: int,
+                 line: bytes = b"") -> None:
         self.method = method
         self.target = target
         self.version = version
         self.fields = fields
         self.lower = fields.lower()
         self.length = length  # bytes up to and including the blank line
+        self.line = line  # the request line as sent, without its version: b"GET /path"
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
@@ -51,6 +53,10 @@ class RequestHead:
         """The (first) value of ``name``; None if absent."""
         value = field_value(self.fields, self.lower, name.encode("ascii"))
         return None if value is None else value.decode("latin-1")
+
+    def get(self, name: bytes) -> bytes | None:
+        """The (first) value of the header ``name`` (lower-case bytes), as bytes; None if absent."""
+        return field_value(self.fields, self.lower, name)
 
     def values(self, name: str) -> list[str]:
         return [v.decode("latin-1") for v in field_values(self.fields, self.lower, name.encode("ascii"))]
@@ -85,15 +91,17 @@ class RequestHead:
         return b"\r\ntransfer-encoding:" in self.lower or (self.header("content-length") or "0") != "0"
 
 
-# A header block (lines each starting with CRLF) is valid when every line is "token:" and more.
-_BAD_FIELD_LINE = re.compile(rb"\r\n(?![!#$%&'*+.^_`|~0-9A-Za-z-]+:)")
+# A header block (lines each starting with CRLF) is valid when every line is "token:" and more, and
+# holds no NUL, no CR without LF and no LF without CR: one search finds the first fault of either kind.
+_BAD_FIELDS = re.compile(rb"\r\n(?![!#$%&'*+.^_`|~0-9A-Za-z-]+:)|\x00|\r(?!\n)|(?<!\r)\n")
 
 
 def check_fields(fields: bytes) -> None:
     """Reject malformed header lines, obsolete folding, and CR, LF or NUL inside a line."""
-    if _BAD_FIELD_LINE.search(fields):
-        raise Malformed("malformed header line")
-    if b"\x00" in fields or fields.count(b"\n") != fields.count(b"\r\n") or fields.count(b"\r") != fields.count(b"\n"):
+    fault = _BAD_FIELDS.search(fields)
+    if fault is not None:
+        if fault.group() == b"\r\n":
+            raise Malformed("malformed header line")
         raise Malformed("control character in a header line")
 
 
@@ -206,8 +214,9 @@ def parse_request_head(data: bytes, limit: int = 65536) -> RequestHead | Verdict
         check_fields(fields)
     except Malformed as e:
         raise BadRequest(400, str(e)) from None
-    method, target, version = (g.decode("latin-1") for g in match.groups())
-    head = RequestHead(method, target, version, fields, end + 4)
+    method, target, version = match.groups()
+    head = RequestHead(method.decode("latin-1"), target.decode("latin-1"), version.decode("latin-1"), fields,
+                       end + 4, line[: match.end(2)])
     _check_framing(head)
     return head
 
