@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from OpenSSL.SSL import WantReadError
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -24,8 +25,28 @@ from edge.eager import write_now
 UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x03\x00\x02\x02\x70"
 
 
+try:  # pyOpenSSL's own binding of BIO_get_mem_data: how many bytes a memory BIO holds
+    from OpenSSL.SSL import _ffi, _lib
+
+    _MEM_DATA: Any = _lib.BIO_get_mem_data
+except (ImportError, AttributeError):  # another pyOpenSSL: Twisted's way (ask, and catch WantReadError)
+    _MEM_DATA = None
+
+
+def _held(connection: Any, bio_name: str) -> int:
+    """Bytes waiting in one of ``connection``'s memory BIOs; -1 if that cannot be known."""
+    bio = getattr(connection, bio_name, None) if _MEM_DATA is not None else None
+    return -1 if bio is None else _MEM_DATA(bio, _ffi.NULL)
+
+
 class EdgeTLSProtocol(TLSMemoryBIOProtocol):
-    """A TLS server connection that logs its access-log line when it ends."""
+    """A TLS server connection that logs its access-log line when it ends.
+
+    Twisted's TLS layer learns that a memory BIO is empty by asking it and
+    catching ``WantReadError``: two failed pyOpenSSL calls (each allocating a
+    32 KiB buffer and raising) per request on a kept-alive connection.  Here
+    the BIOs are asked how much they hold instead, when pyOpenSSL says so.
+    """
 
     def __init__(self, factory: Any, wrapped: Any, info: ConnectionInfo) -> None:
         super().__init__(factory, wrapped)
@@ -37,11 +58,37 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
 
     def _flushSendBIO(self) -> None:
         # As Twisted's, but the TLS records go out in this reactor turn (edge.eager).
+        connection = self._tlsConnection
+        held = _held(connection, "_from_ssl")
+        if held == 0:
+            return
         try:
-            data = self._tlsConnection.bio_read(2**15)
+            data = connection.bio_read(held if held > 0 else 2**15)
         except WantReadError:
             return
         write_now(self.transport, data)
+
+    def _flushReceiveBIO(self) -> None:
+        # Twisted's loop, except that it stops once OpenSSL and its input BIO hold nothing more,
+        # rather than after a last recv that can only raise WantReadError.
+        connection = self._tlsConnection
+        while not self._lostTLSConnection:
+            try:
+                data = connection.recv(2**15)
+            except WantReadError:
+                break
+            except ZeroReturnError:  # the client's close_notify
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+                if connection is self._tlsConnection and not connection.pending() \
+                        and _held(connection, "_into_ssl") == 0:
+                    break
+        self._flushSendBIO()
 
     def connectionLost(self, reason: Failure) -> None:
         try:
