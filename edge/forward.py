@@ -62,6 +62,8 @@ class TcpForward(Protocol):
         self.closed = False
         self.paused = False
         self.splice_at: int | None = None  # bytes relayed after which the kernel takes over (edge.splice)
+        self.splicer: splice.Splicer | None = None
+        self.spliced_before = 0  # bytes the splicer had moved at the last idle check
 
     # client side
     def connectionMade(self) -> None:
@@ -146,21 +148,17 @@ class TcpForward(Protocol):
             return
         self.splice_at = None
         try:
-            splice.Splicer(self.reactor, self.transport, out, self._spliced_in, self._spliced_out, self._splice_done)
+            self.splicer = splice.Splicer(self.reactor, self.transport, out, self._splice_done)
         except OSError as e:  # out of descriptors for the pipes: the ordinary path carries on
             log.warn("zero-copy forwarding unavailable ({error}); using the ordinary path", error=e.strerror or e)
             return
         self.info.spliced = True
 
-    def _spliced_in(self, n: int) -> None:
-        self.active = True
-        self.info.bytes_in += n
-
-    def _spliced_out(self, n: int) -> None:
-        self.active = True
-        self.info.bytes_out += n
-
     def _splice_done(self, failed: bool) -> None:
+        moved_in, moved_out = self.splicer.moved()
+        self.info.bytes_in += moved_in
+        self.info.bytes_out += moved_out
+        self.splicer = None
         if self.info.ended is None:
             self.info.ended = "error: connection reset" if failed else "closed"
 
@@ -213,6 +211,9 @@ class TcpForward(Protocol):
                 self.peer.transport.loseConnection()
 
     def _check_idle(self) -> None:
+        if self.splicer is not None:  # the kernel moves the bytes: ask it whether any moved
+            moved = sum(self.splicer.moved())
+            self.active, self.spliced_before = self.active or moved != self.spliced_before, moved
         if self.active:
             self.active = False
             self.idle_call = self.reactor.callLater(self.idle_timeout, self._check_idle)

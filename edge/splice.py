@@ -27,6 +27,7 @@ CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 FLAGS = (getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)) if HAVE_SPLICE else 0
+_splice = getattr(os, "splice", None)
 
 
 def eligible(transport: Any) -> bool:
@@ -68,14 +69,19 @@ def _release_pipe(fds: tuple[int, int], empty: bool) -> None:
 
 
 class _Pipe:
-    """One direction: what ``src`` sends goes to ``dst`` through a kernel pipe."""
+    """One direction: what ``src`` sends goes to ``dst`` through a kernel pipe.
 
-    __slots__ = ("src", "dst", "read_fd", "write_fd", "pending", "eof", "done", "count")
+    This runs once per readiness event of a busy connection, so it keeps to
+    local variables and skips the epoll calls whose state is already right.
+    """
 
-    def __init__(self, src: "_End", dst: "_End", count: Callable[[int], None]) -> None:
-        self.src, self.dst, self.count = src, dst, count
+    __slots__ = ("src", "dst", "read_fd", "write_fd", "pending", "eof", "done", "moved")
+
+    def __init__(self, src: "_End", dst: "_End") -> None:
+        self.src, self.dst = src, dst
         self.read_fd = self.write_fd = -1  # no pipe while nothing is in flight
         self.pending = 0  # bytes in the pipe
+        self.moved = 0  # bytes taken from src so far
         self.eof = False
         self.done = False
 
@@ -84,42 +90,48 @@ class _Pipe:
         if self.read_fd < 0:
             self.read_fd, self.write_fd = _acquire_pipe()
         try:
-            n = os.splice(self.src.fd, self.write_fd, CHUNK, flags=FLAGS)
+            n = _splice(self.src.fd, self.write_fd, CHUNK, flags=FLAGS)
         except BlockingIOError:  # a spurious wake-up, or the pipe is full: push() will resume us
             if not self.pending:
                 _release_pipe((self.read_fd, self.write_fd), empty=True)
                 self.read_fd = self.write_fd = -1
             return
-        if n == 0:
+        if n:
+            self.pending += n
+            self.moved += n
+        else:
             self.eof = True
             self.src.want_read(False)
-        else:
-            self.pending += n
-            self.count(n)
         self.push()
 
     def push(self) -> None:
         """Drain the pipe into ``dst``; pause ``src`` while ``dst`` is full."""
-        while self.pending:
+        pending, dst = self.pending, self.dst
+        while pending:
             try:
-                n = os.splice(self.read_fd, self.dst.fd, self.pending, flags=FLAGS)
+                pending -= _splice(self.read_fd, dst.fd, pending, flags=FLAGS)
             except BlockingIOError:
+                self.pending = pending
                 self.src.want_read(False)
-                self.dst.want_write(True)
+                dst.want_write(True)
                 return
-            self.pending -= n
+        self.pending = 0
         if self.read_fd >= 0:
-            _release_pipe((self.read_fd, self.write_fd), empty=True)
+            if len(_SPARE_PIPES) < MAX_SPARE_PIPES:
+                _SPARE_PIPES.append((self.read_fd, self.write_fd))
+            else:
+                _release_pipe((self.read_fd, self.write_fd), empty=False)
             self.read_fd = self.write_fd = -1
-        self.dst.want_write(False)
+        if dst.writing:
+            dst.want_write(False)
         if self.eof:
             if not self.done:
                 self.done = True
                 try:
-                    self.dst.sock.shutdown(socket.SHUT_WR)
+                    dst.sock.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
-        else:
+        elif not self.src.reading:
             self.src.want_read(True)
 
     def close(self) -> None:
@@ -130,6 +142,8 @@ class _Pipe:
 
 class _End:
     """One socket as the reactor sees it while spliced: readable feeds out, writable drains in."""
+
+    __slots__ = ("splicer", "transport", "sock", "fd", "outgoing", "incoming", "reading", "writing")
 
     def __init__(self, splicer: "Splicer", transport: Any) -> None:
         self.splicer = splicer
@@ -158,26 +172,43 @@ class _End:
             (self.splicer.reactor.addWriter if on else self.splicer.reactor.removeWriter)(self)
 
     def doRead(self) -> None:
-        self.splicer.guard(self.outgoing.pull)
+        pipe = self.outgoing
+        try:
+            pipe.pull()
+        except OSError as e:
+            self.splicer.failed(e)
+            return
+        if pipe.done:
+            self.splicer.check_done()
 
     def doWrite(self) -> None:
-        self.splicer.guard(self.incoming.push)
+        pipe = self.incoming
+        try:
+            pipe.push()
+        except OSError as e:
+            self.splicer.failed(e)
+            return
+        if pipe.done:
+            self.splicer.check_done()
 
     def connectionLost(self, reason: Failure) -> None:
         self.splicer.finish(reason)
 
 
 class Splicer:
-    """Splices a client and a backend TCP transport until both directions end."""
+    """Splices a client and a backend TCP transport until both directions end.
 
-    def __init__(self, reactor: Any, client: Any, backend: Any, on_bytes_in: Callable[[int], None],
-                 on_bytes_out: Callable[[int], None], on_done: Callable[[bool], None]) -> None:
+    ``moved()`` tells the bytes carried each way so far; ``on_done(failed)``
+    is called once, before the transports are handed back to be closed.
+    """
+
+    def __init__(self, reactor: Any, client: Any, backend: Any, on_done: Callable[[bool], None]) -> None:
         self.reactor = reactor
         self.active = True
         self.on_done = on_done
         self.client, self.backend = _End(self, client), _End(self, backend)
-        self.upstream = _Pipe(self.client, self.backend, on_bytes_in)
-        self.downstream = _Pipe(self.backend, self.client, on_bytes_out)
+        self.upstream = _Pipe(self.client, self.backend)
+        self.downstream = _Pipe(self.backend, self.client)
         _release_pipe(_acquire_pipe(), empty=True)  # fail here (EMFILE), before the sockets are taken
         for transport in (client, backend):
             transport.unregisterProducer()
@@ -188,12 +219,14 @@ class Splicer:
         self.client.want_read(True)
         self.backend.want_read(True)
 
-    def guard(self, step: Callable[[], None]) -> None:
-        try:
-            step()
-        except OSError as e:
-            self.finish(Failure(e), reset=e.errno in (errno.ECONNRESET, errno.EPIPE))
-            return
+    def moved(self) -> tuple[int, int]:
+        """Bytes spliced (from the client, from the backend) so far."""
+        return self.upstream.moved, self.downstream.moved
+
+    def failed(self, error: OSError) -> None:
+        self.finish(Failure(error), reset=error.errno in (errno.ECONNRESET, errno.EPIPE))
+
+    def check_done(self) -> None:
         if self.upstream.done and self.downstream.done:
             self.finish(None)
 

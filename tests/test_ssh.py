@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -103,3 +104,23 @@ def test_trusted_balancer_header_on_port_22(edge, sshd):
     e.wait_log("198.51.100.7:5555 ssh ssh")
     result = run_ssh(sshd, e.ssh_port, "true")  # and without a header, from the same trusted source
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("volume", [1000, 200_000])  # below and past the point where splicing starts
+def test_idle_timeout_cuts_a_silent_session_and_spares_a_busy_one(edge, sshd, volume):
+    e = edge(f"""
+    [ssh]
+    backend = "git"
+    [backends.git]
+    servers = ["127.0.0.1:{sshd.port}"]
+    """, timeouts='inspect = "2s"\nconnect = "2s"\nidle = "1s"')
+    busy = run_ssh(sshd, e.ssh_port, f"for i in 1 2 3 4 5 6 7; do head -c {volume} /dev/zero; sleep 0.4; done")
+    assert busy.returncode == 0, busy.stderr
+    assert len(busy.stdout) == 7 * volume
+    started = time.monotonic()
+    silent = run_ssh(sshd, e.ssh_port, f"head -c {volume} /dev/zero; sleep 8; echo late")
+    assert b"late" not in silent.stdout and silent.returncode != 0
+    assert time.monotonic() - started < 6
+    log = e.wait_log("timeout: idle")
+    assert log.count("timeout: idle") == 1
+    e.assert_alive()
