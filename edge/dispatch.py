@@ -25,6 +25,7 @@ from edge.sniff.proxy import ProxyHeader, sniff_proxy
 from edge.sniff.ssh import sniff_ssh
 from edge.sniff.tls import ClientHello, sniff_tls
 from edge.terminate import UNRECOGNIZED_NAME_ALERT
+from edge.timers import coarse
 from edge.transports import under_tls
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class Dispatcher(Protocol):
         if not self.proxy_pending and self.listener != "https":
             self._route_door()
             return
-        self.timer = self.runtime.reactor.callLater(self.runtime.config.timeouts.inspect, self._inspect_timeout)
+        self.timer = coarse(self.runtime.reactor).later(self.runtime.config.timeouts.inspect, self._inspect_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self.handler is not None:

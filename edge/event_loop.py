@@ -1,4 +1,4 @@
-"""The event loop made lighter: epoll events without a logging context, a calmer garbage collector.
+"""The event loop made lighter: epoll events without a logging context, fewer epoll calls, a calmer collector.
 
 Twisted's epoll reactor wraps every readiness event in
 ``twisted.python.log.callWithLogger``, which asks the selectable for its
@@ -54,6 +54,27 @@ def lighten(reactor: Any) -> bool:
     reactor.doPoll = reactor.doIteration = do_poll
     reactor._edge_lightened = True
     return True
+
+
+def writer_to_reader(reactor: Any, writer: Any, reader: Any) -> None:
+    """``reader`` takes over ``writer``'s descriptor, watched for reading instead of writing.
+
+    A connect in progress waits for writability; once connected the same
+    socket is read.  Twisted would unregister it and register it again (two
+    ``epoll_ctl`` calls per backend connection); on the lightened epoll
+    reactor one ``modify`` does it.
+    """
+    fd = writer.fileno()
+    if getattr(reactor, "_edge_lightened", False) and fd in reactor._writes and fd not in reactor._reads:
+        from select import EPOLLIN
+
+        reactor._poller.modify(fd, EPOLLIN)
+        reactor._writes.discard(fd)
+        reactor._reads.add(fd)
+        reactor._selectables[fd] = reader
+        return
+    reactor.removeWriter(writer)
+    reader.startReading()
 
 
 def settle_memory() -> None:

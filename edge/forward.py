@@ -23,6 +23,7 @@ from edge.backends import Backend, BackendUnavailable, NoServerAvailable, Server
 from edge.connection import ConnectionInfo
 from edge import splice
 from edge.eager import write_now
+from edge.timers import coarse
 
 log = Logger()
 
@@ -131,7 +132,7 @@ class TcpForward(Protocol):
             self.paused = False
             self.transport.resumeProducing()
         if self.idle_timeout:
-            self.idle_call = self.reactor.callLater(self.idle_timeout, self._check_idle)
+            self.idle_call = coarse(self.reactor).later(self.idle_timeout, self._check_idle)
         self.splice_at = SPLICE_AFTER if splice.eligible(self.transport) and splice.eligible(out) else None
 
     def _try_splice(self) -> None:
@@ -216,7 +217,7 @@ class TcpForward(Protocol):
             self.active, self.spliced_before = self.active or moved != self.spliced_before, moved
         if self.active:
             self.active = False
-            self.idle_call = self.reactor.callLater(self.idle_timeout, self._check_idle)
+            self.idle_call = coarse(self.reactor).later(self.idle_timeout, self._check_idle)
             return
         self.idle_call = None
         self.info.ended = "timeout: idle"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
+import _socket
 from errno import ECONNREFUSED, EINPROGRESS, EWOULDBLOCK
 from typing import Any, Callable
 
@@ -32,6 +33,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edge.event_loop import writer_to_reader
+from edge.timers import coarse
 from edge.transports import QuickClose, under_tls
 
 Opened = Callable[[Protocol], None]
@@ -71,7 +74,8 @@ class Connecting:
         self.reactor, self.peer, self.build, self.on_open, self.on_fail = reactor, peer, build, on_open, on_fail
         self.timer: Any = None
         self.sock: socket.socket | None = None
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        # The C-level socket type: the Python wrapper class adds nothing a transport uses, and costs a call.
+        sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             result = sock.connect_ex(peer)
@@ -86,7 +90,7 @@ class Connecting:
         self.sock, self.fd = sock, sock.fileno()
         reactor.addWriter(self)
         if timeout:
-            self.timer = reactor.callLater(timeout, self._timed_out)
+            self.timer = coarse(reactor).later(timeout, self._timed_out)
 
     # what the reactor calls
     def fileno(self) -> int:
@@ -103,18 +107,24 @@ class Connecting:
         if sock is None:
             return
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        self._stop()
         if err:
+            self._stop()
             sock.close()
             self._report(error.getConnectError((err, os.strerror(err))))
             return
+        self.sock = None
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         try:
             protocol = self.build()
             transport = BackendTransport(sock, protocol, self.reactor, self.peer)
             under_tls(transport, protocol)
-            transport.startReading()
+            writer_to_reader(self.reactor, self, transport)
             protocol.makeConnection(transport)
         except Exception as e:  # a bug above us: the connection is useless, say so rather than leak it
+            self.reactor.removeWriter(self)
+            self.reactor.removeReader(self)
             sock.close()
             self._report(e)
             return

@@ -21,10 +21,13 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet import main, tcp
+from twisted.internet import error, main, tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+
+_DONE = Failure(main.CONNECTION_DONE)  # one instance for every clean close, as Twisted's reactor does
+
 
 class QuickClose:
     """``loseConnection`` that closes in this turn when the write buffer is empty."""
@@ -43,9 +46,21 @@ class QuickClose:
             self.disconnecting = 1
             self.stopReading()
             self.stopWriting()
-            self.connectionLost(Failure(main.CONNECTION_DONE))
+            self.connectionLost(_DONE)
             return
         FileDescriptor.loseConnection(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # tcp.Connection's, with a plain isinstance where Twisted calls Failure.check (which walks the MRO).
+        if not hasattr(self, "socket"):
+            return
+        FileDescriptor.connectionLost(self, reason)
+        self._closeSocket(not isinstance(reason.value, error.ConnectionAborted))
+        protocol = self.protocol
+        del self.protocol
+        del self.socket
+        del self.fileno
+        protocol.connectionLost(reason)
 
 
 class AcceptedTransport(QuickClose, tcp.Server):
