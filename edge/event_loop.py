@@ -21,6 +21,10 @@ from twisted.logger import Logger
 
 log = Logger()
 
+# Selectable types that take the raw epoll event mask themselves (``on_event(event)``) rather than
+# through Twisted's ``_doReadOrWrite``: the spliced sockets, whose whole handling is a system call or two.
+DIRECT: set[type] = set()
+
 
 def lighten(reactor: Any) -> bool:
     """Make ``reactor`` (if it is Twisted's epoll reactor) dispatch events directly; True if it did."""
@@ -47,7 +51,10 @@ def lighten(reactor: Any) -> bool:
             selectable = selectables.get(fd)
             if selectable is not None:
                 try:
-                    handle(selectable, fd, event)
+                    if type(selectable) in DIRECT:
+                        selectable.on_event(event)
+                    else:
+                        handle(selectable, fd, event)
                 except Exception:
                     log.failure("handling an event of {selectable!r}", selectable=selectable)
 

@@ -148,12 +148,7 @@ class Http1Pool:
 
         May call back before it returns (an idle connection was at hand).
         """
-        backend = self.backend
-        candidates = [state for state in backend.ordered() if backend.has_room(state)]
-        if not candidates:
-            owner.upstream_unavailable(503, f"no server available in backend {backend.name}")
-            return
-        self._try(owner, candidates, 0, None, fresh)
+        self._try(owner, self.backend.ordered(), 0, None, fresh)  # it skips servers at max_conn
 
     def _try(self, owner: Owner, candidates: list[ServerState], index: int, last: Exception | None, fresh: bool) -> None:
         backend = self.backend

@@ -16,11 +16,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import socket
 from typing import Any, Callable
 
 from twisted.internet import tcp
 from twisted.python.failure import Failure
+
+from edge import event_loop
 
 HAVE_SPLICE = hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK") and not os.environ.get("EDGE_NO_SPLICE")
 CHUNK = 1 << 20
@@ -28,6 +31,8 @@ PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 FLAGS = (getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)) if HAVE_SPLICE else 0
 _splice = getattr(os, "splice", None)
+EPOLLIN, EPOLLOUT = getattr(select, "EPOLLIN", 1), getattr(select, "EPOLLOUT", 4)
+_TROUBLE = getattr(select, "EPOLLERR", 8) | getattr(select, "EPOLLHUP", 16)
 
 
 def eligible(transport: Any) -> bool:
@@ -171,6 +176,13 @@ class _End:
             self.writing = on
             (self.splicer.reactor.addWriter if on else self.splicer.reactor.removeWriter)(self)
 
+    def on_event(self, event: int) -> None:
+        """The epoll event mask, straight from the lightened event loop (edge.event_loop.DIRECT)."""
+        if event & EPOLLIN or (event & _TROUBLE and self.reading):
+            self.doRead()  # an error or hang-up shows as a failing or empty splice
+        if (event & EPOLLOUT or event & _TROUBLE) and self.writing and self.splicer.active:
+            self.doWrite()
+
     def doRead(self) -> None:
         pipe = self.outgoing
         try:
@@ -193,6 +205,9 @@ class _End:
 
     def connectionLost(self, reason: Failure) -> None:
         self.splicer.finish(reason)
+
+
+event_loop.DIRECT.add(_End)
 
 
 class Splicer:

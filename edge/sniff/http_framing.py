@@ -48,7 +48,8 @@ class ResponseHead:
     def keep_alive(self) -> bool:
         if self.version == b"1.0":
             return b"keep-alive" in self.tokens(b"connection")
-        return b"\r\nconnection:" not in self.lower or b"close" not in self.tokens(b"connection")
+        lower = self.lower
+        return b"\r\nconnection:" not in lower or b"close" not in lower or b"close" not in self.tokens(b"connection")
 
 
 def parse_response_head(data: bytes, limit: int = 65536) -> ResponseHead | Verdict:
@@ -172,13 +173,21 @@ def response_reader(head: ResponseHead, request_method: bytes) -> LengthReader |
     if b"\r\ntransfer-encoding:" in lower:
         codings = field_values(lower, lower, b"transfer-encoding")[-1].rsplit(b",", 1)
         return ChunkedReader() if codings[-1].strip() == b"chunked" else UntilClose()
-    lengths = set(field_values(head.fields, lower, b"content-length"))
-    if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
-        raise Malformed("invalid Content-Length in response")
-    if lengths:
-        length = int(next(iter(lengths)))
+    at = lower.find(b"\r\ncontent-length:")
+    if at < 0:
+        return UntilClose()
+    if lower.find(b"\r\ncontent-length:", at + 17) < 0:  # the usual single header
+        end = lower.find(b"\r\n", at + 17)
+        value = lower[at + 17 : end if end >= 0 else len(lower)].strip(b" \t")
+        if not value.isdigit():
+            raise Malformed("invalid Content-Length in response")
+        length = int(value)
         return LengthReader(length) if length else None
-    return UntilClose()
+    lengths = set(field_values(head.fields, lower, b"content-length"))
+    if len(lengths) > 1 or not next(iter(lengths)).isdigit():
+        raise Malformed("invalid Content-Length in response")
+    length = int(next(iter(lengths)))
+    return LengthReader(length) if length else None
 
 
 def chunk(data: bytes) -> bytes:
