@@ -192,7 +192,7 @@ class Http1Proxy(Protocol):
                 self._answer(308, f"Redirecting to {location}", close=head.has_body, location=location)
             return
         lower = head.lower
-        if b"\r\ntransfer-encoding:" in lower or b"\r\ncontent-length:" in lower:
+        if lower.find(b"\r\ntransfer-encoding:") >= 0 or lower.find(b"\r\ncontent-length:") >= 0:
             try:
                 self.body = self._request_framing(head, route.max_body)
             except BadRequest as e:
@@ -201,7 +201,7 @@ class Http1Proxy(Protocol):
         self.upstream_head = self._upstream_head(head, raw_host, path)
         upstream = runtime.upstreams[route.backend]
         self.pool = upstream.http1
-        if b"\r\nupgrade:" in lower and (head.header("upgrade") or "").lower() == "websocket":
+        if lower.find(b"\r\nupgrade:") >= 0 and (head.header("upgrade") or "").lower() == "websocket":
             self._tunnel(upstream, head)
             return
         if self.body is not None and not self.paused:  # read no body until a server is there to take it
@@ -247,7 +247,7 @@ class Http1Proxy(Protocol):
         """The forwarding headers edge adds (after those the client sent), and the blank line."""
         client = self.info.client[0].encode("latin-1")
         forwarded_for.append(client)
-        node = b'"[%s]"' % client if b":" in client else client
+        node = b'"[%s]"' % client if client.find(b":") >= 0 else client
         scheme = self.scheme.encode("ascii")
         forwarded.append(b'for=%s;host="%s";proto=%s' % (node, host, scheme))
         return b"\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nx-forwarded-host: %s\r\nforwarded: %s\r\n\r\n" % (
@@ -408,7 +408,7 @@ class Http1Proxy(Protocol):
             if name == b"connection":
                 fields = _drop_listed(fields, value)
         extra = b""
-        chunked = b"\r\ntransfer-encoding:" in head.lower
+        chunked = head.lower.find(b"\r\ntransfer-encoding:") >= 0
         reader = connection.reader
         if http10:
             if chunked:

@@ -377,7 +377,7 @@ class UpstreamExchange:
         for name, value in field_list(fields, fields.lower()):
             if name not in listed:
                 request.responseHeaders.addRawHeader(name, value)
-        if b"\r\ntransfer-encoding:" in head.lower:
+        if head.lower.find(b"\r\ntransfer-encoding:") >= 0:
             self.dechunk = ChunkedReader(collect=True)
         self._write(body)
         if done:

@@ -54,7 +54,28 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.info.bytes_in += len(data)
+        if self._handshakeDone and not self._appSendBuffer:  # the steady state: Twisted's steps, inline
+            self._tlsConnection.bio_write(data)
+            self._flushReceiveBIO()
+            return
         super().dataReceived(data)
+
+    def write(self, data: bytes) -> None:
+        # One record's worth with nothing queued before it (a response head, a small body): straight to
+        # OpenSSL and out.  A memory BIO never makes SSL_write wait, so this is Twisted's _write minus its loop.
+        if self._handshakeDone and not self.disconnecting and not self._appSendBuffer \
+                and not self._lostTLSConnection and len(data) <= 16384 and type(data) is bytes and data:
+            try:
+                self._tlsConnection.send(data)
+            except WantReadError:
+                self._bufferedWrite(data)
+                return
+            except Error:
+                self._tlsShutdownFinished(Failure())
+                return
+            self._flushSendBIO()
+            return
+        super().write(data)
 
     def _flushSendBIO(self) -> None:
         # As Twisted's, but the TLS records go out in this reactor turn (edge.eager).

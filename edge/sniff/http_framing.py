@@ -49,7 +49,7 @@ class ResponseHead:
         if self.version == b"1.0":
             return b"keep-alive" in self.tokens(b"connection")
         lower = self.lower
-        return b"\r\nconnection:" not in lower or b"close" not in lower or b"close" not in self.tokens(b"connection")
+        return lower.find(b"\r\nconnection:") < 0 or lower.find(b"close") < 0 or b"close" not in self.tokens(b"connection")
 
 
 def parse_response_head(data: bytes, limit: int = 65536) -> ResponseHead | Verdict:
@@ -170,7 +170,7 @@ def response_reader(head: ResponseHead, request_method: bytes) -> LengthReader |
     if request_method == b"HEAD" or head.status in (204, 304) or head.status < 200:
         return None
     lower = head.lower
-    if b"\r\ntransfer-encoding:" in lower:
+    if lower.find(b"\r\ntransfer-encoding:") >= 0:
         codings = field_values(lower, lower, b"transfer-encoding")[-1].rsplit(b",", 1)
         return ChunkedReader() if codings[-1].strip() == b"chunked" else UntilClose()
     at = lower.find(b"\r\ncontent-length:")

@@ -48,7 +48,7 @@ def _parse_v1(data: bytes) -> ProxyHeader | Verdict:
     if end < 0:
         if len(data) >= V1_MAX:
             raise Malformed("PROXY v1 header longer than 107 bytes")
-        if b"\n" in data:
+        if data.find(b"\n") >= 0:
             raise Malformed("PROXY v1 header not ended by CRLF")
         return NEED_MORE
     parts = data[:end].split(b" ")

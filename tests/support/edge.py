@@ -78,7 +78,11 @@ class Edge(Program):
              "edge", "--config", str(self.config)],
             tmp / "edge.log", env=edge_env(), cwd=tmp,
         )
-        self.wait_started()
+        try:
+            self.wait_started()
+        except BaseException:
+            self.stop()  # the test never gets this object to stop: do not leave the process behind
+            raise
 
     @staticmethod
     def _door(port: int | None) -> str:
