@@ -73,9 +73,12 @@ class Connecting:
                  build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> None:
         self.reactor, self.peer, self.build, self.on_open, self.on_fail = reactor, peer, build, on_open, on_fail
         self.timer: Any = None
-        self.sock: socket.socket | None = None
-        # The C-level socket type: the Python wrapper class adds nothing a transport uses, and costs a call.
-        sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.sock: _socket.socket | None = None
+        try:  # the C-level socket type: the Python wrapper class adds nothing a transport uses, and costs a call
+            sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as e:  # out of descriptors, say
+            self._report(error.getConnectError((e.errno, e.strerror)))
+            return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             result = sock.connect_ex(peer)
