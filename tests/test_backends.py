@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 import pytest
@@ -158,3 +159,40 @@ def test_forwarded_connections_send_without_delay(edge, named_servers):
         assert (client_side, backend_side) == (1, 1), peers
     finally:
         held.close()
+
+
+def test_ipv6_servers_for_tcp_and_http_backends(edge, start, tmp_path):
+    """Backend servers named by an IPv6 address: the TCP door and a terminated route both reach them."""
+    port = free_port("::1")
+    server = start(Nginx, tmp_path, f'server {{ listen [::1]:{port}; return 200 "six $remote_addr\\n"; }}')
+    wait_listening(port, host="::1", proc=server.proc)
+    e = edge(f"""
+    [tls]
+    issuer = "local"
+    [ssh]
+    backend = "tcp6"
+    [backends.tcp6]
+    servers = ["[::1]:{port}"]
+    [backends.web6]
+    servers = ["http://[::1]:{port}"]
+    [[routes]]
+    hosts = ["app.example.test"]
+    tls = "edge"
+    backend = "web6"
+    """)
+    assert ask_text(e.ssh_port).endswith("six ::1\n")
+    result = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--resolve", f"app.example.test:{e.https_port}:127.0.0.1", "--cacert",
+         str(e.config.parent / "state" / "local-ca" / "ca.pem"), f"https://app.example.test:{e.https_port}/"],
+        capture_output=True, text=True, timeout=20)
+    assert result.stdout == "six ::1\n", result.stderr
+    assert f"server=[::1]:{port}" in e.wait_log(f"server=[::1]:{port}")
+
+
+def ask_text(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data.decode()
