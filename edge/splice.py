@@ -93,7 +93,7 @@ class _Pipe:
     def pull(self) -> None:
         """``src`` is readable: move what it has into the pipe, then on to ``dst``."""
         if self.read_fd < 0:
-            self.read_fd, self.write_fd = _acquire_pipe()
+            self.read_fd, self.write_fd = _SPARE_PIPES.pop() if _SPARE_PIPES else _acquire_pipe()
         try:
             n = _splice(self.src.fd, self.write_fd, CHUNK, flags=FLAGS)
         except BlockingIOError:  # a spurious wake-up, or the pipe is full: push() will resume us
@@ -179,7 +179,14 @@ class _End:
     def on_event(self, event: int) -> None:
         """The epoll event mask, straight from the lightened event loop (edge.event_loop.DIRECT)."""
         if event & EPOLLIN or (event & _TROUBLE and self.reading):
-            self.doRead()  # an error or hang-up shows as a failing or empty splice
+            pipe = self.outgoing  # doRead, inline: an error or hang-up shows as a failing or empty splice
+            try:
+                pipe.pull()
+            except OSError as e:
+                self.splicer.failed(e)
+                return
+            if pipe.done:
+                self.splicer.check_done()
         if (event & EPOLLOUT or event & _TROUBLE) and self.writing and self.splicer.active:
             self.doWrite()
 
