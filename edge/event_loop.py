@@ -15,6 +15,7 @@ it is.
 from __future__ import annotations
 
 import errno
+import select
 from typing import Any
 
 from twisted.logger import Logger
@@ -73,9 +74,7 @@ def writer_to_reader(reactor: Any, writer: Any, reader: Any) -> None:
     """
     fd = writer.fileno()
     if getattr(reactor, "_edge_lightened", False) and fd in reactor._writes and fd not in reactor._reads:
-        from select import EPOLLIN
-
-        reactor._poller.modify(fd, EPOLLIN)
+        reactor._poller.modify(fd, select.EPOLLIN)
         reactor._writes.discard(fd)
         reactor._reads.add(fd)
         reactor._selectables[fd] = reader
