@@ -95,7 +95,7 @@ class _Pipe:
         if self.read_fd < 0:
             self.read_fd, self.write_fd = _SPARE_PIPES.pop() if _SPARE_PIPES else _acquire_pipe()
         try:
-            n = _splice(self.src.fd, self.write_fd, CHUNK, flags=FLAGS)
+            n = _splice(self.src.fd, self.write_fd, CHUNK, None, None, FLAGS)  # positional: keywords cost a parse
         except BlockingIOError:  # a spurious wake-up, or the pipe is full: push() will resume us
             if not self.pending:
                 _release_pipe((self.read_fd, self.write_fd), empty=True)
@@ -114,7 +114,7 @@ class _Pipe:
         pending, dst = self.pending, self.dst
         while pending:
             try:
-                pending -= _splice(self.read_fd, dst.fd, pending, flags=FLAGS)
+                pending -= _splice(self.read_fd, dst.fd, pending, None, None, FLAGS)
             except BlockingIOError:
                 self.pending = pending
                 self.src.want_read(False)
