@@ -41,13 +41,11 @@ class ConnectionInfo:
         "_local", "_socket",
     )
 
-    def __init__(self, client: tuple[str, int], local: tuple[str, int] | socket.socket, listener: str) -> None:
-        """``local`` is the edge address the client reached, or the socket to ask when it is needed."""
+    def __init__(self, client: tuple[str, int], sock: socket.socket, listener: str) -> None:
+        """``sock`` is the client's socket, asked for the edge address only when a PROXY header needs it."""
         self.client = client  # the real client: replaced by a trusted PROXY header
-        if isinstance(local, tuple):
-            self._local, self._socket = local, None
-        else:  # asked only for a PROXY header: most connections never need the system call
-            self._local, self._socket = None, local
+        self._local: tuple[str, int] | None = None
+        self._socket: socket.socket | None = sock
         self.listener = listener  # "ssh", "http" or "https"
         self.protocol: str | None = None  # "tls", "ssh", "http" once recognised
         self.sni: str | None = None

@@ -179,7 +179,7 @@ class _End:
     def on_event(self, event: int) -> None:
         """The epoll event mask, straight from the lightened event loop (edge.event_loop.DIRECT)."""
         if event & EPOLLIN or (event & _TROUBLE and self.reading):
-            pipe = self.outgoing  # doRead, inline: an error or hang-up shows as a failing or empty splice
+            pipe = self.outgoing  # an error or hang-up shows as a failing or empty splice
             try:
                 pipe.pull()
             except OSError as e:
@@ -190,15 +190,8 @@ class _End:
         if (event & EPOLLOUT or event & _TROUBLE) and self.writing and self.splicer.active:
             self.doWrite()
 
-    def doRead(self) -> None:
-        pipe = self.outgoing
-        try:
-            pipe.pull()
-        except OSError as e:
-            self.splicer.failed(e)
-            return
-        if pipe.done:
-            self.splicer.check_done()
+    def doRead(self) -> None:  # from Twisted's event dispatch (any reactor other than the lightened epoll one)
+        self.on_event(EPOLLIN)
 
     def doWrite(self) -> None:
         pipe = self.incoming
