@@ -19,7 +19,7 @@ them.  HTTP/2 clients are served by :mod:`edge.http_proxy`.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -32,7 +32,7 @@ from edge.http1_upstream import UpstreamConnection
 from edge.redirect import https_location
 from edge.sniff import NEED_MORE, Malformed
 from edge.sniff.http import (
-    HOP_BY_HOP, BadRequest, RequestHead, drop_fields, field_pattern, parse_request_head, split_host,
+    HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, drop_fields, field_pattern, parse_request_head, split_host,
 )
 from edge.sniff.http_framing import LAST_CHUNK, BodyTooLarge, ChunkedReader, LengthReader, ResponseHead, chunk
 
@@ -51,10 +51,12 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def _drop_listed(fields: bytes, connection: bytes) -> bytes:
-    """Remove the headers a Connection header names (they are hop-by-hop too)."""
+    """Remove the headers a Connection header names (they are hop-by-hop too), never the ones that
+    frame or route the message (a request naming those was refused; a response keeps them)."""
     if connection in _PLAIN_CONNECTION:
         return fields
-    names = frozenset(token.strip().lower() for token in connection.split(b",")) - {b"close", b"keep-alive", b""}
+    names = frozenset(token.strip().lower() for token in connection.split(b",")) \
+        - {b"close", b"keep-alive", b""} - PROTECTED_FIELDS
     if not names:
         return fields
     pattern = _LISTED_PATTERNS.get(names)
@@ -68,12 +70,10 @@ def _drop_listed(fields: bytes, connection: bytes) -> bytes:
 class Http1Proxy(Protocol):
     """One client connection speaking HTTP/1.x to the edge."""
 
-    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str,
-                 switch: Callable[[Protocol, bytes], None]) -> None:
+    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str) -> None:
         self.runtime = runtime
         self.info = info
         self.scheme = scheme  # "https" when terminated here, "http" for http = "allow"
-        self.switch = switch  # hands the client connection to another protocol (WebSocket)
         self.buffer = b""
         self.closed = False
         self.paused = False
@@ -107,6 +107,8 @@ class Http1Proxy(Protocol):
         self.producing = False  # the client feeds the upstream connection (request body)
         self.streaming = False  # the upstream connection feeds the client (response body)
         self.looping = False
+        self.upgrade: bytes | None = None  # the Upgrade header of a WebSocket request in progress
+        self.tunnel = False  # the backend answered 101: bytes now pass both ways unparsed
 
     # -- client side ------------------------------------------------------------------
 
@@ -121,6 +123,8 @@ class Http1Proxy(Protocol):
             self._next_request()
         elif self.body is not None and self.upstream is not None:
             self._relay_body(data)
+        elif self.tunnel:
+            self._tunnel_out(data)
         else:  # the next request (pipelined), or body bytes while we connect: kept for later, bounded
             self.buffer += data
             if len(self.buffer) > MAX_HEAD and not self.paused:
@@ -154,7 +158,7 @@ class Http1Proxy(Protocol):
         self.status = self.sent = self.body_sent = 0
         self.route = self.upstream_time = None
         self.response_started = self.retried = False
-        self.transform = self.body = None
+        self.transform = self.body = self.upgrade = None
         self.close_after = not head.keep_alive
         raw_host = head.get(b"host")
         if raw_host is None:
@@ -201,9 +205,12 @@ class Http1Proxy(Protocol):
         self.upstream_head = self._upstream_head(head, raw_host, path)
         upstream = runtime.upstreams[route.backend]
         self.pool = upstream.http1
-        if lower.find(b"\r\nupgrade:") >= 0 and (head.header("upgrade") or "").lower() == "websocket":
-            self._tunnel(upstream, head)
-            return
+        if lower.find(b"\r\nupgrade:") >= 0:
+            upgrade = head.get(b"upgrade")
+            if upgrade is not None and upgrade.lower() == b"websocket":
+                # Asked for, not granted: the connection stays HTTP unless the backend answers 101.
+                self.upgrade = upgrade
+                self.upstream_head = self.upstream_head[:-2] + b"connection: Upgrade\r\nupgrade: %s\r\n\r\n" % upgrade
         if self.body is not None and not self.paused:  # read no body until a server is there to take it
             self.paused = True
             self.transport.pauseProducing()
@@ -216,8 +223,8 @@ class Http1Proxy(Protocol):
             if codings.lower().rsplit(",", 1)[-1].strip() != "chunked":
                 raise BadRequest(400, "unsupported Transfer-Encoding")
             return ChunkedReader(limit)
-        length = head.header("content-length")
-        if length is None or length == "0":
+        length = head.get(b"content-length")  # ASCII digits: parse_request_head checked them
+        if length is None or length == b"0":
             return None
         size = int(length)
         if limit is not None and size > limit:
@@ -260,7 +267,7 @@ class Http1Proxy(Protocol):
             self.pool.release(connection, reusable=True)  # nothing was sent on it
             return
         self.upstream = connection
-        connection.start(self, self.head.method.encode("latin-1"))
+        connection.start(self, self.head.method.encode("latin-1"), self.upgrade is not None)
         out = [self.upstream_head]
         body = self.body
         if body is not None:
@@ -346,6 +353,9 @@ class Http1Proxy(Protocol):
         self.response_started = True
         self.status = head.status
         self.info.server = str(connection.state)
+        if head.status == 101:  # only ever reported for a request that asked to upgrade
+            self._open_tunnel(connection, head, body)
+            return
         out = self._response_head(head, connection, done)
         if body or done:
             out += self._encode(body, done)
@@ -357,6 +367,8 @@ class Http1Proxy(Protocol):
             self.transport.registerProducer(connection.transport, True)
 
     def upstream_body(self, data: bytes, done: bool) -> None:
+        if self.tunnel:
+            self.deadline = time.monotonic() + self.runtime.config.timeouts.idle
         encoded = self._encode(data, done)
         if encoded:
             self.transport.write(encoded)
@@ -552,23 +564,33 @@ class Http1Proxy(Protocol):
 
     # -- WebSocket --------------------------------------------------------------------------
 
-    def _tunnel(self, upstream: Any, head: RequestHead) -> None:
-        """Relay an HTTP/1.1 WebSocket upgrade as raw bytes in both directions."""
-        from edge.forward import TcpForward
+    def _open_tunnel(self, connection: UpstreamConnection, head: ResponseHead, body: bytes) -> None:
+        """The backend switched protocols (101): relay its answer, then bytes both ways until either side closes."""
+        fields, removed = drop_fields(head.fields, head.lower, RESPONSE_DROP_TE)
+        upgrade = next((value for name, value in removed if name == b"upgrade"), self.upgrade)
+        self.tunnel = True
+        self.close_after = True
+        self.info.protocol = "websocket"
+        self.sent += len(body)
+        self.transport.write(b"HTTP/1.1 101 %s%s\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n%s"
+                             % (head.reason, fields, upgrade, body))
+        if self.closed:
+            return
+        self._arm(self.runtime.config.timeouts.idle, "idle")
+        self.streaming = True
+        self.transport.registerProducer(connection.transport, True)
+        self.producing = True
+        connection.transport.registerProducer(self.transport, True)
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+        if self.buffer:  # sent by the client right behind its request
+            leftover, self.buffer = self.buffer, b""
+            self._tunnel_out(leftover)
 
-        request = self.upstream_head[:-2] + b"connection: Upgrade\r\nupgrade: " + \
-            head.header("upgrade").encode("latin-1") + b"\r\n\r\n"
-        self._cancel_wait()
-        self.closed = True  # this protocol is done with the connection
-        info = self.info
-        info.backend = upstream.backend.name
-        info.protocol = "websocket"
-        self.status = 101
-        self._log()
-        tunnel = TcpForward(upstream.backend, info, self.runtime.reactor, self.runtime.config.timeouts.idle,
-                            header=lambda _info: request, endpoint_for=upstream.tunnel_endpoint)
-        leftover, self.buffer = self.buffer, b""
-        self.switch(tunnel, leftover)
+    def _tunnel_out(self, data: bytes) -> None:
+        self.deadline = time.monotonic() + self.runtime.config.timeouts.idle
+        self.upstream.transport.write(data)
 
     def connectionLost(self, reason: Failure = None) -> None:
         was_closed, self.closed = self.closed, True

@@ -56,10 +56,12 @@ class UpstreamConnection(Protocol):
         self.reusable = False  # the last response left the connection clean for another request
         self.reused = False  # this request runs on a connection that served one before
         self.lost = False
+        self.upgrade = False  # the request asked to switch protocols: a 101 is its answer, then raw bytes
 
-    def start(self, owner: Owner, method: bytes) -> None:
+    def start(self, owner: Owner, method: bytes, upgrade: bool = False) -> None:
         self.owner = owner
         self.method = method
+        self.upgrade = upgrade
         self.buffer = b""
         self.reader = None
         self.head_done = False
@@ -87,9 +89,12 @@ class UpstreamConnection(Protocol):
                 if head.status >= 200:
                     break
                 if head.status == 101:
+                    if self.upgrade:
+                        break
                     raise Malformed("unexpected 101 Switching Protocols")
                 self.buffer = self.buffer[head.length :]  # 100 Continue, 103 Early Hints: the final answer follows
-            reader = response_reader(head, self.method)
+            # After a 101 the connection carries another protocol until it closes.
+            reader = UntilClose() if head.status == 101 else response_reader(head, self.method)
         except Malformed as e:
             self._fail(f"invalid response: {e}")
             return

@@ -26,7 +26,7 @@ from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.http1_upstream import UpstreamConnection
 from edge.redirect import https_location
-from edge.sniff.http import HOP_BY_HOP, BadRequest, drop_fields, field_list, field_pattern, split_host
+from edge.sniff.http import HOP_BY_HOP, BadRequest, drop_fields, field_list, field_pattern, request_line_ok, split_host
 from edge.sniff.http_framing import ChunkedReader, ResponseHead
 
 log = Logger()
@@ -217,6 +217,8 @@ class ProxyRequest(Request):
 
     def _forward(self, site: HttpConnection) -> None:
         runtime = site.runtime
+        if not request_line_ok(self.method, self.uri):  # it becomes an HTTP/1.1 request line to the backend
+            raise BadRequest(400, "malformed :method or :path")
         host_header = self.getHeader(b"host")
         if host_header is None:
             raise BadRequest(400, "missing Host header")

@@ -139,12 +139,12 @@ class Runtime:
         def choose(negotiated: bytes | None) -> Protocol:
             if negotiated == b"h2":
                 return self.http_factory.channel(info, "https", switch)
-            return Http1Proxy(self, info, "https", switch)
+            return Http1Proxy(self, info, "https")
 
         protocol = EdgeTLSProtocol(tls_factory, AlpnSwitch(choose, info, self.reactor, self.config.timeouts.inspect),
-                                   info)
+                                   info, self.reactor)
         return protocol
 
     def plain_http(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Protocol:
         """The HTTP/1.1 proxy for routes served over plain HTTP (``http = "allow"``)."""
-        return Http1Proxy(self, info, "http", hand_over)
+        return Http1Proxy(self, info, "http")

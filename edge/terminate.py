@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from edge.connection import ConnectionInfo
 from edge.eager import write_now
+from edge.transports import CloseWatch, pending_bytes
 
 # A TLS record: alert (21), version 3.3, length 2, level fatal (2), unrecognized_name (112).
 UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x03\x00\x02\x02\x70"
@@ -46,11 +47,21 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
     catching ``WantReadError``: two failed pyOpenSSL calls (each allocating a
     32 KiB buffer and raising) per request on a kept-alive connection.  Here
     the BIOs are asked how much they hold instead, when pyOpenSSL says so.
+
+    Closing: Twisted sends ``close_notify`` and then waits for the peer's
+    before it closes the socket, so a client that never answers holds the
+    connection for as long as it likes.  Here the socket is closed once the
+    ``close_notify`` is out (as HAProxy and nginx do; TLS 1.2 and 1.3 allow
+    it), and a close that cannot proceed (a peer that reads nothing, a
+    handshake that never ends) is aborted by a :class:`CloseWatch`.
     """
 
-    def __init__(self, factory: Any, wrapped: Any, info: ConnectionInfo) -> None:
+    close_watch: CloseWatch | None = None
+
+    def __init__(self, factory: Any, wrapped: Any, info: ConnectionInfo, reactor: Any) -> None:
         super().__init__(factory, wrapped)
         self.info = info
+        self.reactor = reactor
 
     def dataReceived(self, data: bytes) -> None:
         self.info.bytes_in += len(data)
@@ -111,7 +122,23 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
                     break
         self._flushSendBIO()
 
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        if self.close_watch is None and self.transport is not None and self.transport.connected:
+            self.close_watch = CloseWatch(self.reactor, self._pending, self.abortConnection)
+
+    def _pending(self) -> int:
+        return sum(map(len, self._appSendBuffer)) + pending_bytes(self.transport)
+
+    def _shutdownTLS(self) -> None:
+        super()._shutdownTLS()
+        if not self.transport.disconnecting:  # close_notify is on its way: the peer's is not awaited
+            self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure) -> None:
+        if self.close_watch is not None:
+            self.close_watch.cancel()
+            self.close_watch = None
         try:
             super().connectionLost(reason)
         finally:

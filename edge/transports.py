@@ -14,12 +14,18 @@ Twisted does, so nothing written is lost.
 :class:`AcceptedTransport` is the transport edge's listening ports build for
 each client: Twisted's ``tcp.Server`` with that close and without the log
 prefix strings it formats for every connection.
+
+:class:`CloseWatch` bounds every close: ``loseConnection`` waits until the
+peer has taken every queued byte, so a peer that never reads would hold the
+socket (and what it references) for ever.  Once a close is asked, a peer
+that takes nothing for :data:`CLOSE_GRACE` seconds is aborted; one that is
+still reading, however slowly, keeps its connection until its data is out.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import error, main, tcp
 from twisted.internet.abstract import FileDescriptor
@@ -27,6 +33,46 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 _DONE = Failure(main.CONNECTION_DONE)  # one instance for every clean close, as Twisted's reactor does
+CLOSE_GRACE = 2.0  # seconds a closing connection's peer may take no bytes before the connection is aborted
+
+
+def pending_bytes(transport: Any) -> int:
+    """Bytes a Twisted TCP transport still holds for its peer (0 for a transport that is not one)."""
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return 0
+
+
+class CloseWatch:
+    """Aborts a closing connection once its peer has taken no bytes for :data:`CLOSE_GRACE` seconds.
+
+    ``pending()`` says how many bytes still wait for the peer; ``abort()`` ends the connection
+    (Twisted's ``abortConnection``: nothing more is written, ``connectionLost`` follows).
+    """
+
+    __slots__ = ("reactor", "pending", "abort", "left", "call")
+
+    def __init__(self, reactor: Any, pending: Callable[[], int], abort: Callable[[], None]) -> None:
+        self.reactor = reactor
+        self.pending = pending
+        self.abort = abort
+        self.left = pending()
+        self.call: Any = reactor.callLater(CLOSE_GRACE, self._check)
+
+    def _check(self) -> None:
+        left = self.pending()
+        if 0 < left < self.left:  # the peer is reading: give it another grace period
+            self.left = left
+            self.call = self.reactor.callLater(CLOSE_GRACE, self._check)
+            return
+        self.call = None
+        self.abort()
+
+    def cancel(self) -> None:
+        call, self.call = self.call, None
+        if call is not None and call.active():
+            call.cancel()
 
 
 class QuickClose:
@@ -37,6 +83,7 @@ class QuickClose:
     # its own loseConnection call (it carries on using the TLS state it has just torn down); under
     # TLS the close waits for the next turn, as Twisted does it (see :func:`under_tls`).
     close_at_once = True
+    close_watch: CloseWatch | None = None
 
     def loseConnection(self) -> None:
         # Twisted would close at its next write turn unless that turn resumes a producer instead.
@@ -49,11 +96,16 @@ class QuickClose:
             self.connectionLost(_DONE)
             return
         FileDescriptor.loseConnection(self)
+        if self.connected and self.close_watch is None:
+            self.close_watch = CloseWatch(self.reactor, lambda: pending_bytes(self), self.abortConnection)
 
     def connectionLost(self, reason: Failure) -> None:
         # tcp.Connection's, with a plain isinstance where Twisted calls Failure.check (which walks the MRO).
         if not hasattr(self, "socket"):
             return
+        if self.close_watch is not None:
+            self.close_watch.cancel()
+            self.close_watch = None
         FileDescriptor.connectionLost(self, reason)
         self._closeSocket(not isinstance(reason.value, error.ConnectionAborted))
         protocol = self.protocol

@@ -21,6 +21,8 @@ from edge.sniff import NEED_MORE, NO_MATCH, Malformed, Verdict
 METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE", b"CONNECT")
 _LONGEST_METHOD = max(len(m) for m in METHODS) + 1
 _REQUEST_LINE = re.compile(rb"([A-Z]+) ([^\s\x00-\x1f\x7f]+) HTTP/(1\.[01])\Z")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TARGET_CHARS = re.compile(rb"[^\s\x00-\x1f\x7f]+")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?$")
 
 
@@ -76,13 +78,19 @@ class RequestHead:
 
     @property
     def path(self) -> str:
-        """The path and query of an origin-form or absolute-form target."""
+        """The path and query of an origin-form or absolute-form target.
+
+        An origin-form target (``/...``) is returned as it is, even when its query holds a URL
+        (``/login?next=https://x/y``): only a target that starts with a scheme is cut down.
+        """
         target = self.target
-        if "://" in target:
+        if target.startswith("/"):
+            return target
+        if target.startswith(("http://", "https://", "HTTP://", "HTTPS://")):
             rest = target.split("://", 1)[1]
             slash = rest.find("/")
             return rest[slash:] if slash >= 0 else "/"
-        return target
+        return target  # "*" (OPTIONS); other forms are refused by parse_request_head
 
     @property
     def keep_alive(self) -> bool:
@@ -222,19 +230,61 @@ def parse_request_head(data: bytes, limit: int = 65536) -> RequestHead | Verdict
     method, target, version = match.groups()
     head = RequestHead(method.decode("latin-1"), target.decode("latin-1"), version.decode("latin-1"), fields,
                        end + 4, line[: match.end(2)])
+    _check_target(head)
     _check_framing(head)
     return head
 
 
+# Fields a Connection header may not name: the message is framed and routed by them, so a proxy that
+# removed them as hop-by-hop would send the origin another message than the one it read (smuggling).
+PROTECTED_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"host"))
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"))
+
+
+def connection_tokens(fields: bytes, lower: bytes) -> set[bytes]:
+    """The lower-cased tokens of every Connection header of a block."""
+    return {token.strip() for value in field_values(lower, lower, b"connection")
+            for token in value.split(b",") if token.strip()}
+
+
+def _check_target(head: RequestHead) -> None:
+    if not target_form_ok(head.method, head.target):
+        raise BadRequest(400, "unsupported request target")
+
+
+def target_form_ok(method: str, target: str) -> bool:
+    """An origin-form target (``/path?query``), an absolute http(s) URL, or ``*`` for OPTIONS."""
+    if target.startswith("/"):
+        return True
+    if target == "*":
+        return method == "OPTIONS"
+    scheme, sep, rest = target.partition("://")
+    return bool(sep) and scheme.lower() in ("http", "https") and bool(rest) and not rest.startswith("/")
+
+
+def request_line_ok(method: bytes, target: bytes) -> bool:
+    """Whether ``method`` and ``target`` (an HTTP/2 ``:method`` and ``:path``) make a valid HTTP/1.1
+    request line (RFC 9112 3; RFC 9113 8.3.1): a token, and a target of visible characters."""
+    return _TOKEN.fullmatch(method) is not None and _TARGET_CHARS.fullmatch(target) is not None \
+        and target_form_ok(method.decode("ascii"), target.decode("latin-1"))
+
+
 def _check_framing(head: RequestHead) -> None:
     lower = head.lower
+    at = lower.find(b"\r\nconnection:")
+    if at >= 0:
+        value = head.get(b"connection")
+        if value not in _PLAIN_CONNECTION or lower.find(b"\r\nconnection:", at + 13) >= 0:
+            if PROTECTED_FIELDS & connection_tokens(head.fields, lower):
+                raise BadRequest(400, "Connection names a framing or Host header")
     if lower.find(b"\r\ncontent-length:") < 0 and lower.find(b"\r\ntransfer-encoding:") < 0 \
             and lower.count(b"\r\nhost:") == 1:
         return  # the usual bodiless request with its one Host header
-    lengths = head.values("content-length")
-    if lengths and head.lower.find(b"\r\ntransfer-encoding:") >= 0:
+    lengths = field_values(head.fields, lower, b"content-length")
+    if lengths and lower.find(b"\r\ntransfer-encoding:") >= 0:
         raise BadRequest(400, "both Content-Length and Transfer-Encoding")
-    if len(set(lengths)) > 1 or any(not v.isdigit() for v in lengths):
+    # bytes.isdigit is ASCII only ("\xb2", a superscript two in Latin-1, is not a digit here; str.isdigit says it is)
+    if len(set(lengths)) > 1 or any(not v.isdigit() or len(v) > 18 for v in lengths):
         raise BadRequest(400, "invalid Content-Length")
     if head.lower.count(b"\r\nhost:") > 1:
         raise BadRequest(400, "more than one Host header")
