@@ -20,7 +20,9 @@ from zope.interface import implementer
 
 from edge.connection import ConnectionInfo
 from edge.eager import write_now
-from edge.transports import CloseWatch, pending_bytes
+from edge.transports import CloseWatch
+
+TLS_CLOSE_GRACE = 2.0
 
 # A TLS record: alert (21), version 3.3, length 2, level fatal (2), unrecognized_name (112).
 UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x03\x00\x02\x02\x70"
@@ -52,8 +54,10 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
     before it closes the socket, so a client that never answers holds the
     connection for as long as it likes.  Here the socket is closed once the
     ``close_notify`` is out (as HAProxy and nginx do; TLS 1.2 and 1.3 allow
-    it), and a close that cannot proceed (a peer that reads nothing, a
-    handshake that never ends) is aborted by a :class:`CloseWatch`.
+    it).  A TLS close that cannot start (writes queued behind a handshake
+    that never ends, a producer that never finishes) is aborted after
+    :data:`TLS_CLOSE_GRACE` seconds; once the socket itself is closing, its
+    transport's :class:`CloseWatch` bounds the rest.
     """
 
     close_watch: CloseWatch | None = None
@@ -125,10 +129,15 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
     def loseConnection(self) -> None:
         super().loseConnection()
         if self.close_watch is None and self.transport is not None and self.transport.connected:
-            self.close_watch = CloseWatch(self.reactor, self._pending, self.abortConnection)
+            self.close_watch = CloseWatch(self.reactor, self._pending, self._stuck, TLS_CLOSE_GRACE)
 
     def _pending(self) -> int:
-        return sum(map(len, self._appSendBuffer)) + pending_bytes(self.transport)
+        return sum(map(len, self._appSendBuffer))
+
+    def _stuck(self) -> None:
+        self.close_watch = None
+        if not self.transport.disconnecting:  # the TLS close never began
+            self.abortConnection()
 
     def _shutdownTLS(self) -> None:
         super()._shutdownTLS()

@@ -18,8 +18,11 @@ prefix strings it formats for every connection.
 :class:`CloseWatch` bounds every close: ``loseConnection`` waits until the
 peer has taken every queued byte, so a peer that never reads would hold the
 socket (and what it references) for ever.  Once a close is asked, a peer
-that takes nothing for :data:`CLOSE_GRACE` seconds is aborted; one that is
-still reading, however slowly, keeps its connection until its data is out.
+that takes nothing for a grace period is aborted; one that is still reading
+keeps its connection until its data is out.  An answer of the edge's own
+fits in the kernel's socket buffer and closes at once; what can be left
+queued is the tail of a relayed response, so the TCP grace is that of
+HAProxy's usual ``timeout client`` (:data:`CLOSE_STALL`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 _DONE = Failure(main.CONNECTION_DONE)  # one instance for every clean close, as Twisted's reactor does
-CLOSE_GRACE = 2.0  # seconds a closing connection's peer may take no bytes before the connection is aborted
+CLOSE_STALL = 30.0  # seconds a closing TCP connection's peer may take no bytes before it is aborted
 
 
 def pending_bytes(transport: Any) -> int:
@@ -45,26 +48,27 @@ def pending_bytes(transport: Any) -> int:
 
 
 class CloseWatch:
-    """Aborts a closing connection once its peer has taken no bytes for :data:`CLOSE_GRACE` seconds.
+    """Calls ``abort()`` once a closing connection's peer has taken no bytes for ``grace`` seconds.
 
     ``pending()`` says how many bytes still wait for the peer; ``abort()`` ends the connection
     (Twisted's ``abortConnection``: nothing more is written, ``connectionLost`` follows).
     """
 
-    __slots__ = ("reactor", "pending", "abort", "left", "call")
+    __slots__ = ("reactor", "pending", "abort", "grace", "left", "call")
 
-    def __init__(self, reactor: Any, pending: Callable[[], int], abort: Callable[[], None]) -> None:
+    def __init__(self, reactor: Any, pending: Callable[[], int], abort: Callable[[], None], grace: float) -> None:
         self.reactor = reactor
         self.pending = pending
         self.abort = abort
+        self.grace = grace
         self.left = pending()
-        self.call: Any = reactor.callLater(CLOSE_GRACE, self._check)
+        self.call: Any = reactor.callLater(grace, self._check)
 
     def _check(self) -> None:
         left = self.pending()
         if 0 < left < self.left:  # the peer is reading: give it another grace period
             self.left = left
-            self.call = self.reactor.callLater(CLOSE_GRACE, self._check)
+            self.call = self.reactor.callLater(self.grace, self._check)
             return
         self.call = None
         self.abort()
@@ -97,7 +101,7 @@ class QuickClose:
             return
         FileDescriptor.loseConnection(self)
         if self.connected and self.close_watch is None:
-            self.close_watch = CloseWatch(self.reactor, lambda: pending_bytes(self), self.abortConnection)
+            self.close_watch = CloseWatch(self.reactor, lambda: pending_bytes(self), self.abortConnection, CLOSE_STALL)
 
     def connectionLost(self, reason: Failure) -> None:
         # tcp.Connection's, with a plain isinstance where Twisted calls Failure.check (which walks the MRO).
