@@ -218,10 +218,7 @@ class Http1Proxy(Protocol):
 
     @staticmethod
     def _request_framing(head: RequestHead, limit: int | None) -> Any:
-        codings = head.header("transfer-encoding")
-        if codings is not None:
-            if codings.lower().rsplit(",", 1)[-1].strip() != "chunked":
-                raise BadRequest(400, "unsupported Transfer-Encoding")
+        if head.lower.find(b"\r\ntransfer-encoding:") >= 0:  # chunked, last and once: parse_request_head checked
             return ChunkedReader(limit)
         length = head.get(b"content-length")  # ASCII digits: parse_request_head checked them
         if length is None or length == b"0":

@@ -110,11 +110,15 @@ class RequestHead:
 _BAD_FIELD_LINE = re.compile(rb"\r\n(?![!#$%&'*+.^_`|~0-9A-Za-z-]+:)")
 
 
+# Control characters other than HTAB have no place in a field value (RFC 9110 5.5); CR and LF are counted apart.
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def check_fields(fields: bytes) -> None:
-    """Reject malformed header lines, obsolete folding, and CR, LF or NUL inside a line."""
+    """Reject malformed header lines, obsolete folding, and control characters (CR, LF, NUL, ...) inside a line."""
     if _BAD_FIELD_LINE.search(fields):
         raise Malformed("malformed header line")
-    if fields.find(b"\x00") >= 0 or fields.count(b"\n") != fields.count(b"\r\n") or fields.count(b"\r") != fields.count(b"\n"):
+    if _CONTROL.search(fields) or fields.count(b"\n") != fields.count(b"\r\n") or fields.count(b"\r") != fields.count(b"\n"):
         raise Malformed("control character in a header line")
 
 
@@ -243,8 +247,8 @@ _PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close",
 
 def connection_tokens(fields: bytes, lower: bytes) -> set[bytes]:
     """The lower-cased tokens of every Connection header of a block."""
-    return {token.strip() for value in field_values(lower, lower, b"connection")
-            for token in value.split(b",") if token.strip()}
+    return {token.strip(b" \t") for value in field_values(lower, lower, b"connection")
+            for token in value.split(b",") if token.strip(b" \t")}
 
 
 def _check_target(head: RequestHead) -> None:
@@ -281,8 +285,14 @@ def _check_framing(head: RequestHead) -> None:
             and lower.count(b"\r\nhost:") == 1:
         return  # the usual bodiless request with its one Host header
     lengths = field_values(head.fields, lower, b"content-length")
-    if lengths and lower.find(b"\r\ntransfer-encoding:") >= 0:
-        raise BadRequest(400, "both Content-Length and Transfer-Encoding")
+    if lower.find(b"\r\ntransfer-encoding:") >= 0:
+        if lengths:
+            raise BadRequest(400, "both Content-Length and Transfer-Encoding")
+        # Every Transfer-Encoding line counts (the backend joins them): chunked once, and last.
+        codings = [token.strip(b" \t") for value in field_values(lower, lower, b"transfer-encoding")
+                   for token in value.split(b",")]
+        if codings[-1] != b"chunked" or codings.count(b"chunked") != 1 or head.version == "1.0":
+            raise BadRequest(400, "unsupported Transfer-Encoding")
     # bytes.isdigit is ASCII only ("\xb2", a superscript two in Latin-1, is not a digit here; str.isdigit says it is)
     if len(set(lengths)) > 1 or any(not v.isdigit() or len(v) > 18 for v in lengths):
         raise BadRequest(400, "invalid Content-Length")

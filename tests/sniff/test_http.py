@@ -40,12 +40,45 @@ def test_parse_head():
         (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
         (b"GET /  HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 70000, 431),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 3\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close, Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: HOST\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \xb2\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1234567890123456789\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ],
 )
 def test_bad_requests(data, status):
     with pytest.raises(BadRequest) as caught:
         parse_request_head(data)
     assert caught.value.status == status
+
+
+def test_targets_and_connection_tokens_that_are_fine():
+    for data, path in [
+        (b"GET /q?next=https://x.test/other HTTP/1.1\r\nHost: a\r\n\r\n", "/q?next=https://x.test/other"),
+        (b"GET http://a/b?c=d HTTP/1.1\r\nHost: a\r\n\r\n", "/b?c=d"),
+        (b"GET HTTPS://a HTTP/1.1\r\nHost: a\r\n\r\n", "/"),
+        (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "*"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, x-trace, upgrade\r\n\r\n", "/"),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "/"),
+    ]:
+        assert parse_request_head(data).path == path
+
+
+def test_request_lines_built_from_http2_pseudo_headers():
+    from edge.sniff.http import request_line_ok
+
+    assert request_line_ok(b"GET", b"/a?b=https://c/d") and request_line_ok(b"OPTIONS", b"*")
+    for method, target in [(b"G T", b"/"), (b"GET", b"/a b"), (b"GET", b"/\x01"), (b"GET", b"x"), (b"GET", b"*"),
+                           (b"", b"/"), (b"GET", b"")]:
+        assert not request_line_ok(method, target), (method, target)
 
 
 def test_invalid_host_header():
