@@ -498,6 +498,7 @@ class Http1Proxy(Protocol):
         self.closed = True
         self._cancel_wait()
         self._stop_streaming()
+        self._drop_upstream()  # not kept while a slow client takes the last bytes
         self.transport.loseConnection()
 
     def _log(self) -> None:

@@ -172,12 +172,13 @@ def test_connection_may_still_name_ordinary_fields(edge, origin):
 
 @pytest.mark.parametrize("codings", [b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip",
                                      b"Transfer-Encoding: chunked, chunked", b"Transfer-Encoding: gzip",
-                                     b"Transfer-Encoding: \x0bchunked", b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked"])
+                                     b"Transfer-Encoding: \x0bchunked", b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+                                     b"Transfer-Encoding: gzip, chunked", b"Content-Length: 5\r\nContent-Length: 5"])
 def test_transfer_codings_the_backend_could_read_otherwise_are_refused(edge, origin, codings):
     e = edge(one_route(f'["http://127.0.0.1:{origin.port}"]'))
     answer = exchange(e, b"POST /te HTTP/1.1\r\nHost: app.example.test\r\n%s\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
                       % (codings, len(SMUGGLED), SMUGGLED))
-    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 501 ")), answer
     lines = canary(e, origin)
     assert not [line for line in lines if "/te " in line or "/smuggled" in line], lines
 

@@ -291,10 +291,12 @@ def _check_framing(head: RequestHead) -> None:
         # Every Transfer-Encoding line counts (the backend joins them): chunked once, and last.
         codings = [token.strip(b" \t") for value in field_values(lower, lower, b"transfer-encoding")
                    for token in value.split(b",")]
-        if codings[-1] != b"chunked" or codings.count(b"chunked") != 1 or head.version == "1.0":
-            raise BadRequest(400, "unsupported Transfer-Encoding")
+        if head.version == "1.0":
+            raise BadRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if codings != [b"chunked"]:  # the one coding the edge reads; a backend might read others differently
+            raise BadRequest(501, "unsupported Transfer-Encoding")
     # bytes.isdigit is ASCII only ("\xb2", a superscript two in Latin-1, is not a digit here; str.isdigit says it is)
-    if len(set(lengths)) > 1 or any(not v.isdigit() or len(v) > 18 for v in lengths):
+    if len(lengths) > 1 or any(not v.isdigit() or len(v) > 18 for v in lengths):  # one, even if repeated alike
         raise BadRequest(400, "invalid Content-Length")
     if head.lower.count(b"\r\nhost:") > 1:
         raise BadRequest(400, "more than one Host header")
