@@ -26,16 +26,50 @@ RESOLUTION = 0.1
 class Deadline:
     """One pending call; ``cancel()`` it when its event came first."""
 
-    __slots__ = ("call",)
+    __slots__ = ("call", "slot")
 
-    def __init__(self, call: Callable[[], Any]) -> None:
+    def __init__(self, call: Callable[[], Any], slot: "Slot") -> None:
         self.call: Callable[[], Any] | None = call
+        self.slot: Slot | None = slot
 
     def active(self) -> bool:
         return self.call is not None
 
     def cancel(self) -> None:
+        if self.call is None:
+            return
         self.call = None
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            slot.cancelled_one()
+
+
+class Slot:
+    """The deadlines due in one slot of time.
+
+    A cancelled deadline must not stay here until its slot comes round: with
+    a one-hour idle timeout that would keep an object per connection for an
+    hour (about 54 bytes a connection, which grew without bound at thousands
+    of connections a second).  Once half of a slot is cancelled it is
+    compacted; a slot with nothing left is dropped at once.
+    """
+
+    __slots__ = ("deadlines", "cancelled", "key", "timers")
+
+    def __init__(self, key: int, timers: "CoarseTimers") -> None:
+        self.deadlines: list[Deadline] = []
+        self.cancelled = 0
+        self.key = key
+        self.timers = timers
+
+    def cancelled_one(self) -> None:
+        self.cancelled += 1
+        if self.cancelled * 2 < len(self.deadlines):
+            return
+        self.deadlines = [d for d in self.deadlines if d.call is not None]
+        self.cancelled = 0
+        if not self.deadlines:
+            self.timers.drop(self)
 
 
 class CoarseTimers:
@@ -43,23 +77,32 @@ class CoarseTimers:
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
-        self.slots: dict[int, list[Deadline]] = {}
-        self.keys: list[int] = []  # heap of the slots' keys
+        self.slots: dict[int, Slot] = {}
+        self.keys: list[int] = []  # heap of the slots' keys (a dropped slot's key stays until it is due)
         self.timer: Any = None
         self.timer_key = 0
 
     def later(self, seconds: float, call: Callable[[], Any]) -> Deadline:
         """Call ``call()`` in ``seconds`` (at most RESOLUTION more), unless cancelled first."""
-        deadline = Deadline(call)
         key = math.ceil((self.reactor.seconds() + seconds) / RESOLUTION)
         slot = self.slots.get(key)
         if slot is None:
-            slot = self.slots[key] = []
+            slot = self.slots[key] = Slot(key, self)
             heapq.heappush(self.keys, key)
             if self.timer is None or key < self.timer_key:
                 self._schedule(key)
-        slot.append(deadline)
+        deadline = Deadline(call, slot)
+        slot.deadlines.append(deadline)
         return deadline
+
+    def drop(self, slot: Slot) -> None:
+        """``slot`` has no live deadline left."""
+        if self.slots.get(slot.key) is slot:
+            del self.slots[slot.key]
+
+    def pending(self) -> int:
+        """Deadlines held (live, or cancelled and not yet compacted away)."""
+        return sum(len(slot.deadlines) for slot in self.slots.values())
 
     def _schedule(self, key: int) -> None:
         if self.timer is not None and self.timer.active():
@@ -71,14 +114,17 @@ class CoarseTimers:
         self.timer = None
         now = self.reactor.seconds()
         due: list[Deadline] = []
-        while self.keys and self.keys[0] * RESOLUTION <= now:
-            due.extend(self.slots.pop(heapq.heappop(self.keys)))
-        if self.keys:
-            self._schedule(self.keys[0])
+        keys, slots = self.keys, self.slots
+        while keys and keys[0] * RESOLUTION <= now:
+            slot = slots.pop(heapq.heappop(keys), None)
+            if slot is not None:
+                due.extend(slot.deadlines)
+        if keys:
+            self._schedule(keys[0])
         for deadline in due:
             call = deadline.call
             if call is not None:
-                deadline.call = None
+                deadline.call = deadline.slot = None
                 try:
                     call()
                 except Exception:

@@ -42,3 +42,22 @@ def test_many_deadlines_share_one_reactor_timer_and_a_failing_one_spares_the_res
     assert len(clock.getDelayedCalls()) == 1
     clock.advance(3.2)
     assert sorted(fired) == list(range(1000))
+
+
+def test_cancelled_deadlines_are_not_kept_until_their_slot_comes_round():
+    """An hour-long idle deadline per connection, cancelled when the connection ends, is freed at once."""
+    clock = Clock()
+    timers = CoarseTimers(clock)
+    long_lived = [timers.later(3600.0, lambda: None) for _ in range(3)]
+    for second in range(100):  # 100 short connections a second for 100 seconds
+        for _ in range(100):
+            timers.later(3600.0, lambda: None).cancel()
+        clock.advance(1.0)
+    assert timers.pending() <= 2 * len(long_lived) + 2
+    assert sum(d.active() for d in long_lived) == 3
+    fired = []
+    deadline = timers.later(1.0, lambda: fired.append(1))
+    for _ in range(50):  # cancelled neighbours in the same slot do not take a live deadline with them
+        timers.later(1.0, lambda: None).cancel()
+    clock.advance(1.0 + RESOLUTION)
+    assert fired == [1] and not deadline.active()
