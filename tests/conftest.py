@@ -21,9 +21,25 @@ def sshd(tmp_path_factory):
     server.stop()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Note on the test item whether the test itself failed (the ``start`` fixture asks)."""
+    report = yield
+    if report.when == "call":
+        item.test_failed = report.failed
+    return report
+
+
 @pytest.fixture
-def start(tmp_path):
-    """start(Class, *args, **kwargs): a program stopped when the test ends."""
+def start(request):
+    """start(Class, *args, **kwargs): a program stopped when the test ends.
+
+    Each edge must then be back to its baseline of open descriptors
+    (:meth:`Edge.assert_no_leaked_descriptors`): the origins are stopped first,
+    so that the edge's idle keep-alive connections to them close, then the
+    edges are waited on, then stopped.  A test that failed already is not
+    checked: its traceback still holds its clients' sockets.
+    """
     running = []
 
     def _start(cls, *args, **kwargs):
@@ -32,8 +48,18 @@ def start(tmp_path):
         return program
 
     yield _start
+    edges = [program for program in running if isinstance(program, Edge)]
     for program in reversed(running):
-        program.stop()
+        if program not in edges:
+            program.stop()
+    try:
+        if not getattr(request.node, "test_failed", True):
+            for edge in edges:
+                if edge.proc.poll() is None:
+                    edge.assert_no_leaked_descriptors()
+    finally:
+        for edge in reversed(edges):
+            edge.stop()
 
 
 @pytest.fixture

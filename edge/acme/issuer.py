@@ -83,6 +83,13 @@ class AcmeSession:
         except errors.ConflictError as existing:  # the key is known: reuse that account
             regr = messages.RegistrationResource(uri=existing.location, body=registration)
             self.client.net.account = self.client.query_registration(regr)
+        finally:
+            self.hang_up()
+
+    def hang_up(self) -> None:
+        """Close the kept-alive connections to the CA between uses (hours apart): an idle one would be
+        held, unread, in CLOSE-WAIT once the CA closed it.  The next request opens a new one."""
+        self.client.net.session.close()
 
     def obtain(self, host: str, publish: Callable[..., None], withdraw: Callable[..., None]) -> tuple[bytes, Any]:
         """Order, prove control of ``host``, finalise; return (fullchain PEM, key)."""
@@ -111,6 +118,7 @@ class AcmeSession:
         finally:
             for item in published:
                 withdraw(*item)
+            self.hang_up()
         return order.fullchain_pem.encode("ascii"), key
 
     def renewal_time(self, chain_pem: bytes) -> datetime.datetime | None:
@@ -119,4 +127,6 @@ class AcmeSession:
             when, _ = self.client.renewal_time(chain_pem)
         except Exception:
             return None
+        finally:
+            self.hang_up()
         return when

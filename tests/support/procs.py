@@ -71,28 +71,59 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def process_sockets(pid: int) -> list[socket.socket]:
-    """Copies of another process's TCP sockets (pidfd_getfd, Linux 5.6+; needs root or ptrace rights)."""
+def process_socket(pid: int, fd: int) -> socket.socket:
+    """A copy of another process's socket ``fd`` (pidfd_getfd, Linux 5.6+; needs root or ptrace rights)."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(pid)
-    found = []
     try:
-        for entry in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if not os.readlink(f"/proc/{pid}/fd/{entry}").startswith("socket:"):
-                    continue
-            except OSError:
-                continue
-            fd = libc.syscall(438, pidfd, int(entry), 0)  # SYS_pidfd_getfd
-            if fd < 0:
-                raise OSError(ctypes.get_errno(), "pidfd_getfd failed")
-            sock = socket.socket(fileno=fd)
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-                found.append(sock)
-            else:
-                sock.close()
+        copy = libc.syscall(438, pidfd, fd, 0)  # SYS_pidfd_getfd
+        if copy < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd failed")
+        return socket.socket(fileno=copy)
     finally:
         os.close(pidfd)
+
+
+def process_sockets(pid: int) -> list[socket.socket]:
+    """Copies of another process's TCP sockets."""
+    found = []
+    for entry in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if not os.readlink(f"/proc/{pid}/fd/{entry}").startswith("socket:"):
+                continue
+        except OSError:
+            continue
+        sock = process_socket(pid, int(entry))
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            found.append(sock)
+        else:
+            sock.close()
     return found
+
+
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5: "FIN-WAIT-2", 6: "TIME-WAIT",
+              7: "CLOSE", 8: "CLOSE-WAIT", 9: "LAST-ACK", 10: "LISTEN", 11: "CLOSING"}
+
+
+def describe_socket(pid: int, fd: int, doors: dict[int, str] | None = None) -> str:
+    """What another process's socket ``fd`` is: family and type; for TCP, its state, its addresses
+    and, if its local port is one of ``doors`` ({port: name}), which one (else it is outgoing)."""
+    try:
+        sock = process_socket(pid, fd)
+    except OSError as e:
+        return f"(cannot inspect: {e})"
+    with sock:
+        text = f"{sock.family.name} {sock.type.name}"
+        if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+            try:
+                peer = sock.getpeername()[:2]
+            except OSError:
+                peer = "-"
+            local = sock.getsockname()[:2]
+            text += f" {TCP_STATES.get(state, state)} local={local} peer={peer}"
+            if doors is not None:
+                text += f" (client on the {doors[local[1]]} door)" if local[1] in doors else " (outgoing)"
+        return text
