@@ -170,6 +170,7 @@ class Config:
     backends: Mapping[str, BackendConfig]
     routes: tuple[Route, ...]
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    admin_debug: bool = False  # [admin] debug: /debug/objects on the admin listener
 
 
 def load(path: str | Path) -> Config:
@@ -292,7 +293,10 @@ class _Parser:
     def config(self, data: Mapping[str, Any]) -> Config:
         self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "admin", "acme", "backends", "routes"))
         acme = self.acme(data["acme"]) if "acme" in data else None
-        admin_table = self.table(data.get("admin", {}), "admin", ("listen",))
+        admin_table = self.table(data.get("admin", {}), "admin", ("listen", "debug"))
+        admin_debug = admin_table.get("debug", False)
+        if not isinstance(admin_debug, bool):
+            raise self.fail("admin.debug", "must be true or false")
         admin = None
         if "listen" in admin_table:
             try:
@@ -328,6 +332,7 @@ class _Parser:
             certs_dir=certs_dir,
             issuer=issuer,
             admin=admin,
+            admin_debug=admin_debug,
             acme=acme,
             watch=watch,
             workers=workers,
