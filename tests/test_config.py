@@ -70,6 +70,7 @@ def test_defaults_when_listen_is_absent(tmp_path):
         ("x = [", "", "invalid TOML"),
         ('bogus = 1', "bogus", "unknown key"),
         ('[edge]\nstat_dir = "/x"', "edge.stat_dir", "unknown key"),
+        ('[admin]\nlisten = "127.0.0.1:9090"\ndebug = "yes"', "admin.debug", "true or false"),
         ('[listen]\nhttps = "0.0.0.0:443"', "listen.https", "list of strings"),
         ('[listen]\nhttps = ["0.0.0.0:99999"]', "listen.https", "not a port"),
         ('[listen]\nhttps = ["::1:443"]', "listen.https", "brackets"),
