@@ -102,7 +102,11 @@ def start_edge(tmp: Path, plain: int, tls: int, cert: Path, key: Path) -> tuple[
     return program, https, http
 
 
-def loads(seconds: int, https: int, http: int) -> dict[str, subprocess.Popen]:
+LOADS = {"pass": "passthrough, new connections", "h2": "terminated HTTP/2, 64 KiB",
+         "h1": "terminated HTTP/1.1 keep-alive", "redirect": "port-80 redirects"}
+
+
+def loads(seconds: int, https: int, http: int, only: list[str]) -> dict[str, subprocess.Popen]:
     duration = str(seconds)
     argv = {
         "passthrough, new connections": ["wrk", "-t", "1", "-c", "4", "-d", f"{duration}s", "-H", "Connection: close",
@@ -114,8 +118,9 @@ def loads(seconds: int, https: int, http: int) -> dict[str, subprocess.Popen]:
         "port-80 redirects": ["wrk", "-t", "1", "-c", "4", "-d", f"{duration}s", "-H", f"Host: {HOST}",
                               f"http://127.0.0.1:{http}/"],
     }
+    wanted = {LOADS[key] for key in only}
     return {name: subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for name, args in argv.items()}
+            for name, args in argv.items() if name in wanted}
 
 
 def outcome(name: str, output: str) -> str:
@@ -142,6 +147,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--loads", default=",".join(LOADS), help=f"comma-separated, of {', '.join(LOADS)}")
     args = parser.parse_args()
     seconds = max(10, int(args.minutes * 60))
     with tempfile.TemporaryDirectory(prefix="edge-soak-") as name:
@@ -155,7 +161,7 @@ def main() -> int:
             time.sleep(1.0)  # let start-up finish (gc.freeze, first health state) before the baseline
             fds_before, rss_before = descriptors(edge.pid), rss_kib(edge.pid)
             print(f"edge pid {edge.pid}: {rss_before / 1024:.1f} MiB, {fds_before} descriptors before the load")
-            running = loads(seconds, https, http)
+            running = loads(seconds, https, http, args.loads.split(","))
             started = time.monotonic()
             samples: list[tuple[float, int, int]] = []
             while any(p.poll() is None for p in running.values()) and time.monotonic() - started < seconds + 60:
@@ -177,7 +183,7 @@ def main() -> int:
             fds_after = descriptors(edge.pid)
             after_first = [rss for at, rss, _ in samples if at >= 60] or [samples[-1][1]]
             print()
-            print(f"Soak of {seconds / 60:g} minutes, edge alone on these loads at once:")
+            print(f"Soak of {seconds / 60:g} minutes, edge alone on {'these loads at once' if len(running) > 1 else 'this load'}:")
             for name, text in results.items():
                 print(f"- {name}: {text}")
             print(f"- RSS: {rss_before / 1024:.1f} MiB before, {after_first[0] / 1024:.1f} MiB after the first minute, "

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from edge.answers import REASON_TEXT, error_response, plain_response
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
+from edge.transports import queued_for_peer
 from edge.http1_upstream import UpstreamConnection
 from edge.redirect import https_location
 from edge.sniff import NEED_MORE, Malformed
@@ -48,6 +49,10 @@ RESPONSE_DROP_TE = field_pattern(HOP_BY_HOP)  # to an HTTP/1.0 client (de-chunke
 _LISTED_PATTERNS: dict[frozenset, Any] = {}
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close"))
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Answers a client has not read yet, past which its next pipelined request waits: a client that sends
+# requests but reads nothing would otherwise have every answer kept in memory (1.5 GB in 15 s was seen).
+MAX_UNREAD = 262144
+DRAIN_CHECK = 0.05  # seconds between looks at a client that is behind
 
 
 def _drop_listed(fields: bytes, connection: bytes) -> bytes:
@@ -107,6 +112,7 @@ class Http1Proxy(Protocol):
         self.producing = False  # the client feeds the upstream connection (request body)
         self.streaming = False  # the upstream connection feeds the client (response body)
         self.looping = False
+        self.drain_call: Any = None  # a look at whether a client that is behind has read its answers
         self.upgrade: bytes | None = None  # the Upgrade header of a WebSocket request in progress
         self.tunnel = False  # the backend answered 101: bytes now pass both ways unparsed
 
@@ -362,9 +368,12 @@ class Http1Proxy(Protocol):
         elif not self.closed:
             self.streaming = True
             self.transport.registerProducer(connection.transport, True)
+            # A client that stops reading pauses the backend, and a backend that stops sending leaves the
+            # client waiting: either way nothing moves, and the idle timeout ends it.
+            self._arm(self.runtime.config.timeouts.idle, "idle")
 
     def upstream_body(self, data: bytes, done: bool) -> None:
-        if self.tunnel:
+        if self.deadline_kind == "idle":  # a streamed response or a tunnel: it moves
             self.deadline = time.monotonic() + self.runtime.config.timeouts.idle
         encoded = self._encode(data, done)
         if encoded:
@@ -467,11 +476,27 @@ class Http1Proxy(Protocol):
         self.head = None
         self.body = None
         self._arm(self.runtime.config.timeouts.idle, "idle")
+        self._go_on()
+
+    def _go_on(self) -> None:
+        if self.buffer and queued_for_peer(self.transport) > MAX_UNREAD:
+            # The client is behind on its answers: start nothing more (and read nothing) until it catches up;
+            # if it never does, the idle deadline closes the connection.
+            if not self.paused:
+                self.paused = True
+                self.transport.pauseProducing()
+            self.drain_call = self.runtime.reactor.callLater(DRAIN_CHECK, self._drain_check)
+            return
         if self.paused:
             self.paused = False
             self.transport.resumeProducing()
         if self.buffer:
             self._next_request()
+
+    def _drain_check(self) -> None:
+        self.drain_call = None
+        if not self.closed and self.head is None:
+            self._go_on()
 
     # -- answers the edge gives itself --------------------------------------------------
 
@@ -494,12 +519,15 @@ class Http1Proxy(Protocol):
         self.info.ended = f"error: {REASON_TEXT.get(status, text)}"
         self._answer(status, text, close=True)
 
-    def _close(self) -> None:
+    def _close(self, abort: bool = False) -> None:
         self.closed = True
         self._cancel_wait()
         self._stop_streaming()
         self._drop_upstream()  # not kept while a slow client takes the last bytes
-        self.transport.loseConnection()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     def _log(self) -> None:
         head = self.head
@@ -550,15 +578,25 @@ class Http1Proxy(Protocol):
         if kind == "head":
             self.info.ended = "timeout: request head"
             self.transport.write(error_response(408))
-        else:
-            self.info.ended = "timeout: idle"
-        self._close()
+            self._close()
+            return
+        self.info.ended = "timeout: idle"
+        # Idle in the middle of a response (or behind on its answers): what is queued for a client that
+        # took nothing all this time is not waited for.
+        stalled = self.head is not None or self.drain_call is not None
+        if stalled and self.head is not None:
+            self.status = self.status or 504
+            self._log()
+        self._close(abort=stalled)
 
     def _cancel_wait(self) -> None:
         self.deadline = None
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()
+        call, self.drain_call = self.drain_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     # -- WebSocket --------------------------------------------------------------------------
 

@@ -47,6 +47,19 @@ def pending_bytes(transport: Any) -> int:
         return 0
 
 
+def queued_for_peer(transport: Any) -> int:
+    """Bytes written to ``transport`` that its peer has not taken yet: the TLS layer's own queue (while
+    a handshake is pending) and the TCP transport's buffer beneath it."""
+    total = 0
+    while transport is not None:
+        total += pending_bytes(transport)
+        waiting = getattr(transport, "_appSendBuffer", None)
+        if waiting:
+            total += sum(map(len, waiting))
+        transport = getattr(transport, "transport", None)
+    return total
+
+
 class CloseWatch:
     """Calls ``abort()`` once a closing connection's peer has taken no bytes for ``grace`` seconds.
 

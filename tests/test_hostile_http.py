@@ -32,6 +32,9 @@ def origin(start, tmp_path):
     files = tmp_path / "www"
     files.mkdir()
     (files / "page.txt").write_text("page\n")
+    (files / "mid.bin").write_bytes(b"m" * 30_000)  # arrives from nginx in one read: answered whole
+    with open(files / "big.bin", "wb") as f:
+        f.truncate(50_000_000)
     access = tmp_path / "origin-access.log"
     server = start(Nginx, tmp_path, f"""
         log_format seen '"$request" len=$request_length cl=$http_content_length te=$http_transfer_encoding '
@@ -276,6 +279,69 @@ def test_slowloris_connections_are_released(edge, origin):
     finally:
         for sock in clients:
             sock.close()
+    e.assert_alive()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("door", ["https", "http-allow"])
+def test_pipelining_client_that_reads_nothing_holds_little(edge, origin, door):
+    """3,000 pipelined requests for 30 kB each (90 MB of answers), none read for a while: the edge
+    starts the next request only once the client has caught up, so its memory stays put; then every
+    answer arrives, in order."""
+    e = edge(one_route(f'["http://127.0.0.1:{origin.port}"]', extra_route='http = "allow"'))
+    canary(e, origin)
+    before = rss_mib(e.pid)
+    count = 3000
+    request = b"GET /mid.bin HTTP/1.1\r\nHost: app.example.test\r\n\r\n"
+    sock = tls_client(e.https_port, local_ca(e)) if door == "https" else \
+        socket.create_connection(("127.0.0.1", e.http_port), timeout=10)
+    with sock:
+        sock.sendall(request * count)
+        deadline = time.monotonic() + 4  # the edge held 100 MB a second before the fix: far past the bound by now
+        peak = before
+        while time.monotonic() < deadline:
+            peak = max(peak, rss_mib(e.pid))
+            assert peak - before < 40, f"edge RSS grew {peak - before:.0f} MiB for a client that reads nothing"
+            time.sleep(0.1)
+        served_while_stalled = sum("/mid.bin" in line for line in origin_lines(origin))
+        assert served_while_stalled < count // 2, served_while_stalled
+        received, answers = 0, 0
+        data = b""
+        while answers < count:  # now read it all
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {answers} answers"
+            data += chunk
+            while True:
+                end = data.find(b"\r\n\r\n")
+                if end < 0 or len(data) < end + 4 + 30_000:
+                    break
+                assert data.startswith(b"HTTP/1.1 200 "), data[:100]
+                data = data[end + 4 + 30_000:]
+                answers += 1
+    e.assert_alive()
+
+
+def test_a_download_that_stops_moving_is_cut_after_the_idle_timeout(edge, origin):
+    """A client that requests 50 MB and reads none of it is cut once nothing has moved for timeouts.idle."""
+    e = edge(one_route(f'["http://127.0.0.1:{origin.port}"]'), timeouts='inspect = "2s"\nconnect = "2s"\nidle = "2s"')
+    canary(e, origin)
+    baseline = len(fds(e.pid))
+    clients = [tls_client(e.https_port, local_ca(e)) for _ in range(20)]
+    try:
+        for sock in clients:
+            sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+        assert len(fds(e.pid)) > baseline
+        wait_fds(e.pid, baseline, timeout=12)  # idle 2 s, checked on a timer; then aborted, nothing waited for
+    finally:
+        for sock in clients:
+            sock.close()
+    e.wait_log("timeout: idle")
     e.assert_alive()
 
 
