@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from edge.answers import plain_response
+from edge.answers import error_response, plain_response
 from edge.connection import ACCESS_LOG, ConnectionInfo, access_log
 from edge.sniff import NEED_MORE
 from edge.sniff.http import BadRequest, RequestHead, parse_request_head
@@ -56,6 +56,8 @@ class Redirector(Protocol):
     def _timeout(self) -> None:
         self.timer = None
         self.info.ended = "timeout: request head" if self.buffer else "timeout: idle"
+        if self.buffer:  # a head begun and never finished gets its 408, as on 443
+            self.transport.write(error_response(408))
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
