@@ -21,9 +21,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from edge.answers import REASON_TEXT, error_response, plain_response
 from edge.connection import ConnectionInfo, log_request
@@ -72,8 +74,15 @@ def _drop_listed(fields: bytes, connection: bytes) -> bytes:
     return drop_fields(fields, fields.lower(), pattern)[0]
 
 
+@implementer(IHalfCloseableProtocol)
 class Http1Proxy(Protocol):
-    """One client connection speaking HTTP/1.x to the edge."""
+    """One client connection speaking HTTP/1.x to the edge.
+
+    A client that shuts down its sending side after a complete request
+    (``printf 'GET / ...' | nc -N``) still gets its answer, as HAProxy gives
+    it; then the connection closes.  (Plain HTTP only: Twisted's TLS layer
+    ends the whole connection on the client's EOF.)
+    """
 
     def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str) -> None:
         self.runtime = runtime
@@ -115,6 +124,7 @@ class Http1Proxy(Protocol):
         self.drain_call: Any = None  # a look at whether a client that is behind has read its answers
         self.upgrade: bytes | None = None  # the Upgrade header of a WebSocket request in progress
         self.tunnel = False  # the backend answered 101: bytes now pass both ways unparsed
+        self.client_eof = False  # the client shut down its sending side
 
     # -- client side ------------------------------------------------------------------
 
@@ -149,6 +159,9 @@ class Http1Proxy(Protocol):
                     self._answer_and_close(e.status, str(e))
                     return
                 if head is NEED_MORE:
+                    if self.client_eof:  # the rest of this head will never come
+                        self._close()
+                        return
                     if self.deadline_kind != "head" or self.deadline is None:
                         self._arm(self.runtime.config.timeouts.inspect, "head")
                     return
@@ -492,6 +505,8 @@ class Http1Proxy(Protocol):
             self.transport.resumeProducing()
         if self.buffer:
             self._next_request()
+        elif self.client_eof:
+            self._close()
 
     def _drain_check(self) -> None:
         self.drain_call = None
@@ -627,6 +642,21 @@ class Http1Proxy(Protocol):
     def _tunnel_out(self, data: bytes) -> None:
         self.deadline = time.monotonic() + self.runtime.config.timeouts.idle
         self.upstream.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        """The client sent its last byte (a TCP half-close)."""
+        if self.closed:
+            return
+        self.client_eof = True
+        if self.body is not None or self.tunnel or (self.head is None and self.drain_call is None):
+            # A body that can no longer arrive, a tunnel's client that left, or nothing complete to answer
+            # (a complete request in the buffer would have been started already).
+            self.info.ended = self.info.ended or "client closed"
+            self._close()
+        # else: the requests it sent are answered, then the connection closes (_go_on)
+
+    def writeConnectionLost(self) -> None:
+        pass
 
     def connectionLost(self, reason: Failure = None) -> None:
         was_closed, self.closed = self.closed, True

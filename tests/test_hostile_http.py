@@ -425,3 +425,19 @@ def test_http2_pseudo_headers_are_validated(edge, origin, method, path):
     lines = canary(e, origin)
     assert len([line for line in lines if "canary" not in line]) == 0, lines
     e.assert_alive()
+
+
+def test_a_client_that_half_closes_after_its_requests_gets_its_answers(edge, origin):
+    """``printf 'GET ...' | nc -N``: the requests, then a TCP half-close; every answer comes, then the close."""
+    e = edge(one_route(f'["http://127.0.0.1:{origin.port}"]', extra_route='http = "allow"'))
+    for count in (1, 3):
+        with socket.create_connection(("127.0.0.1", e.http_port), timeout=10) as sock:
+            sock.sendall(b"GET /page.txt HTTP/1.1\r\nHost: app.example.test\r\n\r\n" * count)
+            sock.shutdown(socket.SHUT_WR)
+            answer = read_all(sock)
+        assert answer.count(b"HTTP/1.1 200 ") == count and answer.endswith(b"page\n"), answer
+    with socket.create_connection(("127.0.0.1", e.http_port), timeout=10) as sock:  # a head cut short: closed
+        sock.sendall(b"GET /page.txt HTTP/1.1\r\nHost: app.exa")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_all(sock) == b""
+    e.assert_alive()
