@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import h2.connection
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,6 +31,12 @@ from edge.sniff.http import HOP_BY_HOP, BadRequest, drop_fields, field_list, fie
 from edge.sniff.http_framing import ChunkedReader, ResponseHead
 
 log = Logger()
+
+# h2 remembers up to 65,536 closed streams per connection (so that a late frame for one is told from a
+# protocol error), about 100 bytes each: a browser's connection that lives for hours grows by 6 MB.  A
+# thousand is plenty for frames still in flight; a frame for a stream forgotten earlier is answered
+# with RST_STREAM.  (h2 reads this class attribute when a connection is made; Twisted makes them.)
+h2.connection.H2Connection.MAX_CLOSED_STREAMS = 1000
 
 # Framing the edge redoes itself towards the backend (Content-Length of the spooled body; 100-continue was answered).
 REQUEST_FRAMING = frozenset((b"content-length", b"expect"))
