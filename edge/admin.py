@@ -13,6 +13,7 @@ import gc
 import html
 import json
 import os
+import types
 from typing import Any, Callable
 
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -72,14 +73,18 @@ class DebugObjects(Resource):
         from edge.timers import coarse
 
         gc.collect()
-        counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+        objects = gc.get_objects()
+        counts = collections.Counter(type(o).__qualname__ for o in objects)
+        methods = collections.Counter(o.__func__.__qualname__ for o in objects if type(o) is types.MethodType)
         status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
         body = {
             "objects": dict(counts.most_common()),
+            "bound_methods": dict(methods.most_common(50)),  # what pending callbacks (timers) point at
             "total": sum(counts.values()),
             "descriptors": len(os.listdir("/proc/self/fd")),
             "rss_kib": int(status.get("VmRSS", "0 kB").split()[0]),
             "coarse_deadlines": coarse(self.runtime.reactor).pending(),
+            "coarse_slot_keys": len(coarse(self.runtime.reactor).keys),
         }
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")

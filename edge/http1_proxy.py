@@ -35,7 +35,8 @@ from edge.http1_upstream import UpstreamConnection
 from edge.redirect import https_location
 from edge.sniff import NEED_MORE, Malformed
 from edge.sniff.http import (
-    HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, drop_fields, field_pattern, parse_request_head, split_host,
+    HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_pattern,
+    parse_request_head, split_host,
 )
 from edge.sniff.http_framing import LAST_CHUNK, BodyTooLarge, ChunkedReader, LengthReader, ResponseHead, chunk
 
@@ -152,7 +153,7 @@ class Http1Proxy(Protocol):
             return
         self.looping = True
         try:
-            while self.head is None and self.buffer and not self.closed:
+            while self.head is None and self.buffer and not self.closed and self.drain_call is None:
                 try:
                     head = parse_request_head(self.buffer, MAX_HEAD)
                 except BadRequest as e:
@@ -224,7 +225,8 @@ class Http1Proxy(Protocol):
         self.upstream_head = self._upstream_head(head, raw_host, path)
         upstream = runtime.upstreams[route.backend]
         self.pool = upstream.http1
-        if lower.find(b"\r\nupgrade:") >= 0:
+        if lower.find(b"\r\nupgrade:") >= 0 and self.body is None and head.version == "1.1" \
+                and b"upgrade" in connection_tokens(head.fields, lower):  # RFC 9110 7.8: HTTP/1.1, listed
             upgrade = head.get(b"upgrade")
             if upgrade is not None and upgrade.lower() == b"websocket":
                 # Asked for, not granted: the connection stays HTTP unless the backend answers 101.
@@ -492,13 +494,14 @@ class Http1Proxy(Protocol):
         self._go_on()
 
     def _go_on(self) -> None:
-        if self.buffer and queued_for_peer(self.transport) > MAX_UNREAD:
+        if queued_for_peer(self.transport) > MAX_UNREAD:
             # The client is behind on its answers: start nothing more (and read nothing) until it catches up;
             # if it never does, the idle deadline closes the connection.
             if not self.paused:
                 self.paused = True
                 self.transport.pauseProducing()
-            self.drain_call = self.runtime.reactor.callLater(DRAIN_CHECK, self._drain_check)
+            if self.drain_call is None:
+                self.drain_call = self.runtime.reactor.callLater(DRAIN_CHECK, self._drain_check)
             return
         if self.paused:
             self.paused = False
@@ -652,6 +655,9 @@ class Http1Proxy(Protocol):
             # A body that can no longer arrive, a tunnel's client that left, or nothing complete to answer
             # (a complete request in the buffer would have been started already).
             self.info.ended = self.info.ended or "client closed"
+            if self.head is not None:
+                self.status = self.status or 499
+                self._log()
             self._close()
         # else: the requests it sent are answered, then the connection closes (_go_on)
 

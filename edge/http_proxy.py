@@ -6,16 +6,16 @@ forwarding headers, and sends it to the route's backend through
 :class:`edge.upstream.Upstream`.  Response bodies stream back with
 back-pressure: the upstream connection is the producer for the client's
 request, so a slow client pauses the backend instead of filling memory.
-A WebSocket upgrade (HTTP/1.1) turns the connection into a TCP tunnel.
+Only HTTP/2 clients come here (ALPN ``h2``); HTTP/1.x ones, WebSocket
+upgrades included, are served by :mod:`edge.http1_proxy`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 import h2.connection
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.protocols.basic import FileSender
@@ -45,14 +45,12 @@ RESPONSE_DROP_ALL = field_pattern(HOP_BY_HOP)  # HTTP/2 has no connection-level 
 class HttpConnection:
     """Per-connection facts the requests need (Twisted calls it the 'site')."""
 
-    __slots__ = ("runtime", "info", "scheme", "switch")
+    __slots__ = ("runtime", "info", "scheme")
 
-    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str,
-                 switch: Callable[[Protocol, bytes], None]) -> None:
+    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str) -> None:
         self.runtime = runtime
         self.info = info
         self.scheme = scheme  # "https" when terminated here, "http" for http = "allow"
-        self.switch = switch  # hands the client connection to another protocol (WebSocket)
 
 
 class EdgeChannel(HTTPChannel):
@@ -119,8 +117,7 @@ class EdgeHTTPFactory(HTTPFactory):
         super().__init__(timeout=runtime.config.timeouts.idle, reactor=runtime.reactor)
         self.runtime = runtime
 
-    def channel(self, info: ConnectionInfo, scheme: str,
-                switch: Callable[[Protocol, bytes], None]) -> _GenericHTTPChannelProtocol:
+    def channel(self, info: ConnectionInfo, scheme: str) -> _GenericHTTPChannelProtocol:
         channel = EdgeChannel()
         protocol = _GenericHTTPChannelProtocol(channel)
         channel.wrapper = protocol
@@ -128,7 +125,7 @@ class EdgeHTTPFactory(HTTPFactory):
         protocol.callLater = self.reactor.callLater
         protocol.timeOut = self.timeOut
         protocol.requestFactory = ProxyRequest
-        protocol.site = HttpConnection(self.runtime, info, scheme, switch)
+        protocol.site = HttpConnection(self.runtime, info, scheme)
         return protocol
 
     def log(self, request: "ProxyRequest") -> None:
@@ -247,9 +244,6 @@ class ProxyRequest(Request):
         upstream = runtime.upstreams[route.backend]
         self.edge_backend = route.backend
         headers = self._upstream_headers(site, host_header)
-        if self._is_websocket() and isinstance(self.channel, HTTPChannel):
-            self._tunnel(site, upstream, headers)
-            return
         body = None
         if self.edge_body_seen or self.getHeader(b"content-length") not in (None, b"0") \
                 or self.getHeader(b"transfer-encoding") is not None:
@@ -274,10 +268,6 @@ class ProxyRequest(Request):
             self.write(body)
         self.finish()
 
-    def _is_websocket(self) -> bool:
-        upgrade = self.getHeader(b"upgrade")
-        return upgrade is not None and upgrade.lower() == b"websocket"
-
     def _upstream_headers(self, site: HttpConnection, host: bytes) -> Headers:
         listed = {token.strip().lower() for value in self.requestHeaders.getRawHeaders(b"connection", [])
                   for token in value.split(b",")}
@@ -296,29 +286,6 @@ class ProxyRequest(Request):
         element = f'for={node};host="{host.decode("latin-1")}";proto={site.scheme}'.encode("latin-1")
         headers.setRawHeaders(b"forwarded", self.requestHeaders.getRawHeaders(b"forwarded", []) + [element])
         return headers
-
-    def _tunnel(self, site: HttpConnection, upstream: Any, headers: Headers) -> None:
-        """Relay an HTTP/1.1 WebSocket upgrade as raw bytes in both directions."""
-        headers.setRawHeaders(b"connection", [b"Upgrade"])
-        headers.setRawHeaders(b"upgrade", self.requestHeaders.getRawHeaders(b"upgrade"))
-        head = b"%s %s HTTP/1.1\r\n" % (self.method, self.uri) + b"".join(
-            b"%s: %s\r\n" % (name, value) for name, values in headers.getAllRawHeaders() for value in values
-        ) + b"\r\n"
-        channel = self.channel
-        channel._cancel_header_timer()
-        channel.setTimeout(None)
-        channel.transport.unregisterProducer()  # the tunnel registers its own producers
-        leftover = b"".join(channel._dataBuffer)
-        channel._dataBuffer = []
-        info = site.info
-        info.backend = upstream.backend.name
-        info.protocol = "websocket"
-        from edge.forward import TcpForward
-
-        tunnel = TcpForward(upstream.backend, info, site.runtime.reactor, site.runtime.config.timeouts.idle,
-                            header=lambda _info: head, endpoint_for=upstream.tunnel_endpoint)
-        self.edge_server = "tunnel"
-        site.switch(tunnel, leftover)
 
 
 class UpstreamExchange:

@@ -131,14 +131,10 @@ class Runtime:
         info.tls_mode = entry.routes[0].tls if len({r.tls for r in entry.routes}) == 1 else "terminate"
         info.route = ",".join(r.name for r in entry.routes)
         tls_factory = cert.tls_factory(self.http_factory)
-        protocol: EdgeTLSProtocol
-
-        def switch(to: Protocol, data: bytes) -> None:
-            protocol.switch(to, data)
 
         def choose(negotiated: bytes | None) -> Protocol:
             if negotiated == b"h2":
-                return self.http_factory.channel(info, "https", switch)
+                return self.http_factory.channel(info, "https")
             return Http1Proxy(self, info, "https")
 
         protocol = EdgeTLSProtocol(tls_factory, AlpnSwitch(choose, info, self.reactor, self.config.timeouts.inspect),

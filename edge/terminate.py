@@ -127,8 +127,13 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
         self._flushSendBIO()
 
     def loseConnection(self) -> None:
+        if self._producer is not None and not self.disconnecting:
+            # Twisted's HTTP/2 channel stays registered as this connection's producer; its TLS close would
+            # wait for it for ever (HTTPChannel unregisters itself first, H2Connection does not).
+            self.unregisterProducer()
         super().loseConnection()
-        if self.close_watch is None and self.transport is not None and self.transport.connected:
+        if self.close_watch is None and self.transport is not None and self.transport.connected \
+                and not self.transport.disconnecting:
             self.close_watch = CloseWatch(self.reactor, self._pending, self._stuck, TLS_CLOSE_GRACE)
 
     def _pending(self) -> int:
@@ -152,13 +157,6 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
             super().connectionLost(reason)
         finally:
             self.info.finish(self.info.ended or "closed")
-
-    def switch(self, protocol: Any, data: bytes) -> None:
-        """Give the decrypted stream to ``protocol`` (a WebSocket tunnel)."""
-        self.wrappedProtocol = protocol
-        protocol.makeConnection(self)
-        if data:
-            protocol.dataReceived(data)
 
 
 @implementer(IHandshakeListener)

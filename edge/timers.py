@@ -79,6 +79,7 @@ class CoarseTimers:
         self.reactor = reactor
         self.slots: dict[int, Slot] = {}
         self.keys: list[int] = []  # heap of the slots' keys (a dropped slot's key stays until it is due)
+        self.queued: set[int] = set()  # the keys in that heap, each pushed once
         self.timer: Any = None
         self.timer_key = 0
 
@@ -88,7 +89,9 @@ class CoarseTimers:
         slot = self.slots.get(key)
         if slot is None:
             slot = self.slots[key] = Slot(key, self)
-            heapq.heappush(self.keys, key)
+            if key not in self.queued:  # a slot dropped and made again: its key is in the heap already
+                self.queued.add(key)
+                heapq.heappush(self.keys, key)
             if self.timer is None or key < self.timer_key:
                 self._schedule(key)
         deadline = Deadline(call, slot)
@@ -116,7 +119,9 @@ class CoarseTimers:
         due: list[Deadline] = []
         keys, slots = self.keys, self.slots
         while keys and keys[0] * RESOLUTION <= now:
-            slot = slots.pop(heapq.heappop(keys), None)
+            key = heapq.heappop(keys)
+            self.queued.discard(key)
+            slot = slots.pop(key, None)
             if slot is not None:
                 due.extend(slot.deadlines)
         if keys:

@@ -311,7 +311,7 @@ def test_pipelining_client_that_reads_nothing_holds_little(edge, origin, door):
             time.sleep(0.1)
         served_while_stalled = sum("/mid.bin" in line for line in origin_lines(origin))
         assert served_while_stalled < count // 2, served_while_stalled
-        received, answers = 0, 0
+        answers = 0
         data = b""
         while answers < count:  # now read it all
             chunk = sock.recv(1 << 20)
@@ -441,3 +441,27 @@ def test_a_client_that_half_closes_after_its_requests_gets_its_answers(edge, ori
         sock.shutdown(socket.SHUT_WR)
         assert read_all(sock) == b""
     e.assert_alive()
+
+
+def test_an_upgrade_with_a_body_or_from_http10_is_an_ordinary_request(edge, origin):
+    """WebSocket handshakes have no body and are HTTP/1.1 with `Connection: upgrade`; anything else is not
+    upgraded, so a 101 could never turn a half-sent body into tunnel bytes."""
+    e = edge(one_route(f'["http://127.0.0.1:{origin.port}"]'))
+    for request in (b"POST /ws HTTP/1.1\r\nHost: app.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                    b"Content-Length: 5\r\n\r\nhello",
+                    b"GET /ws HTTP/1.0\r\nHost: app.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                    b"GET /ws HTTP/1.1\r\nHost: app.example.test\r\nUpgrade: websocket\r\nConnection: close\r\n\r\n"):
+        answer = exchange(e, request if b"close" in request or b"1.0" in request else request.replace(
+            b"Connection: Upgrade", b"Connection: Upgrade, close"))
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    e.assert_alive()
+
+
+def test_absolute_form_targets_become_origin_form(edge, origin):
+    e = edge(one_route(f'["http://127.0.0.1:{origin.port}"]'))
+    for target, seen in (("Http://app.example.test/page.txt?a=1", "/page.txt?a=1"),
+                         ("https://app.example.test?q=2", "/?q=2")):
+        answer = exchange(e, f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 "), answer
+        lines = wait_origin(origin, f'"GET {seen} HTTP/1.1"')
+        assert lines

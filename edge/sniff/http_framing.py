@@ -12,7 +12,7 @@ conflicting lengths) raises :class:`Malformed` rather than being guessed.
 from __future__ import annotations
 
 from edge.sniff import NEED_MORE, Malformed, Verdict
-from edge.sniff.http import check_fields, field_values
+from edge.sniff.http import CONTROLS, check_fields, field_values
 
 MAX_LINE = 4096  # a chunk-size or trailer line
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -136,6 +136,8 @@ class ChunkedReader:
             if len(line) > MAX_LINE or not line.endswith(b"\r"):
                 raise Malformed("chunk line not ended by CRLF")
             line = line[:-1]
+            if len(line.translate(None, CONTROLS)) != len(line):  # in an extension or a trailer: no CR, NUL, ...
+                raise Malformed("control character in a chunk line")
             if state == _SIZE:
                 self._size_line(line)
             elif state == _DATA_END:

@@ -88,6 +88,9 @@ def test_chunked_body_whole_and_byte_by_byte():
     b"5\nhello\r\n",  # bare LF
     b"-5\r\n",
     b"1" * 5000,  # a size line without end
+    b"5;ext=a\rb\r\nhello\r\n0\r\n\r\n",  # a bare CR in an extension
+    b"5;\x00\r\nhello\r\n0\r\n\r\n",  # a NUL in an extension
+    b"0\r\nX-T: a\x01b\r\n\r\n",  # a control character in a trailer
 ])
 def test_malformed_chunked_bodies(body):
     with pytest.raises(Malformed):
