@@ -16,6 +16,7 @@ from edge.sniff.http import CONTROLS, check_fields, field_values
 
 MAX_LINE = 4096  # a chunk-size or trailer line
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+_LINE_CONTROLS = CONTROLS + b"\r"  # a chunk-size or trailer line, its CRLF taken off
 
 
 class BodyTooLarge(Malformed):
@@ -136,7 +137,7 @@ class ChunkedReader:
             if len(line) > MAX_LINE or not line.endswith(b"\r"):
                 raise Malformed("chunk line not ended by CRLF")
             line = line[:-1]
-            if len(line.translate(None, CONTROLS)) != len(line):  # in an extension or a trailer: no CR, NUL, ...
+            if len(line.translate(None, _LINE_CONTROLS)) != len(line):  # in an extension or trailer: no CR, NUL, ...
                 raise Malformed("control character in a chunk line")
             if state == _SIZE:
                 self._size_line(line)
