@@ -127,7 +127,7 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
         self._flushSendBIO()
 
     def loseConnection(self) -> None:
-        if self._producer is not None and not self.disconnecting:
+        if getattr(self, "_producer", None) is not None and not self.disconnecting:
             # Twisted's HTTP/2 channel stays registered as this connection's producer; its TLS close would
             # wait for it for ever (HTTPChannel unregisters itself first, H2Connection does not).
             self.unregisterProducer()
@@ -137,7 +137,7 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
             self.close_watch = CloseWatch(self.reactor, self._pending, self._stuck, TLS_CLOSE_GRACE)
 
     def _pending(self) -> int:
-        return sum(map(len, self._appSendBuffer))
+        return sum(map(len, getattr(self, "_appSendBuffer", ())))
 
     def _stuck(self) -> None:
         self.close_watch = None
