@@ -23,11 +23,21 @@ keeps its connection until its data is out.  An answer of the edge's own
 fits in the kernel's socket buffer and closes at once; what can be left
 queued is the tail of a relayed response, so the TCP grace is that of
 HAProxy's usual ``timeout client`` (:data:`CLOSE_STALL`).
+
+:class:`Linger` is nginx's ``lingering_close``: closing a socket that still
+holds bytes the client sent makes the kernel reset the connection, and a
+reset can destroy the answer the client has not read yet (a 413 to an
+upload still under way).  When the edge closes a client connection with
+unread input, it sends its FIN and reads and discards for at most
+:data:`LINGER` seconds before the socket is closed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 from typing import Any, Callable
 
 from twisted.internet import error, main, tcp
@@ -37,6 +47,7 @@ from twisted.python.failure import Failure
 
 _DONE = Failure(main.CONNECTION_DONE)  # one instance for every clean close, as Twisted's reactor does
 CLOSE_STALL = 30.0  # seconds a closing TCP connection's peer may take no bytes before it is aborted
+LINGER = 2.0  # seconds a closed client connection's socket keeps reading what the client still sends
 
 
 def pending_bytes(transport: Any) -> int:
@@ -150,6 +161,65 @@ class AcceptedTransport(QuickClose, tcp.Server):
 
     def __repr__(self) -> str:
         return f"<{type(self.protocol).__name__} #{self.sessionno} from {self.hostname}>"
+
+    def _closeSocket(self, orderly: bool) -> None:
+        # The edge closes (``disconnecting``) while the client's bytes wait unread: linger, do not reset.
+        if orderly and self.disconnecting and unread_bytes(self.socket):
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            else:
+                Linger(self.socket, self.reactor)
+                return
+        super()._closeSocket(orderly)
+
+
+def unread_bytes(sock: socket.socket) -> int:
+    """Bytes received on ``sock`` and not read yet (FIONREAD)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+class Linger(FileDescriptor):
+    """A closed client connection's socket, its FIN sent, reading and discarding until the client closes
+    too or :data:`LINGER` seconds have passed; then closed."""
+
+    def __init__(self, sock: socket.socket, reactor: Any) -> None:
+        FileDescriptor.__init__(self, reactor)
+        self.socket = sock
+        self.fileno = sock.fileno
+        self.connected = 1
+        self.timer: Any = reactor.callLater(LINGER, self.connectionLost, _DONE)
+        self.startReading()
+
+    def doRead(self) -> Any:
+        try:
+            while self.socket.recv(65536):
+                pass
+        except BlockingIOError:
+            return None
+        except OSError:
+            pass
+        return main.CONNECTION_DONE  # the client's EOF (or an error): done
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self.connected:
+            return
+        self.connected = 0
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.stopReading()
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+
+    def logPrefix(self) -> str:
+        return "linger"
 
 
 def under_tls(transport: Any, protocol: Any) -> None:
