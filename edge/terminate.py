@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from edge.connection import ConnectionInfo
 from edge.eager import write_now
-from edge.transports import CloseWatch
+from edge.transports import CloseWatch, QuickClose, queued_for_peer
 
 TLS_CLOSE_GRACE = 2.0
 
@@ -135,6 +135,13 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
         if self.close_watch is None and self.transport is not None and self.transport.connected \
                 and not self.transport.disconnecting:
             self.close_watch = CloseWatch(self.reactor, self._pending, self._stuck, TLS_CLOSE_GRACE)
+
+    def queued_for_peer(self) -> int:
+        """Bytes written and not yet taken by the client: queued behind the handshake, and in the socket's buffer."""
+        waiting = self._appSendBuffer
+        below = self.transport
+        return (sum(map(len, waiting)) if waiting else 0) + (
+            below.queued_for_peer() if isinstance(below, QuickClose) else queued_for_peer(below))
 
     def _pending(self) -> int:
         return sum(map(len, getattr(self, "_appSendBuffer", ())))

@@ -60,10 +60,15 @@ def pending_bytes(transport: Any) -> int:
 
 def queued_for_peer(transport: Any) -> int:
     """Bytes written to ``transport`` that its peer has not taken yet: the TLS layer's own queue (while
-    a handshake is pending) and the TCP transport's buffer beneath it."""
+    a handshake is pending) and the TCP transport's buffer beneath it.  Edge's own transports answer
+    this themselves (``transport.queued_for_peer()``); this walk serves any other."""
+    own = getattr(transport, "queued_for_peer", None)
+    if own is not None:
+        return own()
     total = 0
     while transport is not None:
-        total += pending_bytes(transport)
+        if getattr(transport, "dataBuffer", None) is not None:  # no exception raised per call: it runs per request
+            total += pending_bytes(transport)
         waiting = getattr(transport, "_appSendBuffer", None)
         if waiting:
             total += sum(map(len, waiting))
@@ -126,6 +131,10 @@ class QuickClose:
         FileDescriptor.loseConnection(self)
         if self.connected and self.close_watch is None:
             self.close_watch = CloseWatch(self.reactor, lambda: pending_bytes(self), self.abortConnection, CLOSE_STALL)
+
+    def queued_for_peer(self) -> int:
+        """Bytes written and not yet taken by the peer (a method, so that asking costs no failed lookups)."""
+        return len(self.dataBuffer) - self.offset + self._tempDataLen
 
     def connectionLost(self, reason: Failure) -> None:
         # tcp.Connection's, with a plain isinstance where Twisted calls Failure.check (which walks the MRO).
