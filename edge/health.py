@@ -23,7 +23,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from edge.backends import Backend, ServerState
-from edge.upstream import BackendTLSPolicy, _Unverified
+from edge.http.upstream import BackendTLSPolicy, _Unverified
 
 log = Logger()
 

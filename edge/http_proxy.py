@@ -3,11 +3,11 @@
 Twisted's HTTP channel (switching to HTTP/2 when ALPN chose ``h2``) parses
 requests; :class:`ProxyRequest` routes each one by Host and path, adds the
 forwarding headers, and sends it to the route's backend through
-:class:`edge.upstream.Upstream`.  Response bodies stream back with
+:class:`edge.http.upstream.Upstream`.  Response bodies stream back with
 back-pressure: the upstream connection is the producer for the client's
 request, so a slow client pauses the backend instead of filling memory.
 Only HTTP/2 clients come here (ALPN ``h2``); HTTP/1.x ones, WebSocket
-upgrades included, are served by :mod:`edge.http1_proxy`.
+upgrades included, are served by :mod:`edge.http.h1_server`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from twisted.protocols.basic import FileSender
 from twisted.web.http import HTTPChannel, HTTPFactory, Request, _GenericHTTPChannelProtocol
 from twisted.web.http_headers import Headers
 
-from edge.answers import REASON_TEXT, error_response
+from edge.http.answers import REASON_TEXT, error_response
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
-from edge.http1_upstream import UpstreamConnection
-from edge.redirect import https_location
-from edge.sniff.http import HOP_BY_HOP, BadRequest, drop_fields, field_list, field_pattern, request_line_ok, split_host
-from edge.sniff.http_framing import ChunkedReader, ResponseHead
+from edge.http.h1_client import UpstreamConnection
+from edge.http.redirect import https_location
+from edge.http.h1 import HOP_BY_HOP, BadRequest, drop_fields, field_list, field_pattern, request_line_ok, split_host
+from edge.http.framing import ChunkedReader, ResponseHead
 
 log = Logger()
 
@@ -291,7 +291,7 @@ class ProxyRequest(Request):
 class UpstreamExchange:
     """One request of an HTTP/2 client relayed over the backend's HTTP/1.1 keep-alive pool.
 
-    The owner the pool's connections report to (:mod:`edge.http1_upstream`):
+    The owner the pool's connections report to (:mod:`edge.http.h1_client`):
     the spooled request body is sent with a :class:`FileSender`, the response
     head becomes the Twisted response, and its body (de-chunked) streams back
     with the upstream connection as the producer.

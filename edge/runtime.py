@@ -20,13 +20,13 @@ from edge.certs.store import CertificateStore
 from edge.config import Config
 from edge.connection import ConnectionInfo
 from edge.forward import TcpForward
-from edge.http1_proxy import Http1Proxy
+from edge.http.h1_server import Http1Proxy
 from edge.http_proxy import EdgeHTTPFactory
-from edge.redirect import Redirector
+from edge.http.redirect import Redirector
 from edge.routes import HostEntry, RouteTable
 from edge.sniff.proxy import build_v1, build_v2
 from edge.terminate import AlpnSwitch, EdgeTLSProtocol
-from edge.upstream import Upstream
+from edge.http.upstream import Upstream
 
 log = Logger()
 

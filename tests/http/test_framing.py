@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from edge.sniff import NEED_MORE, Malformed
-from edge.sniff.http import drop_fields, field_pattern, parse_request_head
-from edge.sniff.http_framing import (
+from edge.http.h1 import drop_fields, field_pattern, parse_request_head
+from edge.http.framing import (
     BodyTooLarge, ChunkedReader, LengthReader, UntilClose, parse_response_head, response_reader,
 )
 

@@ -7,7 +7,7 @@ bytes go to a pooled keep-alive connection to the backend exactly as they
 arrived (a chunked body stays chunked); the response head is rewritten the
 same way and the response body relayed as it comes, with back-pressure
 both ways.  Framing is followed only to find where each message ends
-(:mod:`edge.sniff.http_framing`).  A response that arrives in one read is
+(:mod:`edge.http.framing`).  A response that arrives in one read is
 written to the client in one write, so TLS makes one record of it.
 
 Keep-alive and pipelining: one request is handled at a time; bytes of the
@@ -27,18 +27,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.answers import REASON_TEXT, error_response, plain_response
+from edge.http.answers import REASON_TEXT, error_response, plain_response
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.transports import queued_for_peer
-from edge.http1_upstream import UpstreamConnection
-from edge.redirect import https_location
+from edge.http.h1_client import UpstreamConnection
+from edge.http.redirect import https_location
 from edge.sniff import NEED_MORE, Malformed
-from edge.sniff.http import (
+from edge.http.h1 import (
     HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_pattern,
     parse_request_head, split_host,
 )
-from edge.sniff.http_framing import LAST_CHUNK, BodyTooLarge, ChunkedReader, LengthReader, ResponseHead, chunk
+from edge.http.framing import LAST_CHUNK, BodyTooLarge, ChunkedReader, LengthReader, ResponseHead, chunk
 
 log = Logger()
 

@@ -12,7 +12,7 @@ conflicting lengths) raises :class:`Malformed` rather than being guessed.
 from __future__ import annotations
 
 from edge.sniff import NEED_MORE, Malformed, Verdict
-from edge.sniff.http import CONTROLS, check_fields, field_values
+from edge.http.h1 import CONTROLS, check_fields, field_values
 
 MAX_LINE = 4096  # a chunk-size or trailer line
 _HEX = frozenset(b"0123456789abcdefABCDEF")

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Callable
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from edge.answers import error_response, plain_response
+from edge.http.answers import error_response, plain_response
 from edge.connection import ACCESS_LOG, ConnectionInfo, access_log
 from edge.sniff import NEED_MORE
-from edge.sniff.http import BadRequest, RequestHead, parse_request_head
+from edge.http.h1 import BadRequest, RequestHead, parse_request_head
 
 if TYPE_CHECKING:
     from edge.runtime import Runtime

@@ -1,6 +1,6 @@
 """HTTP/1.1 connections to a backend's servers, kept alive in a pool per server.
 
-The HTTP/1.1 proxy (:mod:`edge.http1_proxy`) writes a request head and body
+The HTTP/1.1 proxy (:mod:`edge.http.h1_server`) writes a request head and body
 bytes straight to an :class:`UpstreamConnection`; the connection parses the
 response head, follows the body's framing, and reports to its current
 *owner* (the client connection) with three calls: the response head with
@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from edge.backends import Backend, ServerState, describe_error
 from edge.outgoing import open_endpoint
 from edge.sniff import NEED_MORE, Malformed
-from edge.sniff.http_framing import ResponseHead, UntilClose, parse_response_head, response_reader
+from edge.http.framing import ResponseHead, UntilClose, parse_response_head, response_reader
 
 MAX_RESPONSE_HEAD = 65536
 MAX_IDLE_PER_SERVER = 64

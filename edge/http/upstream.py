@@ -1,7 +1,7 @@
 """HTTP(S) backends: a keep-alive pool per backend, and TLS to https:// servers.
 
 Requests from HTTP/1.1 and HTTP/2 clients alike go to the backend over
-HTTP/1.1 through :class:`edge.http1_upstream.Http1Pool`, which picks servers
+HTTP/1.1 through :class:`edge.http.h1_client.Http1Pool`, which picks servers
 the way TCP connections do (balance, max_conn counting in-flight requests,
 passive health) and skips a server that refuses or times out on connect.
 ``https://`` servers are verified with service_identity against the system
@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from edge.backends import Backend, ServerState
 from edge.config import BackendConfig
-from edge.http1_upstream import Http1Pool
+from edge.http.h1_client import Http1Pool
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _Unverified:

@@ -1,0 +1,88 @@
+"""The HTTP/1.1 request-head reader (edge.http.h1)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from edge.sniff import NEED_MORE, Malformed
+from edge.http.h1 import BadRequest, parse_request_head
+
+
+def test_parse_head():
+    data = b"GET /a?b=1 HTTP/1.1\r\nHost: Example.TEST:8080\r\nX: y\r\n\r\nBODY"
+    head = parse_request_head(data)
+    assert (head.method, head.path, head.version, head.host) == ("GET", "/a?b=1", "1.1", "example.test")
+    assert head.length == len(data) - 4 and head.keep_alive and not head.has_body
+    for cut in range(head.length):
+        assert parse_request_head(data[:cut]) is NEED_MORE
+
+
+@pytest.mark.parametrize(
+    "data, status",
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+        (b"GET /  HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 70000, 431),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 3\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close, Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: HOST\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \xb2\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1234567890123456789\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", 400),
+        (b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ],
+)
+def test_bad_requests(data, status):
+    with pytest.raises(BadRequest) as caught:
+        parse_request_head(data)
+    assert caught.value.status == status
+
+
+def test_targets_and_connection_tokens_that_are_fine():
+    for data, path in [
+        (b"GET /q?next=https://x.test/other HTTP/1.1\r\nHost: a\r\n\r\n", "/q?next=https://x.test/other"),
+        (b"GET http://a/b?c=d HTTP/1.1\r\nHost: a\r\n\r\n", "/b?c=d"),
+        (b"GET HTTPS://a HTTP/1.1\r\nHost: a\r\n\r\n", "/"),
+        (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "*"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, x-trace, upgrade\r\n\r\n", "/"),
+    ]:
+        assert parse_request_head(data).path == path
+
+
+def test_request_lines_built_from_http2_pseudo_headers():
+    from edge.http.h1 import request_line_ok
+
+    assert request_line_ok(b"GET", b"/a?b=https://c/d") and request_line_ok(b"OPTIONS", b"*")
+    for method, target in [(b"G T", b"/"), (b"GET", b"/a b"), (b"GET", b"/\x01"), (b"GET", b"x"), (b"GET", b"*"),
+                           (b"", b"/"), (b"GET", b"")]:
+        assert not request_line_ok(method, target), (method, target)
+
+
+def test_invalid_host_header():
+    head = parse_request_head(b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n")
+    with pytest.raises(BadRequest):
+        head.host
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_input_never_crashes(data):
+    try:
+        head = parse_request_head(b"GET / HTTP/1.1\r\n" + data, limit=1024)
+        if head is not NEED_MORE:
+            head.host, head.path, head.keep_alive, head.has_body
+    except Malformed:
+        pass
