@@ -26,7 +26,7 @@ from edge.http.answers import REASON_TEXT, error_response
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.http.h1_client import UpstreamConnection
-from edge.http.redirect import https_location
+from edge.http.policy import https_location
 from edge.http.h1 import HOP_BY_HOP, BadRequest, drop_fields, field_list, field_pattern, request_line_ok, split_host
 from edge.http.framing import ChunkedReader, ResponseHead
 

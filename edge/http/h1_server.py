@@ -32,11 +32,12 @@ from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.transports import queued_for_peer
 from edge.http.h1_client import UpstreamConnection
-from edge.http.redirect import https_location
+from edge.http.forwarded import forwarded_block
+from edge.http.policy import Answer, body_limit, decide, host_entry, is_websocket
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
     HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_pattern,
-    parse_request_head, split_host,
+    parse_request_head,
 )
 from edge.http.framing import LAST_CHUNK, BodyTooLarge, ChunkedReader, LengthReader, ResponseHead, chunk
 
@@ -192,49 +193,36 @@ class Http1Proxy(Protocol):
         else:
             host_value = raw_host.decode("latin-1")
             try:
-                host, _ = split_host(host_value)
+                host, entry = host_entry(self.runtime.routes, host_value)
             except BadRequest as e:
-                self._answer_and_close(400, str(e))
+                self._answer_and_close(e.status, str(e))
                 return
-            entry = self.runtime.routes.lookup(host)
             self.last_host, self.last_host_value, self.last_host_name, self.last_entry = \
                 raw_host, host_value, host, entry
         self.host = host_value
-        info = self.info
-        if self.scheme == "https" and info.sni is not None and host != info.sni:
-            self._answer(421, REASON_TEXT[421], close=head.has_body)
-            return
         path = head.path
-        route = entry.match(path.split("?", 1)[0]) if entry is not None else None
-        if route is None or not route.terminated:
-            self._answer(404, REASON_TEXT[404], close=head.has_body)
+        runtime = self.runtime
+        route = decide(entry, host, host_value, path, self.scheme, self.info.sni, runtime.https_port)
+        if type(route) is Answer:
+            self._answer(route.status, route.text, close=head.has_body, location=route.location)
             return
         self.route = route
-        runtime = self.runtime
-        if self.scheme == "http" and route.http != "allow":
-            if route.http == "deny":
-                self._answer(404, REASON_TEXT[404], close=head.has_body)
-            else:
-                location = https_location(host_value, path, runtime.https_port)
-                self._answer(308, f"Redirecting to {location}", close=head.has_body, location=location)
-            return
         lower = head.lower
         if lower.find(b"\r\ntransfer-encoding:") >= 0 or lower.find(b"\r\ncontent-length:") >= 0:
             try:
-                self.body = self._request_framing(head, route.max_body)
+                length = head.get(b"content-length")
+                self.body = self._request_framing(head, body_limit(route, int(length) if length is not None else None))
             except BadRequest as e:
                 self._answer_and_close(e.status, str(e))
                 return
         self.upstream_head = self._upstream_head(head, raw_host, path)
         upstream = runtime.upstreams[route.backend]
         self.pool = upstream.http1
-        if lower.find(b"\r\nupgrade:") >= 0 and self.body is None and head.version == "1.1" \
-                and b"upgrade" in connection_tokens(head.fields, lower):  # RFC 9110 7.8: HTTP/1.1, listed
-            upgrade = head.get(b"upgrade")
-            if upgrade is not None and upgrade.lower() == b"websocket":
-                # Asked for, not granted: the connection stays HTTP unless the backend answers 101.
-                self.upgrade = upgrade
-                self.upstream_head = self.upstream_head[:-2] + b"connection: Upgrade\r\nupgrade: %s\r\n\r\n" % upgrade
+        if lower.find(b"\r\nupgrade:") >= 0 and is_websocket(head.version, self.body is not None,
+                                                             connection_tokens(head.fields, lower), head.get(b"upgrade")):
+            # Asked for, not granted: the connection stays HTTP unless the backend answers 101.
+            self.upgrade = upgrade = head.get(b"upgrade")
+            self.upstream_head = self.upstream_head[:-2] + b"connection: Upgrade\r\nupgrade: %s\r\n\r\n" % upgrade
         if self.body is not None and not self.paused:  # read no body until a server is there to take it
             self.paused = True
             self.transport.pauseProducing()
@@ -247,10 +235,7 @@ class Http1Proxy(Protocol):
         length = head.get(b"content-length")  # ASCII digits: parse_request_head checked them
         if length is None or length == b"0":
             return None
-        size = int(length)
-        if limit is not None and size > limit:
-            raise BadRequest(413, REASON_TEXT[413])
-        return LengthReader(size)
+        return LengthReader(int(length))
 
     def _upstream_head(self, head: RequestHead, host: bytes, path: str) -> bytes:
         fields, removed = drop_fields(head.fields, head.lower, REQUEST_DROP)
@@ -273,13 +258,7 @@ class Http1Proxy(Protocol):
 
     def _forwarded_tail(self, host: bytes, forwarded_for: list[bytes], forwarded: list[bytes]) -> bytes:
         """The forwarding headers edge adds (after those the client sent), and the blank line."""
-        client = self.info.client[0].encode("latin-1")
-        forwarded_for.append(client)
-        node = b'"[%s]"' % client if client.find(b":") >= 0 else client
-        scheme = self.scheme.encode("ascii")
-        forwarded.append(b'for=%s;host="%s";proto=%s' % (node, host, scheme))
-        return b"\r\nx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\nx-forwarded-host: %s\r\nforwarded: %s\r\n\r\n" % (
-            b", ".join(forwarded_for), scheme, host, b", ".join(forwarded))
+        return forwarded_block(self.info.client[0], self.scheme, host, forwarded_for, forwarded) + b"\r\n\r\n"
 
     # -- the upstream connection ----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from edge.http.answers import error_response, plain_response
 from edge.connection import ACCESS_LOG, ConnectionInfo, access_log
 from edge.sniff import NEED_MORE
 from edge.http.h1 import BadRequest, RequestHead, parse_request_head
+from edge.http.policy import https_location
 
 if TYPE_CHECKING:
     from edge.runtime import Runtime
@@ -25,12 +26,6 @@ if TYPE_CHECKING:
 ACME_PREFIX = "/.well-known/acme-challenge/"
 MAX_HEAD = 65536
 MAX_REQUESTS = 100
-
-
-def https_location(host: str, path: str, port: int) -> str:
-    """Where a plain-HTTP request for ``host`` (a Host header) and ``path`` goes on HTTPS ``port``."""
-    name = host[: host.index("]") + 1] if host.startswith("[") else host.partition(":")[0]
-    return f"https://{name if port == 443 else f'{name}:{port}'}{path}"
 
 
 class Redirector(Protocol):
