@@ -110,14 +110,18 @@ class ConnectionInfo:
 
 def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, status: int, sent: int,
                 route: str | None, backend: str | None, server: str | None, upstream: float | None,
-                duration: float, protocol: str) -> None:
-    """One access-log event (and the request metrics) for one proxied HTTP request."""
+                duration: float, protocol: str, outcome: str = "completed") -> None:
+    """One access-log event (and the request metrics) for one proxied HTTP request.
+
+    ``outcome`` says who ended it: ``completed``, ``answered`` (by edge itself), ``client_aborted``,
+    ``client_closed``, ``backend_failed``, ``timeout``, ``body_too_large``, ...
+    """
     metrics.request_finished(route, backend, server, status, duration, upstream)
     if not ACCESS_LOG[0]:
         return
     access_log.info(
         "{client} {method} {host}{path} {status} {sent}B route={route} backend={backend} server={server}"
-        " upstream={upstream_text} {duration:.3f}s",
+        " upstream={upstream_text} {duration:.3f}s {outcome}",
         client=info.client[0] if info else "-",
         method=method,
         host=host,
@@ -131,6 +135,7 @@ def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, 
         upstream_text=f"{upstream:.3f}s" if upstream is not None else "-",
         duration=duration,
         protocol=protocol,
+        outcome=outcome,
         sni=info.sni if info else None,
         listener=info.listener if info else None,
         worker=WORKER[0],

@@ -21,7 +21,7 @@ from edge.config import Config
 from edge.connection import ConnectionInfo
 from edge.forward import TcpForward
 from edge.http.h1_server import Http1Proxy
-from edge.http_proxy import EdgeHTTPFactory
+from edge.http.h2_server import H2Server
 from edge.http.redirect import Redirector
 from edge.routes import HostEntry, RouteTable
 from edge.sniff.proxy import build_v1, build_v2
@@ -71,7 +71,7 @@ class Runtime:
                 self.upstreams[name] = Upstream(backend, reactor, config.timeouts.connect, config.timeouts.response)
         self.https_port = next((a.port for a in config.listen.https if hasattr(a, "port")), 443)
         self.certificates = certificates if certificates is not None else self.load_certificates(config)
-        self.http_factory = EdgeHTTPFactory(self)
+        self.http_factory = Factory.forProtocol(Protocol)  # TLS factories wrap one; edge builds the protocols
 
     def retire(self, successor: "Runtime") -> None:
         """``successor`` replaced this runtime: close the keep-alive pools it does not carry on."""
@@ -134,7 +134,7 @@ class Runtime:
 
         def choose(negotiated: bytes | None) -> Protocol:
             if negotiated == b"h2":
-                return self.http_factory.channel(info, "https")
+                return H2Server(self, info, "https")
             return Http1Proxy(self, info, "https")
 
         protocol = EdgeTLSProtocol(tls_factory, AlpnSwitch(choose, info, self.reactor, self.config.timeouts.inspect),

@@ -102,6 +102,7 @@ class EdgeTLSProtocol(TLSMemoryBIOProtocol):
             data = connection.bio_read(held if held > 0 else 2**15)
         except WantReadError:
             return
+        self.info.bytes_out += len(data)
         write_now(self.transport, data)
 
     def _flushReceiveBIO(self) -> None:

@@ -15,7 +15,13 @@ STATUS_TEXT = {
 REASON_TEXT = {
     400: "bad request", 404: "no route for this host and path", 408: "request head took too long",
     413: "request body larger than this route allows", 421: "the Host header does not match the TLS server name",
-    431: "request header fields too large",
+    431: "request header fields too large", 501: "not implemented",
+}
+# What a client is told when the service behind a route fails it.  The detail (which backend and server,
+# what went wrong, and a hint) goes to the log only: public answers name no backend, server or TLS internals.
+PUBLIC_TEXT = {
+    502: "the service did not answer", 503: "no server available for this service",
+    504: "the service did not answer in time",
 }
 
 
@@ -34,3 +40,13 @@ def plain_response(status: int, body: str, close: bool, head_only: bool = False,
 def error_response(status: int) -> bytes:
     """The edge's answer for ``status`` with its standard reason line, closing the connection."""
     return plain_response(status, f"{REASON_TEXT[status]}\n", close=True)
+
+
+def failure_hint(reason: str) -> str:
+    """A hint for the log line of a backend failure, when its reason suggests one (else "")."""
+    if "certificate verify failed" in reason or "CERTIFICATE_VERIFY_FAILED" in reason:
+        return " (the backend's certificate is not trusted: set ca = \"/path/to/its-ca.pem\" in its [backends] table," \
+               " or verify = false)"
+    if "hostname" in reason.lower() and "mismatch" in reason.lower():
+        return " (the backend's certificate names another host: set server_name in its [backends] table)"
+    return ""

@@ -13,7 +13,7 @@ written to the client in one write, so TLS makes one record of it.
 Keep-alive and pipelining: one request is handled at a time; bytes of the
 next one wait (at most 64 KiB, then reading pauses) until the response to
 this one is complete.  Errors are one-line HTTP answers as the README lists
-them.  HTTP/2 clients are served by :mod:`edge.http_proxy`.
+them.  HTTP/2 clients are served by :mod:`edge.http.h2_server`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.http.answers import REASON_TEXT, error_response, plain_response
+from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, error_response, failure_hint, plain_response
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.transports import queued_for_peer
@@ -345,7 +345,7 @@ class Http1Proxy(Protocol):
         if self.closed:
             return
         log.warn("{client}: {status} {reason}", client=self.info.client[0], status=status, reason=reason)
-        self._answer(status, reason, close=self.body is not None)
+        self._answer(status, PUBLIC_TEXT[status], close=self.body is not None)
 
     def upstream_response(self, connection: UpstreamConnection, head: ResponseHead, body: bytes, done: bool) -> None:
         self._cancel_response_timer()
@@ -399,9 +399,9 @@ class Http1Proxy(Protocol):
             self.pool.acquire(self, fresh=True)
             return
         backend = self.route.backend if self.route is not None else "-"
-        log.warn("{client}: 502 backend {backend} failed: {reason}", client=self.info.client[0],
-                 backend=backend, reason=reason)
-        self._answer(502, f"backend {backend} failed: {reason}", close=self.body is not None)
+        log.warn("{client}: 502 backend {backend} failed: {reason}{hint}", client=self.info.client[0],
+                 backend=backend, reason=reason, hint=failure_hint(reason))
+        self._answer(502, PUBLIC_TEXT[502], close=self.body is not None)
 
     def _response_timeout(self) -> None:
         self._drop_upstream()
@@ -410,7 +410,7 @@ class Http1Proxy(Protocol):
         seconds = self.runtime.config.timeouts.response
         reason = f"backend {self.route.backend} did not answer within {seconds:g}s"
         log.warn("{client}: 504 {reason}", client=self.info.client[0], reason=reason)
-        self._answer(504, reason, close=self.body is not None)
+        self._answer(504, PUBLIC_TEXT[504], close=self.body is not None)
 
     def _cancel_response_timer(self) -> None:
         if self.deadline_kind == "response":

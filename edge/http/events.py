@@ -1,0 +1,60 @@
+"""The events an HTTP codec reports to the relay: a request began, body bytes, its end, an abort.
+
+Plain tuples, the way h11 and h2 report theirs, so that the relay does not
+care which codec read the bytes.  ``stream`` names the request within its
+connection (the HTTP/2 stream id).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Request(NamedTuple):
+    """A request head.  ``fields`` are (lower-case name, value) without pseudo-headers; ``ended``: no body
+    follows; ``protocol``: an extended CONNECT's ``:protocol`` (RFC 8441); ``oversized``: the header block
+    decoded to more than the limit (answered 431)."""
+
+    stream: int
+    method: bytes
+    target: bytes
+    authority: bytes | None
+    fields: list[tuple[bytes, bytes]]
+    ended: bool
+    protocol: bytes | None = None
+    oversized: bool = False
+
+
+class Body(NamedTuple):
+    """Request body bytes; ``size`` is what they count against flow control (padding included)."""
+
+    stream: int
+    data: bytes
+    size: int
+
+
+class BodyEnd(NamedTuple):
+    """The client's side of the request is complete."""
+
+    stream: int
+
+
+class Aborted(NamedTuple):
+    """The client reset this request (HTTP/2 RST_STREAM)."""
+
+    stream: int
+    code: int
+
+
+class WindowOpened(NamedTuple):
+    """The client can take more data on ``stream`` (0: on every stream)."""
+
+    stream: int
+
+
+class Ended(NamedTuple):
+    """The connection is over: the client said GOAWAY (``error`` False for a graceful one), or edge
+    did after a protocol error or a flood (``error`` True; the GOAWAY is queued to send)."""
+
+    reason: str
+    error: bool

@@ -1,0 +1,239 @@
+"""The HTTP/2 server codec: h2's ``H2Connection`` behind edge's events, with edge's defences.
+
+Sans-IO like h2 itself: :meth:`H2Codec.receive` takes bytes (and the time)
+and returns :mod:`edge.http.events`; the send methods queue frames that
+:meth:`H2Codec.data_to_send` hands to whoever owns the socket.
+
+What edge adds to h2:
+
+- at most :data:`MAX_STREAMS` concurrent streams, extended CONNECT
+  (RFC 8441) for WebSockets, a 16 MiB connection receive window (a stream
+  still gets 64 KiB: that bounds what one stream can make edge hold);
+- header blocks: up to :data:`MAX_HEADER_LIST` bytes (RFC 7541 sizes) are
+  served; a larger one is still decoded, up to :data:`HARD_HEADER_LIST`, so
+  that the HPACK state survives and the stream gets 431; past that h2 stops
+  decoding and the connection ends (GOAWAY ``ENHANCE_YOUR_CALM``);
+- floods: more than :data:`FLOOD_LIMITS` of a kind of cheap frame
+  (RST_STREAM from the client, SETTINGS, PING, PRIORITY, empty DATA,
+  unknown frames; WINDOW_UPDATE beyond the DATA frames edge sent) within
+  :data:`FLOOD_PERIOD` seconds end the connection with GOAWAY
+  ``ENHANCE_YOUR_CALM`` (rapid reset, CVE-2023-44487, is the RST_STREAM one).
+
+After any connection error the codec reports :class:`~edge.http.events.Ended`
+once and ignores every later byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, WindowOpened
+
+MAX_STREAMS = 100
+MAX_HEADER_LIST = 65536
+HARD_HEADER_LIST = 262144
+STREAM_WINDOW = 65535
+CONNECTION_WINDOW = 16 * 1024 * 1024
+FLOOD_PERIOD = 10.0
+FLOOD_LIMITS = {"reset": 500, "settings": 100, "ping": 100, "priority": 1000, "empty data": 1000,
+                "unknown": 1000, "window update": 1000}
+
+# h2 remembers up to 65,536 closed streams per connection (to tell a late frame from a protocol error),
+# about 100 bytes each: a connection that lives for hours would grow by 6 MB.  A thousand is plenty for
+# frames still in flight; a frame for a stream forgotten earlier is answered with RST_STREAM.
+MAX_CLOSED_STREAMS = 1000
+
+STATUS = {code: str(code).encode("ascii") for code in range(100, 600)}
+_CONFIG = h2.config.H2Configuration(
+    client_side=False, header_encoding=None, validate_inbound_headers=True, normalize_inbound_headers=True,
+    # edge builds its response headers itself (lower-case names, values from a checked head)
+    validate_outbound_headers=False, normalize_outbound_headers=False)
+
+
+class _Connection(h2.connection.H2Connection):
+    MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
+
+
+class H2Codec:
+    """One server-side HTTP/2 connection."""
+
+    def __init__(self) -> None:
+        conn = self.conn = _Connection(config=_CONFIG)
+        S = h2.settings.SettingCodes
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            S.MAX_CONCURRENT_STREAMS: MAX_STREAMS, S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            S.INITIAL_WINDOW_SIZE: STREAM_WINDOW, S.ENABLE_CONNECT_PROTOCOL: 1})
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        conn.decoder.max_header_list_size = HARD_HEADER_LIST
+        self.ended = False
+        self.progress = False  # the last bytes received completed a frame
+        self.period_start = 0.0
+        self.counts = dict.fromkeys(FLOOD_LIMITS, 0)
+        self.data_frames_sent = 0
+
+    # -- input ------------------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> list[Any]:
+        """The events ``data`` completes (an :class:`Ended` last when the connection is over)."""
+        if self.ended:
+            return []
+        if now - self.period_start >= FLOOD_PERIOD:
+            self.period_start = now
+            counts = self.counts
+            for kind in counts:
+                counts[kind] = 0
+            self.data_frames_sent = 0
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self.ended = True
+            return [Ended(f"HTTP/2 protocol error: {e}", True)]
+        self.progress = bool(events)
+        out: list[Any] = []
+        counts = self.counts
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.RequestReceived:
+                out.append(self._request(event))
+            elif kind is h2.events.DataReceived:
+                out.append(Body(event.stream_id, event.data, event.flow_controlled_length))
+                if not event.data and event.stream_ended is None:
+                    counts["empty data"] += 1
+            elif kind is h2.events.StreamEnded:
+                out.append(BodyEnd(event.stream_id))
+            elif kind is h2.events.WindowUpdated:
+                out.append(WindowOpened(event.stream_id))
+                counts["window update"] += 1
+            elif kind is h2.events.StreamReset:
+                if event.remote_reset:
+                    counts["reset"] += 1
+                out.append(Aborted(event.stream_id, event.error_code))
+            elif kind is h2.events.RemoteSettingsChanged:
+                counts["settings"] += 1
+                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                    out.append(WindowOpened(0))
+            elif kind is h2.events.PingReceived:
+                counts["ping"] += 1
+            elif kind is h2.events.PriorityUpdated:
+                counts["priority"] += 1
+            elif kind is h2.events.ConnectionTerminated:
+                self.ended = True
+                code = event.error_code
+                out.append(Ended(f"client sent GOAWAY ({getattr(code, 'name', code)})", code != 0))
+                return out
+            elif kind is h2.events.UnknownFrameReceived:
+                counts["unknown"] += 1
+            elif kind is h2.events.SettingsAcknowledged:
+                self.conn.decoder.max_header_list_size = HARD_HEADER_LIST
+            # TrailersReceived: dropped (an HTTP/1.1 backend gets none); StreamEnded follows it.
+        flood = self._flood()
+        if flood is not None:
+            self.ended = True
+            self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+            out.append(Ended(f"HTTP/2 flood: more than {FLOOD_LIMITS[flood]} {flood} frames in {FLOOD_PERIOD:g}s", True))
+        return out
+
+    def _flood(self) -> str | None:
+        counts = self.counts
+        for kind, limit in FLOOD_LIMITS.items():
+            if kind == "window update":
+                limit += self.data_frames_sent
+            if counts[kind] > limit:
+                return kind
+        return None
+
+    @staticmethod
+    def _request(event: Any) -> Request:
+        method = target = authority = protocol = None
+        fields = []
+        size = 0
+        for name, value in event.headers:
+            size += len(name) + len(value) + 32
+            if name[0] == 58:  # b":": h2 checked they come first, once each, and only known ones
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    target = value
+                elif name == b":authority":
+                    authority = value
+                elif name == b":protocol":
+                    protocol = value
+            else:
+                fields.append((name, value))
+        return Request(event.stream_id, method or b"", target or b"", authority, fields,
+                       event.stream_ended is not None, protocol, size > MAX_HEADER_LIST)
+
+    # -- output -----------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def respond(self, stream: int, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+        """Send a response head (or a 1xx one) on ``stream``; ``end`` if no body follows."""
+        fields.insert(0, (b":status", STATUS[status]))
+        self.conn.send_headers(stream, fields, end_stream=end)
+
+    def window(self, stream: int) -> int:
+        """How many bytes ``stream`` can take now (its window and the connection's); -1 if it is closed."""
+        try:
+            return self.conn.local_flow_control_window(stream)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+            return -1
+
+    def send(self, stream: int, data: bytes, end: bool) -> int:
+        """Send as much of ``data`` as the windows allow, in frames of the client's size, ending the stream
+        with the last one if ``end`` and all of it went.  Returns the bytes sent; -1 if the stream is closed."""
+        conn = self.conn
+        try:
+            room = conn.local_flow_control_window(stream)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+            return -1
+        size = len(data)
+        if size <= room and size <= conn.max_outbound_frame_size:  # the usual case: one frame
+            conn.send_data(stream, data, end_stream=end)
+            self.data_frames_sent += 1
+            return size
+        frame = conn.max_outbound_frame_size
+        sent = 0
+        while sent < size and room > 0:
+            piece = data[sent : sent + min(frame, room)]
+            sent += len(piece)
+            room -= len(piece)
+            conn.send_data(stream, piece, end_stream=end and sent == size)
+            self.data_frames_sent += 1
+        return sent
+
+    def end(self, stream: int, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """End ``stream`` (an empty DATA frame, or trailers)."""
+        try:
+            if trailers:
+                self.conn.send_headers(stream, trailers, end_stream=True)
+            else:
+                self.conn.end_stream(stream)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+            pass
+
+    def ack(self, stream: int, size: int) -> None:
+        """``size`` flow-controlled bytes of ``stream`` were passed on: the client may send that much more."""
+        if size:
+            self.conn.acknowledge_received_data(size, stream)
+
+    def reset(self, stream: int, code: int = ErrorCodes.CANCEL) -> None:
+        try:
+            self.conn.reset_stream(stream, code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+            pass
+
+    def goaway(self, code: int = ErrorCodes.NO_ERROR) -> None:
+        """Tell the client this connection takes no new streams (then the owner closes it)."""
+        if not self.ended:
+            self.ended = True
+            self.conn.close_connection(code)

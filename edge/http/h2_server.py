@@ -1,0 +1,719 @@
+"""HTTP/2 clients of terminated routes: the Twisted shell around :class:`edge.http.h2.H2Codec`.
+
+:class:`H2Server` moves bytes between the TLS connection and the codec and
+owns the connection's timers; each request is an :class:`H2Exchange`
+relayed to the route's backend over its HTTP/1.1 keep-alive pool
+(:mod:`edge.http.h1_client`), the same pool the HTTP/1.1 front end uses,
+with the same routing decision (:mod:`edge.http.policy`), forwarding
+headers (:mod:`edge.http.forwarded`) and answers (:mod:`edge.http.answers`).
+
+Streaming both ways, memory bounded per stream:
+
+- a response body is sent as the client's windows and the connection's
+  socket allow; bytes the client cannot take yet stay with the exchange and
+  its backend connection is paused until a WINDOW_UPDATE (or the socket
+  draining) resumes it: at most one read of the backend is held;
+- a request body goes to the backend as DATA frames arrive (chunked when the
+  client gave no length), and is acknowledged to the client (WINDOW_UPDATE)
+  only once the backend connection has taken it: a backend that does not
+  read leaves the client with a closed window, not edge with the bytes.
+
+Timers: a request must get its response head within ``timeouts.response``
+of its body's end; a request or response body, or a WebSocket, that stops
+moving for ``timeouts.idle`` is reset; a connection with no request for
+``timeouts.idle``, or whose header block has not completed within
+``timeouts.inspect``, gets GOAWAY and is closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from typing import Any
+
+from h2.errors import ErrorCodes
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from edge.connection import ConnectionInfo, log_request
+from edge.eager import write_now
+from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, failure_hint
+from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, WindowOpened
+from edge.http.forwarded import FORWARDING_FIELDS, forwarded_block
+from edge.http.framing import LAST_CHUNK, ChunkedReader, ResponseHead, chunk
+from edge.http.h1 import HOP_BY_HOP, BadRequest, Malformed, check_fields, field_list, request_line_ok
+from edge.http.h1_client import UpstreamConnection
+from edge.http.h2 import H2Codec
+from edge.http.policy import Answer, body_limit, decide, host_entry
+from edge.timers import coarse
+
+log = Logger()
+
+# Request headers not passed on: hop-by-hop ones (h2 refused most already), framing edge redoes
+# (Content-Length is re-added when valid; Expect is answered here), and the forwarding headers.
+_REQUEST_SKIP = HOP_BY_HOP | FORWARDING_FIELDS | {b"host", b"content-length", b"expect"}
+_RESPONSE_SKIP = HOP_BY_HOP
+DISCARD_BODY = 4 * 1024 * 1024
+_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+# Headers of a backend's 101 that belong to the HTTP/1.1 upgrade only (RFC 8441 5: the answer is a 200).
+_TUNNEL_SKIP = HOP_BY_HOP | {b"sec-websocket-accept"}
+
+
+@implementer(IPushProducer)
+class H2Server(Protocol):
+    """One HTTP/2 client connection (ALPN ``h2``)."""
+
+    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str = "https") -> None:
+        self.runtime = runtime
+        self.info = info
+        self.scheme = scheme
+        self.codec = H2Codec()
+        self.exchanges: dict[int, H2Exchange] = {}
+        # Streams answered before the client finished sending: how much more of their body is read and
+        # dropped (so that the client reads the answer; curl discards it on a reset) before a reset.
+        self.discarding: dict[int, int] = {}
+        self.receiving = False  # inside dataReceived: frames are sent once, at its end
+        self.write_paused = False  # the client's socket is full: streams hold their bytes
+        self.closed = False
+        self.requests = 0
+        self.last_activity = time.monotonic()
+        self.head_since: float | None = None  # bytes arrived that completed nothing yet (a header block trickling)
+        self.timer: Any = None
+        self.last_host: bytes | None = None  # the :authority of the last request, and what it decided
+        self.last_entry: Any = None
+        self.last_name = ""
+
+    # -- the client's bytes -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.info.protocol = "h2"
+        self.transport.registerProducer(self, True)
+        self.flush()
+        self._schedule(min(self.runtime.config.timeouts.inspect, self.runtime.config.timeouts.idle))
+        self.head_since = self.last_activity
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return  # after GOAWAY nothing more is read
+        now = time.monotonic()
+        self.last_activity = now
+        self.receiving = True
+        try:
+            codec = self.codec
+            events = codec.receive(data, now)
+            if codec.progress:  # some frame completed
+                self.head_since = None
+            elif self.head_since is None:  # part of a frame or of a header block: it must complete in time
+                self.head_since = now
+            for event in events:
+                self._event(event)
+        finally:
+            self.receiving = False
+        self.flush()
+
+    def _event(self, event: Any) -> None:
+        kind = type(event)
+        if kind is Body:
+            exchange = self.exchanges.get(event.stream)
+            if exchange is not None:
+                exchange.client_body(event.data, event.size)
+            else:  # the rest of a body edge no longer wants (answered early): dropped, window given back
+                self.codec.ack(event.stream, event.size)
+                budget = self.discarding.get(event.stream)
+                if budget is not None:
+                    if budget < event.size:
+                        del self.discarding[event.stream]
+                        self.codec.reset(event.stream, ErrorCodes.NO_ERROR)
+                    else:
+                        self.discarding[event.stream] = budget - event.size
+        elif kind is Request:
+            self._request(event)
+        elif kind is BodyEnd:
+            exchange = self.exchanges.get(event.stream)
+            if exchange is not None:
+                exchange.client_end()
+            elif self.discarding:
+                self.discarding.pop(event.stream, None)
+        elif kind is WindowOpened:
+            if not self.write_paused:
+                if event.stream == 0:
+                    for exchange in list(self.exchanges.values()):
+                        if exchange.pending:
+                            exchange.push()
+                else:
+                    exchange = self.exchanges.get(event.stream)
+                    if exchange is not None and exchange.pending:
+                        exchange.push()
+        elif kind is Aborted:
+            exchange = self.exchanges.get(event.stream)
+            if exchange is not None:
+                exchange.client_gone("client_aborted")
+            elif self.discarding:
+                self.discarding.pop(event.stream, None)
+        elif kind is Ended:
+            if event.error:
+                log.warn("{client}: {reason}", client=self.info.client[0], reason=event.reason)
+                self.info.ended = f"error: {event.reason}"
+            else:
+                self.info.ended = "client closed"
+            self._close()
+
+    def flush(self) -> None:
+        """Send the frames the codec has queued (once per received batch)."""
+        if self.receiving:
+            return
+        data = self.codec.data_to_send()
+        if data and self.transport is not None and not self.transport.disconnecting:
+            self.transport.write(data)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _request(self, event: Request) -> None:
+        stream = event.stream
+        self.requests += 1
+        started = time.monotonic()
+        if event.oversized:
+            self.answer(stream, event, 431, REASON_TEXT[431], started=started)
+            return
+        method, target, authority = event.method, event.target, event.authority
+        tunnel = event.protocol is not None
+        if tunnel:
+            if method != b"CONNECT" or event.protocol.lower() != b"websocket":
+                self.answer(stream, event, 501, "only WebSocket is tunnelled", started=started)
+                return
+        elif not request_line_ok(method, target):  # it becomes an HTTP/1.1 request line to the backend
+            self.answer(stream, event, 400, "malformed :method or :path", started=started)
+            return
+        host_header = None
+        for name, value in event.fields:
+            if name == b"host":
+                if host_header is not None:
+                    self.answer(stream, event, 400, "more than one Host header", started=started)
+                    return
+                host_header = value
+        if authority is None:
+            authority = host_header
+        elif host_header is not None and host_header.lower() != authority.lower():
+            self.answer(stream, event, 400, "Host and :authority differ", started=started)  # RFC 9113 8.3.1
+            return
+        if not authority:
+            self.answer(stream, event, 400, "missing :authority", started=started)
+            return
+        host_value = authority.decode("latin-1")
+        try:
+            if authority == self.last_host:
+                name, entry = self.last_name, self.last_entry
+            else:
+                name, entry = host_entry(self.runtime.routes, host_value)
+                self.last_host, self.last_name, self.last_entry = authority, name, entry
+        except BadRequest as e:
+            self.answer(stream, event, e.status, str(e), started=started)
+            return
+        path = target.decode("latin-1")
+        runtime = self.runtime
+        route = decide(entry, name, host_value, path, self.scheme, self.info.sni, runtime.https_port)
+        if type(route) is Answer:
+            self.answer(stream, event, route.status, route.text, route.location, started=started)
+            return
+        try:
+            head, chunked, length, expect = self._upstream_head(event, method, target, authority, tunnel)
+            limit = body_limit(route, length)
+        except BadRequest as e:
+            self.answer(stream, event, e.status, str(e), route=route, started=started)
+            return
+        exchange = H2Exchange(self, stream, event, route, head, chunked, None if tunnel else limit, tunnel, expect,
+                              started)
+        self.exchanges[stream] = exchange
+        exchange.start(runtime.upstreams[route.backend])
+
+    def _upstream_head(self, event: Request, method: bytes, target: bytes, authority: bytes,
+                       tunnel: bool) -> tuple[bytes, bool, int | None, bool]:
+        """The HTTP/1.1 request head for the backend; whether its body is chunked; its length; Expect: 100-continue."""
+        kept = []
+        prior_for: list[bytes] = []
+        prior_forwarded: list[bytes] = []
+        length = None
+        expect = False
+        for name, value in event.fields:
+            if name in _REQUEST_SKIP:
+                if name == b"content-length":
+                    if not value.isdigit() or len(value) > 18 or (length is not None and int(value) != length):
+                        raise BadRequest(400, "invalid Content-Length")
+                    length = int(value)
+                elif name == b"x-forwarded-for":
+                    prior_for.append(value)
+                elif name == b"forwarded":
+                    prior_forwarded.append(value)
+                elif name == b"expect":
+                    expect = value.lower() == b"100-continue"
+                continue
+            if name.find(b":") >= 0:  # would split into another header on the HTTP/1.1 side
+                raise BadRequest(400, "malformed header name")
+            kept.append(b"\r\n%s: %s" % (name, value))
+        fields = b"".join(kept)
+        if fields:
+            try:
+                check_fields(fields)
+            except Malformed as e:
+                raise BadRequest(400, str(e)) from None
+        chunked = False
+        if tunnel:  # RFC 8441: the backend gets the HTTP/1.1 WebSocket handshake
+            key = base64.b64encode(os.urandom(16))
+            line = b"GET %s HTTP/1.1\r\nhost: %s" % (target, authority)
+            framing = b"\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: %s" % key
+        else:
+            line = b"%s %s HTTP/1.1\r\nhost: %s" % (method, target, authority)
+            if event.ended:
+                framing = b"" if length is None else b"\r\ncontent-length: %d" % length
+            elif length is not None:
+                framing = b"\r\ncontent-length: %d" % length
+            else:
+                framing, chunked = b"\r\ntransfer-encoding: chunked", True
+        return (line + fields + framing + forwarded_block(self.info.client[0], self.scheme, authority,
+                                                          prior_for, prior_forwarded) + b"\r\n\r\n",
+                chunked, length, expect)
+
+    def answer(self, stream: int, event: Request, status: int, text: str, location: str | None = None,
+               route: Any = None, started: float = 0.0, exchange: "H2Exchange | None" = None) -> int:
+        """Edge's own answer on ``stream`` (then a reset, if the client was still sending its body)."""
+        body = f"{text}\n".encode("utf-8")
+        fields = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode("ascii"))]
+        if location is not None:
+            fields.append((b"location", location.encode("latin-1")))
+        head_only = event.method == b"HEAD"
+        codec = self.codec
+        codec.respond(stream, status, fields, end=head_only)
+        if not head_only:
+            codec.send(stream, body, True)
+        if not event.ended and (exchange is None or not exchange.client_done):
+            self.stop_reading(stream)
+        self.flush()
+        if exchange is None:
+            self._log(event, status, len(body), route, None, None, started, "answered")
+        return 0 if head_only else len(body)
+
+    def stop_reading(self, stream: int) -> None:
+        """The answer is out before the request body ended: drop the rest of it, up to DISCARD_BODY bytes,
+        then reset the stream (RFC 9113 8.1)."""
+        self.discarding[stream] = DISCARD_BODY
+
+    def _log(self, event: Request, status: int, sent: int, route: Any, server: str | None,
+             upstream_time: float | None, started: float, outcome: str) -> None:
+        log_request(self.info, event.method.decode("latin-1"), (event.authority or b"-").decode("latin-1"),
+                    event.target.decode("latin-1"), status, sent, route.name if route is not None else None,
+                    route.backend if route is not None else None, server, upstream_time,
+                    time.monotonic() - started if started else 0.0, "HTTP/2", outcome)
+
+    def finished(self, stream: int) -> None:
+        self.exchanges.pop(stream, None)
+        self.last_activity = time.monotonic()
+
+    # -- the client's socket -------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.write_paused = True
+
+    def resumeProducing(self) -> None:
+        self.write_paused = False
+        for exchange in list(self.exchanges.values()):
+            if exchange.pending:
+                exchange.push()
+        self.flush()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- timers and the end -----------------------------------------------------------------
+
+    def _schedule(self, seconds: float) -> None:
+        self.timer = coarse(self.runtime.reactor).later(seconds, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        timeouts = self.runtime.config.timeouts
+        now = time.monotonic()
+        if self.head_since is not None and now - self.head_since >= timeouts.inspect:
+            self.info.ended = "timeout: request head"
+            self._goaway()
+            return
+        if not self.exchanges and now - self.last_activity >= timeouts.idle:
+            self.info.ended = "timeout: idle"
+            self._goaway()
+            return
+        wait = timeouts.idle - (now - self.last_activity) if not self.exchanges else timeouts.idle
+        if self.head_since is not None:
+            wait = min(wait, timeouts.inspect - (now - self.head_since))
+        self._schedule(max(wait, 0.1))
+
+    def _goaway(self) -> None:
+        self.codec.goaway()
+        self._close()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        for exchange in list(self.exchanges.values()):
+            exchange.client_gone("client_closed" if self.info.ended == "client closed" else "connection_closed")
+        self.closed = True
+        self.receiving = False
+        self.flush()
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        was_closed, self.closed = self.closed, True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for exchange in list(self.exchanges.values()):
+            exchange.client_gone("client_closed")
+        if not was_closed and self.info.ended is None:
+            self.info.ended = "client closed"
+        self.info.finish(self.info.ended or "closed")
+
+
+@implementer(IPushProducer)
+class H2Exchange:
+    """One HTTP/2 request relayed to an HTTP/1.1 backend: the owner its upstream connection reports to
+    (:class:`edge.http.h1_client.Owner`), and the producer of the request body for that connection."""
+
+    def __init__(self, server: H2Server, stream: int, event: Request, route: Any, head: bytes, chunked: bool,
+                 limit: int | None, tunnel: bool, expect: bool, started: float) -> None:
+        self.server = server
+        self.codec = server.codec
+        self.stream = stream
+        self.event = event
+        self.route = route
+        self.head = head
+        self.chunked = chunked
+        self.limit = limit
+        self.tunnel = tunnel
+        self.expect = expect
+        self.started = started
+        self.closed = False  # the stream is over for edge (answered, reset, or the client left)
+        self.pool: Any = None
+        self.upstream: UpstreamConnection | None = None
+        self.client_done = event.ended  # the client's side (its body) is complete
+        self.body_in: list[bytes] = []  # body bytes that came before the backend connection
+        self.received = 0
+        self.unacked = 0  # flow-controlled bytes passed on but not yet given back to the client
+        self.backend_full = False  # the backend connection's send buffer is full: acknowledge nothing
+        self.producing = False
+        self.response_started = False
+        self.status = 0
+        self.sent = 0
+        self.server_name: str | None = None
+        self.upstream_time: float | None = None
+        self.dechunk: ChunkedReader | None = None
+        self.pending: list[bytes] = []  # response bytes the client's windows could not take yet
+        self.upstream_done = False  # the backend's response is complete (all of it is in pending or sent)
+        self.backend_paused = False
+        self.stream_ended = False  # END_STREAM went out with the last DATA frame
+        self.retried = False
+        self.deadline_kind = ""
+        self.deadline_at = 0.0
+        self.timer: Any = None
+        self.timer_at = 0.0
+
+    # -- the backend connection ------------------------------------------------------------
+
+    def start(self, upstream: Any) -> None:
+        self.pool = upstream.http1
+        self.pool.acquire(self)
+
+    def upstream_ready(self, connection: UpstreamConnection) -> None:
+        if self.closed:
+            self.pool.release(connection, reusable=True)  # nothing was sent on it
+            return
+        self.upstream = connection
+        connection.start(self, b"GET" if self.tunnel else self.event.method, self.tunnel)
+        out = self.head
+        if self.body_in:
+            out += b"".join(self.body_in)
+            self.body_in = []
+        if self.client_done and self.chunked:
+            out += LAST_CHUNK
+        write_now(connection.transport, out)
+        if not self.client_done or self.tunnel:
+            self.producing = True
+            connection.transport.registerProducer(self, True)
+            if self.expect and not self.received:
+                self.codec.respond(self.stream, 100, [], end=False)
+            self._ack()
+            self._arm("response" if self.tunnel else "body")
+        else:
+            self._arm("response")
+        self.server.flush()
+
+    def upstream_unavailable(self, status: int, reason: str) -> None:
+        if self.closed:
+            return
+        log.warn("{client}: {status} {reason}", client=self.server.info.client[0], status=status, reason=reason)
+        self._answer(status, "backend_failed")
+
+    def upstream_response(self, connection: UpstreamConnection, head: ResponseHead, body: bytes, done: bool) -> None:
+        self.response_started = True
+        self.status = status = head.status
+        self.server_name = str(connection.state)
+        self.upstream_time = time.monotonic() - self.started
+        skip = _RESPONSE_SKIP
+        listed: set[bytes] = set()
+        if head.lower.find(b"\r\nconnection:") >= 0:
+            for value in (v for n, v in field_list(head.fields, head.lower) if n == b"connection"):
+                listed.update(token.strip(b" \t").lower() for token in value.split(b","))
+        if status == 101:  # the backend took the WebSocket: a 200 on this stream (RFC 8441)
+            status = self.status = 200
+            skip = _TUNNEL_SKIP
+        fields = [(name, value) for name, value in field_list(head.fields, head.lower)
+                  if name not in skip and name not in listed]
+        if head.lower.find(b"\r\ntransfer-encoding:") >= 0:
+            self.dechunk = ChunkedReader(collect=True)
+        self.codec.respond(self.stream, status, fields, end=done and not body)
+        if done and not body:
+            self.sent = 0
+            self.upstream_done = True
+            self._release(connection.reusable)
+            self._complete()
+            return
+        self._arm("idle")
+        self.upstream_body(body, done)
+
+    def upstream_body(self, data: bytes, done: bool) -> None:
+        if self.closed:
+            return
+        dechunk = self.dechunk
+        if dechunk is not None and data:
+            dechunk.feed(data)
+            data = b"".join(dechunk.pieces)
+            dechunk.pieces.clear()
+        if data:
+            self.pending.append(data)
+            self.deadline_at = time.monotonic() + self.server.runtime.config.timeouts.idle
+        if done:
+            self.upstream_done = True
+            self._release(self.upstream.reusable if self.upstream is not None else False)
+        self.push()
+
+    def push(self) -> None:
+        """Send what the client's windows take; pause the backend while anything is left over."""
+        if self.closed:
+            return
+        server = self.server
+        pending = self.pending
+        if not server.write_paused:
+            codec = self.codec
+            while pending:
+                data = pending[0]
+                last = len(pending) == 1 and self.upstream_done
+                sent = codec.send(self.stream, data, last)
+                if sent < 0:  # the stream is gone
+                    pending.clear()
+                    break
+                self.sent += sent
+                if sent < len(data):
+                    pending[0] = data[sent:]
+                    break
+                pending.pop(0)
+                self.stream_ended = last
+            else:
+                if self.upstream_done:
+                    if not self.stream_ended:
+                        codec.end(self.stream)
+                    self._complete()
+                    server.flush()
+                    return
+        upstream = self.upstream
+        if pending:
+            if upstream is not None and not self.backend_paused:
+                self.backend_paused = True
+                upstream.transport.pauseProducing()
+        elif self.backend_paused and upstream is not None:
+            self.backend_paused = False
+            upstream.transport.resumeProducing()
+        server.flush()
+
+    def upstream_failed(self, connection: UpstreamConnection, reason: str) -> None:
+        self._release(False)
+        if self.closed:
+            return
+        if self.response_started:
+            if self.tunnel:  # the backend closed the WebSocket: end the stream once the client has the rest
+                self.upstream_done = True
+                self.push()
+                return
+            log.warn("{client}: backend response cut short: {reason}", client=self.server.info.client[0], reason=reason)
+            self._reset(ErrorCodes.INTERNAL_ERROR, "backend_failed")
+            return
+        if connection.reused and not self.retried and self.received == 0 and self.client_done:
+            self.retried = True  # a kept-alive connection the server had just closed: once more on a new one
+            self.pool.acquire(self, fresh=True)
+            return
+        log.warn("{client}: 502 backend {backend} failed: {reason}{hint}", client=self.server.info.client[0],
+                 backend=self.route.backend, reason=reason, hint=failure_hint(reason))
+        self._answer(502, "backend_failed")
+
+    def _release(self, reusable: bool) -> None:
+        connection, self.upstream = self.upstream, None
+        if connection is None:
+            return
+        if self.producing:
+            self.producing = False
+            connection.transport.unregisterProducer()
+        if self.backend_paused:
+            self.backend_paused = False
+            connection.transport.resumeProducing()
+        connection.owner = None
+        # The backend answered before the whole request body was sent: that connection cannot go on.
+        self.pool.release(connection, reusable and self.client_done and not self.tunnel)
+
+    # -- the client's side ---------------------------------------------------------------------
+
+    def client_body(self, data: bytes, size: int) -> None:
+        if self.closed:
+            self.codec.ack(self.stream, size)
+            return
+        self.received += len(data)
+        if self.limit is not None and self.received > self.limit:
+            if self.response_started:
+                self._reset(ErrorCodes.CANCEL, "body_too_large")
+            else:
+                self._answer(413, "body_too_large")
+            self.codec.ack(self.stream, size)
+            return
+        if self.chunked and data:
+            data = chunk(data)
+        upstream = self.upstream
+        if upstream is None:
+            self.body_in.append(data)
+            self.unacked += size
+            return
+        upstream.transport.write(data)
+        self.deadline_at = time.monotonic() + self.server.runtime.config.timeouts.idle
+        if self.backend_full:
+            self.unacked += size
+        else:
+            self.codec.ack(self.stream, size)
+
+    def client_end(self) -> None:
+        if self.closed or self.client_done:
+            return
+        self.client_done = True
+        upstream = self.upstream
+        if upstream is None:
+            return  # the head and body go out together once connected
+        if self.unacked:  # its stream is half closed; what it used of the connection's window comes back
+            unacked, self.unacked = self.unacked, 0
+            self.codec.ack(self.stream, unacked)
+        if self.tunnel:  # the client closed its side of the WebSocket: so does edge towards the backend
+            upstream.transport.loseWriteConnection()
+            return
+        if self.chunked:
+            upstream.transport.write(LAST_CHUNK)
+        if self.producing:
+            self.producing = False
+            upstream.transport.unregisterProducer()
+        if not self.response_started:
+            self._arm("response")
+
+    def _ack(self) -> None:
+        if self.unacked and not self.backend_full:
+            unacked, self.unacked = self.unacked, 0
+            self.codec.ack(self.stream, unacked)
+
+    # IPushProducer, for the backend connection: its send buffer filled (or emptied).
+    def pauseProducing(self) -> None:
+        self.backend_full = True
+
+    def resumeProducing(self) -> None:
+        self.backend_full = False
+        if not self.closed:
+            self._ack()
+            self.server.flush()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def client_gone(self, outcome: str) -> None:
+        """The client reset the stream or left: drop the backend connection (it cannot be reused)."""
+        if self.closed:
+            return
+        self._release(False)
+        self._end(outcome, self.status or 499)
+
+    # -- endings ---------------------------------------------------------------------------------
+
+    def _answer(self, status: int, outcome: str, text: str | None = None) -> None:
+        """Edge's answer instead of the backend's (nothing of a response was sent yet)."""
+        self._release(False)
+        if self.closed:
+            return
+        self.sent = self.server.answer(self.stream, self.event, status,
+                                       text or PUBLIC_TEXT.get(status) or REASON_TEXT[status], exchange=self)
+        self._end(outcome, status)
+
+    def _reset(self, code: int, outcome: str) -> None:
+        self._release(False)
+        self.codec.reset(self.stream, code)
+        self.server.flush()
+        self._end(outcome, self.status or 502)
+
+    def _complete(self) -> None:
+        if not self.client_done and not self.tunnel:
+            self.server.stop_reading(self.stream)
+        self._end("completed", self.status)
+
+    def _end(self, outcome: str, status: int) -> None:
+        self.closed = True
+        self.pending = []
+        self.body_in = []
+        if self.unacked:
+            unacked, self.unacked = self.unacked, 0
+            self.codec.ack(self.stream, unacked)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.server.finished(self.stream)
+        self.status = status
+        self.server._log(self.event, status, self.sent, self.route, self.server_name, self.upstream_time,
+                         self.started, outcome)
+        self.server.flush()
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def _arm(self, kind: str) -> None:
+        timeouts = self.server.runtime.config.timeouts
+        seconds = timeouts.response if kind == "response" else timeouts.idle
+        self.deadline_kind = kind
+        self.deadline_at = at = time.monotonic() + seconds
+        if self.timer is not None and self.timer_at > at:  # due later than this deadline: moved nearer
+            self.timer.cancel()
+            self.timer = None
+        if self.timer is None:
+            self.timer = coarse(self.server.runtime.reactor).later(seconds, self._tick)
+            self.timer_at = at
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        remaining = self.deadline_at - time.monotonic()
+        if remaining > 0:
+            self.timer = coarse(self.server.runtime.reactor).later(remaining, self._tick)
+            self.timer_at = self.deadline_at
+            return
+        kind = self.deadline_kind
+        if kind == "response" and not self.response_started:
+            seconds = self.server.runtime.config.timeouts.response
+            log.warn("{client}: 504 backend {backend} did not answer within {seconds:g}s",
+                     client=self.server.info.client[0], backend=self.route.backend, seconds=seconds)
+            self._answer(504, "timeout")
+        elif kind == "body" and not self.response_started:
+            self._answer(408, "timeout", "request body took too long")
+        else:
+            self._reset(ErrorCodes.CANCEL, "timeout")
