@@ -2,7 +2,7 @@
 """Instructions edge executes per request or connection, counted by callgrind: a figure that holds still.
 
     python3 bench/instructions.py                     # scenarios 1, 2 and 5 of bench/run.py
-    python3 bench/instructions.py --only terminate    # one of passthrough, close, terminate
+    python3 bench/instructions.py --only terminate    # one of passthrough, close, terminate, h2
 
 Requests/s on a shared two-core machine move 10-30% from run to run, more
 than most single changes are worth.  This runs edge under valgrind's
@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.contestants import ROOT, Edge  # noqa: E402
-from bench.run import Origin, wrk  # noqa: E402
+from bench.run import Origin, h2load, wrk  # noqa: E402
 from tests.support.certs import TestCA  # noqa: E402
 from tests.support.procs import Program  # noqa: E402
 
@@ -36,6 +36,7 @@ SCENARIOS = {  # name: (edge mode, new connection per request, what one unit is)
     "passthrough": ("passthrough", False, "keep-alive request through TLS passthrough (spliced)"),
     "close": ("passthrough", True, "new TLS passthrough connection"),
     "terminate": ("terminate", False, "keep-alive HTTP/1.1 request on a terminated route"),
+    "h2": ("terminate", False, "HTTP/2 request on a terminated route (h2load, 10 connections x 10 streams)"),
 }
 
 
@@ -64,8 +65,13 @@ def measure(name: str, tmp: Path, origin, cert: Path, key: Path, seconds: float)
     try:
         url = f"https://localhost:{edge.port}/1k"
         wrk(url, 2, 4, close=close)  # warm up: imports, caches, pooled backend connections
+        if name == "h2":
+            h2load(url, 2, 10)
         subprocess.run(["callgrind_control", "--instr=on", str(edge.pid)], capture_output=True, check=True)
-        served = wrk(url, seconds, 8, close=close)["rps"] * int(max(1, seconds))
+        if name == "h2":
+            served = h2load(url, seconds, 10)["rps"] * int(max(1, seconds))
+        else:
+            served = wrk(url, seconds, 8, close=close)["rps"] * int(max(1, seconds))
         subprocess.run(["callgrind_control", "--instr=off", str(edge.pid)], capture_output=True, check=True)
     finally:
         edge.stop()  # callgrind writes its counts as edge exits

@@ -27,7 +27,7 @@ from edge.sniff import NEED_MORE, Malformed
 from edge.http.framing import ResponseHead, UntilClose, parse_response_head, response_reader
 
 MAX_RESPONSE_HEAD = 65536
-MAX_IDLE_PER_SERVER = 64
+MAX_IDLE_PER_SERVER = 256  # an HTTP/2 client alone may keep 100 requests in flight, each on its own connection
 
 
 class Owner(TypingProtocol):

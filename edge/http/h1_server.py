@@ -120,6 +120,7 @@ class Http1Proxy(Protocol):
         self.started = 0.0
         self.upstream_time: float | None = None
         self.retried = False
+        self.outcome: str | None = None  # who ended the request, when not the usual complete exchange
         self.producing = False  # the client feeds the upstream connection (request body)
         self.streaming = False  # the upstream connection feeds the client (response body)
         self.looping = False
@@ -182,6 +183,7 @@ class Http1Proxy(Protocol):
         self.status = self.sent = self.body_sent = 0
         self.route = self.upstream_time = None
         self.response_started = self.retried = False
+        self.outcome = None
         self.transform = self.body = self.upgrade = None
         self.close_after = not head.keep_alive
         raw_host = head.get(b"host")
@@ -345,6 +347,7 @@ class Http1Proxy(Protocol):
         if self.closed:
             return
         log.warn("{client}: {status} {reason}", client=self.info.client[0], status=status, reason=reason)
+        self.outcome = "backend_failed"
         self._answer(status, PUBLIC_TEXT[status], close=self.body is not None)
 
     def upstream_response(self, connection: UpstreamConnection, head: ResponseHead, body: bytes, done: bool) -> None:
@@ -391,6 +394,7 @@ class Http1Proxy(Protocol):
         if self.response_started:
             log.warn("backend response cut short: {reason}", reason=reason)
             self.info.ended = "error: backend response cut short"
+            self.outcome = "backend_failed"
             self._log()
             self._close()
             return
@@ -399,6 +403,7 @@ class Http1Proxy(Protocol):
             self.pool.acquire(self, fresh=True)
             return
         backend = self.route.backend if self.route is not None else "-"
+        self.outcome = "backend_failed"
         log.warn("{client}: 502 backend {backend} failed: {reason}{hint}", client=self.info.client[0],
                  backend=backend, reason=reason, hint=failure_hint(reason))
         self._answer(502, PUBLIC_TEXT[502], close=self.body is not None)
@@ -409,6 +414,7 @@ class Http1Proxy(Protocol):
             return
         seconds = self.runtime.config.timeouts.response
         reason = f"backend {self.route.backend} did not answer within {seconds:g}s"
+        self.outcome = "timeout"
         log.warn("{client}: 504 {reason}", client=self.info.client[0], reason=reason)
         self._answer(504, PUBLIC_TEXT[504], close=self.body is not None)
 
@@ -508,6 +514,7 @@ class Http1Proxy(Protocol):
         self.sent = len(message)
         self.transport.write(message)
         if head is not None:
+            self.outcome = self.outcome or "answered"
             self._log()
         if close:
             self.info.ended = self.info.ended or f"error: {text}" if status >= 400 else self.info.ended
@@ -537,7 +544,7 @@ class Http1Proxy(Protocol):
         log_request(self.info, head.method, self.host, head.target, self.status, self.sent,
                     route.name if route is not None else None, route.backend if route is not None else None,
                     self.info.server if self.upstream_time is not None else None, self.upstream_time,
-                    time.monotonic() - self.started, f"HTTP/{head.version}")
+                    time.monotonic() - self.started, f"HTTP/{head.version}", self.outcome or "completed")
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -573,6 +580,7 @@ class Http1Proxy(Protocol):
         if kind == "body":
             self._drop_upstream()
             self.info.ended = "timeout: request body"
+            self.outcome = "timeout"
             self._answer(408, "request body took too long", close=True)
             return
         if kind == "head":
@@ -586,6 +594,7 @@ class Http1Proxy(Protocol):
         stalled = self.head is not None or self.drain_call is not None
         if stalled and self.head is not None:
             self.status = self.status or 504
+            self.outcome = "timeout"
             self._log()
         self._close(abort=stalled)
 
@@ -639,6 +648,7 @@ class Http1Proxy(Protocol):
             self.info.ended = self.info.ended or "client closed"
             if self.head is not None:
                 self.status = self.status or 499
+                self.outcome = "client_closed"
                 self._log()
             self._close()
         # else: the requests it sent are answered, then the connection closes (_go_on)
@@ -653,5 +663,6 @@ class Http1Proxy(Protocol):
         self._drop_upstream()
         if not was_closed and self.head is not None:
             self.status = self.status or 499
+            self.outcome = self.outcome or "client_closed"
             self._log()
         self.info.finish(self.info.ended or "closed")

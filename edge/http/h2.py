@@ -35,8 +35,10 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, WindowOpened
+from edge.http.hpack_encoder import StaticEncoder
 
 MAX_STREAMS = 100
+MAX_FRAME = 16384  # SETTINGS_MAX_FRAME_SIZE's default, which edge keeps
 MAX_HEADER_LIST = 65536
 HARD_HEADER_LIST = 262144
 STREAM_WINDOW = 65535
@@ -52,7 +54,8 @@ MAX_CLOSED_STREAMS = 1000
 
 STATUS = {code: str(code).encode("ascii") for code in range(100, 600)}
 _CONFIG = h2.config.H2Configuration(
-    client_side=False, header_encoding=None, validate_inbound_headers=True, normalize_inbound_headers=True,
+    # Inbound cookies stay apart (their crumbs count against the header limit as sent); the server joins them.
+    client_side=False, header_encoding=None, validate_inbound_headers=True, normalize_inbound_headers=False,
     # edge builds its response headers itself (lower-case names, values from a checked head)
     validate_outbound_headers=False, normalize_outbound_headers=False)
 
@@ -66,6 +69,7 @@ class H2Codec:
 
     def __init__(self) -> None:
         conn = self.conn = _Connection(config=_CONFIG)
+        conn.encoder = StaticEncoder()
         S = h2.settings.SettingCodes
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             S.MAX_CONCURRENT_STREAMS: MAX_STREAMS, S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
@@ -78,6 +82,12 @@ class H2Codec:
         self.period_start = 0.0
         self.counts = dict.fromkeys(FLOOD_LIMITS, 0)
         self.data_frames_sent = 0
+        # Where the client's byte stream is: preface bytes still to come, the rest of the current frame's body,
+        # the start of a frame header.  A frame longer than edge's maximum is refused on its header, before
+        # h2 would buffer all of it.
+        self.preface_left = 24
+        self.frame_left = 0
+        self.header_part = b""
 
     # -- input ------------------------------------------------------------------------------
 
@@ -91,6 +101,11 @@ class H2Codec:
             for kind in counts:
                 counts[kind] = 0
             self.data_frames_sent = 0
+        too_long = self._frame_lengths(data)
+        if too_long:
+            self.ended = True
+            self.conn.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
+            return [Ended(f"HTTP/2 frame of {too_long} bytes, over the {MAX_FRAME} allowed", True)]
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as e:
@@ -141,6 +156,41 @@ class H2Codec:
             out.append(Ended(f"HTTP/2 flood: more than {FLOOD_LIMITS[flood]} {flood} frames in {FLOOD_PERIOD:g}s", True))
         return out
 
+    def _frame_lengths(self, data: bytes) -> int:
+        """Follow frame boundaries through ``data``; the length of a frame over MAX_FRAME, else 0."""
+        pos, size = 0, len(data)
+        if self.preface_left:
+            pos = min(self.preface_left, size)
+            self.preface_left -= pos
+        left = self.frame_left
+        part = self.header_part
+        while True:
+            if left:
+                if size - pos <= left:
+                    self.frame_left, self.header_part = left - (size - pos), b""
+                    return 0
+                pos += left
+                left = 0
+            if pos >= size:
+                break
+            if part:
+                head = part + data[pos : pos + 9 - len(part)]
+                pos += len(head) - len(part)
+            else:
+                head = data[pos : pos + 9]
+                pos += len(head)
+            if len(head) >= 3:
+                length = int.from_bytes(head[:3], "big")
+                if length > MAX_FRAME:
+                    return length
+            if len(head) < 9:
+                part = head
+                break
+            part = b""
+            left = length
+        self.frame_left, self.header_part = left, part
+        return 0
+
     def _flood(self) -> str | None:
         counts = self.counts
         for kind, limit in FLOOD_LIMITS.items():
@@ -176,17 +226,22 @@ class H2Codec:
     def data_to_send(self) -> bytes:
         return self.conn.data_to_send()
 
-    def respond(self, stream: int, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
-        """Send a response head (or a 1xx one) on ``stream``; ``end`` if no body follows."""
+    def respond(self, stream: int, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> bool:
+        """Send a response head (or a 1xx one) on ``stream``; ``end`` if no body follows.  False if the
+        stream is closed already (the client reset it in the same read: its Aborted event follows)."""
         fields.insert(0, (b":status", STATUS[status]))
-        self.conn.send_headers(stream, fields, end_stream=end)
+        try:
+            self.conn.send_headers(stream, fields, end_stream=end)
+        except h2.exceptions.ProtocolError:  # StreamClosedError is one
+            return False
+        return True
 
     def window(self, stream: int) -> int:
         """How many bytes ``stream`` can take now (its window and the connection's); -1 if it is closed."""
-        try:
-            return self.conn.local_flow_control_window(stream)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+        state = self.conn.streams.get(stream)
+        if state is None or state.closed:
             return -1
+        return self.conn.local_flow_control_window(stream)
 
     def send(self, stream: int, data: bytes, end: bool) -> int:
         """Send as much of ``data`` as the windows allow, in frames of the client's size, ending the stream
@@ -197,19 +252,22 @@ class H2Codec:
         except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
             return -1
         size = len(data)
-        if size <= room and size <= conn.max_outbound_frame_size:  # the usual case: one frame
-            conn.send_data(stream, data, end_stream=end)
-            self.data_frames_sent += 1
-            return size
-        frame = conn.max_outbound_frame_size
-        sent = 0
-        while sent < size and room > 0:
-            piece = data[sent : sent + min(frame, room)]
-            sent += len(piece)
-            room -= len(piece)
-            conn.send_data(stream, piece, end_stream=end and sent == size)
-            self.data_frames_sent += 1
-        return sent
+        try:
+            if size <= room and size <= conn.max_outbound_frame_size:  # the usual case: one frame
+                conn.send_data(stream, data, end_stream=end)
+                self.data_frames_sent += 1
+                return size
+            frame = conn.max_outbound_frame_size
+            sent = 0
+            while sent < size and room > 0:
+                piece = data[sent : sent + min(frame, room)]
+                sent += len(piece)
+                room -= len(piece)
+                conn.send_data(stream, piece, end_stream=end and sent == size)
+                self.data_frames_sent += 1
+            return sent
+        except h2.exceptions.ProtocolError:  # the stream was ended or reset meanwhile (StreamClosedError is one)
+            return -1
 
     def end(self, stream: int, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         """End ``stream`` (an empty DATA frame, or trailers)."""

@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
+from edge.event_loop import after_events
 from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, failure_hint
 from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, WindowOpened
 from edge.http.forwarded import FORWARDING_FIELDS, forwarded_block
@@ -77,6 +78,7 @@ class H2Server(Protocol):
         # dropped (so that the client reads the answer; curl discards it on a reset) before a reset.
         self.discarding: dict[int, int] = {}
         self.receiving = False  # inside dataReceived: frames are sent once, at its end
+        self.flush_pending = False
         self.write_paused = False  # the client's socket is full: streams hold their bytes
         self.closed = False
         self.requests = 0
@@ -113,7 +115,7 @@ class H2Server(Protocol):
                 self._event(event)
         finally:
             self.receiving = False
-        self.flush()
+        self.flush_now()
 
     def _event(self, event: Any) -> None:
         kind = type(event)
@@ -163,9 +165,15 @@ class H2Server(Protocol):
             self._close()
 
     def flush(self) -> None:
-        """Send the frames the codec has queued (once per received batch)."""
-        if self.receiving:
+        """Send the frames the codec has queued: at the end of the received batch, or once the events of
+        this reactor turn are handled (responses from several backends then leave in one TLS write)."""
+        if self.receiving or self.flush_pending:
             return
+        self.flush_pending = True
+        after_events(self.runtime.reactor, self.flush_now)
+
+    def flush_now(self) -> None:
+        self.flush_pending = False
         data = self.codec.data_to_send()
         if data and self.transport is not None and not self.transport.disconnecting:
             self.transport.write(data)
@@ -238,7 +246,11 @@ class H2Server(Protocol):
         prior_forwarded: list[bytes] = []
         length = None
         expect = False
+        cookies = []
         for name, value in event.fields:
+            if name == b"cookie":  # RFC 9113 8.2.3: one header for HTTP/1.1, its crumbs joined
+                cookies.append(value)
+                continue
             if name in _REQUEST_SKIP:
                 if name == b"content-length":
                     if not value.isdigit() or len(value) > 18 or (length is not None and int(value) != length):
@@ -254,6 +266,8 @@ class H2Server(Protocol):
             if name.find(b":") >= 0:  # would split into another header on the HTTP/1.1 side
                 raise BadRequest(400, "malformed header name")
             kept.append(b"\r\n%s: %s" % (name, value))
+        if cookies:
+            kept.append(b"\r\ncookie: %s" % b"; ".join(cookies))
         fields = b"".join(kept)
         if fields:
             try:
@@ -362,7 +376,7 @@ class H2Server(Protocol):
             exchange.client_gone("client_closed" if self.info.ended == "client closed" else "connection_closed")
         self.closed = True
         self.receiving = False
-        self.flush()
+        self.flush_now()
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
