@@ -180,6 +180,9 @@ class Nginx(Contestant):
             "terminate": f"""
                 http {{
                   access_log off;
+                  # As HAProxy and edge: no cap on requests per connection (nginx's default 1000 ends an h2load
+                  # connection with GOAWAY, and h2load does not reconnect), a 10 minute idle timeout, TLS 1.3.
+                  keepalive_requests 1000000; keepalive_timeout 600s; ssl_protocols TLSv1.2 TLSv1.3;
                   upstream o {{ server 127.0.0.1:{o.http}; keepalive 64; }}
                   server {{
                     listen 127.0.0.1:{self.port} ssl http2;

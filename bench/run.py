@@ -3,18 +3,43 @@
 
     python3 bench/run.py              # full run (several minutes), writes docs/benchmarks.md
     python3 bench/run.py --smoke      # seconds, to keep the harness working (CI); writes nothing by default
+    python3 bench/run.py --per-core   # only the per-core rows (see below)
 
 Needs Debian's nginx, haproxy, sslh, wrk, nghttp2-client (h2load), openssl and
 curl (the README's test command installs them).  Every contestant forwards to
 the same nginx origin; scenarios run in interleaved rounds (A, B, C, then B,
 C, A, ...: each round starts with another contestant) and the table shows
 medians and the ratio to HAProxy.
+
+Every contestant gets the same client with the same settings, and the client
+runs ONE thread (``wrk -t 1``, ``h2load -t 1``): with two client threads on a
+two-core machine the client takes the CPU a multi-threaded-capable proxy would
+use, which flatters a single-threaded one.  Scenario 5's HTTP/2 load is h2load
+with 10 connections of 10 concurrent streams each (``-c 10 -m 10``) fetching a
+1 KiB file; a run that does not negotiate h2 counts as failed.
+
+Per-core rows (``... (per core)``; part of the full run, alone with
+``--per-core``, left out with ``--no-per-core``) repeat the request-rate
+scenarios (1, 2, 5 and 6) with the proxy confined to one CPU and everything
+else on another: each contestant is started with the harness's affinity set
+to the first CPU, so all its processes (edge's workers, nginx's and HAProxy's
+forks) and threads inherit it (and are pinned again after they start, then
+checked); the client (wrk, h2load, ``openssl s_time``) runs under
+``taskset -c`` on the second CPU, where the nginx origin is pinned too for
+those rows.  That is requests per second per proxy core, with the client
+never competing with the proxy.  It needs two CPUs (else the rows are skipped).
+``--smoke`` runs the per-core rows of scenario 5 only.
+
+Scenario 7 measures RSS per idle connection: passthrough, terminated TLS, and
+terminated HTTP/2 (ALPN h2, the client preface and both SETTINGS frames
+exchanged and acknowledged, with the h2 library over Python's ssl).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import re
 import resource
@@ -77,11 +102,17 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def wrk(url: str, seconds: float, connections: int, close: bool = False) -> dict:
-    argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{int(max(1, seconds))}s", "--latency", url]
+def on_cpu(argv: list[str], cpu: int | None) -> list[str]:
+    """``argv`` run on CPU ``cpu`` only (``taskset -c``), or as it is if ``cpu`` is None."""
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+def wrk(url: str, seconds: float, connections: int, close: bool = False, cpu: int | None = None) -> dict:
+    """wrk with ONE thread (``-t 1``) for every contestant, so the client never takes a second core."""
+    argv = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{int(max(1, seconds))}s", "--latency", url]
     if close:
         argv[1:1] = ["-H", "Connection: close"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    result = subprocess.run(on_cpu(argv, cpu), capture_output=True, text=True, timeout=seconds + 60)
     out = result.stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not match:
@@ -92,28 +123,38 @@ def wrk(url: str, seconds: float, connections: int, close: bool = False) -> dict
     return {"rps": rps, "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan")}
 
 
-def h2load(url: str, seconds: float, connections: int) -> dict:
-    out = subprocess.run(["h2load", "-D", str(int(max(1, seconds))), "-c", str(connections), "-m", "10", "-t", "2", url],
-                         capture_output=True, text=True, timeout=seconds + 60).stdout
+def h2load(url: str, seconds: float, connections: int, streams: int = 10, cpu: int | None = None) -> dict:
+    """h2load with ONE thread: ``connections`` connections of ``streams`` concurrent streams each."""
+    argv = ["h2load", "-D", str(int(max(1, seconds))), "-c", str(connections), "-m", str(streams), "-t", "1", url]
+    result = subprocess.run(on_cpu(argv, cpu), capture_output=True, text=True, timeout=seconds + 60)
+    out = result.stdout
+    if "Application protocol: h2" not in out:
+        raise RuntimeError(f"h2load did not negotiate h2: {out[-800:]}{result.stderr[-500:]}")
     match = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    return {"rps": float(match.group(1)) if match else float("nan")}
+    counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
+    if not match or not counts:
+        raise RuntimeError(f"h2load failed: {out[-800:]}{result.stderr[-500:]}")
+    succeeded, failed = int(counts.group(1)), int(counts.group(2))
+    if failed > max(100, succeeded // 100):  # a server that ends connections (GOAWAY) under load stops the run
+        raise RuntimeError(f"h2load: {failed} requests failed, {succeeded} succeeded")
+    return {"rps": float(match.group(1))}
 
 
-def bulk(url: str, contestant) -> dict:
+def bulk(url: str, contestant, cpu: int | None = None) -> dict:
     before = cpu_seconds(contestant.pids())
     started = time.monotonic()
-    subprocess.run(["curl", "-sS", "-k", "-o", "/dev/null", url], check=True, timeout=600)
+    subprocess.run(on_cpu(["curl", "-sS", "-k", "-o", "/dev/null", url], cpu), check=True, timeout=600)
     elapsed = time.monotonic() - started
     used = cpu_seconds(contestant.pids()) - before
     size = contestant.origin.bulk_bytes
     return {"MBps": size / elapsed / 1e6, "cpu_s_per_GB": used / (size / 1e9)}
 
 
-def s_time(port: int, seconds: float, reuse: bool) -> dict:
+def s_time(port: int, seconds: float, reuse: bool, cpu: int | None = None) -> dict:
     """TLS handshakes per second (wall clock) by ``openssl s_time``, which sends no SNI."""
     started = time.monotonic()
-    result = subprocess.run(["openssl", "s_time", "-connect", f"127.0.0.1:{port}",
-                             "-reuse" if reuse else "-new", "-time", str(int(max(1, seconds)))],
+    result = subprocess.run(on_cpu(["openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+                                    "-reuse" if reuse else "-new", "-time", str(int(max(1, seconds)))], cpu),
                             capture_output=True, text=True, timeout=seconds + 60)
     elapsed = time.monotonic() - started
     match = re.search(r"(\d+) connections in [\d.]+s", result.stdout)
@@ -143,10 +184,53 @@ def idle_memory(port: int, contestant, count: int, tls: bool) -> dict:
     return {"KiB_per_conn": (after - before) / count}
 
 
+def idle_h2_memory(port: int, contestant, count: int) -> dict:
+    """RSS per idle terminated HTTP/2 connection: ``count`` TLS connections with ALPN h2 on which the
+    client preface and SETTINGS went both ways (each side's SETTINGS acknowledged), then held."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    before = sum(rss_kib(pid) for pid in contestant.pids())
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    held = []
+    try:
+        for _ in range(count):
+            sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                       server_hostname="localhost")
+            held.append(sock)
+            if sock.selected_alpn_protocol() != "h2":
+                raise RuntimeError(f"ALPN chose {sock.selected_alpn_protocol()!r}, not h2")
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            sock.sendall(conn.data_to_send())
+            settings = acknowledged = False
+            while not (settings and acknowledged):
+                data = sock.recv(65536)
+                if not data:
+                    raise RuntimeError("the server closed during the HTTP/2 preface")
+                for event in conn.receive_data(data):
+                    settings |= isinstance(event, h2.events.RemoteSettingsChanged)
+                    acknowledged |= isinstance(event, h2.events.SettingsAcknowledged)
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        raise RuntimeError(f"GOAWAY during the HTTP/2 preface: {event}")
+                sock.sendall(conn.data_to_send())  # our ACK of the server's SETTINGS
+            # The client's H2Connection is dropped: only the socket is held, the server's state is measured.
+        time.sleep(1.0)
+        after = sum(rss_kib(pid) for pid in contestant.pids())
+    finally:
+        for sock in held:
+            sock.close()
+    return {"KiB_per_conn": (after - before) / count}
+
+
 NOTES_MARK = "## Notes"
 
 SCENARIOS = [
-    # name, mode, measure, unit key, contestants filter
+    # name, mode, measure, unit key
     ("1. passthrough keep-alive 1 KiB (wrk, 50 conns)", "passthrough", "wrk", "rps"),
     ("1. passthrough keep-alive p99 ms", "passthrough", "wrk", "p99_ms"),
     ("2. passthrough new connection per request", "passthrough", "wrk_close", "rps"),
@@ -155,65 +239,131 @@ SCENARIOS = [
     ("4. TCP (SSH door) bulk MB/s", "tcp", "bulk_plain", "MBps"),
     ("5. terminated HTTP/1.1 keep-alive 1 KiB (wrk)", "terminate", "wrk", "rps"),
     ("5. terminated HTTP/1.1 p99 ms", "terminate", "wrk", "p99_ms"),
-    ("5. terminated HTTP/2 (h2load, 10 streams)", "terminate", "h2load", "rps"),
+    ("5. terminated HTTP/2 (h2load, 10 conns x 10 streams)", "terminate", "h2load", "rps"),
     ("6. full handshakes/s (terminated)", "terminate", "s_time_new", "hps"),
     ("6. resumed handshakes/s (terminated)", "terminate", "s_time_reuse", "hps"),
     ("7. idle passthrough: KiB per connection", "passthrough", "idle", "KiB_per_conn"),
     ("7. idle terminated: KiB per connection", "terminate", "idle_tls", "KiB_per_conn"),
+    ("7. idle terminated HTTP/2: KiB per connection", "terminate", "idle_h2", "KiB_per_conn"),
 ]
 
+PER_CORE = " (per core)"
+PER_CORE_KINDS = ("wrk", "wrk_close", "h2load", "s_time_new", "s_time_reuse")  # the request-rate scenarios
+SMOKE_PER_CORE_KINDS = ("wrk", "h2load")  # and, in --smoke, of scenario 5 only (terminate mode)
 
-def measure(kind: str, c, args) -> dict:
+
+def measure(kind: str, c, args, cpu: int | None = None) -> dict:
+    """One measurement of contestant ``c``; the client runs on CPU ``cpu`` if given."""
     url = f"https://localhost:{c.port}/1k"
     if kind == "wrk":
-        return wrk(url, args.duration, 50)
+        return wrk(url, args.duration, 50, cpu=cpu)
     if kind == "wrk_close":
-        return wrk(url, args.duration, 50, close=True)
+        return wrk(url, args.duration, 50, close=True, cpu=cpu)
     if kind == "h2load":
-        return h2load(url, args.duration, 10)
+        return h2load(url, args.duration, 10, streams=10, cpu=cpu)  # the issue's load: -c 10 -m 10, 1 KiB responses
     if kind == "bulk":
-        return bulk(f"https://localhost:{c.port}/bulk", c)
+        return bulk(f"https://localhost:{c.port}/bulk", c, cpu=cpu)
     if kind == "bulk_plain":
-        return bulk(f"http://127.0.0.1:{c.port}/bulk", c)
+        return bulk(f"http://127.0.0.1:{c.port}/bulk", c, cpu=cpu)
     if kind == "s_time_new":
-        return s_time(c.port, args.duration, reuse=False)
+        return s_time(c.port, args.duration, reuse=False, cpu=cpu)
     if kind == "s_time_reuse":
-        return s_time(c.port, args.duration, reuse=True)
+        return s_time(c.port, args.duration, reuse=True, cpu=cpu)
     if kind == "idle":
         return idle_memory(c.port, c, args.idle, tls=True)
     if kind == "idle_tls":
         return idle_memory(c.port, c, args.idle, tls=True)
+    if kind == "idle_h2":
+        return idle_h2_memory(c.port, c, args.idle)
     raise ValueError(kind)
+
+
+class Cores:
+    """Per-core mode: the proxy on one CPU, the client and the origin on another."""
+
+    def __init__(self) -> None:
+        self.all = os.sched_getaffinity(0)
+        cpus = sorted(self.all)
+        if len(cpus) < 2:
+            raise RuntimeError(f"per-core mode needs two CPUs, this process may use {cpus}")
+        self.proxy, self.client = cpus[0], cpus[1]
+
+    @staticmethod
+    def tasks(pids: list[int]) -> list[int]:
+        """Every thread of every process in ``pids``."""
+        found = []
+        for pid in pids:
+            try:
+                found += [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+            except OSError:
+                pass
+        return found
+
+    @classmethod
+    def pin(cls, pids: list[int], cpus: set[int]) -> None:
+        for tid in cls.tasks(pids):
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def start(self, cls, *args, **kwargs):
+        """Start contestant ``cls`` on the proxy CPU: the harness takes that affinity while it starts the
+        programs, so every process and thread the contestant starts or forks inherits it; they are pinned
+        again once it is ready (for anything that changed its own affinity), then checked."""
+        os.sched_setaffinity(0, {self.proxy})
+        try:
+            c = cls(*args, **kwargs)
+        finally:
+            os.sched_setaffinity(0, {self.client})
+        self.pin(c.pids(), {self.proxy})
+        stray = {tid: os.sched_getaffinity(tid) for tid in self.tasks(c.pids())}
+        stray = {tid: cpus for tid, cpus in stray.items() if cpus != {self.proxy}}
+        if stray:
+            c.stop()
+            raise RuntimeError(f"{cls.name}: threads not on CPU {self.proxy}: {stray}")
+        return c
+
+    def __enter__(self) -> "Cores":
+        os.sched_setaffinity(0, {self.client})  # the harness (and so anything it runs) off the proxy's CPU
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.sched_setaffinity(0, self.all)
 
 
 def run_scenarios(args, tmp: Path, origin, cert, key) -> dict:
     results: dict[tuple[str, str], list[float]] = {}
-    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for title, mode, kind, unit in SCENARIOS:
-        if args.only and title.split(".", 1)[0] not in args.only:
+    groups: dict[tuple[str, str, bool], list[tuple[str, str]]] = {}
+    per_core_kinds = SMOKE_PER_CORE_KINDS if args.smoke else PER_CORE_KINDS
+    for per_core in (False, True):
+        if (per_core and args.per_core == "no") or (not per_core and args.per_core == "only"):
             continue
-        groups.setdefault((mode, kind), []).append((title, unit))
-    for (mode, kind), rows in groups.items():
-        for round_number in range(args.rounds):
-            shift = round_number % len(CONTESTANTS)  # each round starts with another contestant
-            for cls in CONTESTANTS[shift:] + CONTESTANTS[:shift]:
-                if args.contestants and cls.name not in args.contestants:
-                    continue
-                if mode not in cls.modes or (kind == "h2load" and cls.name == "sslh"):
-                    continue
-                c = cls(tmp / f"{cls.name}-{mode}-{kind}-{round_number}", mode, origin, cert, key)
+        for title, mode, kind, unit in SCENARIOS:
+            if args.only and title.split(".", 1)[0] not in args.only:
+                continue
+            if per_core and (kind not in per_core_kinds or (args.smoke and mode != "terminate")):
+                continue
+            groups.setdefault((mode, kind, per_core), []).append((title + (PER_CORE if per_core else ""), unit))
+    cores = None
+    if any(per_core for _, _, per_core in groups):
+        try:
+            cores = Cores()
+        except RuntimeError as e:
+            print(f"  per-core rows skipped: {e}", flush=True)
+            groups = {key: rows for key, rows in groups.items() if not key[2]}
+    for (mode, kind, per_core), rows in groups.items():
+        if per_core:
+            with cores:
+                Cores.pin([origin.program.pid], {cores.client})
                 try:
-                    outcome = measure(kind, c, args)
-                except Exception as e:  # a contestant that cannot do it (sslh-select: select() caps at 1024 fds)
-                    print(f"  {cls.name} failed {kind}: {type(e).__name__}: {e}", flush=True)
-                    outcome = {unit: float("nan") for _, unit in rows}
+                    measure_group(args, tmp, origin, cert, key, mode, kind, rows, results, cores)
                 finally:
-                    c.stop()
-                for title, unit in rows:
-                    results.setdefault((title, cls.name), []).append(outcome[unit])
-                print(f"  {mode:11} {kind:12} round {round_number + 1} {cls.name:8} {outcome}", flush=True)
+                    Cores.pin([origin.program.pid], cores.all)
+        else:
+            measure_group(args, tmp, origin, cert, key, mode, kind, rows, results, None)
     # 8. route scale: new connections/s with 10 and 10,000 routes (edge only).
-    for routes in (10, 10_000) if not args.only or "8" in args.only else ():
+    for routes in (10, 10_000) if (not args.only or "8" in args.only) and args.per_core != "only" else ():
         samples = []
         for round_number in range(args.rounds):
             c = Edge(tmp / f"edge-routes-{routes}-{round_number}", "passthrough", origin, cert, key, routes=routes)
@@ -223,10 +373,40 @@ def run_scenarios(args, tmp: Path, origin, cert, key) -> dict:
                 c.stop()
         results[(f"8. new conns/s with {routes} routes", "edge")] = samples
         print(f"  routes {routes}: {samples}", flush=True)
-    if not args.only or "8" in args.only:
+    if (not args.only or "8" in args.only) and args.per_core != "only":
         for routes in (10, 10_000):
             results[(f"8. route lookup ns with {routes} routes", "edge")] = [lookup_ns(routes)]
     return results
+
+
+def measure_group(args, tmp, origin, cert, key, mode, kind, rows, results, cores: Cores | None) -> None:
+    """``args.rounds`` interleaved rounds of one measurement over the contestants; with ``cores``, each
+    contestant on the proxy CPU and the client on the other."""
+    label = "per-core" if cores else ""
+    for round_number in range(args.rounds):
+        shift = round_number % len(CONTESTANTS)  # each round starts with another contestant
+        for cls in CONTESTANTS[shift:] + CONTESTANTS[:shift]:
+            if args.contestants and cls.name not in args.contestants:
+                continue
+            if mode not in cls.modes or (kind == "h2load" and cls.name == "sslh"):
+                continue
+            where = tmp / f"{cls.name}-{mode}-{kind}-{'core-' if cores else ''}{round_number}"
+            try:
+                c = cores.start(cls, where, mode, origin, cert, key) if cores else cls(where, mode, origin, cert, key)
+            except Exception as e:
+                print(f"  {cls.name} did not start for {kind}: {type(e).__name__}: {e}", flush=True)
+                outcome = {unit: float("nan") for _, unit in rows}
+            else:
+                try:
+                    outcome = measure(kind, c, args, cpu=cores.client if cores else None)
+                except Exception as e:  # a contestant that cannot do it (sslh-select: select() caps at 1024 fds)
+                    print(f"  {cls.name} failed {kind}: {type(e).__name__}: {e}", flush=True)
+                    outcome = {unit: float("nan") for _, unit in rows}
+                finally:
+                    c.stop()
+            for title, unit in rows:
+                results.setdefault((title, cls.name), []).append(outcome[unit])
+            print(f"  {mode:11} {kind:12} {label:8} round {round_number + 1} {cls.name:8} {outcome}", flush=True)
 
 
 def lookup_ns(routes: int) -> float:
@@ -286,6 +466,11 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="markdown report (default docs/benchmarks.md, none with --smoke)")
     parser.add_argument("--only", default="", help="scenario numbers to run, e.g. 1,5 (default all)")
     parser.add_argument("--contestants", default="", help="names to run, e.g. edge,haproxy (default all)")
+    pinning = parser.add_mutually_exclusive_group()
+    pinning.add_argument("--per-core", dest="per_core", action="store_const", const="only", default="also",
+                         help="only the per-core rows: each proxy on CPU 0, client and origin on CPU 1")
+    pinning.add_argument("--no-per-core", dest="per_core", action="store_const", const="no",
+                         help="leave out the per-core rows")
     args = parser.parse_args()
     args.only = {n.strip() for n in args.only.split(",") if n.strip()}
     args.contestants = {n.strip() for n in args.contestants.split(",") if n.strip()}
@@ -321,9 +506,11 @@ def main() -> int:
             # Benchmarks
 
             Made by `{command}` on {datetime.date.today()} ({time.monotonic() - started:.0f} s):
-            {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, {platform.platform()}.
+            {platform.machine()}, {len(os.sched_getaffinity(0))} cores, {platform.platform()}.
             {args.rounds} interleaved rounds of {args.duration:g} s per measurement, medians; bulk file {args.bulk_mb} MiB;
-            {args.idle} idle connections. All on loopback; the origin is nginx; wrk and h2load are the clients.
+            {args.idle} idle connections. All on loopback; the origin is nginx; wrk and h2load are the clients,
+            with the same settings for every contestant and one client thread (`-t 1`). Rows marked
+            "(per core)": each contestant's processes pinned to one CPU, the client and the origin to another.
             Versions: {'; '.join(f'{k} {v}' for k, v in info.items())}.
 
             """) + report + "\n" + ("\n" + notes if notes else ""))

@@ -108,6 +108,7 @@ class BackendConfig:
     check_interval: float = 2.0
     rise: int = 2
     fall: int = 3
+    protocol: str = "http/1.1"  # http(s):// servers: "http/1.1", or "h2" (h2c with prior knowledge, or ALPN h2)
 
     @property
     def kind(self) -> str:
@@ -404,7 +405,7 @@ class _Parser:
         key = f"backends.{name}"
         data = self.table(
             data, key, ("servers", "balance", "max_conn", "proxy_protocol", "max_fails", "fail_timeout",
-                        "verify", "ca", "server_name", "check", "check_interval", "rise", "fall")
+                        "verify", "ca", "server_name", "check", "check_interval", "rise", "fall", "protocol")
         )
         if "servers" not in data:
             raise self.fail(f"{key}.servers", "missing: a backend needs at least one server")
@@ -462,6 +463,12 @@ class _Parser:
         for option in ("rise", "fall"):
             if option in data:
                 options[option] = self.positive_int(data[option], f"{key}.{option}")
+        if "protocol" in data:
+            if servers[0].scheme == "tcp":
+                raise self.fail(f"{key}.protocol", "only applies to http:// and https:// servers")
+            options["protocol"] = self.choice(data["protocol"], f"{key}.protocol", ("http/1.1", "h2"))
+            if options["protocol"] == "h2" and options.get("check", "").startswith("http "):
+                raise self.fail(f"{key}.check", "an HTTP check speaks HTTP/1.1: use \"tcp\" or \"tls\" for an h2 backend")
         if "proxy_protocol" in options and servers[0].scheme != "tcp":
             raise self.fail(f"{key}.proxy_protocol", "is for host:port (TCP) servers")
         return BackendConfig(name=name, servers=tuple(servers), **options)

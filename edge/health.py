@@ -93,7 +93,7 @@ class BackendChecker:
         if self.kind == "tls":
             done: Deferred = Deferred()
             name = self.config.server_name or state.server.host
-            endpoint = wrapClientTLS(_Unverified(name), state.endpoint)
+            endpoint = wrapClientTLS(_Unverified(name, [b"h2", b"http/1.1"]), state.endpoint)
             endpoint.connect(Factory.forProtocol(lambda: _HandshakeProbe(done))).addErrback(done.errback)
             return done
         scheme = "https" if state.server.scheme == "https" else "http"

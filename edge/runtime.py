@@ -78,7 +78,7 @@ class Runtime:
         kept = {id(upstream) for upstream in successor.upstreams.values()}
         for upstream in self.upstreams.values():
             if id(upstream) not in kept:
-                upstream.http1.close()
+                upstream.close()
 
     @staticmethod
     def load_certificates(config: Config) -> CertificateStore:

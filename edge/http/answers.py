@@ -10,6 +10,7 @@ STATUS_TEXT = {
     200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
     413: "Content Too Large", 421: "Misdirected Request", 431: "Request Header Fields Too Large",
     499: "Client Closed Request", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
 }
 # The one-line bodies of the errors that need no further explanation.
 REASON_TEXT = {

@@ -25,6 +25,22 @@ class Request(NamedTuple):
     oversized: bool = False
 
 
+class Response(NamedTuple):
+    """A backend's response head (HTTP/2 backends): ``fields`` without ``:status``; ``ended``: no body."""
+
+    stream: int
+    status: int
+    fields: list[tuple[bytes, bytes]]
+    ended: bool
+
+
+class Trailers(NamedTuple):
+    """Trailer fields at the end of a body (gRPC's status travels in them); a BodyEnd follows."""
+
+    stream: int
+    fields: list[tuple[bytes, bytes]]
+
+
 class Body(NamedTuple):
     """Request body bytes; ``size`` is what they count against flow control (padding included)."""
 

@@ -219,6 +219,12 @@ class Http1Proxy(Protocol):
                 return
         self.upstream_head = self._upstream_head(head, raw_host, path)
         upstream = runtime.upstreams[route.backend]
+        if upstream.h2 is not None:  # not relayed across protocols yet: said plainly, not a confusing 502
+            log.warn("{client}: 505 backend {backend} has protocol = \"h2\"; HTTP/1.1 clients are not relayed "
+                     "to HTTP/2 backends yet", client=self.info.client[0], backend=route.backend)
+            self.outcome = "answered"
+            self._answer(505, "this service is reachable over HTTP/2 only", close=head.has_body)
+            return
         self.pool = upstream.http1
         if lower.find(b"\r\nupgrade:") >= 0 and is_websocket(head.version, self.body is not None,
                                                              connection_tokens(head.fields, lower), head.get(b"upgrade")):

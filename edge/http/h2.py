@@ -34,7 +34,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, WindowOpened
+from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, Response, Trailers, WindowOpened
 from edge.http.hpack_encoder import StaticEncoder
 
 MAX_STREAMS = 100
@@ -64,7 +64,90 @@ class _Connection(h2.connection.H2Connection):
     MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
 
 
-class H2Codec:
+class _Streams:
+    """What both ends of an HTTP/2 connection do with their streams: send, acknowledge, reset."""
+
+    conn: h2.connection.H2Connection
+    ended: bool
+    data_frames_sent: int
+
+    # -- output -----------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def respond(self, stream: int, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> bool:
+        """Send a response head (or a 1xx one) on ``stream``; ``end`` if no body follows.  False if the
+        stream is closed already (the client reset it in the same read: its Aborted event follows)."""
+        fields.insert(0, (b":status", STATUS[status]))
+        try:
+            self.conn.send_headers(stream, fields, end_stream=end)
+        except h2.exceptions.ProtocolError:  # StreamClosedError is one
+            return False
+        return True
+
+    def window(self, stream: int) -> int:
+        """How many bytes ``stream`` can take now (its window and the connection's); -1 if it is closed."""
+        state = self.conn.streams.get(stream)
+        if state is None or state.closed:
+            return -1
+        return self.conn.local_flow_control_window(stream)
+
+    def send(self, stream: int, data: bytes, end: bool) -> int:
+        """Send as much of ``data`` as the windows allow, in frames of the client's size, ending the stream
+        with the last one if ``end`` and all of it went.  Returns the bytes sent; -1 if the stream is closed."""
+        conn = self.conn
+        try:
+            room = conn.local_flow_control_window(stream)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+            return -1
+        size = len(data)
+        try:
+            if size <= room and size <= conn.max_outbound_frame_size:  # the usual case: one frame
+                conn.send_data(stream, data, end_stream=end)
+                self.data_frames_sent += 1
+                return size
+            frame = conn.max_outbound_frame_size
+            sent = 0
+            while sent < size and room > 0:
+                piece = data[sent : sent + min(frame, room)]
+                sent += len(piece)
+                room -= len(piece)
+                conn.send_data(stream, piece, end_stream=end and sent == size)
+                self.data_frames_sent += 1
+            return sent
+        except h2.exceptions.ProtocolError:  # the stream was ended or reset meanwhile (StreamClosedError is one)
+            return -1
+
+    def end(self, stream: int, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """End ``stream`` (an empty DATA frame, or trailers)."""
+        try:
+            if trailers:
+                self.conn.send_headers(stream, trailers, end_stream=True)
+            else:
+                self.conn.end_stream(stream)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+            pass
+
+    def ack(self, stream: int, size: int) -> None:
+        """``size`` flow-controlled bytes of ``stream`` were passed on: the client may send that much more."""
+        if size:
+            self.conn.acknowledge_received_data(size, stream)
+
+    def reset(self, stream: int, code: int = ErrorCodes.CANCEL) -> None:
+        try:
+            self.conn.reset_stream(stream, code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+            pass
+
+    def goaway(self, code: int = ErrorCodes.NO_ERROR) -> None:
+        """Tell the client this connection takes no new streams (then the owner closes it)."""
+        if not self.ended:
+            self.ended = True
+            self.conn.close_connection(code)
+
+
+class H2Codec(_Streams):
     """One server-side HTTP/2 connection."""
 
     def __init__(self) -> None:
@@ -148,7 +231,8 @@ class H2Codec:
                 counts["unknown"] += 1
             elif kind is h2.events.SettingsAcknowledged:
                 self.conn.decoder.max_header_list_size = HARD_HEADER_LIST
-            # TrailersReceived: dropped (an HTTP/1.1 backend gets none); StreamEnded follows it.
+            elif kind is h2.events.TrailersReceived:  # a StreamEnded follows
+                out.append(Trailers(event.stream_id, list(event.headers)))
         flood = self._flood()
         if flood is not None:
             self.ended = True
@@ -221,77 +305,81 @@ class H2Codec:
         return Request(event.stream_id, method or b"", target or b"", authority, fields,
                        event.stream_ended is not None, protocol, size > MAX_HEADER_LIST)
 
-    # -- output -----------------------------------------------------------------------------
 
-    def data_to_send(self) -> bytes:
-        return self.conn.data_to_send()
 
-    def respond(self, stream: int, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> bool:
-        """Send a response head (or a 1xx one) on ``stream``; ``end`` if no body follows.  False if the
-        stream is closed already (the client reset it in the same read: its Aborted event follows)."""
-        fields.insert(0, (b":status", STATUS[status]))
-        try:
-            self.conn.send_headers(stream, fields, end_stream=end)
-        except h2.exceptions.ProtocolError:  # StreamClosedError is one
-            return False
-        return True
+_CLIENT_CONFIG = h2.config.H2Configuration(
+    client_side=True, header_encoding=None, validate_inbound_headers=True, normalize_inbound_headers=False,
+    validate_outbound_headers=False, normalize_outbound_headers=False)
 
-    def window(self, stream: int) -> int:
-        """How many bytes ``stream`` can take now (its window and the connection's); -1 if it is closed."""
-        state = self.conn.streams.get(stream)
-        if state is None or state.closed:
-            return -1
-        return self.conn.local_flow_control_window(stream)
 
-    def send(self, stream: int, data: bytes, end: bool) -> int:
-        """Send as much of ``data`` as the windows allow, in frames of the client's size, ending the stream
-        with the last one if ``end`` and all of it went.  Returns the bytes sent; -1 if the stream is closed."""
+class H2ClientCodec(_Streams):
+    """One HTTP/2 connection to a backend server (h2c with prior knowledge, or ALPN ``h2``).
+
+    The backend is trusted more than a client (no flood counting), but its
+    header lists are bounded like a client's and a protocol error ends the
+    connection.  Stream windows are 64 KiB: a response is acknowledged as the
+    client takes it, so a slow client slows its stream, not the connection.
+    """
+
+    def __init__(self) -> None:
+        conn = self.conn = _Connection(config=_CLIENT_CONFIG)
+        conn.encoder = StaticEncoder()
+        S = h2.settings.SettingCodes
+        conn.local_settings = h2.settings.Settings(client=True, initial_values={
+            S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST, S.INITIAL_WINDOW_SIZE: STREAM_WINDOW, S.ENABLE_PUSH: 0})
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.ended = False
+        self.data_frames_sent = 0
+
+    def room(self) -> int:
+        """How many more streams the server takes now."""
+        if self.ended:
+            return 0
         conn = self.conn
-        try:
-            room = conn.local_flow_control_window(stream)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
-            return -1
-        size = len(data)
-        try:
-            if size <= room and size <= conn.max_outbound_frame_size:  # the usual case: one frame
-                conn.send_data(stream, data, end_stream=end)
-                self.data_frames_sent += 1
-                return size
-            frame = conn.max_outbound_frame_size
-            sent = 0
-            while sent < size and room > 0:
-                piece = data[sent : sent + min(frame, room)]
-                sent += len(piece)
-                room -= len(piece)
-                conn.send_data(stream, piece, end_stream=end and sent == size)
-                self.data_frames_sent += 1
-            return sent
-        except h2.exceptions.ProtocolError:  # the stream was ended or reset meanwhile (StreamClosedError is one)
-            return -1
+        return conn.remote_settings.max_concurrent_streams - conn.open_outbound_streams
 
-    def end(self, stream: int, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
-        """End ``stream`` (an empty DATA frame, or trailers)."""
+    def request(self, fields: list[tuple[bytes, bytes]], end: bool) -> int:
+        """Open a stream with this request head (pseudo-headers first); its id."""
+        stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(stream, fields, end_stream=end)
+        return stream
+
+    def receive(self, data: bytes) -> list[Any]:
+        if self.ended:
+            return []
         try:
-            if trailers:
-                self.conn.send_headers(stream, trailers, end_stream=True)
-            else:
-                self.conn.end_stream(stream)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
-            pass
-
-    def ack(self, stream: int, size: int) -> None:
-        """``size`` flow-controlled bytes of ``stream`` were passed on: the client may send that much more."""
-        if size:
-            self.conn.acknowledge_received_data(size, stream)
-
-    def reset(self, stream: int, code: int = ErrorCodes.CANCEL) -> None:
-        try:
-            self.conn.reset_stream(stream, code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
-            pass
-
-    def goaway(self, code: int = ErrorCodes.NO_ERROR) -> None:
-        """Tell the client this connection takes no new streams (then the owner closes it)."""
-        if not self.ended:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
             self.ended = True
-            self.conn.close_connection(code)
+            return [Ended(f"HTTP/2 protocol error from the server: {e}", True)]
+        out: list[Any] = []
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.DataReceived:
+                out.append(Body(event.stream_id, event.data, event.flow_controlled_length))
+            elif kind is h2.events.ResponseReceived:
+                status, fields = 0, []
+                for name, value in event.headers:
+                    if name == b":status":
+                        status = int(value)
+                    elif name[0] != 58:
+                        fields.append((name, value))
+                out.append(Response(event.stream_id, status, fields, event.stream_ended is not None))
+            elif kind is h2.events.TrailersReceived:
+                out.append(Trailers(event.stream_id, list(event.headers)))
+            elif kind is h2.events.StreamEnded:
+                out.append(BodyEnd(event.stream_id))
+            elif kind is h2.events.WindowUpdated:
+                out.append(WindowOpened(event.stream_id))
+            elif kind is h2.events.StreamReset:
+                out.append(Aborted(event.stream_id, event.error_code))
+            elif kind is h2.events.RemoteSettingsChanged:
+                out.append(WindowOpened(0))  # more streams or larger windows may be allowed
+            elif kind is h2.events.ConnectionTerminated:
+                self.ended = True
+                code = event.error_code
+                out.append(Ended(f"the server sent GOAWAY ({getattr(code, 'name', code)})", code != 0))
+                return out
+            # InformationalResponseReceived (100, 103): the final response follows
+        return out

@@ -43,11 +43,12 @@ from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.event_loop import after_events
 from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, failure_hint
-from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, WindowOpened
-from edge.http.forwarded import FORWARDING_FIELDS, forwarded_block
+from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, Trailers, WindowOpened
+from edge.http.forwarded import FORWARDING_FIELDS, forwarded_block, forwarded_fields
 from edge.http.framing import LAST_CHUNK, ChunkedReader, ResponseHead, chunk
 from edge.http.h1 import HOP_BY_HOP, BadRequest, Malformed, check_fields, field_list, request_line_ok
 from edge.http.h1_client import UpstreamConnection
+from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
 from edge.http.policy import Answer, body_limit, decide, host_entry
 from edge.timers import coarse
@@ -88,6 +89,9 @@ class H2Server(Protocol):
         self.last_host: bytes | None = None  # the :authority of the last request, and what it decided
         self.last_entry: Any = None
         self.last_name = ""
+        self.forwarded_for: bytes | None = None  # the :authority the forwarding headers below were made for
+        self.forwarded = b""
+        self.length: int | None = None
 
     # -- the client's bytes -------------------------------------------------------------
 
@@ -150,6 +154,10 @@ class H2Server(Protocol):
                     exchange = self.exchanges.get(event.stream)
                     if exchange is not None and exchange.pending:
                         exchange.push()
+        elif kind is Trailers:
+            exchange = self.exchanges.get(event.stream)
+            if exchange is not None:
+                exchange.trailers_in = event.fields  # passed on to an HTTP/2 backend; an HTTP/1.1 one gets none
         elif kind is Aborted:
             exchange = self.exchanges.get(event.stream)
             if exchange is not None:
@@ -227,8 +235,15 @@ class H2Server(Protocol):
         if type(route) is Answer:
             self.answer(stream, event, route.status, route.text, route.location, started=started)
             return
+        upstream = runtime.upstreams[route.backend]
         try:
-            head, chunked, length, expect = self._upstream_head(event, method, target, authority, tunnel)
+            if upstream.h2 is not None:
+                if tunnel:
+                    raise BadRequest(501, "WebSocket to an HTTP/2 backend is not supported")
+                head, chunked, length, expect = self._upstream_fields(event, method, target, authority, upstream), \
+                    False, self.length, False
+            else:
+                head, chunked, length, expect = self._upstream_head(event, method, target, authority, tunnel)
             limit = body_limit(route, length)
         except BadRequest as e:
             self.answer(stream, event, e.status, str(e), route=route, started=started)
@@ -236,7 +251,7 @@ class H2Server(Protocol):
         exchange = H2Exchange(self, stream, event, route, head, chunked, None if tunnel else limit, tunnel, expect,
                               started)
         self.exchanges[stream] = exchange
-        exchange.start(runtime.upstreams[route.backend])
+        exchange.start(upstream)
 
     def _upstream_head(self, event: Request, method: bytes, target: bytes, authority: bytes,
                        tunnel: bool) -> tuple[bytes, bool, int | None, bool]:
@@ -287,9 +302,41 @@ class H2Server(Protocol):
                 framing = b"\r\ncontent-length: %d" % length
             else:
                 framing, chunked = b"\r\ntransfer-encoding: chunked", True
-        return (line + fields + framing + forwarded_block(self.info.client[0], self.scheme, authority,
-                                                          prior_for, prior_forwarded) + b"\r\n\r\n",
-                chunked, length, expect)
+        if prior_for or prior_forwarded:
+            forwarded = forwarded_block(self.info.client[0], self.scheme, authority, prior_for, prior_forwarded)
+        elif authority == self.forwarded_for:  # the usual request: the same :authority as the last one
+            forwarded = self.forwarded
+        else:
+            forwarded = self.forwarded = forwarded_block(self.info.client[0], self.scheme, authority)
+            self.forwarded_for = authority
+        return line + fields + framing + forwarded + b"\r\n\r\n", chunked, length, expect
+
+    def _upstream_fields(self, event: Request, method: bytes, target: bytes, authority: bytes,
+                         upstream: Any) -> list[tuple[bytes, bytes]]:
+        """The HTTP/2 request head for an HTTP/2 backend (``te: trailers`` passes, as gRPC needs it)."""
+        fields = [(b":method", method), (b":scheme", b"https" if upstream.scheme == "https" else b"http"),
+                  (b":authority", authority), (b":path", target)]
+        prior_for: list[bytes] = []
+        prior_forwarded: list[bytes] = []
+        length = None
+        for name, value in event.fields:
+            if name in _REQUEST_SKIP:
+                if name == b"content-length":
+                    if not value.isdigit() or len(value) > 18 or (length is not None and int(value) != length):
+                        raise BadRequest(400, "invalid Content-Length")
+                    length = int(value)
+                    fields.append((name, value))
+                elif name == b"x-forwarded-for":
+                    prior_for.append(value)
+                elif name == b"forwarded":
+                    prior_forwarded.append(value)
+                elif name == b"te" and value.lower() == b"trailers":
+                    fields.append((name, b"trailers"))
+                continue
+            fields.append((name, value))
+        self.length = length
+        fields.extend(forwarded_fields(self.info.client[0], self.scheme, authority, prior_for, prior_forwarded))
+        return fields
 
     def answer(self, stream: int, event: Request, status: int, text: str, location: str | None = None,
                route: Any = None, started: float = 0.0, exchange: "H2Exchange | None" = None) -> int:
@@ -434,12 +481,129 @@ class H2Exchange:
         self.deadline_at = 0.0
         self.timer: Any = None
         self.timer_at = 0.0
+        # An HTTP/2 backend: its connection and stream, request body pieces (bytes, flow-controlled size) its
+        # window has not taken yet, trailers both ways, and response bytes not yet acknowledged to it.
+        self.backend_conn: H2BackendConnection | None = None
+        self.backend_stream = 0
+        self.ack_conn: H2BackendConnection | None = None
+        self.backend_unacked = 0
+        self.out_pending: list[tuple[bytes, int]] = []
+        self.trailers_in: list[tuple[bytes, bytes]] | None = None
+        self.trailers_out: list[tuple[bytes, bytes]] | None = None
+        self.request_ended = False  # END_STREAM went to the HTTP/2 backend
+        self.h2_backend = False
 
     # -- the backend connection ------------------------------------------------------------
 
     def start(self, upstream: Any) -> None:
-        self.pool = upstream.http1
+        if upstream.h2 is not None:
+            self.pool = upstream.h2
+            self.h2_backend = True
+        else:
+            self.pool = upstream.http1
         self.pool.acquire(self)
+
+    # -- an HTTP/2 backend ---------------------------------------------------------------
+
+    def stream_ready(self, connection: H2BackendConnection) -> None:
+        if self.closed:
+            return
+        self.backend_conn = self.ack_conn = connection
+        self.server_name = str(connection.state)
+        end = self.client_done and not self.out_pending and self.trailers_in is None
+        self.backend_stream = connection.open_stream(self, self.head, end)
+        self.request_ended = end
+        if self.expect and not self.client_done and not self.received:
+            self.codec.respond(self.stream, 100, [], end=False)
+        self._send_backend()
+        self._arm("response" if self.client_done else "body")
+        self.server.flush()
+
+    def _send_backend(self) -> None:
+        """Request body pieces to the HTTP/2 backend as its windows allow; the client's acknowledged as they go."""
+        connection = self.backend_conn
+        if connection is None or self.request_ended:
+            return
+        pending = self.out_pending
+        codec = connection.codec
+        acked = 0
+        while pending:
+            data, size = pending[0]
+            last = len(pending) == 1 and self.client_done and self.trailers_in is None
+            sent = codec.send(self.backend_stream, data, last)
+            if sent < 0:
+                pending.clear()
+                break
+            if sent < len(data):
+                pending[0] = (data[sent:], size)
+                break
+            pending.pop(0)
+            acked += size
+            if last:
+                self.request_ended = True
+        if acked:
+            self.codec.ack(self.stream, acked)
+        if not pending and self.client_done and not self.request_ended:
+            codec.end(self.backend_stream, self.trailers_in)
+            self.request_ended = True
+        connection.flush()
+        self.server.flush()
+
+    def stream_window(self) -> None:
+        if not self.closed and self.out_pending:
+            self._send_backend()
+
+    def stream_response(self, status: int, fields: list[tuple[bytes, bytes]], ended: bool) -> None:
+        if self.closed:
+            return
+        self.response_started = True
+        self.status = status
+        self.upstream_time = time.monotonic() - self.started
+        fields = [(name, value) for name, value in fields if name not in _RESPONSE_SKIP]
+        self.codec.respond(self.stream, status, fields, end=ended and self.trailers_out is None)
+        self.stream_ended = ended
+        self._arm("idle")
+        self.server.flush()
+
+    def stream_body(self, data: bytes, size: int) -> None:
+        if self.closed:
+            if self.ack_conn is not None:
+                self.ack_conn.ack(self.backend_stream, size)
+            return
+        if size > len(data):  # padding: acknowledged at once
+            self.ack_conn.ack(self.backend_stream, size - len(data))
+        if data:
+            self.backend_unacked += len(data)
+            self.pending.append(data)
+            self.deadline_at = time.monotonic() + self.server.runtime.config.timeouts.idle
+            self.push()
+
+    def stream_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self.trailers_out = fields
+
+    def stream_end(self) -> None:
+        self.backend_conn = None  # the connection is done with this stream
+        if self.closed:
+            return
+        self.upstream_done = True
+        self.push()
+
+    def stream_failed(self, reason: str, before_response: bool) -> None:
+        self.backend_conn = None
+        if self.closed:
+            return
+        if self.response_started:
+            log.warn("{client}: backend response cut short: {reason}", client=self.server.info.client[0], reason=reason)
+            self._reset(ErrorCodes.INTERNAL_ERROR, "backend_failed")
+            return
+        if before_response and not self.retried and self.received == 0 and self.client_done:
+            self.retried = True  # a connection the server had just closed: once more on a new one
+            self.request_ended = False
+            self.pool.acquire(self, fresh=True)
+            return
+        log.warn("{client}: 502 backend {backend} failed: {reason}", client=self.server.info.client[0],
+                 backend=self.route.backend, reason=reason)
+        self._answer(502, "backend_failed")
 
     def upstream_ready(self, connection: UpstreamConnection) -> None:
         if self.closed:
@@ -524,12 +688,15 @@ class H2Exchange:
             codec = self.codec
             while pending:
                 data = pending[0]
-                last = len(pending) == 1 and self.upstream_done
+                last = len(pending) == 1 and self.upstream_done and self.trailers_out is None
                 sent = codec.send(self.stream, data, last)
                 if sent < 0:  # the stream is gone
                     pending.clear()
                     break
                 self.sent += sent
+                if self.ack_conn is not None and sent:  # an HTTP/2 backend may send as much more
+                    self.backend_unacked -= sent
+                    self.ack_conn.ack(self.backend_stream, sent)
                 if sent < len(data):
                     pending[0] = data[sent:]
                     break
@@ -538,7 +705,7 @@ class H2Exchange:
             else:
                 if self.upstream_done:
                     if not self.stream_ended:
-                        codec.end(self.stream)
+                        codec.end(self.stream, self.trailers_out)
                     self._complete()
                     server.flush()
                     return
@@ -573,6 +740,10 @@ class H2Exchange:
         self._answer(502, "backend_failed")
 
     def _release(self, reusable: bool) -> None:
+        backend = self.backend_conn
+        if backend is not None:
+            self.backend_conn = None
+            backend.close_stream(self.backend_stream, reset=True)
         connection, self.upstream = self.upstream, None
         if connection is None:
             return
@@ -600,6 +771,11 @@ class H2Exchange:
                 self._answer(413, "body_too_large")
             self.codec.ack(self.stream, size)
             return
+        if self.h2_backend:
+            self.out_pending.append((data, size))
+            self._send_backend()
+            self.deadline_at = time.monotonic() + self.server.runtime.config.timeouts.idle
+            return
         if self.chunked and data:
             data = chunk(data)
         upstream = self.upstream
@@ -618,6 +794,11 @@ class H2Exchange:
         if self.closed or self.client_done:
             return
         self.client_done = True
+        if self.backend_conn is not None:
+            self._send_backend()
+            if not self.response_started:
+                self._arm("response")
+            return
         upstream = self.upstream
         if upstream is None:
             return  # the head and body go out together once connected
@@ -686,6 +867,10 @@ class H2Exchange:
         self.closed = True
         self.pending = []
         self.body_in = []
+        self.out_pending = []
+        if self.backend_unacked and self.ack_conn is not None:  # the backend connection's window comes back
+            self.ack_conn.ack(self.backend_stream, self.backend_unacked)
+            self.backend_unacked = 0
         if self.unacked:
             unacked, self.unacked = self.unacked, 0
             self.codec.ack(self.stream, unacked)

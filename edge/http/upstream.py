@@ -22,23 +22,27 @@ from zope.interface import implementer
 from edge.backends import Backend, ServerState
 from edge.config import BackendConfig
 from edge.http.h1_client import Http1Pool
+from edge.http.h2_client import H2Pool
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _Unverified:
     """TLS to a self-signed backend (``verify = false``): encrypt, check nothing."""
 
-    _context: SSL.Context | None = None
+    _contexts: dict[tuple[bytes, ...], SSL.Context] = {}
 
-    def __init__(self, server_name: str | None) -> None:
+    def __init__(self, server_name: str | None, alpn: list[bytes]) -> None:
         self.server_name = server_name
+        self.alpn = tuple(alpn)
 
     def clientConnectionForTLS(self, protocol: Any) -> SSL.Connection:
-        if _Unverified._context is None:
+        context = _Unverified._contexts.get(self.alpn)
+        if context is None:
             context = SSL.Context(SSL.TLS_CLIENT_METHOD)
             context.set_min_proto_version(SSL.TLS1_2_VERSION)
             context.set_verify(SSL.VERIFY_NONE)
-            _Unverified._context = context
-        connection = SSL.Connection(_Unverified._context, None)
+            context.set_alpn_protos(list(self.alpn))
+            _Unverified._contexts[self.alpn] = context
+        connection = SSL.Connection(context, None)
         if self.server_name and not _is_ip(self.server_name):
             connection.set_tlsext_host_name(self.server_name.encode("idna"))
         connection.set_connect_state()
@@ -73,9 +77,10 @@ class BackendTLSPolicy:
 
     def creator(self, host: str) -> Any:
         name = self.config.server_name or host
+        alpn = [b"h2"] if self.config.protocol == "h2" else [b"http/1.1"]
         if not self.config.verify:
-            return _Unverified(name)
-        return ssl.optionsForClientTLS(name, trustRoot=self.trust, acceptableProtocols=[b"http/1.1"])
+            return _Unverified(name, alpn)
+        return ssl.optionsForClientTLS(name, trustRoot=self.trust, acceptableProtocols=alpn)
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         return self.creator(hostname.decode("ascii"))
@@ -95,7 +100,16 @@ class Upstream:
         self.response_timeout = response_timeout
         self.scheme = backend.config.servers[0].scheme
         self.policy = BackendTLSPolicy(backend.config) if self.scheme == "https" else None
+        self.protocol = backend.config.protocol  # "http/1.1" or "h2"
         self.http1 = Http1Pool(backend, self.tunnel_endpoint)
+        self.h2 = H2Pool(backend, self.tunnel_endpoint, reactor, self.scheme == "https") \
+            if self.protocol == "h2" else None
+
+    def close(self) -> None:
+        """Retired by a reload: its idle connections are closed."""
+        self.http1.close()
+        if self.h2 is not None:
+            self.h2.close()
 
     def tunnel_endpoint(self, state: ServerState) -> Any:
         """The endpoint a connection to ``state`` goes through: TLS for https:// servers."""

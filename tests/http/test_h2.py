@@ -28,7 +28,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, WindowOpened
+from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, WindowOpened, Trailers
 from edge.http.h2 import (
     CONNECTION_WINDOW,
     FLOOD_LIMITS,
@@ -169,12 +169,13 @@ def test_requests_on_several_streams_keep_their_ids():
     assert events[0].target == b"/one" and events[1].target == b"/three"
 
 
-def test_trailers_are_dropped_and_the_body_ends():
+def test_trailers_are_reported_and_the_body_ends():
     client, codec = connect()
     client.send_headers(1, head(b"POST"))
     client.send_data(1, b"x")
     client.send_headers(1, [(b"x-checksum", b"1")], end_stream=True)
-    assert to_codec(client, codec) == [Request(1, b"POST", b"/", b"a.test", [], False), Body(1, b"x", 1), BodyEnd(1)]
+    assert to_codec(client, codec) == [Request(1, b"POST", b"/", b"a.test", [], False), Body(1, b"x", 1),
+                                       Trailers(1, [(b"x-checksum", b"1")]), BodyEnd(1)]
 
 
 def test_client_reset_is_aborted():
