@@ -13,7 +13,8 @@ from typing import NamedTuple
 class Request(NamedTuple):
     """A request head.  ``fields`` are (lower-case name, value) without pseudo-headers; ``ended``: no body
     follows; ``protocol``: an extended CONNECT's ``:protocol`` (RFC 8441); ``oversized``: the header block
-    decoded to more than the limit (answered 431)."""
+    decoded to more than the limit (answered 431); ``malformed``: why the head breaks HTTP/2's rules
+    (answered 400 on its stream, RFC 9113 8.1.1)."""
 
     stream: int
     method: bytes
@@ -23,6 +24,7 @@ class Request(NamedTuple):
     ended: bool
     protocol: bytes | None = None
     oversized: bool = False
+    malformed: str | None = None
 
 
 class Response(NamedTuple):

@@ -25,6 +25,7 @@ once and ignores every later byte.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import h2.config
@@ -35,6 +36,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, Response, Trailers, WindowOpened
+from edge.http.h1 import CONTROLS
 from edge.http.hpack_encoder import StaticEncoder
 
 MAX_STREAMS = 100
@@ -54,8 +56,10 @@ MAX_CLOSED_STREAMS = 1000
 
 STATUS = {code: str(code).encode("ascii") for code in range(100, 600)}
 _CONFIG = h2.config.H2Configuration(
-    # Inbound cookies stay apart (their crumbs count against the header limit as sent); the server joins them.
-    client_side=False, header_encoding=None, validate_inbound_headers=True, normalize_inbound_headers=False,
+    # Request heads are checked here (_malformed_request), each a stream error as RFC 9113 8.1.1 has it; h2's
+    # own checks make every one a connection error.  Cookies stay apart (their crumbs count against the
+    # header limit as sent); the server joins them for an HTTP/1.1 backend.
+    client_side=False, header_encoding=None, validate_inbound_headers=False, normalize_inbound_headers=False,
     # edge builds its response headers itself (lower-case names, values from a checked head)
     validate_outbound_headers=False, normalize_outbound_headers=False)
 
@@ -232,7 +236,12 @@ class H2Codec(_Streams):
             elif kind is h2.events.SettingsAcknowledged:
                 self.conn.decoder.max_header_list_size = HARD_HEADER_LIST
             elif kind is h2.events.TrailersReceived:  # a StreamEnded follows
-                out.append(Trailers(event.stream_id, list(event.headers)))
+                trailers = list(event.headers)
+                if any(name[:1] == b":" for name, _ in trailers) or _malformed_fields(trailers) is not None:
+                    self.conn.reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+                    out.append(Aborted(event.stream_id, ErrorCodes.PROTOCOL_ERROR))
+                else:
+                    out.append(Trailers(event.stream_id, trailers))
         flood = self._flood()
         if flood is not None:
             self.ended = True
@@ -286,25 +295,75 @@ class H2Codec(_Streams):
 
     @staticmethod
     def _request(event: Any) -> Request:
-        method = target = authority = protocol = None
+        method = target = authority = protocol = scheme = None
         fields = []
         size = 0
+        malformed = None
+        pseudo_done = False
         for name, value in event.headers:
             size += len(name) + len(value) + 32
-            if name[0] == 58:  # b":": h2 checked they come first, once each, and only known ones
-                if name == b":method":
+            if name[:1] == b":":
+                if pseudo_done:
+                    malformed = "a pseudo-header after a header"
+                elif name == b":method" and method is None:
                     method = value
-                elif name == b":path":
+                elif name == b":path" and target is None:
                     target = value
-                elif name == b":authority":
+                elif name == b":authority" and authority is None:
                     authority = value
-                elif name == b":protocol":
+                elif name == b":scheme" and scheme is None:
+                    scheme = value
+                elif name == b":protocol" and protocol is None:
                     protocol = value
+                else:
+                    malformed = f"unknown or repeated pseudo-header {name[:40]!r}"
             else:
+                pseudo_done = True
                 fields.append((name, value))
+        if malformed is None:
+            malformed = _malformed_request(method, scheme, target, protocol, fields)
         return Request(event.stream_id, method or b"", target or b"", authority, fields,
-                       event.stream_ended is not None, protocol, size > MAX_HEADER_LIST)
+                       event.stream_ended is not None, protocol, size > MAX_HEADER_LIST, malformed)
 
+
+# RFC 9113 8.2.1, 8.2.2: a field name is a lower-case token; a value holds no control character but HTAB
+# (NUL, CR and LF are what RFC 9113 forbids outright; the others would not pass an HTTP/1.1 backend either)
+# and neither starts nor ends with whitespace; connection-specific fields have no place in HTTP/2.
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")
+_CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+
+
+def _malformed_fields(fields: list[tuple[bytes, bytes]]) -> str | None:
+    """Why a header list (without pseudo-headers) is malformed; None if it is not."""
+    for name, value in fields:
+        if _FIELD_NAME.fullmatch(name) is None:
+            return f"invalid header name {name[:40]!r}"
+        if value and (value[0] in b" \t" or value[-1] in b" \t"):
+            return f"whitespace around the value of {name[:40]!r}"
+        if name in _CONNECTION_SPECIFIC or (name == b"te" and value.lower() != b"trailers"):
+            return f"connection-specific header {name[:40]!r}"
+    values = b"".join(value for _, value in fields)
+    if len(values.translate(None, CONTROLS)) != len(values) or values.find(b"\r") >= 0 or values.find(b"\n") >= 0:
+        return "control character in a header value"
+    return None
+
+
+def _malformed_request(method: bytes | None, scheme: bytes | None, target: bytes | None, protocol: bytes | None,
+                       fields: list[tuple[bytes, bytes]]) -> str | None:
+    """Why a request head breaks RFC 9113 8.3 (pseudo-headers) or 8.2 (fields); None if it does not."""
+    if not method:
+        return "missing :method"
+    if method == b"CONNECT":
+        if protocol is None:
+            return "CONNECT without :protocol"  # a tunnel to anywhere: edge is not a forward proxy
+        if not scheme or not target:
+            return "extended CONNECT without :scheme or :path"
+    else:
+        if protocol is not None:
+            return ":protocol without CONNECT"
+        if not scheme or not target:
+            return "missing :scheme or :path"
+    return _malformed_fields(fields)
 
 
 _CLIENT_CONFIG = h2.config.H2Configuration(

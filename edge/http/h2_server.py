@@ -21,8 +21,11 @@ Streaming both ways, memory bounded per stream:
 Timers: a request must get its response head within ``timeouts.response``
 of its body's end; a request or response body, or a WebSocket, that stops
 moving for ``timeouts.idle`` is reset; a connection with no request for
-``timeouts.idle``, or whose header block has not completed within
-``timeouts.inspect``, gets GOAWAY and is closed.
+``timeouts.idle``, whose first request has not come within
+``timeouts.inspect`` (as an HTTP/1.1 connection's first head), or whose
+header block has not completed within ``timeouts.inspect``, gets GOAWAY and
+is closed.  Streams the client opens and resets in the same read are never
+started (rapid reset).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ log = Logger()
 _REQUEST_SKIP = HOP_BY_HOP | FORWARDING_FIELDS | {b"host", b"content-length", b"expect"}
 _RESPONSE_SKIP = HOP_BY_HOP
 DISCARD_BODY = 4 * 1024 * 1024
+_NONE: frozenset[int] = frozenset()
 _TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 # Headers of a backend's 101 that belong to the HTTP/1.1 upgrade only (RFC 8441 5: the answer is a 200).
 _TUNNEL_SKIP = HOP_BY_HOP | {b"sec-websocket-accept"}
@@ -80,6 +84,7 @@ class H2Server(Protocol):
         self.discarding: dict[int, int] = {}
         self.receiving = False  # inside dataReceived: frames are sent once, at its end
         self.flush_pending = False
+        self.aborted: frozenset[int] | set[int] = _NONE  # streams reset in the read being handled
         self.write_paused = False  # the client's socket is full: streams hold their bytes
         self.closed = False
         self.requests = 0
@@ -111,12 +116,17 @@ class H2Server(Protocol):
         try:
             codec = self.codec
             events = codec.receive(data, now)
-            if codec.progress:  # some frame completed
-                self.head_since = None
+            if codec.progress:  # some frame completed (before the first request, only a request counts)
+                if self.requests:
+                    self.head_since = None
             elif self.head_since is None:  # part of a frame or of a header block: it must complete in time
                 self.head_since = now
+            if len(events) > 1 and any(type(event) is Aborted for event in events):
+                # Streams opened and reset in the same read (rapid reset) are never started.
+                self.aborted = {event.stream for event in events if type(event) is Aborted}
             for event in events:
                 self._event(event)
+            self.aborted = _NONE
         finally:
             self.receiving = False
         self.flush_now()
@@ -191,9 +201,16 @@ class H2Server(Protocol):
     def _request(self, event: Request) -> None:
         stream = event.stream
         self.requests += 1
+        self.head_since = None
         started = time.monotonic()
+        if stream in self.aborted:
+            self._log(event, 499, 0, None, None, None, started, "client_aborted")
+            return
         if event.oversized:
             self.answer(stream, event, 431, REASON_TEXT[431], started=started)
+            return
+        if event.malformed is not None:
+            self.answer(stream, event, 400, f"malformed request: {event.malformed}", started=started)
             return
         method, target, authority = event.method, event.target, event.authority
         tunnel = event.protocol is not None

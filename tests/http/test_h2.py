@@ -879,3 +879,64 @@ def test_a_long_lived_connection_forgets_old_closed_streams():
     client.send_headers(stream, head(path=b"/still"), end_stream=True)
     assert to_codec(client, codec, 200_001.0) == [Request(stream, b"GET", b"/still", b"a.test", [], True),
                                                   BodyEnd(stream)]
+
+
+# -- malformed requests: a stream error (400 on that stream), not the connection's end (RFC 9113 8.1.1) ------
+
+
+def raw_client():
+    """A client that sends whatever it is given (its own header checks off)."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False))
+    client.initiate_connection()
+    return client
+
+
+@pytest.mark.parametrize("fields, why", [
+    (head(extra=[(b"host", b"other.test")]), None),  # Host against :authority: the server's decision (400)
+    (head(extra=[(b"X-Upper", b"1")]), "invalid header name"),
+    (head(extra=[(b"x:colon", b"1")]), "invalid header name"),
+    (head(extra=[(b"x-space", b" padded")]), "whitespace"),
+    (head(extra=[(b"x-ctl", b"a\x01b")]), "control character"),
+    (head(extra=[(b"x-crlf", b"a\r\nx-injected: 1")]), "control character"),
+    (head(extra=[(b"connection", b"close")]), "connection-specific"),
+    (head(extra=[(b"transfer-encoding", b"chunked")]), "connection-specific"),
+    (head(extra=[(b"te", b"gzip")]), "connection-specific"),
+    (head(extra=[(b"te", b"trailers")]), None),
+    ([(b":method", b"GET"), (b":authority", b"a.test"), (b":path", b"/")], "missing :scheme"),
+    ([(b":method", b"CONNECT"), (b":authority", b"a.test:443")], "CONNECT without :protocol"),
+    (head(extra=[(b":protocol", b"websocket")]), ":protocol without CONNECT"),
+    (head() + [(b":method", b"POST")], "pseudo-header"),
+    ([(b"x-a", b"1")] + head(), "pseudo-header after a header"),
+    (head() + [(b":custom", b"1")], "pseudo-header"),
+])
+def test_a_malformed_request_is_reported_on_its_stream(fields, why):
+    client = raw_client()
+    codec = H2Codec()
+    codec.receive(client.data_to_send(), 0.0)
+    client.receive_data(codec.data_to_send())
+    codec.receive(client.data_to_send(), 0.0)
+    client.send_headers(1, fields, end_stream=True)
+    request = codec.receive(client.data_to_send(), 0.0)[0]
+    assert isinstance(request, Request) and not codec.ended
+    if why is None:
+        assert request.malformed is None
+    else:
+        assert why in request.malformed
+    # the connection goes on: the next request is fine
+    client.send_headers(3, head(path=b"/next"), end_stream=True)
+    assert codec.receive(client.data_to_send(), 0.0)[0] == Request(3, b"GET", b"/next", b"a.test", [], True)
+
+
+def test_malformed_trailers_reset_their_stream_only():
+    client = raw_client()
+    codec = H2Codec()
+    codec.receive(client.data_to_send(), 0.0)
+    client.receive_data(codec.data_to_send())
+    codec.receive(client.data_to_send(), 0.0)
+    client.send_headers(1, head(b"POST"))
+    client.send_data(1, b"x")
+    client.send_headers(1, [(b"x-bad", b"a\nb")], end_stream=True)
+    events = codec.receive(client.data_to_send(), 0.0)
+    assert Aborted(1, ErrorCodes.PROTOCOL_ERROR) in events and not codec.ended
+    assert not any(isinstance(e, Trailers) for e in events)
