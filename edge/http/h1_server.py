@@ -90,6 +90,7 @@ class Http1Proxy(Protocol):
         self.runtime = runtime
         self.info = info
         self.scheme = scheme  # "https" when terminated here, "http" for http = "allow"
+        self.plain = scheme == "http"
         self.buffer = b""
         self.closed = False
         self.paused = False
@@ -138,6 +139,8 @@ class Http1Proxy(Protocol):
         self._arm(self.runtime.config.timeouts.inspect, "head")
 
     def dataReceived(self, data: bytes) -> None:
+        if self.plain:  # plain HTTP: the connection's bytes are counted here (TLS counts its own)
+            self.info.bytes_in += len(data)
         if self.closed:
             return
         if self.head is None:
@@ -280,7 +283,7 @@ class Http1Proxy(Protocol):
         body = self.body
         if body is not None:
             if (self.head.header("expect") or "").lower() == "100-continue":
-                self.transport.write(CONTINUE)
+                self._write(CONTINUE)
             if self.buffer:
                 if not self._take_body(out):
                     return
@@ -368,7 +371,7 @@ class Http1Proxy(Protocol):
         out = self._response_head(head, connection, done)
         if body or done:
             out += self._encode(body, done)
-        self.transport.write(out)
+        self._write(out)
         if done:
             self._finish(connection.reusable)
         elif not self.closed:
@@ -383,7 +386,7 @@ class Http1Proxy(Protocol):
             self.deadline = time.monotonic() + self.runtime.config.timeouts.idle
         encoded = self._encode(data, done)
         if encoded:
-            self.transport.write(encoded)
+            self._write(encoded)
         if done:
             self._stop_streaming()
             self._finish(self.upstream.reusable if self.upstream is not None else False)
@@ -510,6 +513,11 @@ class Http1Proxy(Protocol):
         if not self.closed and self.head is None:
             self._go_on()
 
+    def _write(self, data: bytes) -> None:
+        if self.plain:
+            self.info.bytes_out += len(data)
+        self.transport.write(data)
+
     # -- answers the edge gives itself --------------------------------------------------
 
     def _answer(self, status: int, text: str, close: bool = False, location: str | None = None) -> None:
@@ -518,7 +526,7 @@ class Http1Proxy(Protocol):
         self.status = status
         message = plain_response(status, f"{text}\n", close, head is not None and head.method == "HEAD", location)
         self.sent = len(message)
-        self.transport.write(message)
+        self._write(message)
         if head is not None:
             self.outcome = self.outcome or "answered"
             self._log()
@@ -591,7 +599,7 @@ class Http1Proxy(Protocol):
             return
         if kind == "head":
             self.info.ended = "timeout: request head"
-            self.transport.write(error_response(408))
+            self._write(error_response(408))
             self._close()
             return
         self.info.ended = "timeout: idle"
@@ -623,7 +631,7 @@ class Http1Proxy(Protocol):
         self.close_after = True
         self.info.protocol = "websocket"
         self.sent += len(body)
-        self.transport.write(b"HTTP/1.1 101 %s%s\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n%s"
+        self._write(b"HTTP/1.1 101 %s%s\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n%s"
                              % (head.reason, fields, upgrade, body))
         if self.closed:
             return

@@ -658,15 +658,18 @@ class H2Exchange:
         self.server_name = str(connection.state)
         self.upstream_time = time.monotonic() - self.started
         skip = _RESPONSE_SKIP
-        listed: set[bytes] = set()
-        if head.lower.find(b"\r\nconnection:") >= 0:
-            for value in (v for n, v in field_list(head.fields, head.lower) if n == b"connection"):
-                listed.update(token.strip(b" \t").lower() for token in value.split(b","))
+        if head.lower.find(b"\r\nconnection:") >= 0:  # the fields it names are hop-by-hop too
+            skip = skip | {token.strip(b" \t").lower() for name, value in field_list(head.fields, head.lower)
+                           if name == b"connection" for token in value.split(b",")}
         if status == 101:  # the backend took the WebSocket: a 200 on this stream (RFC 8441)
             status = self.status = 200
-            skip = _TUNNEL_SKIP
-        fields = [(name, value) for name, value in field_list(head.fields, head.lower)
-                  if name not in skip and name not in listed]
+            skip = skip | _TUNNEL_SKIP
+        fields = []
+        for line in head.fields.split(b"\r\n")[1:]:  # one pass; names lower-cased one by one
+            colon = line.find(b":")
+            name = line[:colon].lower()
+            if name not in skip:
+                fields.append((name, line[colon + 1 :].strip(b" \t")))
         if head.lower.find(b"\r\ntransfer-encoding:") >= 0:
             self.dechunk = ChunkedReader(collect=True)
         self.codec.respond(self.stream, status, fields, end=done and not body)

@@ -52,10 +52,11 @@ class Redirector(Protocol):
         self.timer = None
         self.info.ended = "timeout: request head" if self.buffer else "timeout: idle"
         if self.buffer:  # a head begun and never finished gets its 408, as on 443
-            self.transport.write(error_response(408))
+            self._write(error_response(408))
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        self.info.bytes_in += len(data)
         if self.closing:
             return
         self.buffer += data
@@ -91,12 +92,14 @@ class Redirector(Protocol):
             self.info.route = route.name
         if route is not None and route.http == "allow" and self.info.listener == "http":
             self._cancel_timer()
+            self.info.bytes_in -= len(self.buffer)  # counted again by the proxy it is handed to
             self.hand_over(self.runtime.plain_http(self.info, self.hand_over), self.buffer)
             return True
         if route is not None and route.acme_backend and head.path.startswith(ACME_PREFIX):
             self._log(head, host, "forwarded")
             self._cancel_timer()
             self.info.backend = route.acme_backend
+            self.info.bytes_in -= len(self.buffer)  # counted again by the forwarder it is handed to
             self.hand_over(self.runtime.forward(route.acme_backend, self.info), self.buffer)
             return True
         self.buffer = self.buffer[head.length :]
@@ -120,7 +123,7 @@ class Redirector(Protocol):
         self, status: int, body: str, location: str | None, close: bool, head: RequestHead | None = None
     ) -> None:
         head_only = head is not None and head.method == "HEAD"
-        self.transport.write(plain_response(status, body, close, head_only, location))
+        self._write(plain_response(status, body, close, head_only, location))
         if close:
             self.closing = True
             self._cancel_timer()
@@ -134,6 +137,10 @@ class Redirector(Protocol):
             client=self.info.client[0], method=head.method, host=host, path=head.path,
             status=status, listener=self.info.listener, route=self.info.route,
         )
+
+    def _write(self, data: bytes) -> None:
+        self.info.bytes_out += len(data)
+        self.transport.write(data)
 
     def _cancel_timer(self) -> None:
         if self.timer is not None and self.timer.active():
