@@ -511,6 +511,34 @@ def test_unread_streams_hold_little_and_are_released_after_idle(edge, origin):
     e.assert_alive()
 
 
+def test_a_client_that_sends_requests_and_reads_nothing_is_not_read_either(edge, origin):
+    """Requests edge answers itself (421: another host than the TLS name), with every window open and a
+    client that never reads: once its socket is full edge stops reading it (as HAProxy does), so its
+    memory stays flat however many requests the client has to send."""
+    e = start_edge(edge, origin)
+    peak = Peak(e.pid)
+    client = Client(e, {SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1}, windows=False, rcvbuf=64 * 1024, timeout=2)
+    try:
+        client.send(WindowUpdateFrame(0, window_increment=2**31 - 1 - 65535))
+        encoder = hpack.Encoder()
+        sent = 0
+        for n in range(300_000):  # bounded; the send that blocks (edge no longer reads) ends it
+            fields = [(":method", "GET"), (":path", f"/x{n}"), (":scheme", "https"), (":authority", "other.test")]
+            stream = client.stream_id()
+            if not client.send(*client.header_frames(stream, encoder.encode(fields), True)):
+                break
+            sent += 1
+            if n % 1000 == 0:
+                peak.sample()
+        peak.sample()
+        assert client.send_failed, f"edge read all {sent} requests of a client that reads nothing"
+        assert peak.growth < 16, f"edge RSS grew {peak.growth:.1f} MiB over {sent} unread answers"
+    finally:
+        client.close()
+    served(e)
+    e.assert_alive()
+
+
 # -- 5. oversized header lists -------------------------------------------------------------------
 
 def test_oversized_header_lists_get_431_then_goaway(edge, origin):

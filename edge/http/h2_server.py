@@ -82,6 +82,7 @@ class H2Server(Protocol):
         # Streams answered before the client finished sending: how much more of their body is read and
         # dropped (so that the client reads the answer; curl discards it on a reset) before a reset.
         self.discarding: dict[int, int] = {}
+        self.answers: dict[int, bytes] = {}  # the rest of edge's own answers, waiting for the client's window
         self.receiving = False  # inside dataReceived: frames are sent once, at its end
         self.flush_pending = False
         self.aborted: frozenset[int] | set[int] = _NONE  # streams reset in the read being handled
@@ -155,6 +156,8 @@ class H2Server(Protocol):
             elif self.discarding:
                 self.discarding.pop(event.stream, None)
         elif kind is WindowOpened:
+            if self.answers:
+                self._send_answers()
             if not self.write_paused:
                 if event.stream == 0:
                     for exchange in list(self.exchanges.values()):
@@ -172,8 +175,11 @@ class H2Server(Protocol):
             exchange = self.exchanges.get(event.stream)
             if exchange is not None:
                 exchange.client_gone("client_aborted")
-            elif self.discarding:
-                self.discarding.pop(event.stream, None)
+            else:
+                if self.discarding:
+                    self.discarding.pop(event.stream, None)
+                if self.answers:
+                    self.answers.pop(event.stream, None)
         elif kind is Ended:
             if event.error:
                 log.warn("{client}: {reason}", client=self.info.client[0], reason=event.reason)
@@ -366,13 +372,24 @@ class H2Server(Protocol):
         codec = self.codec
         codec.respond(stream, status, fields, end=head_only)
         if not head_only:
-            codec.send(stream, body, True)
+            sent = codec.send(stream, body, True)
+            if 0 <= sent < len(body):  # the client's window is closed: the rest waits for its WINDOW_UPDATE
+                self.answers[stream] = body[sent:]
         if not event.ended and (exchange is None or not exchange.client_done):
             self.stop_reading(stream)
         self.flush()
         if exchange is None:
             self._log(event, status, len(body), route, None, None, started, "answered")
         return 0 if head_only else len(body)
+
+    def _send_answers(self) -> None:
+        codec = self.codec
+        for stream, rest in list(self.answers.items()):
+            sent = codec.send(stream, rest, True)
+            if sent < 0 or sent == len(rest):
+                del self.answers[stream]
+            else:
+                self.answers[stream] = rest[sent:]
 
     def stop_reading(self, stream: int) -> None:
         """The answer is out before the request body ended: drop the rest of it, up to DISCARD_BODY bytes,
@@ -393,10 +410,16 @@ class H2Server(Protocol):
     # -- the client's socket -------------------------------------------------------------
 
     def pauseProducing(self) -> None:
+        """The client's socket is full: streams hold their bytes, and nothing more is read from it (a
+        client that sends requests and reads no answers would otherwise have edge keep them all)."""
         self.write_paused = True
+        if not self.closed:
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self.write_paused = False
+        if not self.closed:
+            self.transport.resumeProducing()
         for exchange in list(self.exchanges.values()):
             if exchange.pending:
                 exchange.push()
