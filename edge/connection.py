@@ -116,7 +116,7 @@ def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, 
     ``outcome`` says who ended it: ``completed``, ``answered`` (by edge itself), ``client_aborted``,
     ``client_closed``, ``backend_failed``, ``timeout``, ``body_too_large``, ...
     """
-    metrics.request_finished(route, backend, server, status, duration, upstream)
+    metrics.request_finished(route, backend, server, status, duration, upstream, protocol, outcome)
     if not ACCESS_LOG[0]:
         return
     access_log.info(

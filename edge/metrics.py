@@ -53,7 +53,7 @@ class _Histogram:
 _CONNECTIONS: dict[tuple, int] = {}  # (listener, protocol, route, backend, outcome) -> connections
 _CONNECTION_BYTES: dict[tuple[str, str], int] = {}  # (listener, direction) -> bytes
 _CONNECTION_SECONDS: dict[tuple[str, str], _Histogram] = {}  # (listener, protocol)
-_REQUESTS: dict[tuple, int] = {}  # (route, backend, server, status) -> requests
+_REQUESTS: dict[tuple, int] = {}  # (route, backend, server, status, protocol, outcome) -> requests
 _REQUEST_SECONDS: dict[str, _Histogram] = {}  # route
 _UPSTREAM_SECONDS: dict[str, _Histogram] = {}  # backend
 
@@ -83,8 +83,8 @@ def connection_finished(info: Any, duration: float) -> None:
 
 
 def request_finished(route: str | None, backend: str | None, server: str | None, status: int,
-                     duration: float, upstream: float | None) -> None:
-    key = (route or "", backend or "", server or "", status)
+                     duration: float, upstream: float | None, protocol: str = "", outcome: str = "completed") -> None:
+    key = (route or "", backend or "", server or "", status, protocol, outcome)
     _REQUESTS[key] = _REQUESTS.get(key, 0) + 1
     histogram = _REQUEST_SECONDS.get(route or "")
     if histogram is None:
@@ -110,10 +110,11 @@ class TrafficCollector:
                                       labels=["listener", "direction"])
         for labels, value in list(_CONNECTION_BYTES.items()):
             relayed.add_metric(list(labels), value)
-        requests = CounterMetricFamily("edge_http_requests", "HTTP requests on terminated routes, by route, "
-                                       "backend, server and status", labels=["route", "backend", "server", "status"])
-        for (route, backend, server, status), value in list(_REQUESTS.items()):
-            requests.add_metric([route, backend, server, str(status)], value)
+        requests = CounterMetricFamily(
+            "edge_http_requests", "HTTP requests on terminated routes, by route, backend, server, status, protocol "
+            "and outcome (who ended it)", labels=["route", "backend", "server", "status", "protocol", "outcome"])
+        for (route, backend, server, status, protocol, outcome), value in list(_REQUESTS.items()):
+            requests.add_metric([route, backend, server, str(status), protocol, outcome], value)
         yield connections
         yield relayed
         yield requests

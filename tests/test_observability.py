@@ -153,12 +153,15 @@ def test_quiet_log_level_still_counts(edge, start, tmp_path):
     backend = "gone"
     """, log_format="json", admin=True, log_level="warn")
     for _ in range(3):
-        assert split(curl(e.https_port, "app.example.test", "/", cafile=local_ca(e)).stdout)[0] == 200
-    assert split(curl(e.https_port, "gone.example.test", "/", cafile=local_ca(e)).stdout)[0] == 502
+        assert split(curl(e.https_port, "app.example.test", "/", "--http1.1", cafile=local_ca(e)).stdout)[0] == 200
+    assert split(curl(e.https_port, "gone.example.test", "/", "--http1.1", cafile=local_ca(e)).stdout)[0] == 502
     e.wait_log("backend gone refused the connection")  # warnings are still logged
-    requests = [s for s in scrape(e)["edge_http_requests"].samples
-                if s.name == "edge_http_requests_total" and s.labels["backend"] == "web"]
-    assert requests and requests[0].value == 3
+    assert split(curl(e.https_port, "app.example.test", "/", "--http2", cafile=local_ca(e)).stdout)[0] == 200
+    samples = [s for s in scrape(e)["edge_http_requests"].samples if s.name == "edge_http_requests_total"]
+    by = {(s.labels["backend"], s.labels["protocol"], s.labels["outcome"], s.labels["status"]): s.value for s in samples}
+    assert by[("web", "HTTP/1.1", "completed", "200")] == 3
+    assert by[("web", "HTTP/2", "completed", "200")] == 1
+    assert by[("gone", "HTTP/1.1", "backend_failed", "502")] == 1
     assert events(e) == []
 
 
