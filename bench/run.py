@@ -27,7 +27,11 @@ forks) and threads inherit it (and are pinned again after they start, then
 checked); the client (wrk, h2load, ``openssl s_time``) runs under
 ``taskset -c`` on the second CPU, where the nginx origin is pinned too for
 those rows.  That is requests per second per proxy core, with the client
-never competing with the proxy.  It needs two CPUs (else the rows are skipped).
+never competing with the proxy.  Two more rows per measurement say how much
+of its CPU the proxy used ("proxy CPU %") and how busy the other CPU was
+("client CPU %": client, origin and anything else running there): a proxy well
+under 100 next to a full client CPU was held back by the client, not by itself.
+It needs two CPUs (else the rows are skipped).
 ``--smoke`` runs the per-core rows of scenario 5 only.
 
 Scenario 7 measures RSS per idle connection: passthrough, terminated TLS, and
@@ -89,6 +93,16 @@ class Origin:
         wait_listening(self.tls, proc=self.program.proc)
         # Read the bulk file once, so the first contestant's download is not the one that fills the page cache.
         subprocess.run(["curl", "-sS", "-o", "/dev/null", f"http://127.0.0.1:{self.http}/bulk"], check=True, timeout=600)
+
+
+def cpu_busy(cpu: int) -> tuple[float, float]:
+    """CPU ``cpu``'s busy and total seconds since boot (every process on it, not only ours)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            ticks = [int(x) for x in line.split()[1:]]
+            idle = ticks[3] + ticks[4]  # idle, iowait
+            return (sum(ticks[:8]) - idle) / 100.0, sum(ticks[:8]) / 100.0
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -379,6 +393,11 @@ def run_scenarios(args, tmp: Path, origin, cert, key) -> dict:
     return results
 
 
+def busy_title(rows: list[tuple[str, str]], who: str) -> str:
+    """The per-core row saying how busy the proxy's (``who``) or the client's CPU was while ``rows`` were measured."""
+    return rows[0][0].removesuffix(PER_CORE) + f": {who} CPU %" + PER_CORE
+
+
 def measure_group(args, tmp, origin, cert, key, mode, kind, rows, results, cores: Cores | None) -> None:
     """``args.rounds`` interleaved rounds of one measurement over the contestants; with ``cores``, each
     contestant on the proxy CPU and the client on the other."""
@@ -391,21 +410,28 @@ def measure_group(args, tmp, origin, cert, key, mode, kind, rows, results, cores
             if mode not in cls.modes or (kind == "h2load" and cls.name == "sslh"):
                 continue
             where = tmp / f"{cls.name}-{mode}-{kind}-{'core-' if cores else ''}{round_number}"
+            c = cores.start(cls, where, mode, origin, cert, key) if cores else cls(where, mode, origin, cert, key)
             try:
-                c = cores.start(cls, where, mode, origin, cert, key) if cores else cls(where, mode, origin, cert, key)
-            except Exception as e:
-                print(f"  {cls.name} did not start for {kind}: {type(e).__name__}: {e}", flush=True)
+                pids = c.pids()
+                used, started = cpu_seconds(pids), time.monotonic()
+                client = cpu_busy(cores.client) if cores else None
+                outcome = measure(kind, c, args, cpu=cores.client if cores else None)
+                # How busy the proxy was, and the client's CPU (client, origin and anything else on it):
+                # a proxy well under 100% next to a full client CPU was limited by the client, not itself.
+                outcome["cpu_pct"] = round(100 * (cpu_seconds(pids) - used) / (time.monotonic() - started), 1)
+                if cores:
+                    busy, total = cpu_busy(cores.client)
+                    outcome["client_cpu_pct"] = round(100 * (busy - client[0]) / max(0.01, total - client[1]), 1)
+            except Exception as e:  # a contestant that cannot do it (sslh-select: select() caps at 1024 fds)
+                print(f"  {cls.name} failed {kind}: {type(e).__name__}: {e}", flush=True)
                 outcome = {unit: float("nan") for _, unit in rows}
-            else:
-                try:
-                    outcome = measure(kind, c, args, cpu=cores.client if cores else None)
-                except Exception as e:  # a contestant that cannot do it (sslh-select: select() caps at 1024 fds)
-                    print(f"  {cls.name} failed {kind}: {type(e).__name__}: {e}", flush=True)
-                    outcome = {unit: float("nan") for _, unit in rows}
-                finally:
-                    c.stop()
+            finally:
+                c.stop()
             for title, unit in rows:
                 results.setdefault((title, cls.name), []).append(outcome[unit])
+            if cores:
+                for who, field in (("proxy", "cpu_pct"), ("client", "client_cpu_pct")):
+                    results.setdefault((busy_title(rows, who), cls.name), []).append(outcome.get(field, float("nan")))
             print(f"  {mode:11} {kind:12} {label:8} round {round_number + 1} {cls.name:8} {outcome}", flush=True)
 
 
@@ -510,7 +536,9 @@ def main() -> int:
             {args.rounds} interleaved rounds of {args.duration:g} s per measurement, medians; bulk file {args.bulk_mb} MiB;
             {args.idle} idle connections. All on loopback; the origin is nginx; wrk and h2load are the clients,
             with the same settings for every contestant and one client thread (`-t 1`). Rows marked
-            "(per core)": each contestant's processes pinned to one CPU, the client and the origin to another.
+            "(per core)": each contestant's processes pinned to one CPU, the client and the origin to another;
+            "proxy CPU %" is the proxy's use of its CPU, "client CPU %" how busy the other CPU was (client, origin
+            and anything else running): a proxy well under 100 next to a full client CPU was held back by the client.
             Versions: {'; '.join(f'{k} {v}' for k, v in info.items())}.
 
             """) + report + "\n" + ("\n" + notes if notes else ""))
