@@ -21,7 +21,7 @@ from edge.sniff import NEED_MORE, Malformed, Verdict
 _REQUEST_LINE = re.compile(rb"([A-Z]+) ([^\s\x00-\x1f\x7f]+) HTTP/(1\.[01])\Z")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TARGET_CHARS = re.compile(rb"[^\s\x00-\x1f\x7f]+")
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?$")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253})(:\d{1,5})?")  # fullmatch: "$" would pass a final "\n"
 
 
 class BadRequest(Malformed):
@@ -195,7 +195,7 @@ def split_host(value: str) -> tuple[str, int | None]:
 
 
 def _split_host(value: str) -> tuple[str, int | None]:
-    if not _HOST.match(value):
+    if not _HOST.fullmatch(value):
         raise BadRequest(400, "invalid Host header")
     if value.startswith("["):
         name, _, rest = value[1:].partition("]")

@@ -130,7 +130,7 @@ class _Streams:
                 self.conn.send_headers(stream, trailers, end_stream=True)
             else:
                 self.conn.end_stream(stream)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+        except h2.exceptions.ProtocolError:  # closed, or the connection is ending (StreamClosedError is one)
             pass
 
     def ack(self, stream: int, size: int) -> None:
@@ -141,7 +141,7 @@ class _Streams:
     def reset(self, stream: int, code: int = ErrorCodes.CANCEL) -> None:
         try:
             self.conn.reset_stream(stream, code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+        except h2.exceptions.ProtocolError:  # closed, or the connection is ending (StreamClosedError is one)
             pass
 
     def goaway(self, code: int = ErrorCodes.NO_ERROR) -> None:
@@ -238,7 +238,7 @@ class H2Codec(_Streams):
             elif kind is h2.events.TrailersReceived:  # a StreamEnded follows
                 trailers = list(event.headers)
                 if any(name[:1] == b":" for name, _ in trailers) or _malformed_fields(trailers) is not None:
-                    self.conn.reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+                    self.reset(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
                     out.append(Aborted(event.stream_id, ErrorCodes.PROTOCOL_ERROR))
                 else:
                     out.append(Trailers(event.stream_id, trailers))
@@ -321,7 +321,7 @@ class H2Codec(_Streams):
                 pseudo_done = True
                 fields.append((name, value))
         if malformed is None:
-            malformed = _malformed_request(method, scheme, target, protocol, fields)
+            malformed = _malformed_request(method, scheme, target, protocol, fields, authority)
         return Request(event.stream_id, method or b"", target or b"", authority, fields,
                        event.stream_ended is not None, protocol, size > MAX_HEADER_LIST, malformed)
 
@@ -348,11 +348,18 @@ def _malformed_fields(fields: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+_PSEUDO_VALUE = re.compile(rb"[!-~]+")  # visible ASCII: a pseudo-header ends up in an HTTP/1.1 request line or Host
+
+
 def _malformed_request(method: bytes | None, scheme: bytes | None, target: bytes | None, protocol: bytes | None,
-                       fields: list[tuple[bytes, bytes]]) -> str | None:
+                       fields: list[tuple[bytes, bytes]], authority: bytes | None = None) -> str | None:
     """Why a request head breaks RFC 9113 8.3 (pseudo-headers) or 8.2 (fields); None if it does not."""
     if not method:
         return "missing :method"
+    for name, value in ((b":method", method), (b":scheme", scheme), (b":path", target), (b":protocol", protocol),
+                        (b":authority", authority)):
+        if value is not None and _PSEUDO_VALUE.fullmatch(value) is None:
+            return f"invalid {name.decode()}"
     if method == b"CONNECT":
         if protocol is None:
             return "CONNECT without :protocol"  # a tunnel to anywhere: edge is not a forward proxy
@@ -390,13 +397,18 @@ class H2ClientCodec(_Streams):
         conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.ended = False
         self.data_frames_sent = 0
+        self.settings_seen = False
 
     def room(self) -> int:
-        """How many more streams the server takes now."""
+        """How many more streams the server takes now: at most MAX_STREAMS (one connection's 16 MiB window
+        is shared by its streams), and a conservative 10 until the server's SETTINGS have come."""
         if self.ended:
             return 0
         conn = self.conn
-        return conn.remote_settings.max_concurrent_streams - conn.open_outbound_streams
+        limit = min(conn.remote_settings.max_concurrent_streams, MAX_STREAMS) if self.settings_seen else 10
+        if conn.highest_outbound_stream_id is not None and conn.highest_outbound_stream_id > 2**31 - 20000:
+            return 0  # stream ids run out: this connection takes no more
+        return limit - conn.open_outbound_streams
 
     def request(self, fields: list[tuple[bytes, bytes]], end: bool) -> int:
         """Open a stream with this request head (pseudo-headers first); its id."""
@@ -434,6 +446,7 @@ class H2ClientCodec(_Streams):
             elif kind is h2.events.StreamReset:
                 out.append(Aborted(event.stream_id, event.error_code))
             elif kind is h2.events.RemoteSettingsChanged:
+                self.settings_seen = True
                 out.append(WindowOpened(0))  # more streams or larger windows may be allowed
             elif kind is h2.events.ConnectionTerminated:
                 self.ended = True

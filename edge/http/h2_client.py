@@ -135,7 +135,9 @@ class H2BackendConnection(Protocol):
                 if owner is not None:
                     del owners[event.stream]
                     self.pool.backend.release(self.state)
-                    owner.stream_failed(f"the server reset the stream ({event.code})", False)
+                    # REFUSED_STREAM: the server did nothing with it, so it may go again (RFC 9113 8.7)
+                    owner.stream_failed(f"the server reset the stream ({event.code})", event.code == 7)
+                    self.pool.freed(self)
             elif kind is Ended:
                 self._fail(event.reason)
                 return
@@ -219,6 +221,8 @@ class H2Pool:
             backend.succeeded(state)
             if self.closed:
                 connection.transport.loseConnection()
+                if not owner.closed:
+                    owner.upstream_unavailable(503, f"backend {backend.name} was reloaded")
                 return
             connections.append(connection)
             if not owner.closed:
@@ -240,7 +244,7 @@ class H2Pool:
             connection.transport.loseConnection()
             return
         waiting = self.waiting
-        while waiting and connection.has_room():
+        while waiting and connection.has_room() and self.backend.has_room(connection.state):
             owner = waiting.pop(0)
             if not owner.closed:
                 owner.stream_ready(connection)
@@ -261,6 +265,10 @@ class H2Pool:
     def close(self) -> None:
         """Retired by a reload: close connections once their streams are done (now, if idle)."""
         self.closed = True
+        waiting, self.waiting = self.waiting, []
+        for owner in waiting:
+            if not owner.closed:
+                owner.upstream_unavailable(503, f"backend {self.backend.name} was reloaded")
         for connections in self.connections.values():
             for connection in list(connections):
                 if not connection.owners:

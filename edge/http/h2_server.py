@@ -64,6 +64,8 @@ _REQUEST_SKIP = HOP_BY_HOP | FORWARDING_FIELDS | {b"host", b"content-length", b"
 _RESPONSE_SKIP = HOP_BY_HOP
 DISCARD_BODY = 4 * 1024 * 1024
 _NONE: frozenset[int] = frozenset()
+# Requests sent again on a fresh backend connection when the first one failed before any answer (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 _TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 # Headers of a backend's 101 that belong to the HTTP/1.1 upgrade only (RFC 8441 5: the answer is a 200).
 _TUNNEL_SKIP = HOP_BY_HOP | {b"sec-websocket-accept"}
@@ -112,7 +114,6 @@ class H2Server(Protocol):
         if self.closed:
             return  # after GOAWAY nothing more is read
         now = time.monotonic()
-        self.last_activity = now
         self.receiving = True
         try:
             codec = self.codec
@@ -208,7 +209,7 @@ class H2Server(Protocol):
         stream = event.stream
         self.requests += 1
         self.head_since = None
-        started = time.monotonic()
+        self.last_activity = started = time.monotonic()  # requests, not PINGs, keep a connection
         if stream in self.aborted:
             self._log(event, 499, 0, None, None, None, started, "client_aborted")
             return
@@ -223,6 +224,9 @@ class H2Server(Protocol):
         if tunnel:
             if method != b"CONNECT" or event.protocol.lower() != b"websocket":
                 self.answer(stream, event, 501, "only WebSocket is tunnelled", started=started)
+                return
+            if not request_line_ok(b"GET", target):  # it becomes a GET request line to the backend
+                self.answer(stream, event, 400, "malformed :path", started=started)
                 return
         elif not request_line_ok(method, target):  # it becomes an HTTP/1.1 request line to the backend
             self.answer(stream, event, 400, "malformed :method or :path", started=started)
@@ -267,6 +271,8 @@ class H2Server(Protocol):
                     False, self.length, False
             else:
                 head, chunked, length, expect = self._upstream_head(event, method, target, authority, tunnel)
+            if event.ended and length:  # a length no DATA will follow: the backend would read the next request
+                raise BadRequest(400, "content-length without a body")
             limit = body_limit(route, length)
         except BadRequest as e:
             self.answer(stream, event, e.status, str(e), route=route, started=started)
@@ -536,6 +542,7 @@ class H2Exchange:
     # -- the backend connection ------------------------------------------------------------
 
     def start(self, upstream: Any) -> None:
+        self._arm("response")  # also bounds the wait for a backend connection or stream
         if upstream.h2 is not None:
             self.pool = upstream.h2
             self.h2_backend = True
@@ -571,7 +578,8 @@ class H2Exchange:
             data, size = pending[0]
             last = len(pending) == 1 and self.client_done and self.trailers_in is None
             sent = codec.send(self.backend_stream, data, last)
-            if sent < 0:
+            if sent < 0:  # the backend's stream is gone: what the client sent for it is given back
+                acked += sum(size for _, size in pending)
                 pending.clear()
                 break
             if sent < len(data):
@@ -623,6 +631,10 @@ class H2Exchange:
 
     def stream_end(self) -> None:
         self.backend_conn = None  # the connection is done with this stream
+        if not self.request_ended and self.ack_conn is not None:  # answered before the request ended
+            self.request_ended = True
+            self.ack_conn.codec.reset(self.backend_stream, ErrorCodes.CANCEL)
+            self.ack_conn.flush()
         if self.closed:
             return
         self.upstream_done = True
@@ -636,7 +648,8 @@ class H2Exchange:
             log.warn("{client}: backend response cut short: {reason}", client=self.server.info.client[0], reason=reason)
             self._reset(ErrorCodes.INTERNAL_ERROR, "backend_failed")
             return
-        if before_response and not self.retried and self.received == 0 and self.client_done:
+        if before_response and not self.retried and self.received == 0 and self.client_done \
+                and self.event.method in IDEMPOTENT:
             self.retried = True  # a connection the server had just closed: once more on a new one
             self.request_ended = False
             self.pool.acquire(self, fresh=True)
@@ -658,6 +671,8 @@ class H2Exchange:
         if self.client_done and self.chunked:
             out += LAST_CHUNK
         write_now(connection.transport, out)
+        if self.tunnel and self.client_done:  # the client ended its side before the backend was there
+            connection.transport.loseWriteConnection()
         if not self.client_done or self.tunnel:
             self.producing = True
             connection.transport.registerProducer(self, True)
@@ -687,6 +702,12 @@ class H2Exchange:
         if status == 101:  # the backend took the WebSocket: a 200 on this stream (RFC 8441)
             status = self.status = 200
             skip = skip | _TUNNEL_SKIP
+        elif self.tunnel and 200 <= status < 300:  # a success that is no upgrade would look like an open tunnel
+            self.response_started = False
+            log.warn("{client}: 502 backend {backend} answered a WebSocket upgrade with {status}",
+                     client=self.server.info.client[0], backend=self.route.backend, status=status)
+            self._answer(502, "backend_failed")
+            return
         fields = []
         for line in head.fields.split(b"\r\n")[1:]:  # one pass; names lower-cased one by one
             colon = line.find(b":")
@@ -727,7 +748,7 @@ class H2Exchange:
             return
         server = self.server
         pending = self.pending
-        if not server.write_paused:
+        if not server.write_paused or not pending:  # an end with nothing left to send goes out even then
             codec = self.codec
             while pending:
                 data = pending[0]
@@ -774,7 +795,8 @@ class H2Exchange:
             log.warn("{client}: backend response cut short: {reason}", client=self.server.info.client[0], reason=reason)
             self._reset(ErrorCodes.INTERNAL_ERROR, "backend_failed")
             return
-        if connection.reused and not self.retried and self.received == 0 and self.client_done:
+        if connection.reused and not self.retried and self.received == 0 and self.client_done \
+                and self.event.method in IDEMPOTENT:
             self.retried = True  # a kept-alive connection the server had just closed: once more on a new one
             self.pool.acquire(self, fresh=True)
             return
@@ -910,7 +932,9 @@ class H2Exchange:
         self.closed = True
         self.pending = []
         self.body_in = []
-        self.out_pending = []
+        if self.out_pending:  # request body the backend never took: the client's window comes back
+            self.unacked += sum(size for _, size in self.out_pending)
+            self.out_pending = []
         if self.backend_unacked and self.ack_conn is not None:  # the backend connection's window comes back
             self.ack_conn.ack(self.backend_stream, self.backend_unacked)
             self.backend_unacked = 0

@@ -28,6 +28,7 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
     _NAMES.setdefault(_name, _index)
 
 CACHE_SIZE = 4096
+CACHE_FIELD = 256  # bytes of name and value at most, for a field to be cached
 
 
 def integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
@@ -88,9 +89,11 @@ class StaticEncoder:
         for header in headers:
             encoded = cache.get(header)
             if encoded is None:
-                if len(cache) >= CACHE_SIZE:
-                    cache.clear()
                 name, value = header[0], header[1]
-                encoded = cache[(name, value)] = field(name, value)
+                encoded = field(name, value)
+                if len(name) + len(value) <= CACHE_FIELD:  # large fields are not kept: they would pin memory
+                    if len(cache) >= CACHE_SIZE:
+                        cache.clear()
+                    cache[(name, value)] = encoded
             pieces.append(encoded)
         return b"".join(pieces)

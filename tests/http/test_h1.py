@@ -86,3 +86,13 @@ def test_random_input_never_crashes(data):
             head.host, head.path, head.keep_alive, head.has_body
     except Malformed:
         pass
+
+
+def test_a_host_with_a_final_newline_is_invalid():
+    """``$`` in a Python pattern matches before a final newline: the Host pattern must match whole."""
+    from edge.http.h1 import split_host
+
+    for value in ("a.example\n", "a.example:80\n", "a.example\r", "a" * 254):
+        with pytest.raises(BadRequest):
+            split_host(value)
+    assert split_host("A.Example:8443") == ("a.example", 8443)

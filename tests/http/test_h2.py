@@ -940,3 +940,31 @@ def test_malformed_trailers_reset_their_stream_only():
     events = codec.receive(client.data_to_send(), 0.0)
     assert Aborted(1, ErrorCodes.PROTOCOL_ERROR) in events and not codec.ended
     assert not any(isinstance(e, Trailers) for e in events)
+
+
+def test_an_extended_connect_path_with_crlf_is_malformed():
+    """A tunnel's :path becomes a GET request line: CR, LF or a space in it would inject headers."""
+    client = raw_client()
+    codec = H2Codec()
+    codec.receive(client.data_to_send(), 0.0)
+    client.receive_data(codec.data_to_send())
+    codec.receive(client.data_to_send(), 0.0)
+    client.send_headers(1, [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+                            (b":authority", b"a.test"),
+                            (b":path", b"/ws HTTP/1.1\r\nx-forwarded-for: 1.2.3.4\r\n\r\nGET /admin HTTP/1.1\r\nx: ")])
+    request = codec.receive(client.data_to_send(), 0.0)[0]
+    assert request.malformed == "invalid :path"
+    client.send_headers(3, head(authority=b"a.test\r\nx: 1"), end_stream=True)
+    assert codec.receive(client.data_to_send(), 0.0)[0].malformed == "invalid :authority"
+
+
+def test_a_backend_connection_opens_few_streams_before_its_settings():
+    from edge.http.h2 import H2ClientCodec
+
+    codec = H2ClientCodec()
+    assert codec.room() == 10  # h2's default before SETTINGS is unlimited: the server may refuse them
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    server.initiate_connection()
+    server.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+    codec.receive(server.data_to_send())
+    assert codec.room() == 100  # capped: the streams share one connection window
