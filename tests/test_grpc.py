@@ -130,3 +130,52 @@ def test_http1_client_to_an_h2_backend_is_told_plainly(edge, start, tmp_path):
     status, _, body = split(curl(e.https_port, "grpc.example.test", "/", "--http1.1", cafile=local_ca(e)).stdout)
     assert status == 505 and body == "this service is reachable over HTTP/2 only\n"
     e.wait_log("HTTP/1.1 clients are not relayed to HTTP/2 backends yet")
+
+
+UPLOAD_ENDS_EARLY = textwrap.dedent('''
+    """The upload handler answers at the first message: the server ends its stream while the client sends."""
+    import sys
+    from concurrent import futures
+    import grpc
+
+    def upload(request_iterator, context):
+        return next(request_iterator)
+
+    handler = grpc.method_handlers_generic_handler("edge.Test", {
+        "Upload": grpc.stream_unary_rpc_method_handler(upload)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
+    server.start()
+    server.wait_for_termination()
+    ''')
+
+
+def test_streams_a_backend_ends_early_do_not_use_up_its_connection(edge, start, tmp_path):
+    """A backend that answers before the request's end leaves its half of the stream open unless edge
+    resets it: a connection's 100 streams would be used up one by one, and more connections opened."""
+    import time
+
+    port = free_port()
+    script = tmp_path / "early.py"
+    script.write_text(UPLOAD_ENDS_EARLY)
+    server = start(Program, [sys.executable, str(script), str(port)], tmp_path / "early.log")
+    wait_listening(port, proc=server.proc)
+    e = edge_for(edge, f'servers = ["http://127.0.0.1:{port}"]')
+
+    def slow_messages():
+        yield b"first"
+        time.sleep(0.05)  # the answer is on its way before the request ends
+        yield b"second"
+
+    with channel(e) as ch:
+        upload = ch.stream_unary("/edge.Test/Upload")
+        for _ in range(120):
+            try:
+                upload(slow_messages(), timeout=10)
+            except grpc.RpcError as error:  # grpcio may see the early answer as cancelled: either is fine here
+                assert error.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+        assert upload(iter([b"last"]), timeout=10) == b"last"
+    connections = [line for line in open(f"/proc/{e.pid}/net/tcp").read().splitlines()[1:]
+                   if line.split()[2].endswith(f":{port:04X}") and line.split()[3] == "01"]
+    assert len(connections) == 1, connections

@@ -776,3 +776,42 @@ def test_the_101st_concurrent_stream_is_refused(edge, origin):
 
 
 
+
+
+# -- findings of the code review --------------------------------------------------------------------
+
+def origin_requests(origin) -> list[str]:
+    return origin.access.read_text().splitlines() if origin.access.exists() else []
+
+
+def test_a_content_length_with_no_body_to_follow_is_400_and_reaches_nothing(edge, origin):
+    """HEADERS with END_STREAM and ``content-length: 38``: relayed, the backend would wait for 38 bytes and
+    read them from the next request on that pooled connection (smuggling).  A 400 on the stream instead."""
+    e = start_edge(edge, origin)
+    before = len(origin_requests(origin))
+    client = Client(e)
+    try:
+        stream = client.request("/page.txt", "POST", extra=[("content-length", "38")])
+        client.wait(lambda: stream in client.ended or stream in client.resets)
+        assert client.status(stream) == 400, client.describe()
+        assert client.fetch("/page.txt") == (200, b"page\n")  # the connection goes on
+    finally:
+        client.close()
+    assert [line for line in origin_requests(origin)[before:] if "POST" in line] == []
+
+
+def test_a_websocket_answered_200_without_an_upgrade_is_502(edge, origin):
+    """nginx answers the upgrade request for a file with 200 and the file: that is no tunnel."""
+    e = start_edge(edge, origin)
+    client = Client(e)
+    try:
+        stream = client.stream_id()
+        block = client.encoder.encode([(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                       (":path", "/page.txt"), (":authority", HOST),
+                                       ("sec-websocket-version", "13")])
+        client.send(*client.header_frames(stream, block, end_stream=False))
+        client.wait(lambda: stream in client.heads or stream in client.resets)
+        assert client.status(stream) == 502, client.describe()
+    finally:
+        client.close()
+    e.wait_log("answered a WebSocket upgrade with 200")
