@@ -38,10 +38,12 @@ SERVER = textwrap.dedent('''
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
         "Upload": grpc.stream_unary_rpc_method_handler(upload),
     })
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    age = [("grpc.max_connection_age_ms", int(sys.argv[4])), ("grpc.max_connection_age_grace_ms", 5000)] \
+        if len(sys.argv) > 4 else []  # the server sends GOAWAY when a connection is that old
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=age)
     server.add_generic_rpc_handlers((handler,))
     address = f"127.0.0.1:{sys.argv[1]}"
-    if len(sys.argv) > 2:
+    if len(sys.argv) > 2 and sys.argv[2] != "-":
         key, cert = open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
         server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
     else:
@@ -179,3 +181,39 @@ def test_streams_a_backend_ends_early_do_not_use_up_its_connection(edge, start, 
     connections = [line for line in open(f"/proc/{e.pid}/net/tcp").read().splitlines()[1:]
                    if line.split()[2].endswith(f":{port:04X}") and line.split()[3] == "01"]
     assert len(connections) == 1, connections
+
+
+def test_a_backend_that_sends_goaway_loses_no_call(edge, start, tmp_path):
+    """grpc-go and grpcio servers end old connections with a graceful GOAWAY (max_connection_age): the
+    calls the server took finish on that connection, later ones go to a new one; none fails."""
+    import threading
+    import time
+
+    port = free_port()
+    script = tmp_path / "grpc_server.py"
+    script.write_text(SERVER)
+    server = start(Program, [sys.executable, str(script), str(port), "-", "-", "200"], tmp_path / "grpc.log")
+    wait_listening(port, proc=server.proc)
+    e = edge_for(edge, f'servers = ["http://127.0.0.1:{port}"]')
+    failures: list[str] = []
+    done = [0]
+
+    def caller() -> None:
+        with channel(e) as ch:
+            unary = ch.unary_unary("/edge.Test/Unary")
+            streamed = ch.unary_stream("/edge.Test/Stream")
+            deadline = time.monotonic() + 3  # several GOAWAYs of the backend's (one every 200 ms at most)
+            while time.monotonic() < deadline:
+                try:
+                    assert unary(b"x", timeout=10) == b"echo:x"
+                    assert len(list(streamed(b"20", timeout=10))) == 20
+                    done[0] += 1
+                except (grpc.RpcError, AssertionError) as error:
+                    failures.append(repr(error))
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == [] and done[0] > 20, (failures[:3], done[0])

@@ -70,6 +70,14 @@ class WindowOpened(NamedTuple):
     stream: int
 
 
+class Draining(NamedTuple):
+    """A backend's graceful GOAWAY: streams up to ``last_stream`` are still answered, later ones never
+    were (and may go again elsewhere); the connection takes no new stream."""
+
+    last_stream: int
+    code: int
+
+
 class Ended(NamedTuple):
     """The connection is over: the client said GOAWAY (``error`` False for a graceful one), or edge
     did after a protocol error or a flood (``error`` True; the GOAWAY is queued to send)."""

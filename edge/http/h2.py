@@ -35,7 +35,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, Response, Trailers, WindowOpened
+from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Request, Response, Trailers, WindowOpened
 from edge.http.h1 import CONTROLS
 from edge.http.hpack_encoder import StaticEncoder
 
@@ -398,11 +398,53 @@ class H2ClientCodec(_Streams):
         self.ended = False
         self.data_frames_sent = 0
         self.settings_seen = False
+        # A graceful GOAWAY is taken out of the byte stream before h2 sees it (h2 would refuse every later
+        # frame, so the streams the server still finishes would be lost): where the stream is in a frame,
+        # and the GOAWAY being read.
+        self.draining = False
+        self.frame_left = 0
+        self.frame_skip = False
+        self.header_part = b""
+        self.goaway = b""
+
+    def _take_goaway(self, data: bytes) -> tuple[bytes, Any]:
+        """``data`` without GOAWAY frames, and a :class:`Draining` event for one that completed (else None)."""
+        out = []
+        pos, size = 0, len(data)
+        draining = None
+        while pos < size:
+            if self.frame_left:
+                take = min(self.frame_left, size - pos)
+                if self.frame_skip:
+                    self.goaway += data[pos : pos + take]
+                else:
+                    out.append(data[pos : pos + take])
+                pos += take
+                self.frame_left -= take
+                if self.frame_skip and not self.frame_left:
+                    body, self.goaway, self.frame_skip = self.goaway, b"", False
+                    if len(body) >= 8:
+                        draining = Draining(int.from_bytes(body[:4], "big") & 0x7FFFFFFF,
+                                            int.from_bytes(body[4:8], "big"))
+                continue
+            head = self.header_part + data[pos : pos + 9 - len(self.header_part)]
+            pos += len(head) - len(self.header_part)
+            if len(head) < 9:
+                self.header_part = head
+                break
+            self.header_part = b""
+            self.frame_left = int.from_bytes(head[:3], "big")
+            self.frame_skip = head[3] == 0x7 and self.frame_left <= 65536  # GOAWAY (a huge one: h2 refuses it)
+            if not self.frame_skip:
+                out.append(head)
+            elif not self.frame_left:
+                self.frame_skip = False
+        return b"".join(out), draining
 
     def room(self) -> int:
         """How many more streams the server takes now: at most MAX_STREAMS (one connection's 16 MiB window
         is shared by its streams), and a conservative 10 until the server's SETTINGS have come."""
-        if self.ended:
+        if self.ended or self.draining:
             return 0
         conn = self.conn
         limit = min(conn.remote_settings.max_concurrent_streams, MAX_STREAMS) if self.settings_seen else 10
@@ -419,12 +461,19 @@ class H2ClientCodec(_Streams):
     def receive(self, data: bytes) -> list[Any]:
         if self.ended:
             return []
+        data, draining = self._take_goaway(data)
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receive_data(data) if data else []
         except h2.exceptions.ProtocolError as e:
             self.ended = True
             return [Ended(f"HTTP/2 protocol error from the server: {e}", True)]
         out: list[Any] = []
+        if draining is not None:
+            self.draining = True
+            if draining.code:  # an error: the server is done with every stream
+                self.ended = True
+                self.conn.close_connection()
+                return [Ended(f"the server sent GOAWAY (error {draining.code})", True)]
         for event in events:
             kind = type(event)
             if kind is h2.events.DataReceived:
@@ -454,4 +503,6 @@ class H2ClientCodec(_Streams):
                 out.append(Ended(f"the server sent GOAWAY ({getattr(code, 'name', code)})", code != 0))
                 return out
             # InformationalResponseReceived (100, 103): the final response follows
+        if draining is not None:
+            out.append(draining)
         return out

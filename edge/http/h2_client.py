@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from edge.backends import Backend, ServerState, describe_error
 from edge.event_loop import after_events
-from edge.http.events import Aborted, Body, BodyEnd, Ended, Response, Trailers, WindowOpened
+from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Response, Trailers, WindowOpened
 from edge.http.h2 import H2ClientCodec
 from edge.outgoing import open_endpoint
 
@@ -45,7 +45,7 @@ class StreamOwner(TypingProtocol):
     def stream_trailers(self, fields: list[tuple[bytes, bytes]]) -> None: ...
     def stream_end(self) -> None: ...
     def stream_window(self) -> None: ...
-    def stream_failed(self, reason: str, before_response: bool) -> None: ...
+    def stream_failed(self, reason: str, before_response: bool, unprocessed: bool = False) -> None: ...
 
 
 class H2BackendConnection(Protocol):
@@ -84,6 +84,10 @@ class H2BackendConnection(Protocol):
         if reset:
             self.codec.reset(stream)
             self.flush()
+        if self.codec.draining and not self.owners:
+            self.flush_now()
+            self.transport.loseConnection()
+            return
         self.pool.freed(self)
 
     def flush(self) -> None:
@@ -136,11 +140,20 @@ class H2BackendConnection(Protocol):
                     del owners[event.stream]
                     self.pool.backend.release(self.state)
                     # REFUSED_STREAM: the server did nothing with it, so it may go again (RFC 9113 8.7)
-                    owner.stream_failed(f"the server reset the stream ({event.code})", event.code == 7)
+                    refused = event.code == 7  # REFUSED_STREAM
+                    owner.stream_failed(f"the server reset the stream ({event.code})", refused, refused)
                     self.pool.freed(self)
+            elif kind is Draining:  # graceful GOAWAY: finish what the server took, send the rest elsewhere
+                self.pool.forget(self)
+                for stream in [stream for stream in owners if stream > event.last_stream]:
+                    owner = owners.pop(stream)
+                    self.pool.backend.release(self.state)
+                    owner.stream_failed("the server sent GOAWAY before this request", True, True)
             elif kind is Ended:
                 self._fail(event.reason)
                 return
+        if self.codec.draining and not owners:
+            self.transport.loseConnection()
         self.flush_now()
 
     def ack(self, stream: int, size: int) -> None:

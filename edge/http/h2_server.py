@@ -640,7 +640,9 @@ class H2Exchange:
         self.upstream_done = True
         self.push()
 
-    def stream_failed(self, reason: str, before_response: bool) -> None:
+    def stream_failed(self, reason: str, before_response: bool, unprocessed: bool = False) -> None:
+        """The backend stream failed; ``unprocessed``: the server said it did nothing with it (GOAWAY
+        below it, REFUSED_STREAM), so it may go again whatever its method."""
         self.backend_conn = None
         if self.closed:
             return
@@ -649,10 +651,10 @@ class H2Exchange:
             self._reset(ErrorCodes.INTERNAL_ERROR, "backend_failed")
             return
         if before_response and not self.retried and self.received == 0 and self.client_done \
-                and self.event.method in IDEMPOTENT:
-            self.retried = True  # a connection the server had just closed: once more on a new one
+                and (unprocessed or self.event.method in IDEMPOTENT):
+            self.retried = True  # once more, on another connection
             self.request_ended = False
-            self.pool.acquire(self, fresh=True)
+            self.pool.acquire(self, fresh=not unprocessed)
             return
         log.warn("{client}: 502 backend {backend} failed: {reason}", client=self.server.info.client[0],
                  backend=self.route.backend, reason=reason)

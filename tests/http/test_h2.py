@@ -968,3 +968,35 @@ def test_a_backend_connection_opens_few_streams_before_its_settings():
     server.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
     codec.receive(server.data_to_send())
     assert codec.room() == 100  # capped: the streams share one connection window
+
+
+@pytest.mark.parametrize("piece", [1, 7, 1 << 20])
+def test_a_backend_goaway_lets_its_streams_finish(piece):
+    """A graceful GOAWAY is taken out of the bytes before h2 (which would refuse every later frame): the
+    stream below it still gets its body and end, however the bytes are cut into reads."""
+    from hyperframe.frame import GoAwayFrame
+
+    from edge.http.events import Draining, Response
+    from edge.http.h2 import H2ClientCodec
+
+    codec = H2ClientCodec()
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    server.initiate_connection()
+    server.receive_data(codec.data_to_send())
+    stream = codec.request([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"b"), (b":path", b"/")],
+                           True)
+    server.receive_data(codec.data_to_send())
+    server.send_headers(stream, [(b":status", b"200")])
+    server.send_data(stream, b"first")
+    goaway = GoAwayFrame(0, last_stream_id=stream, error_code=0, additional_data=b"bye").serialize()
+    before = server.data_to_send()
+    server.send_data(stream, b"second", end_stream=True)
+    data = before + goaway + server.data_to_send()
+    events = []
+    for at in range(0, len(data), piece):
+        events += codec.receive(data[at : at + piece])
+    kinds = [type(e) for e in events]
+    assert Response in kinds and Draining(stream, 0) in events
+    assert [e for e in events if type(e) is not Draining][-1] == BodyEnd(stream)
+    assert b"".join(e.data for e in events if type(e) is Body) == b"firstsecond"
+    assert codec.room() == 0 and not codec.ended
