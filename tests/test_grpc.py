@@ -217,3 +217,24 @@ def test_a_backend_that_sends_goaway_loses_no_call(edge, start, tmp_path):
     for thread in threads:
         thread.join(60)
     assert failures == [] and done[0] > 20, (failures[:3], done[0])
+
+
+def test_a_backend_that_accepts_and_says_nothing_fails_fast(edge):
+    """A server that takes the connection and never sends its SETTINGS (hung, or not HTTP/2 at all): the
+    call fails after timeouts.connect with the reason in the log, not after the response timeout."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshake; nothing ever answers (a stand-in for a hung server)
+    try:
+        e = edge_for(edge, f'servers = ["http://127.0.0.1:{silent.getsockname()[1]}"]')
+        started = time.monotonic()
+        with channel(e) as ch, pytest.raises(grpc.RpcError) as failed:
+            ch.unary_unary("/edge.Test/Unary")(b"hi", timeout=30)
+        assert failed.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+        assert time.monotonic() - started < 10  # timeouts.connect is 2 s here; the response timeout is longer
+        e.wait_log("no HTTP/2 SETTINGS from the server within 2s")
+    finally:
+        silent.close()

@@ -402,6 +402,7 @@ class H2ClientCodec(_Streams):
         # frame, so the streams the server still finishes would be lost): where the stream is in a frame,
         # and the GOAWAY being read.
         self.draining = False
+        self.pinged = False  # a PING is out and its ACK not back
         self.frame_left = 0
         self.frame_skip = False
         self.header_part = b""
@@ -452,6 +453,12 @@ class H2ClientCodec(_Streams):
             return 0  # stream ids run out: this connection takes no more
         return limit - conn.open_outbound_streams
 
+    def ping(self) -> None:
+        """Ask the server for a PING ACK (whether the connection still carries anything)."""
+        if not self.pinged and not self.ended:
+            self.pinged = True
+            self.conn.ping(b"edge-ok?")
+
     def request(self, fields: list[tuple[bytes, bytes]], end: bool) -> int:
         """Open a stream with this request head (pseudo-headers first); its id."""
         stream = self.conn.get_next_available_stream_id()
@@ -497,6 +504,8 @@ class H2ClientCodec(_Streams):
             elif kind is h2.events.RemoteSettingsChanged:
                 self.settings_seen = True
                 out.append(WindowOpened(0))  # more streams or larger windows may be allowed
+            elif kind is h2.events.PingAckReceived:
+                self.pinged = False
             elif kind is h2.events.ConnectionTerminated:
                 self.ended = True
                 code = event.error_code

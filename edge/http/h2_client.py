@@ -26,6 +26,7 @@ from edge.event_loop import after_events
 from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Response, Trailers, WindowOpened
 from edge.http.h2 import H2ClientCodec
 from edge.outgoing import open_endpoint
+from edge.timers import coarse
 
 log = Logger()
 
@@ -62,9 +63,36 @@ class H2BackendConnection(Protocol):
         self.flush_pending = False
         self.reactor = pool.reactor
         self.served = 0
+        self.timer: Any = None
 
     def connectionMade(self) -> None:
         self.transport.write(self.codec.data_to_send())
+        # The server's SETTINGS (after a TLS handshake) must come within the connect timeout.
+        self.timer = coarse(self.reactor).later(self.pool.backend_timeout, self._settings_late)
+
+    def _settings_late(self) -> None:
+        self.timer = None
+        if self.lost:
+            return
+        if not self.codec.settings_seen:
+            self._fail(f"no HTTP/2 SETTINGS from the server within {self.pool.backend_timeout:g}s")
+        elif self.codec.pinged:  # a check began while this timer ran
+            self.timer = coarse(self.reactor).later(self.pool.backend_timeout, self._pong_late)
+
+    def check(self) -> None:
+        """A request on this connection timed out: a PING tells a server that is slow from a connection
+        that carries nothing any more (a peer gone without a FIN); the latter is dropped."""
+        if self.lost or self.codec.pinged:
+            return
+        self.codec.ping()
+        self.flush()
+        if self.timer is None:
+            self.timer = coarse(self.reactor).later(self.pool.backend_timeout, self._pong_late)
+
+    def _pong_late(self) -> None:
+        self.timer = None
+        if self.codec.pinged and not self.lost:
+            self._fail(f"no answer to a PING within {self.pool.backend_timeout:g}s")
 
     def has_room(self) -> bool:
         return not self.lost and self.codec.room() > 0
@@ -162,13 +190,16 @@ class H2BackendConnection(Protocol):
 
     def _fail(self, reason: str) -> None:
         self.flush_now()  # a GOAWAY the codec queued
+        self._drop(reason)  # first: the close below may report connectionLost at once
         self.transport.loseConnection()
-        self._drop(reason)
 
     def _drop(self, reason: str) -> None:
         if self.lost:
             return
         self.lost = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.pool.forget(self)
         owners, self.owners = self.owners, {}
         for owner in owners.values():
@@ -182,8 +213,10 @@ class H2BackendConnection(Protocol):
 class H2Pool:
     """The HTTP/2 connections to each server of one backend."""
 
-    def __init__(self, backend: Backend, endpoint_for: Callable[[ServerState], Any], reactor: Any, tls: bool) -> None:
+    def __init__(self, backend: Backend, endpoint_for: Callable[[ServerState], Any], reactor: Any, tls: bool,
+                 backend_timeout: float = 5.0) -> None:
         self.backend = backend
+        self.backend_timeout = backend_timeout  # timeouts.connect: for SETTINGS, and for a PING's ACK
         self.endpoint_for = endpoint_for
         self.reactor = reactor
         self.tls = tls

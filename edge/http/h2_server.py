@@ -977,6 +977,8 @@ class H2Exchange:
             return
         kind = self.deadline_kind
         if kind == "response" and not self.response_started:
+            if self.backend_conn is not None:
+                self.backend_conn.check()  # a connection gone silent is dropped, not kept for the next request
             seconds = self.server.runtime.config.timeouts.response
             log.warn("{client}: 504 backend {backend} did not answer within {seconds:g}s",
                      client=self.server.info.client[0], backend=self.route.backend, seconds=seconds)

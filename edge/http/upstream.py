@@ -102,7 +102,7 @@ class Upstream:
         self.policy = BackendTLSPolicy(backend.config) if self.scheme == "https" else None
         self.protocol = backend.config.protocol  # "http/1.1" or "h2"
         self.http1 = Http1Pool(backend, self.tunnel_endpoint)
-        self.h2 = H2Pool(backend, self.tunnel_endpoint, reactor, self.scheme == "https") \
+        self.h2 = H2Pool(backend, self.tunnel_endpoint, reactor, self.scheme == "https", connect_timeout) \
             if self.protocol == "h2" else None
 
     def close(self) -> None:
