@@ -72,7 +72,7 @@ class EdgeService(MultiService):
         self.health: HealthService | None = None
         self.watcher: LoopingCall | None = None
         self._mtime = self._config_mtime()
-        self._bind_all(config, fatal=True)
+        self._bind_all(config)
         self._start_acme(config)
         self._start_health()
         self.supervisor: WorkerSupervisor | None = None
@@ -91,32 +91,39 @@ class EdgeService(MultiService):
         """The admin listener runs in worker 0 only."""
         return [key for key in self._wanted(config) if key[0] != "admin" or self.worker == 0]
 
-    def _bind_all(self, config: Config, fatal: bool) -> None:
-        """Listen on every address of ``config``; keep the sockets of unchanged ones."""
-        wanted = self._wanted_here(config)
+    def _bind_new(self, config: Config) -> dict[tuple[str, Any], ListenerService]:
+        """Bind every address of ``config`` not listened on yet; all or nothing: if one fails, the ones
+        bound are closed and StartupError names the address."""
+        new: dict[tuple[str, Any], ListenerService] = {}
+        for key in self._wanted_here(config):
+            if key in self.listeners:
+                continue
+            door, address = key
+            try:
+                new[key] = ListenerService(self.reactor, door, address, self.factories[door],
+                                           reuse_port=self.reuse_port and door != "admin")
+            except OSError as e:
+                for listener in new.values():
+                    listener.close_socket()
+                name = "admin.listen" if door == "admin" else f"listen.{door}"
+                raise StartupError(f"{config.path}: {name}: cannot listen on {address}: {e.strerror or e}") from None
+        return new
+
+    def _use_listeners(self, config: Config, new: dict[tuple[str, Any], ListenerService]) -> None:
+        """Stop listening where ``config`` no longer does; start the listeners bound for it."""
+        wanted = set(self._wanted_here(config))
         for key, listener in list(self.listeners.items()):
             if key not in wanted:
                 del self.listeners[key]
                 listener.disownServiceParent()
                 log.info("no longer listening for {door} on {address}", door=key[0], address=str(key[1]))
-        for key in wanted:
-            if key in self.listeners:
-                continue
-            door, address = key
-            try:
-                listener = ListenerService(self.reactor, door, address, self.factories[door],
-                                           reuse_port=self.reuse_port and door != "admin")
-            except OSError as e:
-                name = "admin.listen" if door == "admin" else f"listen.{door}"
-                message = f"{config.path}: {name}: cannot listen on {address}: {e.strerror or e}"
-                if fatal:
-                    for other in self.listeners.values():
-                        other.close_socket()
-                    raise StartupError(message) from None
-                log.error("{message}", message=message)
-                continue
+        for key, listener in new.items():
             self.listeners[key] = listener
             listener.setServiceParent(self)
+
+    def _bind_all(self, config: Config) -> None:
+        """Start-up: listen on every address of ``config`` (StartupError, nothing left bound, if one fails)."""
+        self._use_listeners(config, self._bind_new(config))
 
     def _start_health(self) -> None:
         if self.health is not None:
@@ -169,10 +176,14 @@ class EdgeService(MultiService):
 
     def reload(self) -> bool:
         """Re-read the config; apply it if valid, else log why and keep the old one."""
+        new: dict[tuple[str, Any], ListenerService] = {}
         try:
             config = load(self.config_path)
+            new = self._bind_new(config)  # first: a door that cannot be bound changes nothing
             runtime = build_runtime(config, self.reactor, self.responders, previous=self.runtime)
         except (ConfigError, StartupError) as e:
+            for listener in new.values():
+                listener.close_socket()
             log.error("reload refused, the running configuration stays: {error}", error=str(e))
             return False
         previous, self.runtime = self.runtime, runtime
@@ -180,7 +191,7 @@ class EdgeService(MultiService):
         settle_memory()
         if getattr(self, "supervisor", None) is not None:
             self.supervisor.signal(signal.SIGHUP)
-        self._bind_all(config, fatal=False)
+        self._use_listeners(config, new)
         self._start_acme(config)
         self._start_health()
         self._mtime = self._config_mtime()

@@ -149,7 +149,35 @@ def test_listeners_follow_the_config_and_watch_reloads_on_change(edge, origins):
     time.sleep(1.1)
     e.config.write_text(e.config.read_text().replace(f"127.0.0.1:{origins['web1']}", f"127.0.0.1:{origins['web2']}"))
     e.wait_log("changed", timeout=15)
+    deadline = time.monotonic() + 15  # "changed" is logged before the reload that follows it
+    while e.log().count("reloaded") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert e.log().count("reloaded") == 2
+
+
+def test_a_reload_that_cannot_bind_changes_nothing(edge, origins):
+    """All or nothing: a door moved onto a port in use keeps its old address, and nothing else of the new
+    config is taken either (here: http = "deny" set on a route in the same edit)."""
+    e = edge(body(origins, "web1", "tls1"))
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        text = e.config.read_text().replace(f'http = ["127.0.0.1:{e.http_port}"]',
+                                            f'http = ["127.0.0.1:{busy.getsockname()[1]}"]')
+        e.config.write_text(text.replace('backend = "web"', 'backend = "web"\n    http = "deny"'))
+        os.kill(e.pid, signal.SIGHUP)
+        line = e.wait_log("reload refused")
+        assert "cannot listen on" in line and "reloaded" not in e.log() and "no longer listening" not in e.log()
+        socket.create_connection(("127.0.0.1", e.http_port), timeout=5).close()  # the old door still answers
+        request = b"GET / HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", e.http_port), timeout=5) as client:
+            client.sendall(request)
+            answer = client.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 308")  # the edit's http = "deny" (a 404) was not taken
+        e.assert_alive()
+    finally:
+        busy.close()
 
 
 def test_sigterm_drains_a_slow_download(edge, origins):
