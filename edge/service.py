@@ -22,7 +22,7 @@ from twisted.logger import Logger, LogLevel
 from edge.acme.responders import ChallengeResponders
 from edge.acme.service import AcmeService
 from edge.admin import admin_site
-from edge.certs.files import CertificateFileError
+from edge.certs.files import CertificateFileError, load_directory
 from edge import connection
 from edge.config import Config, ConfigError, load
 from edge.dispatch import DispatchFactory
@@ -49,6 +49,25 @@ def build_runtime(config: Config, reactor: Any, responders: ChallengeResponders,
         raise StartupError(f"{config.path}: edge.certs_dir: {e}") from None
     except OSError as e:
         raise StartupError(f"{config.path}: edge.state_dir: {e.strerror or e}: {e.filename}") from None
+
+
+def check_config(config_path: str, reactor: Any = None) -> str:
+    """``twist edge --check``: what start-up checks (the config, certificate files and their keys, a
+    certificate for every terminated host), with nothing bound; a one-line summary, or StartupError."""
+    if reactor is None:
+        from twisted.internet import reactor  # noqa: F811
+    try:
+        config = load(config_path)
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
+    runtime = build_runtime(config, reactor, ChallengeResponders())
+    for upstream in runtime.upstreams.values():
+        upstream.close()
+    files = len(load_directory(config.certs_dir)) if config.certs_dir else 0
+    issued = " (the local CA issues the rest)" if config.issuer == "local" else \
+        " (ACME issues the rest)" if config.acme is not None else ""
+    return (f"{config.path}: OK, {len(config.routes)} routes, {len(config.backends)} backends, "
+            f"{files} certificate file{'s' if files != 1 else ''}{issued}")
 
 
 class EdgeService(MultiService):

@@ -183,3 +183,62 @@ def test_backend_names_survive_health_options(tmp_path):
                                   'check_interval = "1s"\nrise = 3\nfall = 4\n'))
     web = config.backends["web"]
     assert (web.name, web.check, web.check_interval, web.rise, web.fall) == ("web", "http GET /healthz", 1.0, 3, 4)
+
+
+def test_check_says_ok_in_one_line_and_binds_nothing(tmp_path):
+    """``twist edge --check`` (nginx -t, haproxy -c): the listen addresses are in use by another socket
+    here, which --check does not care about: it binds nothing."""
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        path = write(tmp_path, f'[edge]\nstate_dir = "{tmp_path / "state"}"\n[listen]\nhttps = ["127.0.0.1:{port}"]\n'
+                               f'http = ["127.0.0.1:{port}"]\nssh = []\n[tls]\nissuer = "local"\n' + GOOD
+                     + '[[routes]]\nhosts = ["b.example.test"]\ntls = "edge"\nbackend = "web"\n')
+        result = run_edge_command(path, "--check")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{path}: OK, 2 routes, 4 backends, 0 certificate files (the local CA issues the rest)\n"
+        assert result.stderr == ""
+    finally:
+        busy.close()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[listen]\nhttps = \"x\"\n", "listen.https: must be a list of strings"),
+    (GOOD + '[[routes]]\nhosts = ["b.example.test"]\ntls = "edge"\nbackend = "web"\n', "no certificate for 'b.example.test'"),
+])
+def test_check_names_the_problem_and_exits_2(tmp_path, text, words):
+    path = write(tmp_path, f'[edge]\nstate_dir = "{tmp_path / "state"}"\n' + text if "[edge]" not in text else text)
+    result = run_edge_command(path, "--check")
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"edge: {path}: ") and words in lines[0], result.stderr
+
+
+def test_check_reads_certificate_files(tmp_path):
+    """A certificate whose key does not match is found by --check, as start-up would find it."""
+    import trustme
+
+    ca = trustme.CA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    one, other = ca.issue_cert("b.example.test"), ca.issue_cert("b.example.test")
+    (certs / "b.pem").write_bytes(one.cert_chain_pems[0].bytes() + other.private_key_pem.bytes())
+    path = write(tmp_path, f'[edge]\nstate_dir = "{tmp_path / "state"}"\ncerts_dir = "{certs}"\n' + GOOD
+                 + '[[routes]]\nhosts = ["b.example.test"]\ntls = "edge"\nbackend = "web"\n')
+    result = run_edge_command(path, "--check")
+    assert result.returncode == 2 and "certs_dir" in result.stderr and len(result.stderr.splitlines()) == 1, \
+        result.stderr
+    (certs / "b.pem").write_bytes(one.cert_chain_pems[0].bytes() + one.private_key_pem.bytes())
+    result = run_edge_command(path, "--check")
+    assert result.returncode == 0 and "1 certificate file" in result.stdout, result.stderr
+
+
+def test_version_is_edges_own(tmp_path):
+    from edge import __version__
+
+    result = run_edge_command(tmp_path / "none.toml", "--version")
+    assert result.returncode == 0 and result.stdout == f"edge {__version__}\n"

@@ -19,6 +19,17 @@ class Options(usage.Options):
         ["config", "c", "/etc/edge/edge.toml", "The TOML configuration file."],
         ["worker", None, 0, "Internal: the worker number, for [edge] workers > 1.", int],
     ]
+    optFlags = [
+        ["check", None, "Check the configuration (and its certificate files) as start-up would, bind nothing, "
+                        "print one line and exit: 0 if it is fine, 2 if not (like nginx -t, haproxy -c)."],
+    ]
+
+    def opt_version(self):
+        """Print edge's version and exit."""
+        from edge import __version__
+
+        sys.stdout.write(f"edge {__version__}\n")
+        raise SystemExit(0)
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -30,8 +41,15 @@ class EdgeServiceMaker:
     def makeService(self, options):
         from twisted.logger import LogLevel
 
-        from edge.service import StartupError, make_service
+        from edge.service import StartupError, check_config, make_service
 
+        if options["check"]:
+            try:
+                sys.stdout.write(check_config(options["config"]) + "\n")
+            except StartupError as e:
+                sys.stderr.write(f"edge: {e}\n")
+                raise SystemExit(2)
+            raise SystemExit(0)
         twist_options = getattr(options, "parent", None) or {}  # twist's own options: --log-level
         try:
             return make_service(options["config"], worker=options["worker"],
