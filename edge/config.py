@@ -116,6 +116,9 @@ class BackendConfig:
         return "tcp" if self.servers[0].scheme == "tcp" else "http"
 
 
+ROUTE_NAME = re.compile(r"[A-Za-z0-9*][A-Za-z0-9_.:/*-]{0,99}")
+
+
 @dataclass(frozen=True)
 class Route:
     hosts: tuple[str, ...]
@@ -126,14 +129,16 @@ class Route:
     index: int = 0
     paths: tuple[str, ...] = ("/",)
     max_body: int | None = None
+    label: str = ""  # its name: `name = "..."`, else the first host (and path)
 
     @property
     def terminated(self) -> bool:
         return self.tls != "passthrough"
 
-    @cached_property  # read for every request's log line and metrics
+    @property
     def name(self) -> str:
-        return f"routes[{self.index}]"
+        """What logs, metrics and the status page call this route (stable when routes are reordered)."""
+        return self.label or f"routes[{self.index}]"
 
 
 ACME_DIRECTORIES = {
@@ -491,11 +496,13 @@ class _Parser:
         if not isinstance(data, list):
             raise self.fail("routes", "must be an array of tables: [[routes]]")
         routes = []
+        names: dict[str, int] = {}
         seen: dict[tuple[str, str], int] = {}
         passthrough_hosts: dict[str, int] = {}
         for index, item in enumerate(data):
             key = f"routes[{index}]"
-            item = self.table(item, key, ("hosts", "tls", "backend", "acme_backend", "http", "paths", "max_body"))
+            item = self.table(item, key, ("name", "hosts", "tls", "backend", "acme_backend", "http", "paths",
+                                          "max_body"))
             for required in ("hosts", "tls", "backend"):
                 if required not in item:
                     raise self.fail(f"{key}.{required}", "missing")
@@ -545,5 +552,16 @@ class _Parser:
             if http == "allow" and tls == "passthrough":
                 raise self.fail(f"{key}.http", "\"allow\" serves the route over plain HTTP, which needs an HTTP backend")
             max_body = self.size(item["max_body"], f"{key}.max_body") if "max_body" in item else None
-            routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index, paths, max_body))
+            if "name" in item:
+                label = item["name"]
+                if not isinstance(label, str) or not ROUTE_NAME.fullmatch(label):
+                    raise self.fail(f"{key}.name", "must be a name of letters, digits and . _ - / : (up to 100)")
+                if label in names:
+                    raise self.fail(f"{key}.name", f"{label!r} is already the name of routes[{names[label]}]")
+            else:  # the first host, and its path if not "/"; the position if that is taken
+                label = hosts[0] + (paths[0] if paths != ("/",) else "")
+                if label in names:
+                    label = key
+            names[label] = index
+            routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index, paths, max_body, label))
         return tuple(routes)

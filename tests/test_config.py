@@ -123,6 +123,11 @@ def test_defaults_when_listen_is_absent(tmp_path):
         ('[backends.g]\nservers = ["127.0.0.1:1"]\nprotocol = "h2"', "backends.g.protocol", "http:// and https://"),
         ('[backends.g]\nservers = ["http://127.0.0.1:1"]\nprotocol = "h2"\ncheck = "http GET /"', "backends.g.check",
          "use \"tcp\" or \"tls\""),
+        (GOOD + '[[routes]]\nname = "web"\nhosts = ["b.example.test"]\ntls = "passthrough"\nbackend = "tls"\n'
+         '[[routes]]\nname = "web"\nhosts = ["c.example.test"]\ntls = "passthrough"\nbackend = "tls"\n',
+         "routes[2].name", "'web' is already the name of routes[1]"),
+        (GOOD + '[[routes]]\nname = "has space"\nhosts = ["b.example.test"]\ntls = "passthrough"\nbackend = "tls"\n',
+         "routes[1].name", "must be a name"),
         ('[tls]\nissuer = "acme-ish"', "tls.issuer", "not one of"),
         ('routes = 5', "routes", "array of tables"),
     ],
@@ -242,3 +247,24 @@ def test_version_is_edges_own(tmp_path):
 
     result = run_edge_command(tmp_path / "none.toml", "--version")
     assert result.returncode == 0 and result.stdout == f"edge {__version__}\n"
+
+
+def test_routes_are_named_by_their_name_or_first_host(tmp_path):
+    config = load(write(tmp_path, GOOD + textwrap.dedent("""
+        [[routes]]
+        name = "argocd"
+        hosts = ["b.example.test"]
+        tls = "passthrough"
+        backend = "tls"
+        [[routes]]
+        hosts = ["c.example.test", "d.example.test"]
+        tls = "edge"
+        backend = "web"
+        [[routes]]
+        hosts = ["c.example.test"]
+        paths = ["/api"]
+        tls = "edge"
+        backend = "web"
+        """)))
+    assert [route.name for route in config.routes] == ["a.example.test", "argocd", "c.example.test",
+                                                       "c.example.test/api"]

@@ -87,12 +87,12 @@ def test_json_access_log_fields(busy_edge, sshd, ca):
     assert ssh443["backend"] == "git"
     passthrough = wait_events(e, lambda ev: ev.get("sni") == "pass.example.test")
     assert passthrough["client"] == "127.0.0.6" and passthrough["protocol"] == "tls"
-    assert passthrough["tls_mode"] == "passthrough" and passthrough["route"] == "routes[1]"
+    assert passthrough["tls_mode"] == "passthrough" and passthrough["route"] == "pass.example.test"
     assert passthrough["backend"] == "pass" and passthrough["server"] == f"127.0.0.1:{e.origin.port}"
     assert passthrough["spliced"] is False and passthrough["bytes_out"] > 1000  # a short exchange stays in Twisted
     request = wait_events(e, lambda ev: ev.get("method") == "GET" and ev.get("status") == 200)
     assert (request["host"], request["path"], request["backend"], request["route"]) == (
-        f"app.example.test:{e.https_port}", "/x?y=1", "web", "routes[0]")
+        f"app.example.test:{e.https_port}", "/x?y=1", "web", "app.example.test")
     assert request["upstream_time"] >= 0 and request["sni"] == "app.example.test"
     terminated = wait_events(e, lambda ev: ev.get("sni") == "app.example.test" and "bytes_in" in ev)
     assert terminated["tls_mode"] == "edge"
