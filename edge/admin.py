@@ -28,7 +28,7 @@ STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:68rem;padding:0 1rem;color:#1d2733}
 h1{font-size:1.5rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #d5dbe3}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #eef1f5}
-.up{color:#17803d}.down{color:#b42318;font-weight:600}.soon{background:#fff4d6}code{font-size:.9em}
+.up{color:#17803d}.unchecked{color:#6b7280}.down{color:#b42318;font-weight:600}.soon{background:#fff4d6}code{font-size:.9em}
 """
 
 
@@ -104,14 +104,20 @@ class StatusPage(Resource):
         now = datetime.datetime.now(datetime.timezone.utc)
         rows = []
         for route in runtime.config.routes:
-            rows.append(f"<tr><td>{_e(', '.join(route.hosts))}</td><td>{_e(', '.join(route.paths))}</td>"
+            rows.append(f"<tr><td>{_e(route.name)}</td><td>{_e(', '.join(route.hosts))}</td><td>{_e(', '.join(route.paths))}</td>"
                         f"<td>{_e(route.tls)}</td><td>{_e(route.backend)}</td><td>{_e(route.http)}</td></tr>")
         servers = []
         seconds = runtime.reactor.seconds()
         for backend in runtime.backends.values():
             for state in backend.servers:
-                down = state.down_until > seconds
-                health = '<span class="down">down</span>' if down else '<span class="up">up</span>'
+                if not state.checked_up:  # the active check says so
+                    health = '<span class="down">down</span> (check failing)'
+                elif state.down_until > seconds:  # connects failed (passive health)
+                    health = '<span class="down">down</span> (connects failing)'
+                elif backend.config.check is None:  # nothing says it is up: nothing looks until a client comes
+                    health = '<span class="unchecked">not checked</span>'
+                else:
+                    health = '<span class="up">up</span>'
                 servers.append(f"<tr><td>{_e(backend.name)}</td><td><code>{_e(state)}</code></td>"
                                f"<td>{health}</td><td>{state.active}</td><td>{_e(backend.config.balance)}</td></tr>")
         certs = []
@@ -127,7 +133,7 @@ class StatusPage(Resource):
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>edge status</title>
 <style>{STYLE}</style></head><body><h1>edge</h1>
 <p>Configuration <code>{_e(runtime.config.path)}</code>, page made {now:%Y-%m-%d %H:%M:%S} UTC.</p>
-<h2>Routes</h2><table><tr><th>hosts</th><th>paths</th><th>TLS</th><th>backend</th><th>port 80</th></tr>{''.join(rows)}</table>
+<h2>Routes</h2><table><tr><th>name</th><th>hosts</th><th>paths</th><th>TLS</th><th>backend</th><th>port 80</th></tr>{''.join(rows)}</table>
 <h2>Backends</h2><table><tr><th>backend</th><th>server</th><th>health</th><th>connections</th><th>balance</th></tr>{''.join(servers)}</table>
 <h2>Certificates</h2><table><tr><th>names</th><th>source</th><th>expires</th><th>days left</th></tr>{''.join(certs) or '<tr><td colspan="4">none issued yet</td></tr>'}</table>
 <h2>Recent warnings and errors</h2><table><tr><th>time</th><th>level</th><th>message</th></tr>{errors or '<tr><td colspan="3">none</td></tr>'}</table>

@@ -170,6 +170,8 @@ def test_status_page_lists_what_runs(busy_edge):
         page = response.read().decode()
     for text in ("<title>edge status</title>", "app.example.test", "pass.example.test", "passthrough", "git"):
         assert text in page
+    # no backend here has a health check: none is claimed to be up
+    assert ">not checked<" in page and '<span class="up">' not in page
 
 
 def test_status_page_in_headless_chromium(busy_edge, tmp_path):
