@@ -181,6 +181,9 @@ def test_twist_edge_help_describes_it(tmp_path):
     assert result.returncode == 0
     assert "--config" in result.stdout and "/etc/edge/edge.toml" in result.stdout
     assert "SNI" in result.stdout
+    assert "--check" in result.stdout and "--version" in result.stdout
+    assert "--worker" not in result.stdout  # internal: how edge starts its own workers
+    assert "HUP" in result.stdout and "--log-format" in result.stdout and "README" in result.stdout
 
 
 def test_backend_names_survive_health_options(tmp_path):

@@ -13,7 +13,10 @@ class Options(usage.Options):
     longdesc = (
         "edge: one process on ports 22, 80 and 443. SSH goes to the git server, "
         "port 80 redirects to HTTPS, and port 443 is dispatched by what the client "
-        "sends first: TLS by SNI (passthrough or terminated), SSH, or plain HTTP."
+        "sends first: TLS by SNI (passthrough or terminated), SSH, or plain HTTP. "
+        "Signals: HUP re-reads the configuration (all or nothing), TERM stops accepting and drains "
+        "open connections for [timeouts] drain. Logs: twist --log-format text|json --log-level info|warn "
+        "edge ... Everything else: README.md, shipped with edge."
     )
     optParameters = [
         ["config", "c", "/etc/edge/edge.toml", "The TOML configuration file."],
@@ -23,6 +26,20 @@ class Options(usage.Options):
         ["check", None, "Check the configuration (and its certificate files) as start-up would, bind nothing, "
                         "print one line and exit: 0 if it is fine, 2 if not (like nginx -t, haproxy -c)."],
     ]
+
+    def getUsage(self, width=None):
+        """Twisted's help, without the internal --worker option."""
+        lines = super().getUsage(width).split("\n")
+        out, skipping = [], False
+        for line in lines:
+            if line.lstrip().startswith("--worker="):
+                skipping = True
+                continue
+            if skipping and line.startswith(" " * 10) and not line.lstrip().startswith("-"):
+                continue  # the option's wrapped description
+            skipping = False
+            out.append(line)
+        return "\n".join(out)
 
     def opt_version(self):
         """Print edge's version and exit."""
