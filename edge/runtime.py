@@ -96,11 +96,11 @@ class Runtime:
                     continue  # "*" is served the default (first) certificate, like HAProxy's first crt
                 if config.acme is not None and wildcard:
                     raise MissingCertificate(
-                        f"{route.name}.hosts: {host!r} needs a static certificate in [edge] certs_dir "
+                        f"routes[{route.index}].hosts: {host!r} needs a static certificate in [edge] certs_dir "
                         f"(ACME here issues one certificate per name, not wildcards)")
                 if config.acme is None and issuer is None:
                     raise MissingCertificate(
-                        f"{route.name}.hosts: no certificate for {host!r} "
+                        f"routes[{route.index}].hosts: no certificate for {host!r} "
                         f"(put one in [edge] certs_dir, set [tls] issuer = \"local\", or configure [acme])")
         return store
 
