@@ -80,6 +80,18 @@ def parse_address(value: str) -> Address | SystemdAddress:
     return Address(*_split_host_port(value, None))
 
 
+def parse_addresses(value: str) -> list[Address | SystemdAddress]:
+    """Parse a listen entry: one address, or HAProxy's ``"*:80"`` and ``":80"`` for every address of
+    both families (``0.0.0.0:80`` and ``[::]:80``)."""
+    text = value.strip()
+    if text.startswith("*:") or (text.startswith(":") and text.count(":") == 1):
+        port_text = text.partition(":")[2]
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{value!r}: {port_text!r} is not a port number (1-65535)")
+        return [Address("0.0.0.0", int(port_text)), Address("::", int(port_text))]
+    return [parse_address(text)]
+
+
 def parse_server(value: str) -> tuple[str, int, str]:
     """Parse a backend server into ``(host, port, scheme)``; scheme is tcp/http/https."""
     value = value.strip()

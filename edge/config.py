@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from edge.addresses import Address, parse_address, parse_server
+from edge.addresses import Address, parse_address, parse_addresses, parse_server
 
 TLS_MODES = ("passthrough", "edge", "reencrypt")
 BALANCES = ("roundrobin", "leastconn")
@@ -31,6 +31,8 @@ DEFAULT_LISTEN = {
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_COMPOUND = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -207,8 +209,10 @@ def parse_duration(value: Any) -> float:
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    elif isinstance(value, str) and _COMPOUND.fullmatch(value.strip()):  # "1h30m", "2m30s", "1d12h"
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(value))
     else:
-        raise ValueError(f"{value!r} is not a duration (use e.g. \"500ms\", \"5s\", \"2m\", \"1h\")")
+        raise ValueError(f"{value!r} is not a duration (use e.g. \"500ms\", \"5s\", \"2m\", \"1h30m\")")
     if seconds <= 0:
         raise ValueError("a duration must be positive")
     return seconds
@@ -380,15 +384,22 @@ class _Parser:
     def listen(self, data: Any) -> Listen:
         data = self.table(data, "listen", ("ssh", "http", "https", "accept_proxy"))
         doors = {}
+        seen: dict[Any, str] = {}
         for door, default in DEFAULT_LISTEN.items():
             key = f"listen.{door}"
             values = self.string_list(data.get(door, list(default)), key)
             addresses = []
             for value in values:
                 try:
-                    addresses.append(parse_address(value))
+                    addresses.extend(parse_addresses(value))
                 except ValueError as e:
                     raise self.fail(key, str(e)) from None
+            for address in addresses:  # one address, one door: the second bind would fail at start-up
+                other = seen.get(address)
+                if other is not None:
+                    where = "twice in it" if other == door else f"also in listen.{other}"
+                    raise self.fail(key, f"{address} is {where}")
+                seen[address] = door
             doors[door] = tuple(addresses)
         networks = []
         for value in self.string_list(data.get("accept_proxy", []), "listen.accept_proxy"):

@@ -10,6 +10,7 @@ listeners close first and open connections get ``timeouts.drain`` to finish.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from typing import Any
@@ -125,7 +126,12 @@ class EdgeService(MultiService):
                 for listener in new.values():
                     listener.close_socket()
                 name = "admin.listen" if door == "admin" else f"listen.{door}"
-                raise StartupError(f"{config.path}: {name}: cannot listen on {address}: {e.strerror or e}") from None
+                hint = ""
+                if e.errno == errno.EACCES and getattr(address, "port", 1024) < 1024:
+                    hint = (" (ports below 1024 need root, the CAP_NET_BIND_SERVICE capability, a lower "
+                            "net.ipv4.ip_unprivileged_port_start, or socket activation: see etc/edge.socket)")
+                raise StartupError(f"{config.path}: {name}: cannot listen on {address}: {e.strerror or e}{hint}") \
+                    from None
         return new
 
     def _use_listeners(self, config: Config, new: dict[tuple[str, Any], ListenerService]) -> None:

@@ -128,6 +128,11 @@ def test_defaults_when_listen_is_absent(tmp_path):
          "routes[2].name", "'web' is already the name of routes[1]"),
         (GOOD + '[[routes]]\nname = "has space"\nhosts = ["b.example.test"]\ntls = "passthrough"\nbackend = "tls"\n',
          "routes[1].name", "must be a name"),
+        ('[listen]\nhttp = ["127.0.0.1:8080"]\nhttps = ["127.0.0.1:8080"]', "listen.https",
+         "127.0.0.1:8080 is also in listen.http"),
+        ('[listen]\nhttp = ["*:8080", "0.0.0.0:8080"]', "listen.http", "0.0.0.0:8080 is twice in it"),
+        ('[listen]\nhttp = ["*:99999"]', "listen.http", "not a port"),
+        ('[timeouts]\nidle = "1h30"', "timeouts.idle", "not a duration"),
         ('[tls]\nissuer = "acme-ish"', "tls.issuer", "not one of"),
         ('routes = 5', "routes", "array of tables"),
     ],
@@ -148,7 +153,8 @@ def test_missing_file(tmp_path):
         load(tmp_path / "absent.toml")
 
 
-@pytest.mark.parametrize("text, seconds", [("5s", 5), ("100ms", 0.1), ("2m", 120), ("1h", 3600), ("1d", 86400), (7, 7)])
+@pytest.mark.parametrize("text, seconds", [("5s", 5), ("100ms", 0.1), ("2m", 120), ("1h", 3600), ("1d", 86400), (7, 7),
+                                           ("1h30m", 5400), ("2m30s", 150), ("1d12h", 129600), ("1s500ms", 1.5)])
 def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -198,13 +204,14 @@ def test_check_says_ok_in_one_line_and_binds_nothing(tmp_path):
     here, which --check does not care about: it binds nothing."""
     import socket
 
-    busy = socket.socket()
-    busy.bind(("127.0.0.1", 0))
-    busy.listen(1)
+    busy, other = socket.socket(), socket.socket()
+    for each in (busy, other):
+        each.bind(("127.0.0.1", 0))
+        each.listen(1)
     port = busy.getsockname()[1]
     try:
         path = write(tmp_path, f'[edge]\nstate_dir = "{tmp_path / "state"}"\n[listen]\nhttps = ["127.0.0.1:{port}"]\n'
-                               f'http = ["127.0.0.1:{port}"]\nssh = []\n[tls]\nissuer = "local"\n' + GOOD
+                               f'http = ["127.0.0.1:{other.getsockname()[1]}"]\nssh = []\n[tls]\nissuer = "local"\n' + GOOD
                      + '[[routes]]\nhosts = ["b.example.test"]\ntls = "edge"\nbackend = "web"\n')
         result = run_edge_command(path, "--check")
         assert result.returncode == 0, result.stderr
@@ -212,6 +219,7 @@ def test_check_says_ok_in_one_line_and_binds_nothing(tmp_path):
         assert result.stderr == ""
     finally:
         busy.close()
+        other.close()
 
 
 @pytest.mark.parametrize("text, words", [
@@ -271,3 +279,37 @@ def test_routes_are_named_by_their_name_or_first_host(tmp_path):
         """)))
     assert [route.name for route in config.routes] == ["a.example.test", "argocd", "c.example.test",
                                                        "c.example.test/api"]
+
+
+def test_haproxy_style_wildcard_addresses_listen_on_both_families(tmp_path):
+    config = load(write(tmp_path, '[listen]\nhttp = ["*:8080"]\nhttps = [":8443"]\nssh = []\n' + GOOD))
+    assert [str(a) for a in config.listen.http] == ["0.0.0.0:8080", "[::]:8080"]
+    assert [str(a) for a in config.listen.https] == ["0.0.0.0:8443", "[::]:8443"]
+
+
+def test_a_low_port_refused_for_permission_says_how_to_allow_it(tmp_path):
+    """As an unprivileged user (setpriv to nobody; CI runs as root, where port 80 binds)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.edge import edge_env
+
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="edge-unprivileged-", dir="/tmp"))  # pytest's tmp_path is root's only
+    try:
+        os.chmod(work, 0o777)
+        path = work / "edge.toml"
+        path.write_text(f'[edge]\nstate_dir = "{work / "state"}"\n[listen]\nhttp = ["127.0.0.1:80"]\nhttps = []\nssh = []\n')
+        os.chmod(path, 0o644)
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "twisted", "edge",
+             "--config", str(path)], capture_output=True, text=True, timeout=60, env=edge_env(), cwd=work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "cannot listen on 127.0.0.1:80: Permission denied" in lines[0]
+    assert "CAP_NET_BIND_SERVICE" in lines[0] and "ip_unprivileged_port_start" in lines[0] and "socket activation" in lines[0]
