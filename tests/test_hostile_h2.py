@@ -815,3 +815,22 @@ def test_a_websocket_answered_200_without_an_upgrade_is_502(edge, origin):
     finally:
         client.close()
     e.wait_log("answered a WebSocket upgrade with 200")
+
+
+def test_a_client_goaway_lets_its_downloads_finish(edge, origin):
+    """A graceful GOAWAY from the client (a browser closing an idle tab's connection) ends nothing in
+    flight: the response completes, then edge closes the connection."""
+    e = start_edge(edge, origin)
+    client = Client(e, {SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    try:
+        client.send(WindowUpdateFrame(0, window_increment=2**31 - 1 - 65535))
+        stream = client.request("/big.bin")
+        client.wait(lambda: stream in client.heads)
+        client.send(GoAwayFrame(0, last_stream_id=0, error_code=0))
+        client.wait(lambda: stream in client.ended or stream in client.resets, timeout=30)
+        assert stream in client.ended and stream not in client.resets, client.describe()
+        assert len(client.bodies[stream]) == BIG
+        assert client.wait_closed(), client.describe()
+    finally:
+        client.close()
+    served(e)

@@ -15,7 +15,7 @@ What edge adds to h2:
   decoding and the connection ends (GOAWAY ``ENHANCE_YOUR_CALM``);
 - floods: more than :data:`FLOOD_LIMITS` of a kind of cheap frame
   (RST_STREAM from the client, SETTINGS, PING, PRIORITY, empty DATA,
-  unknown frames; WINDOW_UPDATE beyond the DATA frames edge sent) within
+  unknown frames; WINDOW_UPDATE beyond two per DATA frame edge sent) within
   :data:`FLOOD_PERIOD` seconds end the connection with GOAWAY
   ``ENHANCE_YOUR_CALM`` (rapid reset, CVE-2023-44487, is the RST_STREAM one).
 
@@ -66,6 +66,91 @@ _CONFIG = h2.config.H2Configuration(
 
 class _Connection(h2.connection.H2Connection):
     MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
+
+
+class FrameScanner:
+    """Follows frame boundaries through a peer's byte stream, ahead of h2.
+
+    Two things h2 cannot be asked to do: refuse a frame longer than the
+    maximum on its header (h2 buffers the whole announced frame first, up to
+    16 MiB), and let a peer's GOAWAY leave the streams it still serves alone
+    (after one, h2 refuses every frame, received or sent).  A GOAWAY is
+    therefore taken out of the bytes and reported as :class:`Draining`.
+    """
+
+    def __init__(self, preface: int, max_frame: int) -> None:
+        self.preface_left = preface  # bytes of the client's connection preface still to come
+        self.max_frame = max_frame
+        self.frame_left = 0  # bytes of the current frame's body still to come
+        self.in_goaway = False
+        self.goaway = b""
+        self.header_part = b""
+
+    def scan(self, data: bytes) -> tuple[bytes, "Draining | None", int]:
+        """``data`` without GOAWAY frames (and without a frame header cut short at its end, held back until
+        it is known not to be one); a GOAWAY completed in it; the length of a frame over the maximum (0 if
+        none; if not 0, the rest is meaningless: the connection ends)."""
+        pos, size = 0, len(data)
+        if self.preface_left:
+            pos = min(self.preface_left, size)
+            self.preface_left -= pos
+        out: list[bytes] = []
+        keep_from: int | None = 0  # data[keep_from:] is passed on, unless a GOAWAY is being skipped
+        cut = False
+        draining = None
+        if self.in_goaway:  # the rest of a GOAWAY begun in the last data
+            keep_from, cut = None, True
+        while pos < size:
+            left = self.frame_left
+            if left:
+                take = min(left, size - pos)
+                if self.in_goaway:
+                    self.goaway += data[pos : pos + take]
+                pos += take
+                self.frame_left = left - take
+                if self.in_goaway and not self.frame_left:
+                    draining = self._goaway_done()
+                    keep_from = pos
+                continue
+            part = self.header_part
+            head = part + data[pos : pos + 9 - len(part)] if part else data[pos : pos + 9]
+            start = pos
+            pos += len(head) - len(part)
+            length = int.from_bytes(head[:3], "big") if len(head) >= 3 else 0
+            if length > self.max_frame:
+                return data, None, length
+            if len(head) < 9:  # held back: it might be a GOAWAY's
+                if keep_from is not None:
+                    out.append(data[keep_from:start])
+                keep_from, cut = None, True
+                self.header_part = head
+                break
+            self.header_part = b""
+            self.frame_left = length
+            if head[3] == 0x7:  # GOAWAY: not passed on
+                if keep_from is not None:
+                    out.append(data[keep_from:start])
+                cut = True
+                self.in_goaway, self.goaway = True, b""
+                keep_from = None
+                if not length:
+                    draining = self._goaway_done()
+                    keep_from = pos
+            elif part:  # a header begun in the last data and held back: passed on now
+                if keep_from is not None:
+                    out.append(data[keep_from:start])
+                out.append(part)
+                keep_from, cut = start, True
+        if not cut:
+            return data, draining, 0
+        if keep_from is not None:
+            out.append(data[keep_from:])
+        return b"".join(out), draining, 0
+
+    def _goaway_done(self) -> "Draining":
+        body, self.goaway, self.in_goaway = self.goaway, b"", False
+        body = body + bytes(8 - len(body)) if len(body) < 8 else body
+        return Draining(int.from_bytes(body[:4], "big") & 0x7FFFFFFF, int.from_bytes(body[4:8], "big"))
 
 
 class _Streams:
@@ -169,12 +254,8 @@ class H2Codec(_Streams):
         self.period_start = 0.0
         self.counts = dict.fromkeys(FLOOD_LIMITS, 0)
         self.data_frames_sent = 0
-        # Where the client's byte stream is: preface bytes still to come, the rest of the current frame's body,
-        # the start of a frame header.  A frame longer than edge's maximum is refused on its header, before
-        # h2 would buffer all of it.
-        self.preface_left = 24
-        self.frame_left = 0
-        self.header_part = b""
+        self.frames = FrameScanner(24, MAX_FRAME)
+        self.draining = False  # the client said GOAWAY: its streams finish, no new one is taken
 
     # -- input ------------------------------------------------------------------------------
 
@@ -188,17 +269,20 @@ class H2Codec(_Streams):
             for kind in counts:
                 counts[kind] = 0
             self.data_frames_sent = 0
-        too_long = self._frame_lengths(data)
+        data, draining, too_long = self.frames.scan(data)
         if too_long:
             self.ended = True
             self.conn.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
             return [Ended(f"HTTP/2 frame of {too_long} bytes, over the {MAX_FRAME} allowed", True)]
+        if draining is not None and draining.code:
+            self.ended = True
+            return [Ended(f"client sent GOAWAY (error {draining.code})", True)]
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receive_data(data) if data else []
         except h2.exceptions.ProtocolError as e:
             self.ended = True
             return [Ended(f"HTTP/2 protocol error: {e}", True)]
-        self.progress = bool(events)
+        self.progress = bool(events) or draining is not None
         out: list[Any] = []
         counts = self.counts
         for event in events:
@@ -242,6 +326,9 @@ class H2Codec(_Streams):
                     out.append(Aborted(event.stream_id, ErrorCodes.PROTOCOL_ERROR))
                 else:
                     out.append(Trailers(event.stream_id, trailers))
+        if draining is not None:
+            self.draining = True
+            out.append(draining)
         flood = self._flood()
         if flood is not None:
             self.ended = True
@@ -249,46 +336,11 @@ class H2Codec(_Streams):
             out.append(Ended(f"HTTP/2 flood: more than {FLOOD_LIMITS[flood]} {flood} frames in {FLOOD_PERIOD:g}s", True))
         return out
 
-    def _frame_lengths(self, data: bytes) -> int:
-        """Follow frame boundaries through ``data``; the length of a frame over MAX_FRAME, else 0."""
-        pos, size = 0, len(data)
-        if self.preface_left:
-            pos = min(self.preface_left, size)
-            self.preface_left -= pos
-        left = self.frame_left
-        part = self.header_part
-        while True:
-            if left:
-                if size - pos <= left:
-                    self.frame_left, self.header_part = left - (size - pos), b""
-                    return 0
-                pos += left
-                left = 0
-            if pos >= size:
-                break
-            if part:
-                head = part + data[pos : pos + 9 - len(part)]
-                pos += len(head) - len(part)
-            else:
-                head = data[pos : pos + 9]
-                pos += len(head)
-            if len(head) >= 3:
-                length = int.from_bytes(head[:3], "big")
-                if length > MAX_FRAME:
-                    return length
-            if len(head) < 9:
-                part = head
-                break
-            part = b""
-            left = length
-        self.frame_left, self.header_part = left, part
-        return 0
-
     def _flood(self) -> str | None:
         counts = self.counts
         for kind, limit in FLOOD_LIMITS.items():
             if kind == "window update":
-                limit += self.data_frames_sent
+                limit += 2 * self.data_frames_sent  # a stream and a connection update for each DATA frame
             if counts[kind] > limit:
                 return kind
         return None
@@ -398,49 +450,9 @@ class H2ClientCodec(_Streams):
         self.ended = False
         self.data_frames_sent = 0
         self.settings_seen = False
-        # A graceful GOAWAY is taken out of the byte stream before h2 sees it (h2 would refuse every later
-        # frame, so the streams the server still finishes would be lost): where the stream is in a frame,
-        # and the GOAWAY being read.
-        self.draining = False
+        self.draining = False  # the server said GOAWAY: the streams it took finish, no new one
         self.pinged = False  # a PING is out and its ACK not back
-        self.frame_left = 0
-        self.frame_skip = False
-        self.header_part = b""
-        self.goaway = b""
-
-    def _take_goaway(self, data: bytes) -> tuple[bytes, Any]:
-        """``data`` without GOAWAY frames, and a :class:`Draining` event for one that completed (else None)."""
-        out = []
-        pos, size = 0, len(data)
-        draining = None
-        while pos < size:
-            if self.frame_left:
-                take = min(self.frame_left, size - pos)
-                if self.frame_skip:
-                    self.goaway += data[pos : pos + take]
-                else:
-                    out.append(data[pos : pos + take])
-                pos += take
-                self.frame_left -= take
-                if self.frame_skip and not self.frame_left:
-                    body, self.goaway, self.frame_skip = self.goaway, b"", False
-                    if len(body) >= 8:
-                        draining = Draining(int.from_bytes(body[:4], "big") & 0x7FFFFFFF,
-                                            int.from_bytes(body[4:8], "big"))
-                continue
-            head = self.header_part + data[pos : pos + 9 - len(self.header_part)]
-            pos += len(head) - len(self.header_part)
-            if len(head) < 9:
-                self.header_part = head
-                break
-            self.header_part = b""
-            self.frame_left = int.from_bytes(head[:3], "big")
-            self.frame_skip = head[3] == 0x7 and self.frame_left <= 65536  # GOAWAY (a huge one: h2 refuses it)
-            if not self.frame_skip:
-                out.append(head)
-            elif not self.frame_left:
-                self.frame_skip = False
-        return b"".join(out), draining
+        self.frames = FrameScanner(0, 1 << 24)
 
     def room(self) -> int:
         """How many more streams the server takes now: at most MAX_STREAMS (one connection's 16 MiB window
@@ -468,7 +480,7 @@ class H2ClientCodec(_Streams):
     def receive(self, data: bytes) -> list[Any]:
         if self.ended:
             return []
-        data, draining = self._take_goaway(data)
+        data, draining, _ = self.frames.scan(data)
         try:
             events = self.conn.receive_data(data) if data else []
         except h2.exceptions.ProtocolError as e:

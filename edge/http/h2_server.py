@@ -46,7 +46,7 @@ from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.event_loop import after_events
 from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, failure_hint
-from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, Trailers, WindowOpened
+from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Request, Trailers, WindowOpened
 from edge.http.forwarded import FORWARDING_FIELDS, forwarded_block, forwarded_fields
 from edge.http.framing import LAST_CHUNK, ChunkedReader, ResponseHead, chunk
 from edge.http.h1 import HOP_BY_HOP, BadRequest, Malformed, check_fields, field_list, request_line_ok
@@ -181,6 +181,10 @@ class H2Server(Protocol):
                     self.discarding.pop(event.stream, None)
                 if self.answers:
                     self.answers.pop(event.stream, None)
+        elif kind is Draining:  # the client's graceful GOAWAY: its streams finish, then the connection closes
+            self.info.ended = "client closed"
+            if not self.exchanges and not self.answers:
+                self._close()
         elif kind is Ended:
             if event.error:
                 log.warn("{client}: {reason}", client=self.info.client[0], reason=event.reason)
@@ -412,6 +416,9 @@ class H2Server(Protocol):
     def finished(self, stream: int) -> None:
         self.exchanges.pop(stream, None)
         self.last_activity = time.monotonic()
+        if self.codec.draining and not self.exchanges and not self.closed:
+            self.flush_now()
+            self._close()
 
     # -- the client's socket -------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import hpack
 import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
+from hypothesis import given, settings, strategies as st
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -28,7 +29,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from edge.http.events import Aborted, Body, BodyEnd, Ended, Request, WindowOpened, Trailers
+from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Request, WindowOpened, Trailers
 from edge.http.h2 import (
     CONNECTION_WINDOW,
     FLOOD_LIMITS,
@@ -640,24 +641,45 @@ def test_bad_preface():
     assert codec.receive(PREFACE, 0.0) == []
 
 
-def test_client_goaway_no_error():
+def test_client_goaway_no_error_lets_its_streams_finish():
+    """A client's graceful GOAWAY is taken out before h2 (which would refuse to send anything more): the
+    streams it opened can still be answered; the server closes once they are."""
     client, codec = connect()
     client.send_headers(1, head(), end_stream=True)
-    client.close_connection()
+    client.close_connection(last_stream_id=0)
     events = to_codec(client, codec, 1.0)
-    assert events == [Request(1, b"GET", b"/", b"a.test", [], True), BodyEnd(1),
-                      Ended("client sent GOAWAY (NO_ERROR)", False)]
-    assert codec.ended
-    client2 = make_client()
-    assert codec.receive(client2.data_to_send(), 2.0) == []
+    assert events == [Request(1, b"GET", b"/", b"a.test", [], True), BodyEnd(1), Draining(0, 0)]
+    assert codec.draining and not codec.ended
+    assert codec.respond(1, 200, [], end=False) and codec.send(1, b"ok", True) == 2
+    sent = frames(codec.data_to_send())  # (h2 as the client would refuse them after its own GOAWAY)
+    assert [type(f).__name__ for f in sent] == ["HeadersFrame", "DataFrame"] and "END_STREAM" in sent[-1].flags
 
 
 def test_client_goaway_with_an_error():
     client, codec = connect()
     client.close_connection(ErrorCodes.INTERNAL_ERROR)
-    assert to_codec(client, codec) == [Ended("client sent GOAWAY (INTERNAL_ERROR)", True)]
+    assert to_codec(client, codec) == [Ended("client sent GOAWAY (error 2)", True)]
 
 
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.integers(1, 200), max_size=12))
+def test_the_frame_scanner_cuts_out_goaways_however_the_bytes_come(cuts):
+    from hyperframe.frame import GoAwayFrame, PingFrame
+
+    from edge.http.h2 import FrameScanner
+
+    frames = [DataFrame(1, b"first"), GoAwayFrame(0, last_stream_id=1, additional_data=b"bye"),
+              DataFrame(1, b"second", flags=["END_STREAM"]), GoAwayFrame(0, last_stream_id=1), PingFrame(0, b"12345678")]
+    data = b"".join(f.serialize() for f in frames)
+    kept = frames[0].serialize() + frames[2].serialize() + frames[4].serialize()
+    scanner, out, drains, at = FrameScanner(0, 1 << 24), b"", [], 0
+    for cut in sorted({min(c, len(data)) for c in cuts}) + [len(data)]:
+        piece, draining, too_long = scanner.scan(data[at:cut])
+        at = cut
+        out += piece
+        drains += [draining] if draining else []
+        assert too_long == 0
+    assert out == kept and drains and drains[-1] == Draining(1, 0)
 # -- floods ------------------------------------------------------------------------------------
 
 
@@ -817,7 +839,7 @@ def test_window_updates_allowed_in_proportion_to_data_sent():
         assert codec.send(stream, b"x", False) == 1
     assert codec.data_frames_sent == 200
     to_client(client, codec)
-    allowed = FLOOD_LIMITS["window update"] + 200
+    allowed = FLOOD_LIMITS["window update"] + 2 * 200  # a stream and a connection update per DATA frame
     assert ended(codec.receive(window_updates(client, allowed), LATER + 1)) == []
     assert codec.counts["window update"] == allowed
     events = codec.receive(window_updates(client, 1), LATER + 2)
