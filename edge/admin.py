@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from edge import metrics
+from edge import __version__, metrics
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:68rem;padding:0 1rem;color:#1d2733}
@@ -37,6 +37,13 @@ def _e(value: Any) -> str:
 
 
 RECENT_ERRORS: collections.deque = collections.deque(maxlen=20)
+STARTED = [datetime.datetime.now(datetime.timezone.utc)]
+LAST_RELOAD: list[tuple[datetime.datetime, str]] = []  # (when, "applied" or why it was refused)
+
+
+def note_reload(outcome: str) -> None:
+    """The service reloaded (``"applied"``) or refused to (the reason): shown on the status page."""
+    LAST_RELOAD[:] = [(datetime.datetime.now(datetime.timezone.utc), outcome)]
 
 
 def _remember_errors(event: dict) -> None:
@@ -93,9 +100,11 @@ class DebugObjects(Resource):
 
 class StatusPage(Resource):
 
-    def __init__(self, runtime_source: Callable[[], Any]) -> None:
+    def __init__(self, runtime_source: Callable[[], Any],
+                 listeners_source: Callable[[], list[tuple[str, str]]] = lambda: []) -> None:
         super().__init__()
         self.runtime_source = runtime_source
+        self.listeners_source = listeners_source  # (door, address) of every socket listened on
 
     def render_GET(self, request) -> bytes:
         runtime = self.runtime_source()
@@ -123,16 +132,27 @@ class StatusPage(Resource):
         certs = []
         for cert in runtime.certificates:
             days = (cert.not_after - now).total_seconds() / 86400
-            soon = ' class="soon"' if cert.not_after - now < (cert.not_after - cert.not_before) / 3 else ""
+            # The local CA issues on demand and again when needed: its certificates are never "expiring".
+            soon = ' class="soon"' if cert.source != "local" \
+                and cert.not_after - now < (cert.not_after - cert.not_before) / 3 else ""
             certs.append(f"<tr{soon}><td>{_e(', '.join(cert.names))}</td><td>{_e(cert.source)}</td>"
                          f"<td>{cert.not_after:%Y-%m-%d %H:%M} UTC</td><td>{days:.1f}</td></tr>")
+        listeners = "".join(f"<tr><td>{_e(door)}</td><td><code>{_e(address)}</code></td></tr>"
+                            for door, address in self.listeners_source())
+        if LAST_RELOAD:
+            when, outcome = LAST_RELOAD[0]
+            reload = f"{when:%Y-%m-%d %H:%M:%S} UTC, {outcome}"
+        else:
+            reload = "none since start"
         errors = "".join(
             f"<tr><td>{datetime.datetime.fromtimestamp(when, datetime.timezone.utc):%H:%M:%S}</td>"
             f"<td>{_e(level)}</td><td>{_e(text)}</td></tr>" for when, level, text in reversed(RECENT_ERRORS))
         page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>edge status</title>
 <style>{STYLE}</style></head><body><h1>edge</h1>
-<p>Configuration <code>{_e(runtime.config.path)}</code>, page made {now:%Y-%m-%d %H:%M:%S} UTC.</p>
+<p>edge {_e(__version__)}, up {_e(_since(STARTED[0], now))}; configuration <code>{_e(runtime.config.path)}</code>;
+last reload: {_e(reload)}; page made {now:%Y-%m-%d %H:%M:%S} UTC.</p>
+<h2>Listeners</h2><table><tr><th>door</th><th>address</th></tr>{listeners or '<tr><td colspan="2">none</td></tr>'}</table>
 <h2>Routes</h2><table><tr><th>name</th><th>hosts</th><th>paths</th><th>TLS</th><th>backend</th><th>port 80</th></tr>{''.join(rows)}</table>
 <h2>Backends</h2><table><tr><th>backend</th><th>server</th><th>health</th><th>connections</th><th>balance</th></tr>{''.join(servers)}</table>
 <h2>Certificates</h2><table><tr><th>names</th><th>source</th><th>expires</th><th>days left</th></tr>{''.join(certs) or '<tr><td colspan="4">none issued yet</td></tr>'}</table>
@@ -153,11 +173,19 @@ class StatusPage(Resource):
         return Resource.getChild(self, path, request)
 
 
-def admin_site(runtime_source: Callable[[], Any]) -> Site:
+def _since(start: datetime.datetime, now: datetime.datetime) -> str:
+    seconds = int((now - start).total_seconds())
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    return (f"{days}d " if days else "") + f"{hours}h {seconds // 60}m"
+
+
+def admin_site(runtime_source: Callable[[], Any],
+               listeners_source: Callable[[], list[tuple[str, str]]] = lambda: []) -> Site:
     metrics.watch_runtime(runtime_source)
     if _remember_errors not in globalLogPublisher._observers:
         globalLogPublisher.addObserver(_remember_errors)
-    site = Site(StatusPage(runtime_source))
+    site = Site(StatusPage(runtime_source, listeners_source))
     site.noisy = False
     site.displayTracebacks = False
     return site

@@ -11,6 +11,7 @@ listeners close first and open connections get ``timeouts.drain`` to finish.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import signal
 from typing import Any
@@ -22,7 +23,7 @@ from twisted.logger import Logger, LogLevel
 
 from edge.acme.responders import ChallengeResponders
 from edge.acme.service import AcmeService
-from edge.admin import admin_site
+from edge.admin import admin_site, note_reload
 from edge.certs.files import CertificateFileError, load_directory
 from edge import connection
 from edge.config import Config, ConfigError, load
@@ -71,6 +72,13 @@ def check_config(config_path: str, reactor: Any = None) -> str:
             f"{files} certificate file{'s' if files != 1 else ''}{issued}")
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class EdgeService(MultiService):
     """The running edge: its live runtime and one listener per address."""
 
@@ -86,7 +94,11 @@ class EdgeService(MultiService):
         self.runtime = build_runtime(config, reactor, self.responders)
         self.factories = {door: DispatchFactory(lambda: self.runtime, door, self.connections)
                           for door in ("ssh", "http", "https")}
-        self.factories["admin"] = admin_site(lambda: self.runtime)
+        self.factories["admin"] = admin_site(lambda: self.runtime, lambda: [
+            (door, str(address)) for door, address in self.listeners])
+        if config.admin is not None and not _loopback(getattr(config.admin, "host", "localhost")):
+            log.warn("[admin] listen = {address}: the status page and /metrics have no login; anyone who can "
+                     "reach that address can read them (127.0.0.1 keeps them local)", address=str(config.admin))
         self.listeners: dict[tuple[str, Any], ListenerService] = {}
         self.acme: AcmeService | None = None
         self.health: HealthService | None = None
@@ -210,6 +222,7 @@ class EdgeService(MultiService):
             for listener in new.values():
                 listener.close_socket()
             log.error("reload refused, the running configuration stays: {error}", error=str(e))
+            note_reload(f"refused: {e}")
             return False
         previous, self.runtime = self.runtime, runtime
         previous.retire(runtime)  # requests in flight finish on their old connections
@@ -222,6 +235,7 @@ class EdgeService(MultiService):
         self._mtime = self._config_mtime()
         if self.running:
             self._watch(config.watch)
+        note_reload("applied")
         log.info("reloaded {path}: {routes} routes, {backends} backends",
                  path=config.path, routes=len(config.routes), backends=len(config.backends))
         return True

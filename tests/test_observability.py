@@ -172,6 +172,12 @@ def test_status_page_lists_what_runs(busy_edge):
         assert text in page
     # no backend here has a health check: none is claimed to be up
     assert ">not checked<" in page and '<span class="up">' not in page
+    from edge import __version__
+
+    assert f"edge {__version__}, up 0h 0m" in page or f"edge {__version__}, up 0h 1m" in page
+    assert "last reload: none since start" in page
+    assert f"<td>https</td><td><code>127.0.0.1:{busy_edge.https_port}</code></td>" in page
+    assert f"<td>admin</td><td><code>127.0.0.1:{busy_edge.admin_port}</code></td>" in page
 
 
 def test_status_page_in_headless_chromium(busy_edge, tmp_path):
@@ -186,3 +192,30 @@ def test_status_page_in_headless_chromium(busy_edge, tmp_path):
     assert "<h1>edge</h1>" in dom, result.stderr[-2000:]
     for text in ("app.example.test", "pass.example.test", "Backends", "Certificates", "Recent warnings and errors"):
         assert text in dom
+
+
+def test_status_page_says_how_the_last_reload_went(edge):
+    import os
+    import signal
+
+    e = edge('[tls]\nissuer = "local"\n[backends.w]\nservers = ["127.0.0.1:1"]\n'
+             '[[routes]]\nhosts = ["a.example.test"]\ntls = "passthrough"\nbackend = "w"\n', admin=True)
+    good = e.config.read_text()
+    e.config.write_text(good + "\nbogus = 1\n")
+    os.kill(e.pid, signal.SIGHUP)
+    e.wait_log("reload refused")
+    with urllib.request.urlopen(f"http://127.0.0.1:{e.admin_port}/", timeout=10) as response:
+        page = response.read().decode()
+    assert "UTC, refused: " in page and "bogus: unknown key" in page
+    e.config.write_text(good)
+    os.kill(e.pid, signal.SIGHUP)
+    e.wait_log("reloaded")
+    with urllib.request.urlopen(f"http://127.0.0.1:{e.admin_port}/", timeout=10) as response:
+        assert "UTC, applied" in response.read().decode()
+
+
+def test_only_loopback_admin_addresses_go_unwarned():
+    from edge.service import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("127.0.0.2") and _loopback("::1") and _loopback("localhost")
+    assert not _loopback("0.0.0.0") and not _loopback("::") and not _loopback("192.0.2.1") and not _loopback("edge")
