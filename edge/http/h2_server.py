@@ -33,7 +33,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from h2.errors import ErrorCodes
 from twisted.internet.interfaces import IPushProducer
@@ -49,7 +49,7 @@ from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, failure_hint
 from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Request, Trailers, WindowOpened
 from edge.http.forwarded import FORWARDING_FIELDS, forwarded_block, forwarded_fields
 from edge.http.framing import LAST_CHUNK, ChunkedReader, ResponseHead, chunk
-from edge.http.h1 import HOP_BY_HOP, BadRequest, Malformed, check_fields, field_list, request_line_ok
+from edge.http.h1 import HOP_BY_HOP, BadRequest, field_list, request_line_ok
 from edge.http.h1_client import UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
@@ -69,6 +69,44 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 _TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 # Headers of a backend's 101 that belong to the HTTP/1.1 upgrade only (RFC 8441 5: the answer is a 200).
 _TUNNEL_SKIP = HOP_BY_HOP | {b"sec-websocket-accept"}
+
+
+class _Fields(NamedTuple):
+    kept: list[tuple[bytes, bytes]]  # passed on as they are
+    cookies: list[bytes]
+    prior_for: list[bytes]  # X-Forwarded-For and Forwarded from before edge
+    prior_forwarded: list[bytes]
+    length: int | None
+    expect: bool  # Expect: 100-continue
+    te_trailers: bool
+
+
+def _sort_fields(fields: list[tuple[bytes, bytes]]) -> _Fields:
+    """A request's fields sorted for relaying: what passes, what edge redoes (framing, forwarding)."""
+    kept: list[tuple[bytes, bytes]] = []
+    cookies: list[bytes] = []
+    prior_for: list[bytes] = []
+    prior_forwarded: list[bytes] = []
+    length = None
+    expect = te_trailers = False
+    for name, value in fields:
+        if name == b"cookie":
+            cookies.append(value)
+        elif name not in _REQUEST_SKIP:
+            kept.append((name, value))
+        elif name == b"content-length":
+            if not value.isdigit() or len(value) > 18 or (length is not None and int(value) != length):
+                raise BadRequest(400, "invalid Content-Length")
+            length = int(value)
+        elif name == b"x-forwarded-for":
+            prior_for.append(value)
+        elif name == b"forwarded":
+            prior_forwarded.append(value)
+        elif name == b"expect":
+            expect = value.lower() == b"100-continue"
+        elif name == b"te":
+            te_trailers = value.lower() == b"trailers"
+    return _Fields(kept, cookies, prior_for, prior_forwarded, length, expect, te_trailers)
 
 
 @implementer(IPushProducer)
@@ -288,40 +326,13 @@ class H2Server(Protocol):
 
     def _upstream_head(self, event: Request, method: bytes, target: bytes, authority: bytes,
                        tunnel: bool) -> tuple[bytes, bool, int | None, bool]:
-        """The HTTP/1.1 request head for the backend; whether its body is chunked; its length; Expect: 100-continue."""
-        kept = []
-        prior_for: list[bytes] = []
-        prior_forwarded: list[bytes] = []
-        length = None
-        expect = False
-        cookies = []
-        for name, value in event.fields:
-            if name == b"cookie":  # RFC 9113 8.2.3: one header for HTTP/1.1, its crumbs joined
-                cookies.append(value)
-                continue
-            if name in _REQUEST_SKIP:
-                if name == b"content-length":
-                    if not value.isdigit() or len(value) > 18 or (length is not None and int(value) != length):
-                        raise BadRequest(400, "invalid Content-Length")
-                    length = int(value)
-                elif name == b"x-forwarded-for":
-                    prior_for.append(value)
-                elif name == b"forwarded":
-                    prior_forwarded.append(value)
-                elif name == b"expect":
-                    expect = value.lower() == b"100-continue"
-                continue
-            if name.find(b":") >= 0:  # would split into another header on the HTTP/1.1 side
-                raise BadRequest(400, "malformed header name")
-            kept.append(b"\r\n%s: %s" % (name, value))
-        if cookies:
-            kept.append(b"\r\ncookie: %s" % b"; ".join(cookies))
-        fields = b"".join(kept)
-        if fields:
-            try:
-                check_fields(fields)
-            except Malformed as e:
-                raise BadRequest(400, str(e)) from None
+        """The HTTP/1.1 request head for the backend; whether its body is chunked; its length; Expect: 100-continue.
+        (Names and values were checked by the codec: lower-case tokens, no control characters.)"""
+        sorted_ = _sort_fields(event.fields)
+        kept = [b"\r\n%s: %s" % field for field in sorted_.kept]
+        if sorted_.cookies:  # RFC 9113 8.2.3: one header for HTTP/1.1, its crumbs joined
+            kept.append(b"\r\ncookie: %s" % b"; ".join(sorted_.cookies))
+        length = sorted_.length
         chunked = False
         if tunnel:  # RFC 8441: the backend gets the HTTP/1.1 WebSocket handshake
             key = base64.b64encode(os.urandom(16))
@@ -329,46 +340,37 @@ class H2Server(Protocol):
             framing = b"\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: %s" % key
         else:
             line = b"%s %s HTTP/1.1\r\nhost: %s" % (method, target, authority)
-            if event.ended:
-                framing = b"" if length is None else b"\r\ncontent-length: %d" % length
-            elif length is not None:
+            if length is not None:
                 framing = b"\r\ncontent-length: %d" % length
+            elif event.ended:
+                framing = b""
             else:
                 framing, chunked = b"\r\ntransfer-encoding: chunked", True
-        if prior_for or prior_forwarded:
-            forwarded = forwarded_block(self.info.client[0], self.scheme, authority, prior_for, prior_forwarded)
+        if sorted_.prior_for or sorted_.prior_forwarded:
+            forwarded = forwarded_block(self.info.client[0], self.scheme, authority, sorted_.prior_for,
+                                        sorted_.prior_forwarded)
         elif authority == self.forwarded_for:  # the usual request: the same :authority as the last one
             forwarded = self.forwarded
         else:
             forwarded = self.forwarded = forwarded_block(self.info.client[0], self.scheme, authority)
             self.forwarded_for = authority
-        return line + fields + framing + forwarded + b"\r\n\r\n", chunked, length, expect
+        return line + b"".join(kept) + framing + forwarded + b"\r\n\r\n", chunked, length, sorted_.expect
 
     def _upstream_fields(self, event: Request, method: bytes, target: bytes, authority: bytes,
                          upstream: Any) -> list[tuple[bytes, bytes]]:
         """The HTTP/2 request head for an HTTP/2 backend (``te: trailers`` passes, as gRPC needs it)."""
+        sorted_ = _sort_fields(event.fields)
         fields = [(b":method", method), (b":scheme", b"https" if upstream.scheme == "https" else b"http"),
                   (b":authority", authority), (b":path", target)]
-        prior_for: list[bytes] = []
-        prior_forwarded: list[bytes] = []
-        length = None
-        for name, value in event.fields:
-            if name in _REQUEST_SKIP:
-                if name == b"content-length":
-                    if not value.isdigit() or len(value) > 18 or (length is not None and int(value) != length):
-                        raise BadRequest(400, "invalid Content-Length")
-                    length = int(value)
-                    fields.append((name, value))
-                elif name == b"x-forwarded-for":
-                    prior_for.append(value)
-                elif name == b"forwarded":
-                    prior_forwarded.append(value)
-                elif name == b"te" and value.lower() == b"trailers":
-                    fields.append((name, b"trailers"))
-                continue
-            fields.append((name, value))
-        self.length = length
-        fields.extend(forwarded_fields(self.info.client[0], self.scheme, authority, prior_for, prior_forwarded))
+        fields += sorted_.kept
+        fields += ((b"cookie", crumb) for crumb in sorted_.cookies)  # HTTP/2 keeps them apart
+        if sorted_.length is not None:
+            fields.append((b"content-length", b"%d" % sorted_.length))
+        if sorted_.te_trailers:
+            fields.append((b"te", b"trailers"))
+        self.length = sorted_.length
+        fields += forwarded_fields(self.info.client[0], self.scheme, authority, sorted_.prior_for,
+                                   sorted_.prior_forwarded)
         return fields
 
     def answer(self, stream: int, event: Request, status: int, text: str, location: str | None = None,
