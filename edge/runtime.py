@@ -92,8 +92,23 @@ class Runtime:
             for host in route.hosts:
                 wildcard = host == "*" or host.startswith("*.")
                 probe = "edge-probe." + host[2:] if host.startswith("*.") else host
-                if store.covered(probe) is not None or (host == "*" and store.default is not None):
-                    continue  # "*" is served the default (first) certificate, like HAProxy's first crt
+                cert = store.covered(probe) or (store.default if host == "*" else None)
+                if cert is not None:  # "*" is served the default (first) certificate, like HAProxy's first crt
+                    log.info("{host} ({route}): certificate {where}, for {names}, expires {expires:%Y-%m-%d}",
+                             host=host, route=route.name, where=cert.path or cert.source,
+                             names=", ".join(cert.names[:4]) + (", ..." if len(cert.names) > 4 else ""),
+                             expires=cert.not_after)
+                    if host.startswith("*.") and store.covered("edge-probe.deeper." + host[2:]) is None:
+                        log.warn("{host} ({route}) matches names at any depth below {suffix}, its certificate one "
+                                 "level only: a.b.{suffix} gets {fallback}", host=host, route=route.name,
+                                 suffix=host[2:], fallback="a certificate of the local CA" if issuer is not None
+                                 else "an unrecognized_name alert" if config.acme is None else "one from ACME")
+                    continue
+                if issuer is not None:
+                    log.info("{host} ({route}): certificate of the local CA, issued on first use",
+                             host=host, route=route.name)
+                elif config.acme is not None and not wildcard:
+                    log.info("{host} ({route}): certificate from ACME", host=host, route=route.name)
                 if config.acme is not None and wildcard:
                     raise MissingCertificate(
                         f"routes[{route.index}].hosts: {host!r} needs a static certificate in [edge] certs_dir "

@@ -299,3 +299,35 @@ def test_tls13_session_resumption(web_edge, tmp_path):
     assert b"New, TLSv1.3" in first.stdout
     second = connect("-sess_in", str(session))
     assert b"Reused, TLSv1.3" in second.stdout, second.stdout[-1500:]
+
+
+def test_start_up_says_which_certificate_serves_each_terminated_host(edge, tmp_path):
+    """One line per terminated host: the file (or the local CA) that covers it and when it expires; a
+    warning when a wildcard route takes names deeper than its wildcard certificate covers."""
+    import trustme
+
+    ca = trustme.CA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    wildcard = ca.issue_cert("*.example.test")
+    (certs / "wild.pem").write_bytes(wildcard.cert_chain_pems[0].bytes() + wildcard.private_key_pem.bytes())
+    e = edge("""
+        [tls]
+        issuer = "local"
+        [backends.web]
+        servers = ["http://127.0.0.1:1"]
+        [[routes]]
+        name = "apps"
+        hosts = ["*.example.test"]
+        tls = "edge"
+        backend = "web"
+        [[routes]]
+        hosts = ["other.test"]
+        tls = "edge"
+        backend = "web"
+        """, certs_dir=str(certs))
+    log = e.log()
+    assert f"*.example.test (apps): certificate {certs / 'wild.pem'}, for *.example.test, expires " in log
+    assert "*.example.test (apps) matches names at any depth below example.test, its certificate one level " \
+           "only: a.b.example.test gets a certificate of the local CA" in log
+    assert "other.test (other.test): certificate of the local CA, issued on first use" in log

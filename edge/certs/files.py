@@ -29,7 +29,9 @@ def load_pem(chain_pem: bytes, key_pem: bytes, where: str) -> Certificate:
         raise CertificateFileError(f"{where}: no usable unencrypted private key ({e})") from None
     if chain[0].public_key().public_numbers() != key.public_key().public_numbers():
         raise CertificateFileError(f"{where}: the private key does not match the certificate")
-    return Certificate(chain, key, "file")
+    cert = Certificate(chain, key, "file")
+    cert.path = where
+    return cert
 
 
 def load_directory(directory: str) -> list[Certificate]:

@@ -30,6 +30,7 @@ class Certificate:
         self.chain = chain
         self.key = key
         self.source = source
+        self.path: str | None = None  # the file it came from (certs_dir)
         self.names = names_of(chain[0])
         self._tls_factory: TLSMemoryBIOFactory | None = None
 
