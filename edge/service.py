@@ -198,17 +198,32 @@ class EdgeService(MultiService):
                 self.watcher.stop()
             self.watcher = None
 
-    def _config_mtime(self) -> float | None:
+    def _config_mtime(self) -> tuple:
+        """What ``[edge] watch`` compares: the config file's modification time, and the names, times and
+        sizes of the certificate files in ``certs_dir`` (a certbot renewal replaces them)."""
         try:
-            return os.stat(self.config_path).st_mtime
+            config = os.stat(self.config_path).st_mtime
         except OSError:
-            return None
+            config = None
+        certs_dir = self.runtime.config.certs_dir if getattr(self, "runtime", None) is not None else None
+        files: list[tuple[str, float, int]] = []
+        if certs_dir:
+            try:
+                with os.scandir(certs_dir) as entries:
+                    for entry in entries:
+                        if entry.name.endswith((".pem", ".crt", ".key")):
+                            stat = entry.stat()
+                            files.append((entry.name, stat.st_mtime, stat.st_size))
+            except OSError:
+                pass
+        return config, tuple(sorted(files))
 
     def _check_file(self) -> None:
-        mtime = self._config_mtime()
-        if mtime != self._mtime:
-            self._mtime = mtime
-            log.info("{path} changed", path=self.config_path)
+        state = self._config_mtime()
+        if state != self._mtime:
+            what = self.config_path if state[0] != self._mtime[0] else f"a certificate file in {self.runtime.config.certs_dir}"
+            self._mtime = state
+            log.info("{what} changed", what=what)
             self.reload()
 
     def reload(self) -> bool:

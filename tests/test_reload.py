@@ -195,3 +195,41 @@ def test_sigterm_drains_a_slow_download(edge, origins):
     assert len(out) == 600 * 1024
     assert e.proc.wait(30) in (0, -signal.SIGTERM)  # twist re-raises the signal that stopped it
     assert "draining 1 open connections" in e.log()
+
+
+def test_watch_notices_a_replaced_certificate_file(edge, origins, tmp_path):
+    """A certbot renewal replaces the file in certs_dir: with watch = true the new certificate is served
+    without a SIGHUP (the deploy hook a user would otherwise write)."""
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    certs = tmp_path / "certs"
+    certs.mkdir()
+
+    def install() -> int:
+        cert = ca.issue_cert("app.example.test", "ws.example.test")
+        (certs / "app.pem").write_bytes(cert.cert_chain_pems[0].bytes() + cert.private_key_pem.bytes())
+        from cryptography import x509
+
+        return x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes()).serial_number
+
+    def served_serial() -> int:
+        from cryptography import x509
+
+        with open_tls(e.https_port, "app.example.test", str(ca_file)) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+    first = install()
+    e = edge(body(origins, "web1", "tls1").replace('[tls]\n    issuer = "local"\n', ""), certs_dir=str(certs))
+    e.config.write_text(e.config.read_text().replace("[edge]\n", "[edge]\nwatch = true\n"))
+    os.kill(e.pid, signal.SIGHUP)
+    e.wait_log("reloaded")
+    assert served_serial() == first
+    second = install()
+    e.wait_log(f"a certificate file in {certs} changed", timeout=15)
+    deadline = time.monotonic() + 15
+    while e.log().count("reloaded") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served_serial() == second != first
