@@ -30,11 +30,19 @@ reset can destroy the answer the client has not read yet (a 413 to an
 upload still under way).  When the edge closes a client connection with
 unread input, it sends its FIN and reads and discards for at most
 :data:`LINGER` seconds before the socket is closed.
+
+This is the TCP layer's one fast-path module: it reads Twisted's private
+write buffer (``dataBuffer``, ``offset``, ``_tempDataLen``).  Whether they
+are there is checked once, at import (:data:`FAST`); without them, or with
+``EDGE_FAST_PATHS=0`` in the environment, closing is Twisted's own and the
+bytes queued for a peer count as unknown (0): a close then ends after
+:data:`CLOSE_STALL` at most, and a warning says so once.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
 import struct
 import termios
@@ -43,7 +51,26 @@ from typing import Any, Callable
 from twisted.internet import error, main, tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+log = Logger()
+
+_PRIVATE = ("dataBuffer", "offset", "_tempDataLen")  # Twisted's write buffer, as FileDescriptor keeps it
+
+
+def _internals_present() -> bool:
+    """Whether this Twisted keeps its write buffer where this module reads it."""
+    probe = FileDescriptor.__new__(FileDescriptor)
+    try:
+        FileDescriptor.__init__(probe, reactor=object())
+    except Exception:
+        return False
+    return all(hasattr(probe, name) for name in _PRIVATE)
+
+
+FAST = os.environ.get("EDGE_FAST_PATHS", "1") != "0" and _internals_present()
+_WARNED = [False]
 
 _DONE = Failure(main.CONNECTION_DONE)  # one instance for every clean close, as Twisted's reactor does
 CLOSE_STALL = 30.0  # seconds a closing TCP connection's peer may take no bytes before it is aborted
@@ -52,6 +79,8 @@ LINGER = 2.0  # seconds a closed client connection's socket keeps reading what t
 
 def pending_bytes(transport: Any) -> int:
     """Bytes a Twisted TCP transport still holds for its peer (0 for a transport that is not one)."""
+    if not FAST:
+        return 0
     try:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     except AttributeError:
@@ -120,7 +149,7 @@ class QuickClose:
 
     def loseConnection(self) -> None:
         # Twisted would close at its next write turn unless that turn resumes a producer instead.
-        if self.close_at_once and self.connected and not self.disconnecting and not self._tempDataLen \
+        if FAST and self.close_at_once and self.connected and not self.disconnecting and not self._tempDataLen \
                 and len(self.dataBuffer) == self.offset \
                 and (self.producer is None or (self.streamingProducer and not self.producerPaused)):
             self.disconnecting = 1
@@ -134,6 +163,8 @@ class QuickClose:
 
     def queued_for_peer(self) -> int:
         """Bytes written and not yet taken by the peer (a method, so that asking costs no failed lookups)."""
+        if not FAST:
+            return 0
         return len(self.dataBuffer) - self.offset + self._tempDataLen
 
     def connectionLost(self, reason: Failure) -> None:
@@ -239,5 +270,10 @@ def under_tls(transport: Any, protocol: Any) -> None:
 
 def use_for(port: Any) -> None:
     """Make the listening ``port`` build :class:`AcceptedTransport` (TCP ports only)."""
+    if not FAST and not _WARNED[0]:
+        _WARNED[0] = True
+        log.warn("Twisted's TCP write buffer is not where edge reads it ({names}), or EDGE_FAST_PATHS=0: "
+                 "closing is Twisted's own, and the pipelining bound does not see queued answers",
+                 names=", ".join(_PRIVATE))
     if isinstance(port, tcp.Port):
         port.transport = AcceptedTransport
