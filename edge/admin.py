@@ -13,6 +13,7 @@ import gc
 import html
 import json
 import os
+import time
 import types
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from edge import __version__, metrics
+from edge.connection import log_request
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:68rem;padding:0 1rem;color:#1d2733}
@@ -180,12 +182,34 @@ def _since(start: datetime.datetime, now: datetime.datetime) -> str:
     return (f"{days}d " if days else "") + f"{hours}h {seconds // 60}m"
 
 
+class StatusSite(Site):
+    """twisted.web's Site, logging each request in edge's access-log shape (``kind = "request"``,
+    ``listener = "admin"``) instead of the combined log format."""
+
+    def getResourceFor(self, request):
+        request.edge_started = time.monotonic()
+        return super().getResourceFor(request)
+
+    def log(self, request) -> None:
+        started = getattr(request, "edge_started", None)
+        duration = time.monotonic() - started if started is not None else 0.0
+        host = (request.getHeader(b"host") or b"-").decode("latin-1")
+        address = request.getClientAddress()
+        log_request(None, request.method.decode("latin-1"), host, request.uri.decode("latin-1"), request.code,
+                    request.sentLength, None, None, None, None, duration, request.clientproto.decode("latin-1"),
+                    "answered", listener="admin", client=getattr(address, "host", "-"), count=False)
+
+
+_OBSERVING = [False]
+
+
 def admin_site(runtime_source: Callable[[], Any],
                listeners_source: Callable[[], list[tuple[str, str]]] = lambda: []) -> Site:
     metrics.watch_runtime(runtime_source)
-    if _remember_errors not in globalLogPublisher._observers:
+    if not _OBSERVING[0]:
+        _OBSERVING[0] = True
         globalLogPublisher.addObserver(_remember_errors)
-    site = Site(StatusPage(runtime_source, listeners_source))
+    site = StatusSite(StatusPage(runtime_source, listeners_source))
     site.noisy = False
     site.displayTracebacks = False
     return site

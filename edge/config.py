@@ -21,7 +21,7 @@ from edge.addresses import Address, parse_address, parse_addresses, parse_server
 TLS_MODES = ("passthrough", "edge", "reencrypt")
 BALANCES = ("roundrobin", "leastconn")
 PROXY_PROTOCOLS = ("v1", "v2")
-HTTP_MODES = ("redirect", "allow", "deny")
+HTTP_MODES = ("redirect", "allow", "deny", "forward")
 
 DEFAULT_LISTEN = {
     "ssh": ("0.0.0.0:22", "[::]:22"),
@@ -132,6 +132,8 @@ class Route:
     paths: tuple[str, ...] = ("/",)
     max_body: int | None = None
     label: str = ""  # its name: `name = "..."`, else the first host (and path)
+    http_backend: str | None = None  # http = "forward": port 80's connections for these hosts go there
+    doors: tuple[str, ...] = ("https",)  # where it is served: port 443, and/or [[doors]] with sni = true
 
     @property
     def terminated(self) -> bool:
@@ -163,6 +165,25 @@ class AcmeConfig:
 
 
 @dataclass(frozen=True)
+class Door:
+    """An extra front door (``[[doors]]``): IMAPS on 993, SMTPS on 465, another SSH...
+
+    Without ``sni`` every connection goes to ``backend``.  With ``sni`` a TLS connection is routed by
+    its server name among the passthrough routes that list this door (``doors = ["imaps"]``), as port
+    443 does; ``backend``, if set, takes what no route matches.
+    """
+
+    name: str
+    listen: tuple[Address, ...]
+    backend: str | None
+    sni: bool = False
+
+
+DOOR_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+BUILTIN_DOORS = ("ssh", "http", "https", "admin")
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     state_dir: str
@@ -179,6 +200,7 @@ class Config:
     routes: tuple[Route, ...]
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     admin_debug: bool = False  # [admin] debug: /debug/objects on the admin listener
+    doors: tuple[Door, ...] = ()  # [[doors]]: extra TCP front doors
 
 
 def load(path: str | Path) -> Config:
@@ -301,7 +323,8 @@ class _Parser:
             raise self.fail(key, str(e)) from None
 
     def config(self, data: Mapping[str, Any]) -> Config:
-        self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "admin", "acme", "backends", "routes"))
+        self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "admin", "acme", "backends", "routes",
+                               "doors"))
         acme = self.acme(data["acme"]) if "acme" in data else None
         admin_table = self.table(data.get("admin", {}), "admin", ("listen", "debug"))
         admin_debug = admin_table.get("debug", False)
@@ -335,7 +358,8 @@ class _Parser:
             raise self.fail("ssh.backend", "listen.ssh is set, so [ssh] needs a backend")
         elif listen.ssh:
             listen = Listen((), listen.http, listen.https, listen.accept_proxy)
-        routes = self.routes(data.get("routes", []), backends)
+        doors = self.doors(data.get("doors", []), backends, listen, admin)
+        routes = self.routes(data.get("routes", []), backends, {door.name: door for door in doors})
         return Config(
             path=self.path,
             state_dir=state_dir,
@@ -352,6 +376,7 @@ class _Parser:
             backends=backends,
             routes=routes,
             raw=data,
+            doors=doors,
         )
 
     def acme(self, data: Any) -> AcmeConfig:
@@ -503,17 +528,65 @@ class _Parser:
                 )
             raise self.fail(key, f"backend {name!r} has host:port servers, but this needs http:// or https:// servers")
 
-    def routes(self, data: Any, backends: Mapping[str, BackendConfig]) -> tuple[Route, ...]:
+    def doors(self, data: Any, backends: Mapping[str, BackendConfig], listen: Listen,
+              admin: Address | None) -> tuple[Door, ...]:
+        if not isinstance(data, list):
+            raise self.fail("doors", "must be an array of tables: [[doors]]")
+        seen: dict[Any, str] = {a: f"listen.{d}" for d in ("ssh", "http", "https") for a in getattr(listen, d)}
+        if admin is not None:
+            seen[admin] = "admin.listen"
+        doors: list[Door] = []
+        for index, item in enumerate(data):
+            key = f"doors[{index}]"
+            item = self.table(item, key, ("name", "listen", "backend", "sni"))
+            for required in ("name", "listen"):
+                if required not in item:
+                    raise self.fail(f"{key}.{required}", "missing")
+            name = item["name"]
+            if not isinstance(name, str) or not DOOR_NAME.fullmatch(name):
+                raise self.fail(f"{key}.name", "must be a short lower-case name like \"imaps\"")
+            if name in BUILTIN_DOORS:
+                raise self.fail(f"{key}.name", f"{name!r} is a built-in door; use [listen] for it")
+            if any(door.name == name for door in doors):
+                raise self.fail(f"{key}.name", f"{name!r} is already the name of another door")
+            values = [item["listen"]] if isinstance(item["listen"], str) else item["listen"]
+            addresses = []
+            for value in self.string_list(values, f"{key}.listen"):
+                try:
+                    addresses.extend(parse_addresses(value))
+                except ValueError as e:
+                    raise self.fail(f"{key}.listen", str(e)) from None
+            if not addresses:
+                raise self.fail(f"{key}.listen", "must name at least one address")
+            for address in addresses:
+                if address in seen:
+                    raise self.fail(f"{key}.listen", f"{address} is also in {seen[address]}")
+                seen[address] = f"doors[{index}].listen"
+            sni = item.get("sni", False)
+            if not isinstance(sni, bool):
+                raise self.fail(f"{key}.sni", "must be true or false")
+            backend = item.get("backend")
+            if backend is not None:
+                self.backend_ref(backend, f"{key}.backend", backends, "tcp")
+            elif not sni:
+                raise self.fail(f"{key}.backend", "missing: every connection to this door goes there "
+                                                  "(or set sni = true to route by server name)")
+            doors.append(Door(name, tuple(addresses), backend, sni))
+        return tuple(doors)
+
+    def routes(self, data: Any, backends: Mapping[str, BackendConfig],
+               doors: Mapping[str, Door] | None = None) -> tuple[Route, ...]:
+        doors = doors or {}
         if not isinstance(data, list):
             raise self.fail("routes", "must be an array of tables: [[routes]]")
         routes = []
         names: dict[str, int] = {}
-        seen: dict[tuple[str, str], int] = {}
-        passthrough_hosts: dict[str, int] = {}
+        seen: dict[tuple[str, str, str], int] = {}  # (door, host, path) -> route index
+        passthrough_hosts: dict[tuple[str, str], int] = {}
         for index, item in enumerate(data):
             key = f"routes[{index}]"
             item = self.table(item, key, ("name", "hosts", "tls", "backend", "acme_backend", "http", "paths",
-                                          "max_body"))
+                                          "max_body", "http_backend", "doors"))
             for required in ("hosts", "tls", "backend"):
                 if required not in item:
                     raise self.fail(f"{key}.{required}", "missing")
@@ -525,25 +598,38 @@ class _Parser:
                 raise self.fail(f"{key}.paths", "a passthrough route cannot see paths; use tls = \"edge\" or \"reencrypt\"")
             if tls == "passthrough" and "max_body" in item:
                 raise self.fail(f"{key}.max_body", "a passthrough route cannot see request bodies")
+            route_doors = tuple(self.string_list(item.get("doors", ["https"]), f"{key}.doors"))
+            if not route_doors:
+                raise self.fail(f"{key}.doors", "must name at least one door (\"https\" is port 443)")
+            for door in route_doors:
+                if door != "https" and (door not in doors or not doors[door].sni):
+                    sni_doors = ", ".join(repr(d) for d in doors if doors[d].sni) or "none has sni = true"
+                    raise self.fail(f"{key}.doors", f"{door!r} is not \"https\" or a [[doors]] name with sni = true "
+                                                    f"({sni_doors})")
+                if door != "https" and tls != "passthrough":
+                    raise self.fail(f"{key}.doors", f"{door!r}: only passthrough routes are served on other doors")
             hosts = []
             for host in self.string_list(item["hosts"], f"{key}.hosts"):
                 name = normalise_host(host)
                 if not valid_route_host(name):
                     raise self.fail(f"{key}.hosts", f"{host!r} is not a host name, a \"*.suffix\" wildcard or \"*\"")
-                for path in paths:
-                    if (name, path) in seen:
-                        where = f"{host!r}" if path == "/" else f"{host!r} path {path!r}"
-                        raise self.fail(f"{key}.hosts", f"{where} is already routed by routes[{seen[name, path]}]")
-                other = passthrough_hosts.get(name)
-                if other is None and tls == "passthrough":
-                    other = next((i for (h, _), i in seen.items() if h == name), None)
-                if other is not None:
-                    raise self.fail(
-                        f"{key}.hosts", f"{host!r} is already routed by routes[{other}] (a passthrough host takes one route)"
-                    )
-                seen.update({(name, path): index for path in paths})
-                if tls == "passthrough":
-                    passthrough_hosts[name] = index
+                for door in route_doors:  # each door routes its own names
+                    for path in paths:
+                        if (door, name, path) in seen:
+                            where = f"{host!r}" if path == "/" else f"{host!r} path {path!r}"
+                            raise self.fail(f"{key}.hosts",
+                                            f"{where} is already routed by routes[{seen[door, name, path]}]")
+                    other = passthrough_hosts.get((door, name))
+                    if other is None and tls == "passthrough":
+                        other = next((i for (d, h, _), i in seen.items() if d == door and h == name), None)
+                    if other is not None:
+                        raise self.fail(
+                            f"{key}.hosts",
+                            f"{host!r} is already routed by routes[{other}] (a passthrough host takes one route)"
+                        )
+                    seen.update({(door, name, path): index for path in paths})
+                    if tls == "passthrough":
+                        passthrough_hosts[door, name] = index
                 hosts.append(name)
             if not hosts:
                 raise self.fail(f"{key}.hosts", "must name at least one host")
@@ -562,6 +648,17 @@ class _Parser:
             http = self.choice(item.get("http", "redirect"), f"{key}.http", HTTP_MODES)
             if http == "allow" and tls == "passthrough":
                 raise self.fail(f"{key}.http", "\"allow\" serves the route over plain HTTP, which needs an HTTP backend")
+            http_backend = item.get("http_backend")
+            if http == "forward":
+                if http_backend is None:
+                    raise self.fail(f"{key}.http_backend", "missing: http = \"forward\" sends port 80's connections "
+                                                           "for these hosts to this TCP backend")
+                self.backend_ref(http_backend, f"{key}.http_backend", backends, "tcp")
+                if acme_backend is not None:
+                    raise self.fail(f"{key}.acme_backend", "not needed with http = \"forward\": http_backend "
+                                                           "gets every port 80 request, ACME challenges too")
+            elif http_backend is not None:
+                raise self.fail(f"{key}.http_backend", "only used with http = \"forward\"")
             max_body = self.size(item["max_body"], f"{key}.max_body") if "max_body" in item else None
             if "name" in item:
                 label = item["name"]
@@ -574,5 +671,10 @@ class _Parser:
                 if label in names:
                     label = key
             names[label] = index
-            routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index, paths, max_body, label))
+            routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index, paths, max_body, label,
+                                http_backend, route_doors))
+        for name, door in doors.items():
+            if door.sni and door.backend is None and not any(name in route.doors for route in routes):
+                raise self.fail("doors", f"door {name!r} has sni = true but no route lists it in doors "
+                                         "and it has no backend")
         return tuple(routes)

@@ -87,6 +87,7 @@ class ConnectionInfo:
         access_log.info(
             "{client_text} {listener} {protocol} sni={sni} route={route} backend={backend} "
             "server={server} in={bytes_in} out={bytes_out} {duration:.3f}s {ended}",
+            kind="connection",
             client_text=_format_address(self.client),
             client=self.client[0],
             client_port=self.client[1],
@@ -110,19 +111,23 @@ class ConnectionInfo:
 
 def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, status: int, sent: int,
                 route: str | None, backend: str | None, server: str | None, upstream: float | None,
-                duration: float, protocol: str, outcome: str = "completed") -> None:
-    """One access-log event (and the request metrics) for one proxied HTTP request.
+                duration: float, protocol: str, outcome: str = "completed", listener: str | None = None,
+                client: str | None = None, count: bool = True) -> None:
+    """One access-log event (and the request metrics) for one HTTP request: proxied, or answered by
+    edge itself (port 80's redirects, the status page: ``count=False`` leaves the metrics alone).
 
     ``outcome`` says who ended it: ``completed``, ``answered`` (by edge itself), ``client_aborted``,
     ``client_closed``, ``backend_failed``, ``timeout``, ``body_too_large``, ...
     """
-    metrics.request_finished(route, backend, server, status, duration, upstream, protocol, outcome)
+    if count:
+        metrics.request_finished(route, backend, server, status, duration, upstream, protocol, outcome)
     if not ACCESS_LOG[0]:
         return
     access_log.info(
         "{client} {method} {host}{path} {status} {sent}B route={route} backend={backend} server={server}"
         " upstream={upstream_text} {duration:.3f}s {outcome}",
-        client=info.client[0] if info else "-",
+        kind="request",
+        client=client or (info.client[0] if info else "-"),
         method=method,
         host=host,
         path=path,
@@ -137,6 +142,6 @@ def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, 
         protocol=protocol,
         outcome=outcome,
         sni=info.sni if info else None,
-        listener=info.listener if info else None,
+        listener=listener or (info.listener if info else None),
         worker=WORKER[0],
     )

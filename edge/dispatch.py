@@ -40,7 +40,9 @@ MAX_PREFIX = 16384
 class Dispatcher(Protocol):
     def __init__(self, runtime: "Runtime", listener: str) -> None:
         self.runtime = runtime
-        self.listener = listener
+        self.listener = listener  # "ssh", "http", "https" or a [[doors]] name
+        door = runtime.doors.get(listener)
+        self.sniffing = listener == "https" or (door is not None and door.sni)  # else the door says what comes
         self.handler: Protocol | None = None
         self.buffer = b""
         self.timer = None
@@ -52,7 +54,7 @@ class Dispatcher(Protocol):
         client = transport.client  # the address accept() gave: (host, port), IPv6 with flow and scope
         self.info = info = ConnectionInfo((client[0], client[1]), transport.socket, self.listener)
         self.proxy_pending = self.runtime.config.listen.trusts(info.client[0])
-        if not self.proxy_pending and self.listener != "https":
+        if not self.proxy_pending and not self.sniffing:
             self._route_door()
             return
         self.timer = coarse(self.runtime.reactor).later(self.runtime.config.timeouts.inspect, self._inspect_timeout)
@@ -82,19 +84,51 @@ class Dispatcher(Protocol):
                     self.info.client = header.source
                     self.info.local = header.destination
                     self.info.proxied = True
-            if self.listener != "https":
+            if not self.sniffing:
                 self._route_door()
                 return
         if self.buffer:
-            self._sniff_https()
+            if self.listener == "https":
+                self._sniff_https()
+            else:
+                self._sniff_door()
 
     def _route_door(self) -> None:
-        """Ports 22 and 80 need no sniffing: their door says what comes."""
+        """Ports 22 and 80, and doors without ``sni``, need no sniffing: their door says what comes."""
         if self.listener == "ssh":
             self._to_ssh()
-        else:
+        elif self.listener == "http":
             self.info.protocol = "http"
             self.hand_over(self.runtime.redirector(self.info, self.hand_over), self.buffer)
+        else:
+            self._to_door_backend()
+
+    def _to_door_backend(self) -> None:
+        """A ``[[doors]]`` connection for the door's own backend (no ``sni``, or nothing else matched)."""
+        backend = self.runtime.doors[self.listener].backend
+        if backend is None:
+            self._reject("refused: no route for SNI" if self.info.protocol == "tls" else "error: not TLS",
+                         UNRECOGNIZED_NAME_ALERT if self.info.protocol == "tls" else b"")
+            return
+        self.info.route = self.info.route or self.listener
+        self.info.protocol = self.info.protocol or "tcp"
+        self.hand_over(self.runtime.forward(backend, self.info), self.buffer)
+
+    def _sniff_door(self) -> None:
+        """A door with ``sni = true``: TLS is routed by its server name among the routes listing the door."""
+        hello = sniff_tls(self.buffer)
+        if isinstance(hello, ClientHello):
+            info = self.info
+            info.protocol, info.sni, info.alpn = "tls", hello.sni, hello.alpn
+            entry = self.runtime.door_routes[self.listener].lookup(hello.sni)
+            route = entry.passthrough if entry is not None else None
+            if route is None:
+                self._to_door_backend()
+                return
+            info.route, info.tls_mode = route.name, route.tls
+            self.hand_over(self.runtime.forward(route.backend, info), self.buffer)
+        elif hello is not NEED_MORE:
+            self._to_door_backend()
 
     def _sniff_https(self) -> None:
         data = self.buffer
@@ -149,11 +183,13 @@ class Dispatcher(Protocol):
         self.timer = None
         if self.handler is not None:
             return
-        if self.proxy_pending and self.listener != "https" and not self.buffer:
+        if self.proxy_pending and not self.sniffing and not self.buffer:
             self.proxy_pending = False  # a trusted source that sent no header
             self._route_door()
         elif not self.buffer and self.listener == "https" and self.runtime.config.ssh_backend:
             self._to_ssh()  # SSH clients that wait for the server's banner
+        elif not self.buffer and self.listener in self.runtime.doors and self.runtime.doors[self.listener].backend:
+            self._to_door_backend()  # a client that waits for the server to speak first
         else:
             self._reject("timeout: inspect" if self.buffer else "timeout: silent client")
 

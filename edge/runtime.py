@@ -52,7 +52,10 @@ class Runtime:
         self.config = config
         self.reactor = reactor
         self.acme_responders = responders if responders is not None else ChallengeResponders()
-        self.routes = RouteTable(config.routes)
+        self.routes = RouteTable(r for r in config.routes if "https" in r.doors)  # ports 443 and 80
+        self.doors = {door.name: door for door in config.doors}
+        self.door_routes = {door.name: RouteTable(r for r in config.routes if door.name in r.doors)
+                            for door in config.doors if door.sni}
         same_timeouts = previous is not None and previous.config.timeouts == config.timeouts
         self.backends: dict[str, Backend] = {}
         self.upstreams: dict[str, Upstream] = {}

@@ -115,6 +115,7 @@ class EdgeService(MultiService):
     @staticmethod
     def _wanted(config: Config) -> list[tuple[str, Any]]:
         wanted = [(door, address) for door in ("ssh", "http", "https") for address in getattr(config.listen, door)]
+        wanted += [(door.name, address) for door in config.doors for address in door.listen]
         if config.admin is not None:
             wanted.append(("admin", config.admin))
         return wanted
@@ -131,13 +132,16 @@ class EdgeService(MultiService):
             if key in self.listeners:
                 continue
             door, address = key
+            if door not in self.factories:  # a [[doors]] name
+                self.factories[door] = DispatchFactory(lambda: self.runtime, door, self.connections)
             try:
                 new[key] = ListenerService(self.reactor, door, address, self.factories[door],
                                            reuse_port=self.reuse_port and door != "admin")
             except OSError as e:
                 for listener in new.values():
                     listener.close_socket()
-                name = "admin.listen" if door == "admin" else f"listen.{door}"
+                name = "admin.listen" if door == "admin" else f"listen.{door}" if door in ("ssh", "http", "https") \
+                    else f"doors.{door}.listen"
                 hint = ""
                 if e.errno == errno.EACCES and getattr(address, "port", 1024) < 1024:
                     hint = (" (ports below 1024 need root, the CAP_NET_BIND_SERVICE capability, a lower "

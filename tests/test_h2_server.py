@@ -967,8 +967,8 @@ def test_trailers_and_te_trailers_from_the_client(h2edge, recorder, length):
 def access_events(e: Edge) -> list[dict]:
     found = []
     for line in e.log().split("\n")[:-1]:
-        event = json.loads(line.lstrip("\x1e"))
-        if event.get("log_namespace") == "edge.access" and "outcome" in event:
+        event = json.loads(line)
+        if event.get("logger") == "edge.access" and "outcome" in event:
             found.append(event)
     return found
 

@@ -50,8 +50,8 @@ def busy_edge(edge, start, tmp_path, sshd, tls_origin):
 def events(edge) -> list[dict]:
     found = []
     for line in edge.log().split("\n")[:-1]:  # the last piece may be a line still being written
-        event = json.loads(line.lstrip("\x1e"))  # every line is one JSON object (RS-prefixed, RFC 7464)
-        if event.get("log_namespace") == "edge.access":
+        event = json.loads(line)  # every line is one JSON object
+        if event.get("logger") == "edge.access":
             found.append(event)
     return found
 

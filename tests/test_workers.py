@@ -42,8 +42,8 @@ def test_two_workers_share_the_ports_and_follow_reload_and_stop(edge, tls_origin
 
     def both_served() -> bool:
         for line in e.log().split("\n")[:-1]:
-            event = json.loads(line.lstrip("\x1e"))
-            if event.get("log_namespace") == "edge.access" and event.get("sni") == "pass.example.test":
+            event = json.loads(line)
+            if event.get("logger") == "edge.access" and event.get("sni") == "pass.example.test":
                 served.add(event["worker"])
         return served == {0, 1}
 

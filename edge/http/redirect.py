@@ -15,7 +15,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from edge.http.answers import error_response, plain_response
-from edge.connection import ACCESS_LOG, ConnectionInfo, access_log
+from edge.connection import ConnectionInfo, log_request
 from edge.sniff import NEED_MORE
 from edge.http.h1 import BadRequest, RequestHead, parse_request_head
 from edge.http.policy import https_location
@@ -81,8 +81,8 @@ class Redirector(Protocol):
             answer = self.runtime.acme_responders.http01(host, head.path[len(ACME_PREFIX):])
             if answer is not None:  # our own pending HTTP-01 challenge
                 self.buffer = self.buffer[head.length :]
-                self._respond(200, answer, None, not head.keep_alive, head)
-                self._log(head, host, 200)
+                sent = self._respond(200, answer, None, not head.keep_alive, head)
+                self._log(head, host, 200, sent)
                 return False
         entry = self.runtime.routes.lookup(host)
         route = entry.match(head.path.split("?", 1)[0]) if entry is not None else None
@@ -95,23 +95,22 @@ class Redirector(Protocol):
             self.info.bytes_in -= len(self.buffer)  # counted again by the proxy it is handed to
             self.hand_over(self.runtime.plain_http(self.info, self.hand_over), self.buffer)
             return True
+        if route is not None and route.http == "forward" and self.info.listener == "http":
+            self._forward(route.http_backend, head, host)
+            return True
         if route is not None and route.acme_backend and head.path.startswith(ACME_PREFIX):
-            self._log(head, host, "forwarded")
-            self._cancel_timer()
-            self.info.backend = route.acme_backend
-            self.info.bytes_in -= len(self.buffer)  # counted again by the forwarder it is handed to
-            self.hand_over(self.runtime.forward(route.acme_backend, self.info), self.buffer)
+            self._forward(route.acme_backend, head, host)
             return True
         self.buffer = self.buffer[head.length :]
         self.served += 1
         close = head.has_body or not head.keep_alive or self.served >= MAX_REQUESTS
         if route is not None and route.http == "deny":
-            self._respond(404, "no plain HTTP for this host\n", None, close, head)
-            self._log(head, host, 404)
+            sent = self._respond(404, "no plain HTTP for this host\n", None, close, head)
+            self._log(head, host, 404, sent)
         else:
             location = self._location(head)
-            self._respond(308, f"Redirecting to {location}\n", location, close, head)
-            self._log(head, host, 308)
+            sent = self._respond(308, f"Redirecting to {location}\n", location, close, head)
+            self._log(head, host, 308, sent)
         if not close:
             self._arm()
         return False
@@ -123,20 +122,27 @@ class Redirector(Protocol):
         self, status: int, body: str, location: str | None, close: bool, head: RequestHead | None = None
     ) -> None:
         head_only = head is not None and head.method == "HEAD"
-        self._write(plain_response(status, body, close, head_only, location))
+        answer = plain_response(status, body, close, head_only, location)
+        self._write(answer)
         if close:
             self.closing = True
             self._cancel_timer()
             self.transport.loseConnection()
+        return len(answer)
 
-    def _log(self, head: RequestHead, host: str, status: int | str) -> None:
-        if not ACCESS_LOG[0]:
-            return
-        access_log.info(
-            "{client} {method} {host}{path} {status}",
-            client=self.info.client[0], method=head.method, host=host, path=head.path,
-            status=status, listener=self.info.listener, route=self.info.route,
-        )
+    def _forward(self, backend: str, head: RequestHead, host: str) -> None:
+        """Hand the connection, bytes and all, to a TCP forwarder for ``backend``: its byte counts go to
+        the connection's log line, and this request gets a ``forwarded`` line here."""
+        self._cancel_timer()
+        self.info.backend = backend
+        self.info.bytes_in -= len(self.buffer)  # counted again by the forwarder it is handed to
+        log_request(self.info, head.method, host, head.path, 0, 0, self.info.route, backend, None, None, 0.0,
+                    "HTTP/1.1", "forwarded", count=False)
+        self.hand_over(self.runtime.forward(backend, self.info), self.buffer)
+
+    def _log(self, head: RequestHead, host: str, status: int, sent: int) -> None:
+        log_request(self.info, head.method, host, head.path, status, sent, self.info.route, None, None, None,
+                    0.0, "HTTP/1.1", "answered")
 
     def _write(self, data: bytes) -> None:
         self.info.bytes_out += len(data)

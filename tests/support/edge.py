@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -200,6 +201,16 @@ class Edge(Program):
                 lines.append(f"... and {len(extra) - 20} more")
             raise AssertionError(f"edge (pid {self.pid}) still holds {len(extra)} descriptor(s) beyond its "
                                  f"baseline {timeout:g}s after the test:\n" + "\n".join(lines))
+
+    def events(self, logger: str | None = "edge.access") -> list[dict]:
+        """The JSON log's events (``log_format="json"``), those of ``logger`` (all if None)."""
+        found = []
+        for line in self.log().split("\n")[:-1]:  # the last piece may be a line still being written
+            if line.startswith("{"):
+                event = json.loads(line)  # one clean object per line (edge.logs)
+                if logger is None or event["logger"] == logger:
+                    found.append(event)
+        return found
 
     def wait_log(self, text: str, timeout: float = 10) -> str:
         """Wait until ``text`` appears in the edge's log; return the log."""

@@ -58,6 +58,7 @@ class EdgeServiceMaker:
     def makeService(self, options):
         from twisted.logger import LogLevel
 
+        from edge.logs import observer_factory
         from edge.service import StartupError, check_config, make_service
 
         if options["check"]:
@@ -68,6 +69,8 @@ class EdgeServiceMaker:
                 raise SystemExit(2)
             raise SystemExit(0)
         twist_options = getattr(options, "parent", None) or {}  # twist's own options: --log-level
+        if "fileLogObserverFactory" in twist_options:  # --log-format: edge's clean text or JSON lines
+            twist_options["fileLogObserverFactory"] = observer_factory(twist_options["fileLogObserverFactory"])
         try:
             return make_service(options["config"], worker=options["worker"],
                                 log_level=twist_options.get("logLevel", LogLevel.info))
