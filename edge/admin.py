@@ -115,8 +115,11 @@ class StatusPage(Resource):
         now = datetime.datetime.now(datetime.timezone.utc)
         rows = []
         for route in runtime.config.routes:
+            port80 = "-" if "https" not in route.doors else \
+                f"forward to {route.http_backend}" if route.http == "forward" else route.http
             rows.append(f"<tr><td>{_e(route.name)}</td><td>{_e(', '.join(route.hosts))}</td><td>{_e(', '.join(route.paths))}</td>"
-                        f"<td>{_e(route.tls)}</td><td>{_e(route.backend)}</td><td>{_e(route.http)}</td></tr>")
+                        f"<td>{_e(route.tls)}</td><td>{_e(', '.join(route.doors))}</td><td>{_e(route.backend)}</td>"
+                        f"<td>{_e(port80)}</td></tr>")
         servers = []
         seconds = runtime.reactor.seconds()
         for backend in runtime.backends.values():
@@ -155,7 +158,7 @@ class StatusPage(Resource):
 <p>edge {_e(__version__)}, up {_e(_since(STARTED[0], now))}; configuration <code>{_e(runtime.config.path)}</code>;
 last reload: {_e(reload)}; page made {now:%Y-%m-%d %H:%M:%S} UTC.</p>
 <h2>Listeners</h2><table><tr><th>door</th><th>address</th></tr>{listeners or '<tr><td colspan="2">none</td></tr>'}</table>
-<h2>Routes</h2><table><tr><th>name</th><th>hosts</th><th>paths</th><th>TLS</th><th>backend</th><th>port 80</th></tr>{''.join(rows)}</table>
+<h2>Routes</h2><table><tr><th>name</th><th>hosts</th><th>paths</th><th>TLS</th><th>doors</th><th>backend</th><th>port 80</th></tr>{''.join(rows)}</table>
 <h2>Backends</h2><table><tr><th>backend</th><th>server</th><th>health</th><th>connections</th><th>balance</th></tr>{''.join(servers)}</table>
 <h2>Certificates</h2><table><tr><th>names</th><th>source</th><th>expires</th><th>days left</th></tr>{''.join(certs) or '<tr><td colspan="4">none issued yet</td></tr>'}</table>
 <h2>Recent warnings and errors</h2><table><tr><th>time</th><th>level</th><th>message</th></tr>{errors or '<tr><td colspan="3">none</td></tr>'}</table>

@@ -33,8 +33,14 @@ NOISE = re.compile(r"\((?:TCP|UDP|UNIX) Port \S+ Closed\)|\S+ (?:starting|stoppi
 LEGACY = frozenset(("message", "system", "time", "isError", "format", "why", "failure", "printed"))
 
 
+FACTORY_CHATTER = frozenset(("Starting factory {factory!r}", "Stopping factory {factory!r}"))
+
+
 def is_noise(event: dict) -> bool:
-    """True for Twisted's legacy start/stop chatter (see ``NOISE``)."""
+    """True for Twisted's start/stop chatter: legacy lines (see ``NOISE``), and a factory starting or
+    stopping (twisted.web's client pool does, for every health check over HTTP)."""
+    if event.get("log_format") in FACTORY_CHATTER:
+        return True
     text = event.get("log_text")
     return event.get("log_namespace") == "log_legacy" and isinstance(text, str) and NOISE.fullmatch(text) is not None
 

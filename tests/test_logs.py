@@ -62,6 +62,11 @@ def test_legacy_chatter_is_dropped(text, noise):
     assert logs.is_noise({"log_namespace": "log_legacy", "log_text": text}) is noise
 
 
+def test_factory_chatter_is_dropped():
+    assert logs.is_noise({"log_namespace": "twisted.web.client._HTTP11ClientFactory",
+                          "log_format": "Starting factory {factory!r}", "factory": object()})
+
+
 @pytest.fixture
 def web(start, tmp_path):
     port = free_port()

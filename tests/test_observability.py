@@ -190,8 +190,9 @@ def test_status_page_in_headless_chromium(busy_edge, tmp_path):
         capture_output=True, text=True, timeout=120)
     dom = result.stdout
     assert "<h1>edge</h1>" in dom, result.stderr[-2000:]
-    for text in ("app.example.test", "pass.example.test", "Backends", "Certificates", "Recent warnings and errors"):
-        assert text in dom
+    for text in ("app.example.test", "pass.example.test", "Backends", "Certificates", "Recent warnings and errors",
+                 "Listeners", f"127.0.0.1:{busy_edge.https_port}", "last reload: none since start", ">not checked<"):
+        assert text in dom, text
 
 
 def test_status_page_says_how_the_last_reload_went(edge):
