@@ -220,3 +220,40 @@ def test_only_loopback_admin_addresses_go_unwarned():
 
     assert _loopback("127.0.0.1") and _loopback("127.0.0.2") and _loopback("::1") and _loopback("localhost")
     assert not _loopback("0.0.0.0") and not _loopback("::") and not _loopback("192.0.2.1") and not _loopback("edge")
+
+
+def test_route_names_survive_a_reorder_on_reload(edge, start, tmp_path):
+    """Metrics series and log lines follow the route's name, not its place: inserting a route before it
+    and reordering on reload leaves ``route="app"`` one series that keeps counting."""
+    import os
+    import signal
+
+    web = free_port()
+    nginx = start(Nginx, tmp_path, f'server {{ listen 127.0.0.1:{web}; return 200 "web\\n"; }}')
+    wait_listening(web, proc=nginx.proc)
+    app = '[[routes]]\nname = "app"\nhosts = ["app.example.test"]\ntls = "edge"\nbackend = "web"\n'
+    other = '[[routes]]\nname = "{name}"\nhosts = ["{host}"]\ntls = "edge"\nbackend = "web"\n'
+    head = f'[tls]\nissuer = "local"\n[backends.web]\nservers = ["http://127.0.0.1:{web}"]\n'
+    e = edge(head + app + other.format(name="blog", host="blog.example.test"), log_format="json", admin=True)
+    assert split(curl(e.https_port, "app.example.test", "/", cafile=local_ca(e)).stdout)[0] == 200
+    e.config.write_text(e.config.read_text().split("[[routes]]")[0] + other.format(name="new", host="new.example.test")
+                        + other.format(name="blog", host="blog.example.test") + app)
+    os.kill(e.pid, signal.SIGHUP)
+    e.wait_log("reloaded")
+    assert split(curl(e.https_port, "app.example.test", "/", cafile=local_ca(e)).stdout)[0] == 200
+    requests = [ev for ev in wait_all(e, 2) if ev.get("kind") == "request"]
+    assert [ev["route"] for ev in requests] == ["app", "app"]
+    samples = [s for s in scrape(e)["edge_http_requests"].samples
+               if s.name == "edge_http_requests_total" and s.labels["status"] == "200"]
+    assert {s.labels["route"]: s.value for s in samples} == {"app": 2}
+
+
+def wait_all(e, count: int, timeout: float = 10) -> list[dict]:
+    """The access events once ``count`` request events are there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = events(e)
+        if sum(1 for ev in found if ev.get("kind") == "request") >= count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} request events: {events(e)}")

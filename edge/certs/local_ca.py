@@ -24,10 +24,11 @@ CA_LIFETIME = datetime.timedelta(days=3650)
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write atomically (temp file, fsync, rename) with ``mode`` from the start."""
+    """Write atomically (temp file, fsync, rename) with ``mode`` from the start, whatever the umask."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -38,10 +39,16 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
 class LocalIssuer:
     def __init__(self, state_dir: str) -> None:
         self.dir = Path(state_dir) / "local-ca"
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not Path(state_dir).exists():  # traversable, not listable: ca.pem can be reached by its path
+            Path(state_dir).mkdir(parents=True, mode=0o711)
+            os.chmod(state_dir, 0o711)
+        # ca.pem (0644) is for every user who imports it into a browser; ca.key stays 0600
+        self.dir.mkdir(exist_ok=True)
+        os.chmod(self.dir, 0o755)
         self.ca_cert_path = self.dir / "ca.pem"
         key_path = self.dir / "ca.key"
         if key_path.exists() and self.ca_cert_path.exists():
+            os.chmod(self.ca_cert_path, 0o644)  # written 0600 under a strict umask by earlier versions
             self.key = serialization.load_pem_private_key(key_path.read_bytes(), None)
             self.cert = x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
         else:
