@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -222,3 +223,40 @@ def test_door_and_forward_config_mistakes_are_one_line(tmp_path, body, problem):
     with pytest.raises(ConfigError) as caught:
         parse(tomllib.loads(text), "edge.toml")
     assert problem in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_sni_door_drops_silent_and_oversized_clients_and_keeps_serving(edge, tls_origin, ca):
+    """A door with sni = true has port 443's limits: a client that says nothing is closed after
+    ``inspect``, one that sends 16 KiB of no ClientHello at once; the next client is served."""
+    origin = tls_origin("mail.example.test")
+    imaps = free_port()
+    e = edge(f"""
+        [backends.mail]
+        servers = ["127.0.0.1:{origin.port}"]
+        [[doors]]
+        name = "imaps"
+        listen = "127.0.0.1:{imaps}"
+        sni = true
+        [[routes]]
+        hosts = ["mail.example.test"]
+        tls = "passthrough"
+        backend = "mail"
+        doors = ["imaps"]
+    """, timeouts='inspect = "1s"\nconnect = "2s"\nidle = "60s"', log_format="json")
+    silent = [socket.create_connection(("127.0.0.1", imaps), timeout=10) for _ in range(20)]
+    # a TLS record header promising a long handshake, then filler: never a whole ClientHello
+    with socket.create_connection(("127.0.0.1", imaps), timeout=10) as big:
+        big.sendall(b"\x16\x03\x01\x40\x00" + b"\x01" * 17000)
+        assert big.recv(100) == b""
+    for sock in silent:
+        assert sock.recv(100) == b""  # closed by the edge (inspect), not by us
+        sock.close()
+    assert peer_names(imaps, "mail.example.test", ca) == {"mail.example.test"}
+    deadline = time.monotonic() + 10  # each line is written when the edge has closed its side
+    while True:
+        ended = [ev["ended"] for ev in e.events() if ev.get("listener") == "imaps" and ev.get("kind") == "connection"]
+        if ended.count("timeout: silent client") == 20 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert ended.count("timeout: silent client") == 20, ended
+    e.assert_alive()
