@@ -46,10 +46,10 @@ class DnsProvider(Protocol):
     def present(self, record: Record) -> str:
         """Publish ``record.value``; return the name it was written at (where propagation is checked)."""
 
-    def cleanup(self, record: Record, written_at: str) -> None:
+    def cleanup(self, record: Record) -> None:
         """Remove that one value again (other values at the same name stay)."""
 
-    def servers(self, name: str) -> list[tuple[str, int]]:
+    def servers(self, name: str) -> tuple[tuple[str, int], ...]:
         """The authoritative servers to ask whether ``name`` carries the value (``resolvers`` if set)."""
 
 
@@ -131,3 +131,36 @@ def parse_server(text: str, default_port: int = 53) -> tuple[str, int]:
     if port and (not port.isdigit() or not 0 < int(port) < 65536):
         raise ValueError(f"{text!r}: {port!r} is not a port")
     return host, int(port) if port else default_port
+
+
+class _Route(Protocol):
+    hosts: tuple[str, ...]
+    terminated: bool
+    acme_challenge: str | None
+
+
+def plan_certificates(routes: Iterable[_Route], challenge: str, dns: bool,
+                      covered: Callable[[str], object | None]) -> dict[str, list[tuple[str, str]]]:
+    """The ACME certificates to keep: {certificate name: [(identifier, challenge), ...]}.
+
+    Each terminated exact host that nothing static ``covered`` gets its own
+    certificate, proved with its route's ``acme_challenge`` or ``challenge``.
+    With a DNS provider (``dns``), each ``*.suffix`` host gets one certificate
+    for ``*.suffix`` through dns-01, and the apex ``suffix`` joins it when a
+    route names it (one certificate, one order, both values at one TXT name).
+    """
+    wanted: dict[str, str] = {}
+    for route in routes:
+        if route.terminated:
+            for host in route.hosts:
+                if host != "*" and (dns or not host.startswith("*")) and covered(host) is None:
+                    wanted.setdefault(host, route.acme_challenge or challenge)
+    plan: dict[str, list[tuple[str, str]]] = {}
+    for host, chosen in wanted.items():
+        if host.startswith("*."):
+            plan[host] = [(host, "dns-01")]
+            if host[2:] in wanted:
+                plan[host].append((host[2:], wanted[host[2:]]))
+        elif "*." + host not in wanted:
+            plan[host] = [(host, chosen)]
+    return plan
