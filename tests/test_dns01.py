@@ -246,3 +246,25 @@ def test_route_dns01_without_provider_is_a_config_error(tmp_path):
     result = run_edge_command(path)
     assert result.returncode == 2
     assert f'{path}: routes[0].acme_challenge: "dns-01" needs a DNS provider in [acme.dns]' in result.stderr
+
+
+def test_rfc2136_names_what_the_server_answered(bind):
+    """The provider alone against BIND: a zone BIND does not serve (NOTAUTH), a key it does not know (BADKEY)."""
+    from edge.acme.dns01 import DnsProblem, Record
+    from edge.acme.dns_providers import Rfc2136
+    from edge.config import AcmeDnsConfig
+
+    secret = bind.secret_file.read_text().strip()
+    record = Record("y.test", "_acme-challenge.y.test", "_acme-challenge.y.test", "v" * 43)
+    other_zone = Rfc2136(AcmeDnsConfig("rfc2136", server=("127.0.0.1", bind.port), zone="y.test",
+                                       tsig_key_name=KEY_NAME, tsig_secret=secret))
+    with pytest.raises(DnsProblem) as caught:
+        other_zone.present(record)
+    assert str(caught.value) == (f"rfc2136: adding TXT _acme-challenge.y.test (zone y.test) at {bind.server}: "
+                                 "the server answered NOTAUTH")
+    unknown_key = Rfc2136(AcmeDnsConfig("rfc2136", server=("127.0.0.1", bind.port), tsig_key_name="nobody",
+                                        tsig_secret=secret))
+    record = Record("x.test", "_acme-challenge.x.test", "_acme-challenge.x.test", "v" * 43)
+    with pytest.raises(DnsProblem, match="answered BADKEY for key nobody"):
+        unknown_key.present(record)
+    assert bind.dig("_acme-challenge.x.test") == []
