@@ -8,7 +8,10 @@ start-up (or a reload) with an answer a person can act on.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
+import os
 from functools import cached_property
 import re
 import tomllib
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from edge.acme.dns01 import parse_server as parse_dns_server
 from edge.addresses import Address, parse_address, parse_addresses, parse_server
 
 TLS_MODES = ("passthrough", "edge", "reencrypt")
@@ -134,6 +138,7 @@ class Route:
     label: str = ""  # its name: `name = "..."`, else the first host (and path)
     http_backend: str | None = None  # http = "forward": port 80's connections for these hosts go there
     doors: tuple[str, ...] = ("https",)  # where it is served: port 443, and/or [[doors]] with sni = true
+    acme_challenge: str | None = None  # this route's ACME challenge ([acme] challenge when None)
 
     @property
     def terminated(self) -> bool:
@@ -151,6 +156,36 @@ ACME_DIRECTORIES = {
 }
 
 
+ACME_CHALLENGES = ("http-01", "tls-alpn-01", "dns-01")
+DNS_PROVIDERS = ("rfc2136", "acme-dns", "exec")
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
+_DNS_COMMON = ("provider", "resolvers", "propagation_timeout", "propagation_interval")
+_DNS_KEYS = {
+    "rfc2136": ("server", "zone", "tsig_key_name", "tsig_algorithm", "tsig_secret_file"),
+    "acme-dns": ("api", "credentials_file"),
+    "exec": ("program",),
+}
+
+
+@dataclass(frozen=True)
+class AcmeDnsConfig:
+    """``[acme.dns]``: the DNS provider that writes DNS-01 TXT records, and how propagation is checked."""
+
+    provider: str
+    resolvers: tuple[tuple[str, int], ...] = ()  # authoritative servers to check (default: per provider)
+    propagation_timeout: float = 120.0
+    propagation_interval: float = 2.0
+    server: tuple[str, int] | None = None  # rfc2136
+    zone: str | None = None
+    tsig_key_name: str | None = None
+    tsig_algorithm: str = "hmac-sha256"
+    tsig_secret: str = field(default="", repr=False)
+    api: str | None = None  # acme-dns
+    credentials_file: str | None = None
+    credentials: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False)
+    program: str | None = None  # exec
+
+
 @dataclass(frozen=True)
 class AcmeConfig:
     email: str | None
@@ -162,6 +197,7 @@ class AcmeConfig:
     profile: str | None = None
     retry: float = 60.0  # first back-off after a failure; doubles up to a day
     check_interval: float = 3600.0
+    dns: AcmeDnsConfig | None = None  # [acme.dns]: needed by dns-01 and by wildcard names
 
 
 @dataclass(frozen=True)
@@ -360,6 +396,16 @@ class _Parser:
             listen = Listen((), listen.http, listen.https, listen.accept_proxy)
         doors = self.doors(data.get("doors", []), backends, listen, admin)
         routes = self.routes(data.get("routes", []), backends, {door.name: door for door in doors})
+        for route in routes:
+            if route.acme_challenge is None:
+                continue
+            key = f"routes[{route.index}].acme_challenge"
+            if acme is None:
+                raise self.fail(key, "needs an [acme] table")
+            if route.acme_challenge == "dns-01" and acme.dns is None:
+                raise self.fail(key, "\"dns-01\" needs a DNS provider in [acme.dns]")
+            if route.acme_challenge != "dns-01" and any(h.startswith("*.") for h in route.hosts):
+                raise self.fail(key, "a wildcard certificate can only be validated with \"dns-01\"")
         return Config(
             path=self.path,
             state_dir=state_dir,
@@ -381,7 +427,7 @@ class _Parser:
 
     def acme(self, data: Any) -> AcmeConfig:
         data = self.table(data, "acme", ("email", "directory", "ca_bundle", "eab_kid", "eab_hmac_key", "challenge",
-                                         "profile", "retry", "check_interval"))
+                                         "profile", "retry", "check_interval", "dns"))
         for key in ("email", "directory", "eab_kid", "eab_hmac_key", "profile", "ca_bundle"):
             if key in data and (not isinstance(data[key], str) or not data[key]):
                 raise self.fail(f"acme.{key}", "must be a non-empty string")
@@ -394,17 +440,103 @@ class _Parser:
         if ("eab_kid" in data) != ("eab_hmac_key" in data):
             raise self.fail("acme.eab_kid" if "eab_kid" not in data else "acme.eab_hmac_key",
                             "external account binding needs both eab_kid and eab_hmac_key")
+        challenge = self.choice(data.get("challenge", "http-01"), "acme.challenge", ACME_CHALLENGES)
+        dns = self.acme_dns(data["dns"]) if "dns" in data else None
+        if challenge == "dns-01" and dns is None:
+            raise self.fail("acme.challenge", "\"dns-01\" needs a DNS provider in [acme.dns]")
         return AcmeConfig(
             email=data.get("email"),
             directory=directory,
             ca_bundle=self.path_in(data["ca_bundle"], "acme.ca_bundle") if "ca_bundle" in data else None,
             eab_kid=data.get("eab_kid"),
             eab_hmac_key=data.get("eab_hmac_key"),
-            challenge=self.choice(data.get("challenge", "http-01"), "acme.challenge", ("http-01", "tls-alpn-01")),
+            challenge=challenge,
+            dns=dns,
             profile=data.get("profile"),
             retry=self.duration(data.get("retry", "1m"), "acme.retry"),
             check_interval=self.duration(data.get("check_interval", "1h"), "acme.check_interval"),
         )
+
+    def acme_dns(self, data: Any) -> AcmeDnsConfig:
+        """``[acme.dns]``: one provider and its keys; secrets and credentials are read now, so a missing or
+        malformed file stops start-up instead of the first order."""
+        if not isinstance(data, dict):
+            raise self.fail("acme.dns", "must be a table")
+        if "provider" not in data:
+            raise self.fail("acme.dns.provider", f"missing (one of {', '.join(map(repr, DNS_PROVIDERS))})")
+        provider = self.choice(data["provider"], "acme.dns.provider", DNS_PROVIDERS)
+        data = self.table(data, "acme.dns", _DNS_COMMON + _DNS_KEYS[provider])
+        options: dict[str, Any] = {"provider": provider}
+        resolvers = []
+        for value in self.string_list(data.get("resolvers", []), "acme.dns.resolvers"):
+            resolvers.append(self.dns_server(value, "acme.dns.resolvers"))
+        options["resolvers"] = tuple(resolvers)
+        for key in ("propagation_timeout", "propagation_interval"):
+            if key in data:
+                options[key] = self.duration(data[key], f"acme.dns.{key}")
+        if provider == "rfc2136":
+            for required in ("server", "tsig_key_name", "tsig_secret_file"):
+                if required not in data:
+                    raise self.fail(f"acme.dns.{required}", "missing (the rfc2136 provider needs it)")
+            options["server"] = self.dns_server(data["server"], "acme.dns.server")
+            if "zone" in data:
+                if not isinstance(data["zone"], str) or not valid_route_host(normalise_host(data["zone"])):
+                    raise self.fail("acme.dns.zone", "must be a DNS name like \"example.com\"")
+                options["zone"] = normalise_host(data["zone"])
+            if not isinstance(data["tsig_key_name"], str) or not data["tsig_key_name"]:
+                raise self.fail("acme.dns.tsig_key_name", "must be the name of a TSIG key")
+            options["tsig_key_name"] = data["tsig_key_name"]
+            options["tsig_algorithm"] = self.choice(data.get("tsig_algorithm", "hmac-sha256"),
+                                                    "acme.dns.tsig_algorithm", TSIG_ALGORITHMS)
+            secret_file = self.path_in(data["tsig_secret_file"], "acme.dns.tsig_secret_file")
+            secret = self.read_file(secret_file, "acme.dns.tsig_secret_file").strip()
+            try:
+                if not secret or not base64.b64decode(secret, validate=True):
+                    raise ValueError
+            except ValueError:
+                raise self.fail("acme.dns.tsig_secret_file", f"{secret_file} does not hold a base64 TSIG secret") from None
+            options["tsig_secret"] = secret
+        elif provider == "acme-dns":
+            for required in ("api", "credentials_file"):
+                if required not in data:
+                    raise self.fail(f"acme.dns.{required}", "missing (the acme-dns provider needs it)")
+            if not isinstance(data["api"], str) or not data["api"].startswith(("http://", "https://")):
+                raise self.fail("acme.dns.api", "must be the acme-dns server's http:// or https:// URL")
+            options["api"] = data["api"]
+            path = options["credentials_file"] = self.path_in(data["credentials_file"], "acme.dns.credentials_file")
+            try:
+                credentials = json.loads(self.read_file(path, "acme.dns.credentials_file"))
+            except ValueError as e:
+                raise self.fail("acme.dns.credentials_file", f"{path} is not JSON: {e}") from None
+            fields = ("username", "password", "fulldomain", "subdomain")
+            if not isinstance(credentials, dict) or not all(
+                    isinstance(v, dict) and all(isinstance(v.get(f), str) for f in fields) for v in credentials.values()):
+                raise self.fail("acme.dns.credentials_file", f"{path} must map each domain to an object with "
+                                + ", ".join(fields))
+            options["credentials"] = {normalise_host(k): v for k, v in credentials.items()}
+        else:
+            if "program" not in data:
+                raise self.fail("acme.dns.program", "missing (the exec provider needs the hook to run)")
+            program = self.path_in(data["program"], "acme.dns.program")
+            if not os.access(program, os.X_OK) or os.path.isdir(program):
+                raise self.fail("acme.dns.program", f"{program} is not an executable file")
+            options["program"] = program
+        return AcmeDnsConfig(**options)
+
+    def dns_server(self, value: Any, key: str) -> tuple[str, int]:
+        if not isinstance(value, str):
+            raise self.fail(key, "must be an address like \"192.0.2.53:53\"")
+        try:
+            return parse_dns_server(value)
+        except ValueError as e:
+            raise self.fail(key, str(e)) from None
+
+    def read_file(self, path: str, key: str) -> str:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise self.fail(key, f"cannot read {path}: {e.strerror}") from None
 
     def listen(self, data: Any) -> Listen:
         data = self.table(data, "listen", ("ssh", "http", "https", "accept_proxy"))
@@ -586,7 +718,7 @@ class _Parser:
         for index, item in enumerate(data):
             key = f"routes[{index}]"
             item = self.table(item, key, ("name", "hosts", "tls", "backend", "acme_backend", "http", "paths",
-                                          "max_body", "http_backend", "doors"))
+                                          "max_body", "http_backend", "doors", "acme_challenge"))
             for required in ("hosts", "tls", "backend"):
                 if required not in item:
                     raise self.fail(f"{key}.{required}", "missing")
@@ -671,8 +803,13 @@ class _Parser:
                 if label in names:
                     label = key
             names[label] = index
+            acme_challenge = None
+            if "acme_challenge" in item:
+                acme_challenge = self.choice(item["acme_challenge"], f"{key}.acme_challenge", ACME_CHALLENGES)
+                if tls == "passthrough":
+                    raise self.fail(f"{key}.acme_challenge", "a passthrough route has no certificate of the edge's")
             routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index, paths, max_body, label,
-                                http_backend, route_doors))
+                                http_backend, route_doors, acme_challenge))
         for name, door in doors.items():
             if door.sni and door.backend is None and not any(name in route.doors for route in routes):
                 raise self.fail("doors", f"door {name!r} has sni = true but no route lists it in doors "

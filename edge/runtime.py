@@ -112,10 +112,15 @@ class Runtime:
                              host=host, route=route.name)
                 elif config.acme is not None and not wildcard:
                     log.info("{host} ({route}): certificate from ACME", host=host, route=route.name)
+                elif config.acme is not None and config.acme.dns is not None and host != "*":
+                    log.info("{host} ({route}): wildcard certificate from ACME (DNS-01, {provider})",
+                             host=host, route=route.name, provider=config.acme.dns.provider)
+                    continue
                 if config.acme is not None and wildcard:
                     raise MissingCertificate(
                         f"routes[{route.index}].hosts: {host!r} needs a static certificate in [edge] certs_dir "
-                        f"(ACME here issues one certificate per name, not wildcards)")
+                        + ("(no certificate covers every name)" if host == "*" else
+                           "or a DNS provider in [acme.dns] (a wildcard certificate needs the dns-01 challenge)"))
                 if config.acme is None and issuer is None:
                     raise MissingCertificate(
                         f"routes[{route.index}].hosts: no certificate for {host!r} "

@@ -25,6 +25,19 @@ def events(e) -> list[dict]:
     return e.events()
 
 
+def wait_events(e, predicate, timeout: float = 10) -> list[dict]:
+    """The access events once ``predicate(events)`` holds: a connection's line is written when the edge
+    has closed it, which may be just after the client saw the close."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = e.events()
+        if predicate(found):
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"access events never matched: {found}")
+        time.sleep(0.05)
+
+
 def peer_names(port: int, name: str, ca) -> set[str]:
     """The DNS names of the certificate the backend behind ``port`` shows for ``name``."""
     context = ssl.create_default_context(cafile=str(ca.ca_pem))
@@ -95,6 +108,7 @@ def test_sni_door_routes_tls_by_server_name_among_its_routes(edge, mail_origins,
     with socket.create_connection(("127.0.0.1", imaps), timeout=10) as raw:
         raw.sendall(b"a001 LOGIN x y\r\n")
         assert raw.recv(100) == b""
+    wait_events(e, lambda found: any(ev.get("ended") == "error: not TLS" for ev in found))
     found = [ev for ev in events(e) if ev.get("kind") == "connection" and ev.get("listener") == "imaps"]
     routes = {ev["route"] for ev in found}
     assert {"mail-imaps", "imap2.example.test"} <= routes, found
@@ -126,7 +140,8 @@ def test_plain_door_forwards_every_connection_with_the_proxy_protocol(edge, star
     out = subprocess.run(["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{door}/"], capture_output=True,
                          text=True, timeout=20)
     assert out.stdout == "client=127.0.0.1\n", out.stderr
-    event = next(ev for ev in events(e) if ev.get("kind") == "connection" and ev.get("listener") == "alt"
+    found = wait_events(e, lambda found: any(ev.get("listener") == "alt" and ev.get("bytes_out") for ev in found))
+    event = next(ev for ev in found if ev.get("kind") == "connection" and ev.get("listener") == "alt"
                  and ev.get("bytes_out"))
     assert event["backend"] == "app" and event["route"] == "alt" and event["bytes_in"] > 0
 
@@ -169,6 +184,9 @@ def test_http_forward_sends_port_80_to_the_cluster(edge, start, tmp_path, tls_or
                           "Host: other.example.test", f"http://127.0.0.1:{e.http_port}/"],
                          capture_output=True, text=True, timeout=20)
     assert out.stdout == "308"
+    wait_events(e, lambda found: sum(1 for ev in found if ev.get("backend") == "cluster-80"
+                                     and ev.get("kind") == "connection") == 2
+                and any(ev.get("status") == 308 for ev in found))
     forwarded = [ev for ev in events(e) if ev.get("kind") == "request" and ev.get("outcome") == "forwarded"]
     assert len(forwarded) == 2 and {ev["backend"] for ev in forwarded} == {"cluster-80"}
     connections = [ev for ev in events(e) if ev.get("kind") == "connection" and ev.get("backend") == "cluster-80"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import josepy as jose
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edge.acme.dns01 import DnsProblem
 from edge.config import AcmeConfig
 
 USER_AGENT = "edge (https://github.com/) acme-python"
@@ -50,6 +51,8 @@ def describe(error: BaseException) -> str:
                 if challb.error is not None:
                     parts.append(f"{authzr.body.identifier.value}: {challb.error.typ} {challb.error.detail}")
         return "validation failed: " + "; ".join(parts)
+    if isinstance(error, DnsProblem):  # already one line naming the provider, the record and the answer
+        return str(error)
     if isinstance(error, messages.Error):
         return f"{error.typ}: {error.detail}"
     if isinstance(error, errors.TimeoutError):
@@ -91,33 +94,60 @@ class AcmeSession:
         held, unread, in CLOSE-WAIT once the CA closed it.  The next request opens a new one."""
         self.client.net.session.close()
 
-    def obtain(self, host: str, publish: Callable[..., None], withdraw: Callable[..., None]) -> tuple[bytes, Any]:
-        """Order, prove control of ``host``, finalise; return (fullchain PEM, key)."""
+    def obtain(self, identifiers: str | Sequence[tuple[str, str]], publish: Callable[..., None],
+               withdraw: Callable[..., None], dns: Any = None) -> tuple[bytes, Any]:
+        """Order one certificate, prove control of its names, finalise; return (fullchain PEM, key).
+
+        ``identifiers`` is a host name (proved with ``[acme] challenge``) or
+        ``(name, challenge)`` pairs, e.g. ``[("*.x.test", "dns-01"), ("x.test", "http-01")]``.
+        HTTP-01 and TLS-ALPN-01 answers go through ``publish``/``withdraw``; DNS-01
+        values through ``dns`` (a :class:`edge.acme.dns_solver.Dns01Solver`), all
+        written and propagated before the CA is told, and removed afterwards.
+        """
+        if isinstance(identifiers, str):
+            identifiers = [(identifiers, self.config.challenge)]
+        wanted = dict(identifiers)
         key = ec.generate_private_key(ec.SECP256R1())
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-        csr = crypto_util.make_csr(key_pem, [host])
+        csr = crypto_util.make_csr(key_pem, list(wanted))
         order = self.client.new_order(csr, profile=self.config.profile) if self.config.profile \
             else self.client.new_order(csr)
-        wanted = self.config.challenge
         published = []
+        dns_values: list[tuple[str, str]] = []
+        dns_answers = []
+        dns_records: list[Any] = []
         try:
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
                     continue
-                challb = next((c for c in authz.body.challenges if c.chall.typ == wanted), None)
+                name = ("*." if authz.body.wildcard else "") + authz.body.identifier.value
+                kind = wanted.get(name, self.config.challenge)
+                challb = next((c for c in authz.body.challenges if c.chall.typ == kind), None)
                 if challb is None:
-                    raise AcmeProblem(f"the CA offers no {wanted} challenge for {host}")
+                    raise AcmeProblem(f"the CA offers no {kind} challenge for {name}")
                 response, validation = challb.chall.response_and_validation(self.key)
+                if kind == "dns-01":
+                    if dns is None:
+                        raise AcmeProblem(f"{name} needs dns-01, and [acme.dns] names no DNS provider")
+                    dns_values.append((name, validation))
+                    dns_answers.append((challb, response))
+                    continue
                 token = challb.chall.encode("token")
-                publish(wanted, host, token, validation)
-                published.append((wanted, host, token))
+                publish(kind, name, token, validation)
+                published.append((kind, name, token))
                 self.client.answer_challenge(challb, response)
+            if dns_values:
+                dns.present(dns_values, dns_records)
+                for challb, response in dns_answers:
+                    self.client.answer_challenge(challb, response)
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=90)
             order = self.client.poll_and_finalize(order, deadline)
         finally:
             for item in published:
                 withdraw(*item)
+            if dns_records:
+                dns.cleanup(dns_records)
             self.hang_up()
         return order.fullchain_pem.encode("ascii"), key
 

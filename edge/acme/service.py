@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import threading
 from typing import Any
 
 from twisted.application.service import Service
@@ -23,6 +24,8 @@ from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.logger import Logger
 
 from edge import metrics
+from edge.acme.dns01 import plan_certificates
+from edge.acme.dns_solver import Dns01Solver
 from edge.acme.issuer import AcmeSession, describe
 from edge.acme.responders import ChallengeResponders
 from edge.acme.storage import AcmeStorage
@@ -35,14 +38,8 @@ MAX_BACKOFF = 86400.0
 
 
 def managed_hosts(config: Config, store: CertificateStore) -> list[str]:
-    """Terminated exact host names that no static certificate covers."""
-    hosts = []
-    for route in config.routes:
-        if route.terminated:
-            for host in route.hosts:
-                if not host.startswith("*") and store.covered(host) is None and host not in hosts:
-                    hosts.append(host)
-    return hosts
+    """Terminated host names that no static certificate covers; ``*.suffix`` too with [acme.dns] (DNS-01)."""
+    return list(plan_certificates(config.routes, config.acme.challenge, config.acme.dns is not None, store.covered))
 
 
 def due(cert: Certificate | None, now: datetime.datetime) -> bool:
@@ -66,6 +63,12 @@ class AcmeService(Service):
         self.reactor = reactor
         self.storage = AcmeStorage(config.state_dir, self.acme.directory)
         self.hosts = managed_hosts(config, store)
+        self.identifiers = plan_certificates(config.routes, self.acme.challenge, self.acme.dns is not None,
+                                             store.covered)  # certificate name -> [(name, challenge)]
+        self.stopping = threading.Event()  # ends a DNS-01 propagation wait: its records are removed next start
+        self.dns = None if self.acme.dns is None else Dns01Solver(
+            self.acme.dns, self.storage.dir / "dns-pending.json", self._note, self.stopping)
+        self.swept = False
         self.current: dict[str, Certificate] = {}
         self.backoff: dict[str, tuple[float, float]] = {}  # host -> (delay, not before)
         self.session: AcmeSession | None = None
@@ -93,6 +96,7 @@ class AcmeService(Service):
 
     def stopService(self):
         super().stopService()
+        self.stopping.set()
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -108,6 +112,9 @@ class AcmeService(Service):
         self.timer = None
         yield self.lock.acquire()
         try:
+            if self.dns is not None and not self.swept:  # DNS-01 records a stop left behind
+                self.swept = True
+                yield deferToThread(self.dns.sweep)
             for host in list(self.hosts):
                 if not self.running:
                     return
@@ -141,12 +148,14 @@ class AcmeService(Service):
         renewing = host in self.current
         log.info("{what} a certificate for {host} from {directory} ({challenge})",
                  what="renewing" if renewing else "ordering", host=host,
-                 directory=self.acme.directory, challenge=self.acme.challenge)
+                 directory=self.acme.directory,
+                 challenge=", ".join(sorted({c for _, c in self.identifiers.get(host, [(host, self.acme.challenge)])})))
         try:
             if self.session is None:
                 account_key = self.storage.account_key()
                 self.session = yield deferToThread(AcmeSession, self.acme, account_key)
-            chain, key = yield deferToThread(self.session.obtain, host, self._publish, self._withdraw)
+            chain, key = yield deferToThread(self.session.obtain, self.identifiers.get(host, host), self._publish,
+                                             self._withdraw, self.dns)
         except Exception as e:  # the CA said no, or could not be reached
             self.session = None  # start afresh next time: directory, nonce, account
             delay = min(MAX_BACKOFF, self.backoff[host][0] * 2) if host in self.backoff else self.acme.retry
@@ -164,6 +173,10 @@ class AcmeService(Service):
             self.on_issued()
         log.info("certificate for {host} obtained from ACME, expires {expiry:%Y-%m-%d %H:%M} UTC; now serving it",
                  host=host, expiry=cert.not_after)
+
+    def _note(self, text: str) -> None:
+        """A log line from the worker thread (DNS-01 progress)."""
+        self.reactor.callFromThread(log.info, "{text}", text=text)
 
     def _publish(self, kind: str, host: str, token: str, validation: str) -> None:
         if kind == "http-01":
