@@ -201,6 +201,14 @@ class AcmeConfig:
 
 
 @dataclass(frozen=True)
+class Discovery:
+    """``[discovery]``: routes from container labels on podman's Docker-compatible API."""
+
+    podman: str  # the API's unix socket path
+    interval: float = 30.0  # a full list this often, in case events were missed
+
+
+@dataclass(frozen=True)
 class Door:
     """An extra front door (``[[doors]]``): IMAPS on 993, SMTPS on 465, another SSH...
 
@@ -237,6 +245,7 @@ class Config:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     admin_debug: bool = False  # [admin] debug: /debug/objects on the admin listener
     doors: tuple[Door, ...] = ()  # [[doors]]: extra TCP front doors
+    discovery: Discovery | None = None  # [discovery]: routes from podman container labels
 
 
 def load(path: str | Path) -> Config:
@@ -360,7 +369,7 @@ class _Parser:
 
     def config(self, data: Mapping[str, Any]) -> Config:
         self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "admin", "acme", "backends", "routes",
-                               "doors"))
+                               "doors", "discovery"))
         acme = self.acme(data["acme"]) if "acme" in data else None
         admin_table = self.table(data.get("admin", {}), "admin", ("listen", "debug"))
         admin_debug = admin_table.get("debug", False)
@@ -423,7 +432,16 @@ class _Parser:
             routes=routes,
             raw=data,
             doors=doors,
+            discovery=self.discovery(data["discovery"]) if "discovery" in data else None,
         )
+
+    def discovery(self, data: Any) -> Discovery:
+        data = self.table(data, "discovery", ("podman", "interval"))
+        socket = data.get("podman")
+        if not isinstance(socket, str) or not socket.startswith("unix:///"):
+            raise self.fail("discovery.podman", "must be the API socket as \"unix:///run/podman/podman.sock\" "
+                                                "(rootless: unix://$XDG_RUNTIME_DIR/podman/podman.sock)")
+        return Discovery(socket[len("unix://"):], self.duration(data.get("interval", "30s"), "discovery.interval"))
 
     def acme(self, data: Any) -> AcmeConfig:
         data = self.table(data, "acme", ("email", "directory", "ca_bundle", "eab_kid", "eab_hmac_key", "challenge",

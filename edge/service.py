@@ -26,7 +26,9 @@ from edge.acme.service import AcmeService
 from edge.admin import admin_site, note_reload
 from edge.certs.files import CertificateFileError, load_directory
 from edge import connection
-from edge.config import Config, ConfigError, load
+from edge.config import Config, ConfigError, load, parse
+from edge.discovery.labels import Container, merge
+from edge.discovery.podman import PodmanDiscovery
 from edge.dispatch import DispatchFactory
 from edge.event_loop import lighten, settle_memory
 from edge.health import HealthService
@@ -72,6 +74,10 @@ def check_config(config_path: str, reactor: Any = None) -> str:
             f"{files} certificate file{'s' if files != 1 else ''}{issued}")
 
 
+def _acme_hosts(config: Config) -> tuple:
+    return tuple(sorted({h for route in config.routes if route.terminated for h in route.hosts}))
+
+
 def _loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -91,6 +97,11 @@ class EdgeService(MultiService):
         self.config_path = config.path
         self.responders = ChallengeResponders()
         self.connections: set = set()  # every client connection, across reloads, for draining
+        self.file_config = config  # the file's own; discovered routes are added to it (_compose)
+        self.discovered: list[Container] = []
+        self.discovery: PodmanDiscovery | None = None
+        self.discovery_routes: set[str] = set()  # containers routed now
+        self.discovery_noted: set[tuple[str, str]] = set()  # problems logged once
         self.runtime = build_runtime(config, reactor, self.responders)
         self.factories = {door: DispatchFactory(lambda: self.runtime, door, self.connections)
                           for door in ("ssh", "http", "https")}
@@ -107,6 +118,7 @@ class EdgeService(MultiService):
         self._bind_all(config)
         self._start_acme(config)
         self._start_health()
+        self._start_discovery(config)
         self.supervisor: WorkerSupervisor | None = None
         if worker == 0 and config.workers > 1:
             self.supervisor = WorkerSupervisor(reactor, config.workers, config.timeouts.drain)
@@ -181,6 +193,64 @@ class EdgeService(MultiService):
                                     orders=self.worker == 0, on_issued=self._certificate_issued)
             self.acme.setServiceParent(self)
 
+    def _start_discovery(self, config: Config) -> None:
+        """Watch podman's API while ``[discovery]`` says so (a new watcher if its settings changed)."""
+        wanted = config.discovery
+        if self.discovery is not None and (wanted is None or (self.discovery.socket_path, self.discovery.interval)
+                                           != (wanted.podman, wanted.interval)):
+            self.discovery.disownServiceParent()
+            self.discovery = None
+        if wanted is not None and self.discovery is None:
+            self.discovery = PodmanDiscovery(self.reactor, wanted.podman, wanted.interval, self._containers_changed)
+            self.discovery.setServiceParent(self)
+
+    def _compose(self, file_config: Config) -> Config:
+        """``file_config`` plus the routes of labelled containers (the file wins every clash)."""
+        if file_config.discovery is None or not any(c.labelled for c in self.discovered):
+            self._note_discovery(set(), [])
+            return file_config
+        store = self.runtime.certificates
+
+        def can_terminate(host: str) -> bool:
+            return file_config.issuer == "local" or file_config.acme is not None or store.covered(host) is not None
+
+        data, routed, problems = merge(file_config.raw, self.discovered, file_config.path, can_terminate)
+        self._note_discovery(set(routed), problems)
+        return parse(data, file_config.path)
+
+    def _note_discovery(self, routed: set[str], problems: list) -> None:
+        for name in sorted(routed - self.discovery_routes):
+            log.info("route podman/{container} added from the labels of container {container}", container=name)
+        for name in sorted(self.discovery_routes - routed):
+            log.info("route podman/{container} removed: container {container} stopped or lost its labels",
+                     container=name)
+        self.discovery_routes = routed
+        for problem in problems:
+            if (problem.container, problem.text) not in self.discovery_noted:
+                self.discovery_noted.add((problem.container, problem.text))
+                log.warn("container {container}: {problem}", container=problem.container, problem=problem.text)
+
+    def _containers_changed(self, containers: list[Container]) -> None:
+        """podman's list changed: the same snapshot swap as a reload, from the file's last good config."""
+        self.discovered = containers
+        try:
+            config = self._compose(self.file_config)
+            runtime = build_runtime(config, self.reactor, self.responders, previous=self.runtime)
+        except (ConfigError, StartupError) as e:
+            log.error("routes from podman not applied, the running configuration stays: {error}", error=str(e))
+            return
+        self._swap(config, runtime)
+
+    def _swap(self, config: Config, runtime: Runtime, reload: bool = False) -> None:
+        """New connections use ``runtime``; open ones keep theirs.  ACME starts again on a reload (it
+        re-reads its state) or when the terminated hosts changed."""
+        previous, self.runtime = self.runtime, runtime
+        previous.retire(runtime)  # requests in flight finish on their old connections
+        settle_memory()
+        if reload or _acme_hosts(previous.config) != _acme_hosts(config) or previous.config.acme != config.acme:
+            self._start_acme(config)
+        self._start_health()
+
     def _certificate_issued(self) -> None:
         """Other workers read new certificates from state_dir on reload."""
         if getattr(self, "supervisor", None) is not None:
@@ -234,8 +304,9 @@ class EdgeService(MultiService):
         """Re-read the config; apply it if valid, else log why and keep the old one."""
         new: dict[tuple[str, Any], ListenerService] = {}
         try:
-            config = load(self.config_path)
-            new = self._bind_new(config)  # first: a door that cannot be bound changes nothing
+            file_config = load(self.config_path)
+            new = self._bind_new(file_config)  # first: a door that cannot be bound changes nothing
+            config = self._compose(file_config)
             runtime = build_runtime(config, self.reactor, self.responders, previous=self.runtime)
         except (ConfigError, StartupError) as e:
             for listener in new.values():
@@ -243,14 +314,12 @@ class EdgeService(MultiService):
             log.error("reload refused, the running configuration stays: {error}", error=str(e))
             note_reload(f"refused: {e}")
             return False
-        previous, self.runtime = self.runtime, runtime
-        previous.retire(runtime)  # requests in flight finish on their old connections
-        settle_memory()
+        self.file_config = file_config
+        self._swap(config, runtime, reload=True)
         if getattr(self, "supervisor", None) is not None:
             self.supervisor.signal(signal.SIGHUP)
         self._use_listeners(config, new)
-        self._start_acme(config)
-        self._start_health()
+        self._start_discovery(config)
         self._mtime = self._config_mtime()
         if self.running:
             self._watch(config.watch)
