@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import datetime
 import random
+import threading
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import DeferredLock, inlineCallbacks
-from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.logger import Logger
 
 from edge import metrics
 from edge.acme.issuer import AcmeSession, describe
 from edge.acme.responders import ChallengeResponders
 from edge.acme.storage import AcmeStorage
+from edge.acme.threads import Cancelled, run_in_daemon_thread
 from edge.certs.store import Certificate, CertificateStore
 from edge.config import Config
 
@@ -71,9 +72,11 @@ class AcmeService(Service):
         self.session: AcmeSession | None = None
         self.lock = DeferredLock()
         self.timer: Any = None
+        self.cancel = threading.Event()  # set on stop: ACME threads give up between two requests
 
     def startService(self) -> None:
         super().startService()
+        self.cancel = threading.Event()
         now = datetime.datetime.now(datetime.timezone.utc)
         for host in self.hosts:
             cert = self.storage.load(host)
@@ -92,7 +95,9 @@ class AcmeService(Service):
             self._schedule(0)
 
     def stopService(self):
+        """Stop at once: an order in progress is cancelled, and nothing waits for its thread."""
         super().stopService()
+        self.cancel.set()
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -130,7 +135,7 @@ class AcmeService(Service):
         if due(cert, now):
             return True
         if self.session is not None:
-            when = yield deferToThread(self.session.renewal_time, self.storage.chain_pem(host))
+            when = yield self._thread(self.session.renewal_time, self.storage.chain_pem(host))
             if when is not None and when <= now:
                 log.info("the CA asks for {host} to be renewed early", host=host)
                 return True
@@ -145,9 +150,12 @@ class AcmeService(Service):
         try:
             if self.session is None:
                 account_key = self.storage.account_key()
-                self.session = yield deferToThread(AcmeSession, self.acme, account_key)
-            chain, key = yield deferToThread(self.session.obtain, host, self._publish, self._withdraw)
+                self.session = yield self._thread(AcmeSession, self.acme, account_key, self.cancel)
+            chain, key = yield self._thread(self.session.obtain, host, self._publish, self._withdraw)
         except Exception as e:  # the CA said no, or could not be reached
+            if not self.running or isinstance(e, Cancelled):
+                log.info("the order for {host} was abandoned: the edge is stopping", host=host)
+                return
             self.session = None  # start afresh next time: directory, nonce, account
             delay = min(MAX_BACKOFF, self.backoff[host][0] * 2) if host in self.backoff else self.acme.retry
             self.backoff[host] = (delay, self.reactor.seconds() + delay)
@@ -165,14 +173,23 @@ class AcmeService(Service):
         log.info("certificate for {host} obtained from ACME, expires {expiry:%Y-%m-%d %H:%M} UTC; now serving it",
                  host=host, expiry=cert.not_after)
 
+    def _thread(self, function: Any, *args: Any):
+        """A blocking ACME step, in a thread that a stop does not wait for."""
+        if self.cancel.is_set():
+            raise Cancelled()
+        return run_in_daemon_thread(self.reactor, function, *args)
+
     def _publish(self, kind: str, host: str, token: str, validation: str) -> None:
+        """Called in the ACME thread: the responders are thread-safe, so this never waits for the reactor."""
+        if self.cancel.is_set():
+            raise Cancelled()
         if kind == "http-01":
-            blockingCallFromThread(self.reactor, self.responders.add_http01, host, token, validation)
+            self.responders.add_http01(host, token, validation)
         else:
-            blockingCallFromThread(self.reactor, self.responders.add_tls_alpn01, host, validation)
+            self.responders.add_tls_alpn01(host, validation)
 
     def _withdraw(self, kind: str, host: str, token: str) -> None:
         if kind == "http-01":
-            blockingCallFromThread(self.reactor, self.responders.remove_http01, host, token)
+            self.responders.remove_http01(host, token)
         else:
-            blockingCallFromThread(self.reactor, self.responders.remove_tls_alpn01, host)
+            self.responders.remove_tls_alpn01(host)
