@@ -14,6 +14,15 @@ from tests.test_acme import HOSTS, acme_body, dns, fetch, origin  # noqa: F401 (
 DRAIN = 2.0
 
 
+def wait_count(program, text: str, count: int, timeout: float = 60) -> None:
+    """Wait until ``text`` is in ``program``'s log ``count`` times (a restarted edge appends to it)."""
+    deadline = time.monotonic() + timeout
+    while program.log().count(text) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not {count} times in the log:\n{program.log()}")
+        time.sleep(0.05)
+
+
 def wait_exit(program, timeout: float) -> float:
     """Seconds until ``program`` exited; AssertionError if it is still running after ``timeout``."""
     began = time.monotonic()
@@ -46,3 +55,61 @@ def test_sigterm_during_a_validation_exits_within_the_drain_time(start, tmp_path
     assert took < DRAIN + 5
     assert "Traceback" not in edge.log(), edge.log()
     assert "failed" not in edge.log(), edge.log()
+
+
+def multi_host_body(origin: int, directory: str, ca, hosts, extra: str = "") -> str:
+    body = acme_body(origin, directory, ca).replace(f"hosts = {list(HOSTS)!r}".replace("'", '"'),
+                                                    f"hosts = {list(hosts)!r}".replace("'", '"'))
+    return body.replace('retry = "1s"', 'retry = "1s"\n' + extra) if extra else body
+
+
+def state_dir_certs(edge: Edge):
+    return list((edge.config.parent / "state" / "acme").glob("*/certs"))[0]
+
+
+CORRUPT = ("good.example.test", "cert-cut.example.test", "key-empty.example.test", "key-other.example.test",
+           "chain-cut.example.test")
+
+
+def test_corrupt_state_never_stops_the_edge(start, tmp_path, ca, dns, origin):
+    """Each kind of damage a user's disk can do to state_dir: the edge starts, serves the intact host at
+    once, names each bad file, moves it aside and orders that host again; a truncated account key is
+    replaced; a certificate deleted while running is ordered again without stopping the other checks."""
+    ports = {"http": free_port(), "https": free_port()}
+    pebble = start(Pebble, tmp_path, ca, dns.dns_port, ports["http"], ports["https"])
+    body = multi_host_body(origin, pebble.directory, ca, CORRUPT, 'check_interval = "2s"')
+    first = start(Edge, tmp_path / "edge", body, ports=ports)
+    for host in CORRUPT:
+        first.wait_log(f"certificate for {host} obtained from ACME", timeout=60)
+    first.stop()
+    assert pebble.count("POST /finalize-order/") == len(CORRUPT)
+    root = pebble.root_pem()
+
+    certs = state_dir_certs(first)
+    account = certs.parent / "account.key"
+    account.write_bytes(account.read_bytes()[:60])
+    from tests.support.acme_state import corrupt
+    bad = corrupt(certs, CORRUPT[1:])
+
+    edge = start(Edge, tmp_path / "edge", body, ports=ports)
+    result = fetch(edge.https_port, CORRUPT[0], root, tmp_path)  # served from the first moment
+    assert result.returncode == 0, result.stderr
+    for host, path in bad.items():
+        edge.wait_log(f"stored ACME certificate for {host} is unusable: {path}:", timeout=10)
+    edge.wait_log(f"ACME account key {account}: ")
+    for host in CORRUPT[1:]:
+        wait_count(edge, f"certificate for {host} obtained from ACME", 2)
+        assert fetch(edge.https_port, host, root, tmp_path).returncode == 0
+    assert pebble.count("POST /finalize-order/") == 2 * len(CORRUPT) - 1
+    assert len(list(certs.parent.glob("account.key.bad-*"))) == 1
+    for host in CORRUPT[1:]:
+        assert list(certs.glob(f"{host}.*.bad-*")), host
+    assert edge.log().count("ordering a certificate for good.example.test") == 1  # the first edge's order only
+
+    # Deleted while running: the next check notices, orders it again, and checks the others too.
+    for path in certs.glob(f"{CORRUPT[0]}.*"):
+        path.unlink()
+    edge.wait_log(f"stored ACME certificate for {CORRUPT[0]} is gone", timeout=10)
+    wait_count(edge, f"certificate for {CORRUPT[0]} obtained from ACME", 2)
+    assert fetch(edge.https_port, CORRUPT[0], root, tmp_path).returncode == 0
+    assert "Traceback" not in edge.log(), edge.log()

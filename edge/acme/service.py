@@ -18,6 +18,7 @@ import random
 import threading
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from twisted.application.service import Service
 from twisted.internet.defer import DeferredLock, inlineCallbacks
 from twisted.logger import Logger
@@ -25,7 +26,7 @@ from twisted.logger import Logger
 from edge import metrics
 from edge.acme.issuer import AcmeSession, describe
 from edge.acme.responders import ChallengeResponders
-from edge.acme.storage import AcmeStorage
+from edge.acme.storage import AcmeStorage, StoredPairError
 from edge.acme.threads import Cancelled, run_in_daemon_thread
 from edge.certs.store import Certificate, CertificateStore
 from edge.config import Config
@@ -79,10 +80,8 @@ class AcmeService(Service):
         self.cancel = threading.Event()
         now = datetime.datetime.now(datetime.timezone.utc)
         for host in self.hosts:
-            cert = self.storage.load(host)
+            cert = self._refresh(host)
             if cert is not None:
-                self.current[host] = cert
-                self.store.add(cert)
                 log.info("certificate for {host}: ACME, expires {expiry:%Y-%m-%d} ({days:.0f} days)",
                          host=host, expiry=cert.not_after, days=(cert.not_after - now).total_seconds() / 86400)
             else:
@@ -93,6 +92,37 @@ class AcmeService(Service):
                          host=host, fallback=fallback)
         if self.orders:
             self._schedule(0)
+
+    def _refresh(self, host: str) -> Certificate | None:
+        """Read ``host``'s stored pair again and serve it if it is new.  A pair unfit to serve is logged
+        with its file, moved aside and forgotten (so the host is ordered again); one that vanished is
+        forgotten too, while the copy in memory goes on being served until the new one arrives."""
+        try:
+            cert = self.storage.load(host)
+        except StoredPairError as e:
+            try:
+                moved = ", ".join(path.name for path in self.storage.quarantine(host))
+            except OSError as error:
+                moved = f"(could not move it aside: {error.strerror or error})"
+            log.error("stored ACME certificate for {host} is unusable: {path}: {reason}; moved aside as {moved}; "
+                      "{what}", host=host, path=str(e.path), reason=e.reason, moved=moved,
+                      what="ordering a new one" if self.orders else "the ordering worker orders a new one")
+            self.current.pop(host, None)
+            return None
+        except OSError as e:
+            log.error("stored ACME certificate for {host} cannot be read: {error}", host=host, error=str(e))
+            self.current.pop(host, None)
+            return None
+        if cert is None:
+            if self.current.pop(host, None) is not None:
+                log.warn("stored ACME certificate for {host} is gone from {path}; ordering a new one",
+                         host=host, path=str(self.storage.paths(host)[0]))
+            return None
+        known = self.current.get(host)
+        if known is None or known.chain[0] != cert.chain[0]:
+            self.current[host] = cert
+            self.store.add(cert)
+        return self.current[host]
 
     def stopService(self):
         """Stop at once: an order in progress is cancelled, and nothing waits for its thread."""
@@ -116,11 +146,15 @@ class AcmeService(Service):
             for host in list(self.hosts):
                 if not self.running:
                     return
-                if self.backoff.get(host, (0, 0))[1] > self.reactor.seconds():
-                    continue
-                needed = yield self._needs(host)
-                if needed:
-                    yield self._obtain(host)
+                try:  # one host's trouble never stops the round for the others
+                    self._refresh(host)
+                    if self.backoff.get(host, (0, 0))[1] > self.reactor.seconds():
+                        continue
+                    needed = yield self._needs(host)
+                    if needed:
+                        yield self._obtain(host)
+                except Exception:
+                    log.failure("ACME check of {host} failed", host=host)
         finally:
             self.lock.release()
             if self.running:
@@ -135,7 +169,8 @@ class AcmeService(Service):
         if due(cert, now):
             return True
         if self.session is not None:
-            when = yield self._thread(self.session.renewal_time, self.storage.chain_pem(host))
+            pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cert.chain)
+            when = yield self._thread(self.session.renewal_time, pem)
             if when is not None and when <= now:
                 log.info("the CA asks for {host} to be renewed early", host=host)
                 return True

@@ -1,24 +1,49 @@
 """ACME state on disk under ``state_dir/acme``: the account key and the certificates.
 
 Keys are written 0600 and every file atomically (temp file, fsync, rename),
-so a crash never leaves half a certificate behind.
+so a crash never leaves half a certificate behind.  What is read back is
+checked (:mod:`edge.acme.pairs`): a file that is not fit to use is moved
+aside as ``NAME.bad-YYYYMMDDHHMMSS`` and the caller orders again.
 """
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.logger import Logger
 
+from edge.acme.pairs import PairProblem, bad_name, check_pair, parse_key
 from edge.certs.local_ca import write_private
 from edge.certs.store import Certificate
+
+log = Logger()
 
 
 def _pem_key(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+class StoredPairError(Exception):
+    """A stored certificate or key is not fit to serve: ``path`` is the file at fault."""
+
+    def __init__(self, path: Path, problem: PairProblem) -> None:
+        super().__init__(f"{path}: {problem.reason}")
+        self.path = path
+        self.reason = problem.reason
+
+
+def move_aside(path: Path) -> Path:
+    """Rename ``path`` to ``NAME.bad-TIMESTAMP`` (a free one) and return the new path."""
+    base = bad_name(path.name, datetime.datetime.now(datetime.timezone.utc))
+    target, n = path.with_name(base), 1
+    while target.exists():
+        target, n = path.with_name(f"{base}.{n}"), n + 1
+    path.rename(target)
+    return target
 
 
 class AcmeStorage:
@@ -30,25 +55,41 @@ class AcmeStorage:
         self.certs.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def account_key(self) -> ec.EllipticCurvePrivateKey:
-        """The account key, created once and reused across restarts."""
+        """The account key, created once and reused across restarts; one that does not parse is logged,
+        moved aside and replaced (the account is then a new one: the old key is lost anyway)."""
         path = self.dir / "account.key"
         if path.exists():
-            return serialization.load_pem_private_key(path.read_bytes(), None)
+            try:
+                return parse_key(path.read_bytes())
+            except PairProblem as e:
+                moved = move_aside(path)
+                log.error("ACME account key {path}: {reason}; moved aside to {moved}, creating a new account",
+                          path=str(path), reason=e.reason, moved=moved.name)
         key = ec.generate_private_key(ec.SECP256R1())
         write_private(path, _pem_key(key))
         return key
 
+    def paths(self, host: str) -> list[Path]:
+        """The files holding ``host``'s pair."""
+        return [self.certs / f"{host}.pem", self.certs / f"{host}.key"]
+
     def save(self, host: str, chain_pem: bytes, key) -> Certificate:
         write_private(self.certs / f"{host}.key", _pem_key(key))
         write_private(self.certs / f"{host}.pem", chain_pem, 0o644)
-        return Certificate(x509.load_pem_x509_certificates(chain_pem), key, "acme")
+        chain, key = check_pair(host, chain_pem, _pem_key(key))
+        return Certificate(chain, key, "acme")
 
     def load(self, host: str) -> Certificate | None:
-        pem, key = self.certs / f"{host}.pem", self.certs / f"{host}.key"
+        """The stored pair for ``host``, checked; None if there is none; StoredPairError if it is unfit."""
+        pem, key = self.paths(host)
         if not (pem.exists() and key.exists()):
             return None
-        return Certificate(x509.load_pem_x509_certificates(pem.read_bytes()),
-                           serialization.load_pem_private_key(key.read_bytes(), None), "acme")
+        try:
+            chain, private = check_pair(host, pem.read_bytes(), key.read_bytes())
+        except PairProblem as e:
+            raise StoredPairError(key if e.part == "key" else pem, e) from None
+        return Certificate(chain, private, "acme")
 
-    def chain_pem(self, host: str) -> bytes:
-        return (self.certs / f"{host}.pem").read_bytes()
+    def quarantine(self, host: str) -> list[Path]:
+        """Move ``host``'s files aside (both: which half of a mismatched pair is wrong cannot be told)."""
+        return [move_aside(path) for path in self.paths(host) if path.exists()]
