@@ -113,3 +113,55 @@ def test_corrupt_state_never_stops_the_edge(start, tmp_path, ca, dns, origin):
     wait_count(edge, f"certificate for {CORRUPT[0]} obtained from ACME", 2)
     assert fetch(edge.https_port, CORRUPT[0], root, tmp_path).returncode == 0
     assert "Traceback" not in edge.log(), edge.log()
+
+
+def test_a_pair_is_replaced_as_one_and_the_state_is_private(start, tmp_path, ca, dns, origin):
+    """Under umask 000 every directory under state_dir is 0700; a host's key and chain live in one file.
+    A crash cut short (a half-written temp file, the old layout's key left beside a new bundle) still
+    loads a consistent pair, and the old two-file layout is read without ordering again."""
+    import os
+    import stat
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.support.acme_state import stored
+
+    ports = {"http": free_port(), "https": free_port()}
+    pebble = start(Pebble, tmp_path, ca, dns.dns_port, ports["http"], ports["https"])
+    body = acme_body(origin, pebble.directory, ca)
+    previous = os.umask(0)
+    try:
+        first = start(Edge, tmp_path / "edge", body, ports=ports)
+        for host in HOSTS:
+            first.wait_log(f"certificate for {host} obtained from ACME", timeout=60)
+    finally:
+        os.umask(previous)
+    first.stop()
+    state = tmp_path / "edge" / "state"
+    for directory in [state] + [p for p in state.rglob("*") if p.is_dir()]:
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    certs = state_dir_certs(first)
+    assert sorted(p.name for p in certs.iterdir()) == [f"{host}.pem" for host in HOSTS]
+    for path in certs.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+    # a: a crash during the next write left half a temp file, and an upgrade left the old layout's key.
+    bundle, key, chain = stored(certs, HOSTS[0])
+    (certs / f"{HOSTS[0]}.pem.tmp").write_bytes((key + chain)[:500])
+    stale = ec.generate_private_key(ec.SECP256R1())
+    (certs / f"{HOSTS[0]}.key").write_bytes(stale.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    # b: the layout before bundles, chain and key in two files.
+    bundle, key, chain = stored(certs, HOSTS[1])
+    bundle.write_bytes(chain)
+    (certs / f"{HOSTS[1]}.key").write_bytes(key)
+
+    edge = start(Edge, tmp_path / "edge", body, ports=ports)
+    root = pebble.root_pem()
+    for host in HOSTS:
+        result = fetch(edge.https_port, host, root, tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert not (certs / f"{HOSTS[0]}.pem.tmp").exists()
+    assert "unusable" not in edge.log(), edge.log()
+    assert pebble.count("POST /finalize-order/") == len(HOSTS)

@@ -1,9 +1,17 @@
 """ACME state on disk under ``state_dir/acme``: the account key and the certificates.
 
-Keys are written 0600 and every file atomically (temp file, fsync, rename),
-so a crash never leaves half a certificate behind.  What is read back is
-checked (:mod:`edge.acme.pairs`): a file that is not fit to use is moved
-aside as ``NAME.bad-YYYYMMDDHHMMSS`` and the caller orders again.
+A host's certificate and key live in one file, ``certs/HOST.pem`` (the key
+block, then the chain; 0600), so they are replaced together by one rename
+and a crash can never pair a new certificate with an old key.  Every file
+is written atomically and durably (:mod:`edge.private_files`), and every
+directory is 0700.  The layout before this one (``HOST.pem`` holding the
+chain, ``HOST.key`` the key) is still read, so existing installs are not
+ordered again; the next renewal writes the new one and removes the
+``.key`` file.
+
+What is read back is checked (:mod:`edge.acme.pairs`): a file that is not
+fit to use is moved aside as ``NAME.bad-YYYYMMDDHHMMSS`` and the caller
+orders again.
 """
 
 from __future__ import annotations
@@ -15,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.logger import Logger
 
-from edge.acme.pairs import PairProblem, bad_name, check_pair, parse_key
-from edge.certs.local_ca import write_private
+from edge.acme.pairs import PairProblem, bad_name, check_pair, parse_key, split_bundle
+from edge.private_files import fsync_dir, private_dir, write_private
 from edge.certs.store import Certificate
 
 log = Logger()
@@ -51,8 +59,9 @@ class AcmeStorage:
         # One folder per ACME server, so staging and production never mix.
         slug = "".join(c if c.isalnum() else "_" for c in directory_url.split("://", 1)[-1])[:80]
         self.dir = Path(state_dir) / "acme" / slug
-        self.certs = self.dir / "certs"
-        self.certs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.certs = private_dir(self.dir / "certs", Path(state_dir))
+        for left in self.certs.glob("*.tmp"):  # a write a crash cut short: the name it was for is intact
+            left.unlink()
 
     def account_key(self) -> ec.EllipticCurvePrivateKey:
         """The account key, created once and reused across restarts; one that does not parse is logged,
@@ -70,24 +79,38 @@ class AcmeStorage:
         return key
 
     def paths(self, host: str) -> list[Path]:
-        """The files holding ``host``'s pair."""
+        """The files that may hold ``host``'s pair: the bundle (or the old layout's chain), the old key."""
         return [self.certs / f"{host}.pem", self.certs / f"{host}.key"]
 
     def save(self, host: str, chain_pem: bytes, key) -> Certificate:
-        write_private(self.certs / f"{host}.key", _pem_key(key))
-        write_private(self.certs / f"{host}.pem", chain_pem, 0o644)
+        """Replace ``host``'s pair in one rename; return it, checked."""
         chain, key = check_pair(host, chain_pem, _pem_key(key))
+        bundle, legacy_key = self.paths(host)
+        write_private(bundle, _pem_key(key) + chain_pem)
+        if legacy_key.exists():  # the old layout's key: the bundle supersedes it
+            legacy_key.unlink()
+            fsync_dir(self.certs)
         return Certificate(chain, key, "acme")
 
     def load(self, host: str) -> Certificate | None:
         """The stored pair for ``host``, checked; None if there is none; StoredPairError if it is unfit."""
-        pem, key = self.paths(host)
-        if not (pem.exists() and key.exists()):
+        bundle, legacy_key = self.paths(host)
+        if not bundle.exists():
             return None
+        data = bundle.read_bytes()
         try:
-            chain, private = check_pair(host, pem.read_bytes(), key.read_bytes())
+            key_pem, chain_pem = split_bundle(data)
         except PairProblem as e:
-            raise StoredPairError(key if e.part == "key" else pem, e) from None
+            raise StoredPairError(bundle, e) from None
+        key_path = bundle
+        if key_pem is None:  # the old layout: the chain here, the key beside it
+            if not legacy_key.exists():
+                raise StoredPairError(bundle, PairProblem("key", "no private key in it, nor beside it"))
+            key_pem, key_path = legacy_key.read_bytes(), legacy_key
+        try:
+            chain, private = check_pair(host, chain_pem, key_pem)
+        except PairProblem as e:
+            raise StoredPairError(key_path if e.part == "key" else bundle, e) from None
         return Certificate(chain, private, "acme")
 
     def quarantine(self, host: str) -> list[Path]:

@@ -9,7 +9,6 @@ installs ``state_dir/local-ca/ca.pem``.
 from __future__ import annotations
 
 import datetime
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -18,27 +17,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge.certs.store import Certificate
+from edge.private_files import private_dir, write_private  # noqa: F401 (write_private: its old home)
 
 LEAF_LIFETIME = datetime.timedelta(days=7)
 CA_LIFETIME = datetime.timedelta(days=3650)
 
 
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write atomically (temp file, fsync, rename) with ``mode`` from the start."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 class LocalIssuer:
     def __init__(self, state_dir: str) -> None:
-        self.dir = Path(state_dir) / "local-ca"
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir = private_dir(Path(state_dir) / "local-ca", Path(state_dir))
         self.ca_cert_path = self.dir / "ca.pem"
         key_path = self.dir / "ca.key"
         if key_path.exists() and self.ca_cert_path.exists():
