@@ -165,3 +165,27 @@ def test_a_pair_is_replaced_as_one_and_the_state_is_private(start, tmp_path, ca,
     assert not (certs / f"{HOSTS[0]}.pem.tmp").exists()
     assert "unusable" not in edge.log(), edge.log()
     assert pebble.count("POST /finalize-order/") == len(HOSTS)
+
+
+def test_a_reload_during_an_order_starts_no_second_one(start, tmp_path, ca, dns, origin):
+    """SIGHUP while pebble is validating: the one ACME service takes the new config and carries on;
+    pebble sees exactly one order per name, and a host added by the reload is ordered too."""
+    import signal
+
+    ports = {"http": free_port(), "https": free_port()}
+    pebble = start(Pebble, tmp_path, ca, dns.dns_port, ports["http"], ports["https"],
+                   env={"PEBBLE_VA_NOSLEEP": None, "PEBBLE_VA_SLEEPTIME": "8"})
+    edge = start(Edge, tmp_path / "edge", acme_body(origin, pebble.directory, ca), ports=ports)
+    deadline = time.monotonic() + 60
+    while not any(int(n) >= 3 for n in re.findall(r"Sleeping for (\d+)", pebble.log())):
+        assert time.monotonic() < deadline, pebble.log()
+        time.sleep(0.05)
+    added = "c.example.test"
+    edge.config.write_text(edge.config.read_text().replace('"b.example.test"]', f'"b.example.test", "{added}"]'))
+    edge.proc.send_signal(signal.SIGHUP)
+    edge.wait_log("reloaded")
+    for host in HOSTS + (added,):
+        edge.wait_log(f"certificate for {host} obtained from ACME", timeout=90)
+    assert pebble.count("POST /order-plz") == 3, pebble.log()
+    assert pebble.count("POST /finalize-order/") == 3
+    assert "failed" not in edge.log(), edge.log()

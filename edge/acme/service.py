@@ -74,6 +74,7 @@ class AcmeService(Service):
         self.lock = DeferredLock()
         self.timer: Any = None
         self.cancel = threading.Event()  # set on stop: ACME threads give up between two requests
+        self.recheck = False  # a reload came during a round: check again right after it
 
     def startService(self) -> None:
         super().startService()
@@ -124,6 +125,38 @@ class AcmeService(Service):
             self.store.add(cert)
         return self.current[host]
 
+    def reconfigure(self, config: Config, store: CertificateStore) -> None:
+        """A reload: take the new config and the new runtime's certificate store, keeping what is under way.
+
+        One ACME service lives across reloads, so an order in progress is not started a second time by a
+        successor (two TLS-ALPN-01 validations for one host fail each other) and the back-off is kept.
+        The managed hosts are worked out again; the certificates held are put in the new store; a
+        changed ACME server or account starts a new session (and storage, for another server)."""
+        old = self.acme
+        self.config, self.acme, self.store = config, config.acme, store
+        if (old.directory, config.state_dir) != (config.acme.directory, self.storage.state_dir):
+            self.storage = AcmeStorage(config.state_dir, config.acme.directory)
+            self.current.clear()
+            self.session = None
+        elif (old.email, old.ca_bundle, old.eab_kid, old.eab_hmac_key) != \
+                (config.acme.email, config.acme.ca_bundle, config.acme.eab_kid, config.acme.eab_hmac_key):
+            self.session = None
+        self.hosts = managed_hosts(config, store)  # before the ACME certificates are in it
+        for host in list(self.current):
+            if host not in self.hosts:
+                del self.current[host]
+        for host in list(self.backoff):
+            if host not in self.hosts:
+                del self.backoff[host]
+        for cert in self.current.values():
+            store.add(cert)
+        for host in self.hosts:
+            self._refresh(host)  # another worker may have written new ones
+        if self.running and self.orders and not self.lock.locked:
+            self._schedule(0)  # new hosts need not wait for the next check
+        elif self.running and self.orders:
+            self.recheck = True  # the round under way is followed by another at once
+
     def stopService(self):
         """Stop at once: an order in progress is cancelled, and nothing waits for its thread."""
         super().stopService()
@@ -160,7 +193,8 @@ class AcmeService(Service):
             if self.running:
                 interval = self.acme.check_interval * random.uniform(0.9, 1.1)
                 retries = [when - self.reactor.seconds() for _, when in self.backoff.values()]
-                self._schedule(min([interval] + retries))
+                self._schedule(0 if self.recheck else min([interval] + retries))
+                self.recheck = False
 
     @inlineCallbacks
     def _needs(self, host: str):

@@ -57,6 +57,7 @@ def move_aside(path: Path) -> Path:
 class AcmeStorage:
     def __init__(self, state_dir: str, directory_url: str) -> None:
         # One folder per ACME server, so staging and production never mix.
+        self.state_dir = state_dir
         slug = "".join(c if c.isalnum() else "_" for c in directory_url.split("://", 1)[-1])[:80]
         self.dir = Path(state_dir) / "acme" / slug
         self.certs = private_dir(self.dir / "certs", Path(state_dir))
