@@ -189,3 +189,60 @@ def test_a_reload_during_an_order_starts_no_second_one(start, tmp_path, ca, dns,
     assert pebble.count("POST /order-plz") == 3, pebble.log()
     assert pebble.count("POST /finalize-order/") == 3
     assert "failed" not in edge.log(), edge.log()
+
+
+def test_renewal_information_is_asked_kept_and_honoured_after_a_restart(start, tmp_path, ca, dns, origin):
+    """An ARI-capable directory (a stand-in in front of pebble, whose Debian version has no renewalInfo):
+    every certificate's window is asked for and asked again when Retry-After ends, whatever
+    check_interval says; the window and Retry-After are kept in state_dir; after a restart the edge asks
+    at once and renews early when the CA's window says so."""
+    import datetime
+    import json
+
+    from cryptography import x509
+
+    from tests.support.ari import AriStandIn
+
+    ports = {"http": free_port(), "https": free_port()}
+    pebble = start(Pebble, tmp_path, ca, dns.dns_port, ports["http"], ports["https"])
+    ari = start(AriStandIn, tmp_path, ca, pebble.directory)
+    ari.set_window(30 * 86400, 31 * 86400, 1)
+    body = acme_body(origin, ari.directory, ca)  # check_interval is the default hour
+    edge = start(Edge, tmp_path / "edge", body, ports=ports)
+    for host in HOSTS:
+        edge.wait_log(f"certificate for {host} obtained from ACME", timeout=60)
+    deadline = time.monotonic() + 30
+    while ari.asked() < 2 * len(HOSTS):  # asked, then asked again once Retry-After (1s) ended
+        assert time.monotonic() < deadline, ari.log()
+        time.sleep(0.05)
+
+    ari.set_window(30 * 86400, 31 * 86400, 3600)
+    certs = state_dir_certs(edge)
+    deadline = time.monotonic() + 30
+    while True:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        kept = [json.loads(p.read_text()) for p in certs.glob("*.ari.json")]
+        if len(kept) == len(HOSTS) and all(datetime.datetime.fromisoformat(k["ask_again"]) > now
+                                           + datetime.timedelta(seconds=3000) for k in kept):
+            break
+        assert time.monotonic() < deadline, kept
+        time.sleep(0.05)
+    edge.stop()
+
+    # Hours later (the Retry-After has passed while the edge was down) the CA wants early renewal.
+    for path in certs.glob("*.ari.json"):
+        kept = json.loads(path.read_text())
+        kept["ask_again"] = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)).isoformat()
+        path.write_text(json.dumps(kept))
+    # The window opens after the certificates were issued (pebble's notBefore is the issuance second).
+    issued = max(x509.load_pem_x509_certificates(p.read_bytes())[0].not_valid_before_utc
+                 for p in certs.glob("*.pem"))
+    while datetime.datetime.now(datetime.timezone.utc) < issued + datetime.timedelta(seconds=2):
+        time.sleep(0.05)
+    ari.set_window(-1, 1, 3600)
+    again = start(Edge, tmp_path / "edge", body, ports=ports)
+    for host in HOSTS:
+        again.wait_log(f"the CA asks for {host} to be renewed early", timeout=30)
+        wait_count(again, f"certificate for {host} obtained from ACME", 2)
+    assert pebble.count("POST /finalize-order/") == 2 * len(HOSTS)
+    assert "Traceback" not in again.log(), again.log()

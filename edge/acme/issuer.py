@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import josepy as jose
 from acme import challenges, client, crypto_util, errors, messages
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -173,6 +174,35 @@ class AcmeSession:
                 certificate = self.client._post_as_get(body.certificate)
                 return order.update(body=body, fullchain_pem=certificate.text)
         raise errors.TimeoutError()
+
+    def offers_renewal_info(self) -> bool:
+        """Whether the CA's directory has ARI's renewalInfo."""
+        try:
+            self.client.directory["renewalInfo"]
+        except KeyError:
+            return False
+        return True
+
+    def renewal_window(self, chain_pem: bytes
+                       ) -> tuple[datetime.datetime, datetime.datetime, float] | None:
+        """The CA's suggested renewal window for the leaf of ``chain_pem`` and the seconds to wait before
+        asking again (``Retry-After``, 6 hours if absent), via ARI (RFC 9773); None if the CA has no
+        renewalInfo.  Network errors are raised (the caller keeps what it had)."""
+        try:
+            base = self.client.directory["renewalInfo"]
+        except KeyError:
+            return None
+        leaf = x509.load_pem_x509_certificate(chain_pem)
+        try:
+            response = self.client.net.get(base.rstrip("/") + "/" + client._renewal_info_path_component(leaf),
+                                           content_type="application/json")
+        finally:
+            self.hang_up()
+        info = messages.RenewalInfo.from_json(response.json())
+        retry = response.headers.get("Retry-After", "")
+        seconds = float(retry) if retry.strip().isdigit() else 6 * 3600.0
+        window = info.suggested_window
+        return window.start, window.end, seconds
 
     def renewal_time(self, chain_pem: bytes) -> datetime.datetime | None:
         """The CA's suggested renewal time (ARI), if it offers one."""

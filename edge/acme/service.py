@@ -27,6 +27,7 @@ from edge import metrics
 from edge.acme.issuer import AcmeSession, describe
 from edge.acme.responders import ChallengeResponders
 from edge.acme.storage import AcmeStorage, StoredPairError
+from edge.acme.timing import RenewalInfo, due_at, next_check, pick_in_window
 from edge.acme.threads import Cancelled, run_in_daemon_thread
 from edge.certs.store import Certificate, CertificateStore
 from edge.config import Config
@@ -45,13 +46,6 @@ def managed_hosts(config: Config, store: CertificateStore) -> list[str]:
                 if not host.startswith("*") and store.covered(host) is None and host not in hosts:
                     hosts.append(host)
     return hosts
-
-
-def due(cert: Certificate | None, now: datetime.datetime) -> bool:
-    if cert is None:
-        return True
-    lifetime = cert.not_after - cert.not_before
-    return cert.not_after - now < lifetime / 3
 
 
 class AcmeService(Service):
@@ -75,6 +69,8 @@ class AcmeService(Service):
         self.timer: Any = None
         self.cancel = threading.Event()  # set on stop: ACME threads give up between two requests
         self.recheck = False  # a reload came during a round: check again right after it
+        self.renewal: dict[str, RenewalInfo | None] = {}  # host -> the CA's renewal window (ARI), as stored
+        self.ari_next: dict[str, float] = {}  # host -> reactor time before which ARI is not asked again
 
     def startService(self) -> None:
         super().startService()
@@ -191,24 +187,88 @@ class AcmeService(Service):
         finally:
             self.lock.release()
             if self.running:
-                interval = self.acme.check_interval * random.uniform(0.9, 1.1)
-                retries = [when - self.reactor.seconds() for _, when in self.backoff.values()]
-                self._schedule(0 if self.recheck else min([interval] + retries))
+                self._schedule(0 if self.recheck else self._next_check())
                 self.recheck = False
+
+    def _renewal(self, host: str, cert: Certificate) -> RenewalInfo | None:
+        """The CA's renewal information for the certificate ``host`` has now (kept in the state)."""
+        info = self.renewal.get(host)
+        if info is None or info.serial != cert.chain[0].serial_number:
+            info = self.storage.renewal_info(host)
+            if info is not None and info.serial != cert.chain[0].serial_number:
+                info = None
+            self.renewal[host] = info
+        return info
 
     @inlineCallbacks
     def _needs(self, host: str):
+        """Is ``host`` due?  Asks the CA's renewal information (ARI) first when its Retry-After has passed:
+        at start-up and at checks, for every managed certificate, not only after an order."""
         cert = self.current.get(host)
-        now = datetime.datetime.now(datetime.timezone.utc)
-        if due(cert, now):
+        if cert is None:
             return True
-        if self.session is not None:
-            pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cert.chain)
-            when = yield self._thread(self.session.renewal_time, pem)
-            if when is not None and when <= now:
-                log.info("the CA asks for {host} to be renewed early", host=host)
-                return True
+        now = datetime.datetime.now(datetime.timezone.utc)
+        info = self._renewal(host, cert)
+        if (info is None or now >= info.ask_again) and self.ari_next.get(host, 0.0) <= self.reactor.seconds():
+            info = yield self._ask_renewal_info(host, cert, info, now)
+        when = due_at(cert.not_before, cert.not_after, info)
+        if when <= now:
+            if info is not None and when < due_at(cert.not_before, cert.not_after):
+                log.info("the CA asks for {host} to be renewed early (window {start:%Y-%m-%d %H:%M:%S} to "
+                         "{end:%Y-%m-%d %H:%M:%S} UTC)", host=host, start=info.start, end=info.end)
+            return True
         return False
+
+    @inlineCallbacks
+    def _ask_renewal_info(self, host: str, cert: Certificate, known: RenewalInfo | None, now: datetime.datetime):
+        """Fetch, keep and return the CA's renewal window for ``cert``; ``known`` if the CA has none or
+        cannot be asked now (then not again before the next ``check_interval``)."""
+        self.ari_next[host] = self.reactor.seconds() + self.acme.check_interval
+        if self.session is not None and not self.session.offers_renewal_info():
+            return known
+        pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cert.chain)
+        try:
+            if self.session is None:
+                self.session = yield self._thread(AcmeSession, self.acme, self.storage.account_key(), self.cancel)
+            window = yield self._thread(self.session.renewal_window, pem)
+        except Exception as e:
+            if self.running and not isinstance(e, Cancelled):
+                log.warn("renewal information for {host} could not be fetched: {problem}", host=host,
+                         problem=describe(e))
+            return known
+        if window is None:
+            return known
+        start, end, retry_after = window
+        chosen = known.chosen if known is not None and (known.start, known.end) == (start, end) \
+            else pick_in_window(start, end, random.random())
+        info = RenewalInfo(cert.chain[0].serial_number, start, end, chosen,
+                           now + datetime.timedelta(seconds=retry_after))
+        self.renewal[host] = info
+        self.ari_next.pop(host, None)
+        try:
+            self.storage.save_renewal_info(host, info)
+        except OSError as e:
+            log.warn("cannot keep the renewal information for {host}: {error}", host=host, error=str(e))
+        return info
+
+    def _next_check(self) -> float:
+        """Seconds to the next check: check_interval (jittered), or sooner for a certificate coming due,
+        a renewal-information question whose Retry-After ends, or a retry after a failure."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        clock = self.reactor.seconds()
+        due, ask = [], []
+        for host in self.hosts:
+            cert = self.current.get(host)
+            if cert is None or host in self.backoff:
+                continue  # ordered at once, or at its retry
+            info = self._renewal(host, cert)
+            due.append(due_at(cert.not_before, cert.not_after, info))
+            if self.session is not None and not self.session.offers_renewal_info():
+                continue
+            not_before = now + datetime.timedelta(seconds=self.ari_next.get(host, clock) - clock)
+            ask.append(max(info.ask_again, not_before) if info is not None else not_before)
+        retries = [when - clock for _, when in self.backoff.values()]
+        return next_check(now, self.acme.check_interval * random.uniform(0.9, 1.1), due, ask, retries)
 
     @inlineCallbacks
     def _obtain(self, host: str):

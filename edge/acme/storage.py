@@ -17,12 +17,14 @@ orders again.
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.logger import Logger
 
+from edge.acme.timing import RenewalInfo
 from edge.acme.pairs import PairProblem, bad_name, check_pair, parse_key, split_bundle
 from edge.private_files import fsync_dir, private_dir, write_private
 from edge.certs.store import Certificate
@@ -113,6 +115,16 @@ class AcmeStorage:
         except PairProblem as e:
             raise StoredPairError(key_path if e.part == "key" else bundle, e) from None
         return Certificate(chain, private, "acme")
+
+    def renewal_info(self, host: str) -> RenewalInfo | None:
+        """What the CA last said about ``host``'s renewal (ARI), if anything readable is stored."""
+        try:
+            return RenewalInfo.from_json(json.loads((self.certs / f"{host}.ari.json").read_bytes()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save_renewal_info(self, host: str, info: RenewalInfo) -> None:
+        write_private(self.certs / f"{host}.ari.json", json.dumps(info.to_json()).encode())
 
     def quarantine(self, host: str) -> list[Path]:
         """Move ``host``'s files aside (both: which half of a mismatched pair is wrong cannot be told)."""
