@@ -65,6 +65,22 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".replace("\n", " ")
 
 
+BAD_NONCE_ROUNDS = 6  # each round is ClientNetwork.post's two tries: 12 nonces before a step gives up
+
+
+class PatientNetwork(client.ClientNetwork):
+    """ClientNetwork that retries a request the CA refused with badNonce a few more times (the library
+    tries twice): a fresh nonce is all it takes, and failing the whole order for it wastes the order."""
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        for round_ in range(BAD_NONCE_ROUNDS):
+            try:
+                return super().post(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce" or round_ == BAD_NONCE_ROUNDS - 1:
+                    raise
+
+
 class AcmeSession:
     """An account at one ACME server; built (and registered) in a worker thread."""
 
@@ -74,7 +90,7 @@ class AcmeSession:
         self.cancel = cancel if cancel is not None else threading.Event()
         self.key = jose.JWKEC(key=account_key)
         verify: Any = config.ca_bundle or True
-        net = client.ClientNetwork(self.key, alg=jose.ES256, user_agent=USER_AGENT, verify_ssl=verify)
+        net = PatientNetwork(self.key, alg=jose.ES256, user_agent=USER_AGENT, verify_ssl=verify)
         directory = client.ClientV2.get_directory(config.directory, net)
         self.client = client.ClientV2(directory, net)
         eab = None

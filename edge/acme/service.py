@@ -18,6 +18,7 @@ import random
 import threading
 from typing import Any
 
+from acme import errors as acme_errors, messages
 from cryptography.hazmat.primitives import serialization
 from twisted.application.service import Service
 from twisted.internet.defer import DeferredLock, inlineCallbacks
@@ -285,7 +286,8 @@ class AcmeService(Service):
             if not self.running or isinstance(e, Cancelled):
                 log.info("the order for {host} was abandoned: the edge is stopping", host=host)
                 return
-            self.session = None  # start afresh next time: directory, nonce, account
+            if not isinstance(e, (messages.Error, acme_errors.Error)):
+                self.session = None  # unreachable: start afresh next time (directory, nonce, account)
             delay = min(MAX_BACKOFF, self.backoff[host][0] * 2) if host in self.backoff else self.acme.retry
             self.backoff[host] = (delay, self.reactor.seconds() + delay)
             metrics.ACME_ORDERS.labels(host, "failure").inc()
