@@ -185,6 +185,11 @@ class EdgeService(MultiService):
         self.health.setServiceParent(self)
 
     def _start_acme(self, config: Config) -> None:
+        """Start-up, and each reload: one ACME service lives across reloads (an order under way is not
+        started twice, back-off is kept) and takes the new config; it stops only if [acme] is removed."""
+        if self.acme is not None and config.acme is not None:
+            self.acme.reconfigure(config, self.runtime.certificates)
+            return
         if self.acme is not None:
             self.acme.disownServiceParent()
             self.acme = None

@@ -84,7 +84,7 @@ def test_http01_obtains_and_serves_certificates(start, tmp_path, ca, dns, origin
         assert result.returncode == 0, result.stderr
         assert result.stdout == f"origin for {host}\n"
     certs = state_certs(edge)
-    for path in list(certs.glob("*.key")) + list(certs.parent.glob("account.key")):
+    for path in list(certs.glob("*.pem")) + list(certs.parent.glob("account.key")):  # a .pem holds the key too
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert len(list(certs.glob("*.pem"))) == 2
 

@@ -1,22 +1,26 @@
 """Blocking ACME steps, run in Twisted's thread pool with the ``acme`` library's ClientV2.
 
-Nothing here touches the reactor directly: challenge answers are published
-through ``publish``/``withdraw`` callables the service wraps with
-``blockingCallFromThread``.
+Nothing here touches the reactor: challenge answers are published through
+``publish``/``withdraw`` callables that are safe from any thread and never
+wait for the reactor.  Every wait between two requests is on ``cancel``
+(a stop sets it), so a stopping edge is not held by an order in progress.
 """
 
 from __future__ import annotations
 
 import datetime
 import re
+import threading
 from typing import Any, Callable, Sequence
 
 import josepy as jose
 from acme import challenges, client, crypto_util, errors, messages
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge.acme.dns01 import DnsProblem
+from edge.acme.threads import Cancelled
 from edge.config import AcmeConfig
 
 USER_AGENT = "edge (https://github.com/) acme-python"
@@ -64,14 +68,32 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".replace("\n", " ")
 
 
+BAD_NONCE_ROUNDS = 6  # each round is ClientNetwork.post's two tries: 12 nonces before a step gives up
+
+
+class PatientNetwork(client.ClientNetwork):
+    """ClientNetwork that retries a request the CA refused with badNonce a few more times (the library
+    tries twice): a fresh nonce is all it takes, and failing the whole order for it wastes the order."""
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        for round_ in range(BAD_NONCE_ROUNDS):
+            try:
+                return super().post(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce" or round_ == BAD_NONCE_ROUNDS - 1:
+                    raise
+
+
 class AcmeSession:
     """An account at one ACME server; built (and registered) in a worker thread."""
 
-    def __init__(self, config: AcmeConfig, account_key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(self, config: AcmeConfig, account_key: ec.EllipticCurvePrivateKey,
+                 cancel: threading.Event | None = None) -> None:
         self.config = config
+        self.cancel = cancel if cancel is not None else threading.Event()
         self.key = jose.JWKEC(key=account_key)
         verify: Any = config.ca_bundle or True
-        net = client.ClientNetwork(self.key, alg=jose.ES256, user_agent=USER_AGENT, verify_ssl=verify)
+        net = PatientNetwork(self.key, alg=jose.ES256, user_agent=USER_AGENT, verify_ssl=verify)
         directory = client.ClientV2.get_directory(config.directory, net)
         self.client = client.ClientV2(directory, net)
         eab = None
@@ -142,7 +164,8 @@ class AcmeSession:
                 for challb, response in dns_answers:
                     self.client.answer_challenge(challb, response)
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=90)
-            order = self.client.poll_and_finalize(order, deadline)
+            order = self._poll_authorizations(order, deadline)
+            order = self._finalize(order, deadline)
         finally:
             for item in published:
                 withdraw(*item)
@@ -150,6 +173,82 @@ class AcmeSession:
                 dns.cleanup(dns_records)
             self.hang_up()
         return order.fullchain_pem.encode("ascii"), key
+
+    def _pause(self, seconds: float) -> None:
+        """Wait between two polls; raise Cancelled at once if the edge is stopping."""
+        if self.cancel.wait(max(0.0, seconds)):
+            raise Cancelled()
+
+    def _poll_authorizations(self, order: messages.OrderResource, deadline: datetime.datetime
+                             ) -> messages.OrderResource:
+        """ClientV2.poll_authorizations, with cancellable waits."""
+        done = []
+        for authzr in order.authorizations:
+            while True:
+                self._pause(0)
+                authzr, _ = self.client.poll(authzr)
+                if authzr.body.status != messages.STATUS_PENDING:
+                    done.append(authzr)
+                    break
+                if datetime.datetime.now() >= deadline:
+                    raise errors.TimeoutError()
+                self._pause(1)
+        failed = [authzr for authzr in done if authzr.body.status != messages.STATUS_VALID]
+        if failed:
+            raise errors.ValidationError(failed)
+        return order.update(authorizations=done)
+
+    def _finalize(self, order: messages.OrderResource, deadline: datetime.datetime) -> messages.OrderResource:
+        """ClientV2.finalize_order, with cancellable waits."""
+        self._pause(0)
+        try:
+            self.client.begin_finalization(order)
+        except messages.Error as e:
+            if e.code != "orderNotReady":
+                raise
+        while datetime.datetime.now() < deadline:
+            self._pause(1)
+            response = self.client._post_as_get(order.uri)
+            body = messages.Order.from_json(response.json())
+            if body.status == messages.STATUS_INVALID:
+                if body.error is not None:
+                    raise errors.IssuanceError(body.error)
+                raise errors.Error("the CA refused to issue the certificate, saying nothing more")
+            if body.status == messages.STATUS_READY:
+                self.client.begin_finalization(order)
+            elif body.status == messages.STATUS_VALID and body.certificate is not None:
+                certificate = self.client._post_as_get(body.certificate)
+                return order.update(body=body, fullchain_pem=certificate.text)
+        raise errors.TimeoutError()
+
+    def offers_renewal_info(self) -> bool:
+        """Whether the CA's directory has ARI's renewalInfo."""
+        try:
+            self.client.directory["renewalInfo"]
+        except KeyError:
+            return False
+        return True
+
+    def renewal_window(self, chain_pem: bytes
+                       ) -> tuple[datetime.datetime, datetime.datetime, float] | None:
+        """The CA's suggested renewal window for the leaf of ``chain_pem`` and the seconds to wait before
+        asking again (``Retry-After``, 6 hours if absent), via ARI (RFC 9773); None if the CA has no
+        renewalInfo.  Network errors are raised (the caller keeps what it had)."""
+        try:
+            base = self.client.directory["renewalInfo"]
+        except KeyError:
+            return None
+        leaf = x509.load_pem_x509_certificate(chain_pem)
+        try:
+            response = self.client.net.get(base.rstrip("/") + "/" + client._renewal_info_path_component(leaf),
+                                           content_type="application/json")
+        finally:
+            self.hang_up()
+        info = messages.RenewalInfo.from_json(response.json())
+        retry = response.headers.get("Retry-After", "")
+        seconds = float(retry) if retry.strip().isdigit() else 6 * 3600.0
+        window = info.suggested_window
+        return window.start, window.end, seconds
 
     def renewal_time(self, chain_pem: bytes) -> datetime.datetime | None:
         """The CA's suggested renewal time (ARI), if it offers one."""

@@ -2,14 +2,18 @@
 
 An HTTP-01 token exists only while its order is pending; a TLS-ALPN-01
 validation certificate likewise.  The issuing thread adds and removes them
-through the reactor; the redirector (port 80) and the dispatcher (443,
-ALPN ``acme-tls/1``) read them.
+directly (a lock orders the writers; readers see a whole dict entry or
+none, one GIL-atomic lookup), never through the reactor: a thread waiting
+for the reactor while the reactor waits for it is how a stop hung.  The
+redirector (port 80) and the dispatcher (443, ALPN ``acme-tls/1``) read
+them.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import threading
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -45,24 +49,33 @@ def tls_alpn_certificate(host: str, key_authorization: str) -> ssl.CertificateOp
 
 
 class ChallengeResponders:
+    """Pending challenge answers; written from any thread, read on the reactor."""
+
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._http: dict[tuple[str, str], str] = {}
         self._tls_alpn: dict[str, ssl.CertificateOptions] = {}
 
     def add_http01(self, host: str, token: str, key_authorization: str) -> None:
-        self._http[host, token] = key_authorization
+        with self._lock:
+            self._http[host, token] = key_authorization
 
     def remove_http01(self, host: str, token: str) -> None:
-        self._http.pop((host, token), None)
+        with self._lock:
+            self._http.pop((host, token), None)
 
     def http01(self, host: str, token: str) -> str | None:
         return self._http.get((host, token))
 
     def add_tls_alpn01(self, host: str, key_authorization: str) -> None:
-        self._tls_alpn[host] = tls_alpn_certificate(host, key_authorization)
+        options = tls_alpn_certificate(host, key_authorization)
+        options.getContext()  # built here, in the issuing thread, not at the first handshake
+        with self._lock:
+            self._tls_alpn[host] = options
 
     def remove_tls_alpn01(self, host: str) -> None:
-        self._tls_alpn.pop(host, None)
+        with self._lock:
+            self._tls_alpn.pop(host, None)
 
     def tls_alpn01(self, host: str | None) -> ssl.CertificateOptions | None:
         return self._tls_alpn.get(host) if host else None

@@ -18,33 +18,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge.certs.store import Certificate
+from edge.private_files import private_dir, write_private  # noqa: F401 (write_private: its old home)
 
 LEAF_LIFETIME = datetime.timedelta(days=7)
 CA_LIFETIME = datetime.timedelta(days=3650)
 
 
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write atomically (temp file, fsync, rename) with ``mode`` from the start, whatever the umask."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 class LocalIssuer:
     def __init__(self, state_dir: str) -> None:
-        self.dir = Path(state_dir) / "local-ca"
-        if not Path(state_dir).exists():  # traversable, not listable: ca.pem can be reached by its path
-            Path(state_dir).mkdir(parents=True, mode=0o711)
-            os.chmod(state_dir, 0o711)
-        # ca.pem (0644) is for every user who imports it into a browser; ca.key stays 0600
-        self.dir.mkdir(exist_ok=True)
-        os.chmod(self.dir, 0o755)
+        # ca.pem (0644, in a 0755 folder) is for every user who imports it into a browser; ca.key is 0600
+        # and state_dir is made traversable, not listable (private_dir), so its path can be followed.
+        self.dir = private_dir(Path(state_dir) / "local-ca", Path(state_dir), mode=0o755)
         self.ca_cert_path = self.dir / "ca.pem"
         key_path = self.dir / "ca.key"
         if key_path.exists() and self.ca_cert_path.exists():

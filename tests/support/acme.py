@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
+import time
 import urllib.request
 from pathlib import Path
 
@@ -28,7 +30,7 @@ class Pebble(Program):
     """pebble validating HTTP-01 on ``http_port`` and TLS-ALPN-01 on ``tls_port`` (the edge's doors)."""
 
     def __init__(self, tmp: Path, ca: TestCA, dns_port: int, http_port: int, tls_port: int,
-                 port: int | None = None, management: int | None = None) -> None:
+                 port: int | None = None, management: int | None = None, env: dict | None = None) -> None:
         self.port = port or free_port()
         self.management = management or free_port()
         cert, key, _ = ca.issue("localhost", "127.0.0.1")
@@ -40,9 +42,13 @@ class Pebble(Program):
             "httpPort": http_port, "tlsPort": tls_port,
             "ocspResponderURL": "", "externalAccountBindingRequired": False,
         }}))
-        env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
+        # Fault injection: ``env`` overrides these (PEBBLE_VA_SLEEPTIME needs PEBBLE_VA_NOSLEEP removed,
+        # give it as None).
+        merged = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0",
+                  **(env or {})}
+        merged = {name: value for name, value in merged.items() if value is not None}
         super().__init__(["pebble", "-config", str(config), "-dnsserver", f"127.0.0.1:{dns_port}"],
-                         tmp / "pebble.log", env=env)
+                         tmp / "pebble.log", env=merged)
         wait_listening(self.port, proc=self.proc)
         self.directory = f"https://127.0.0.1:{self.port}/dir"
         self.ca = ca
@@ -56,3 +62,13 @@ class Pebble(Program):
 
     def count(self, text: str) -> int:
         return self.log().count(text)
+
+    def wait_log(self, pattern: str, timeout: float = 30) -> re.Match:
+        """Wait until the regular expression ``pattern`` matches a line of pebble's log; return the match."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.log())
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not in pebble's log:\n{self.log()}")
