@@ -33,7 +33,7 @@ from edge.eager import write_now
 from edge.transports import queued_for_peer
 from edge.http.h1_client import UpstreamConnection
 from edge.http.forwarded import forwarded_block
-from edge.http.policy import Answer, body_limit, decide, host_entry, is_websocket
+from edge.http.policy import Admitted, Answer, body_limit, decide, host_entry, is_websocket
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
     HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_pattern,
@@ -57,6 +57,18 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # requests but reads nothing would otherwise have every answer kept in memory (1.5 GB in 15 s was seen).
 MAX_UNREAD = 262144
 DRAIN_CHECK = 0.05  # seconds between looks at a client that is behind
+
+
+def edit_fields(fields: bytes, drop: frozenset[bytes], add: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """A header block (``\r\nname: value`` lines) without the ``drop`` headers and with the ``add`` ones."""
+    if drop:
+        pattern = _LISTED_PATTERNS.get(drop)
+        if pattern is None:
+            if len(_LISTED_PATTERNS) > 256:
+                _LISTED_PATTERNS.clear()
+            pattern = _LISTED_PATTERNS[drop] = field_pattern(drop)
+        fields = drop_fields(fields, fields.lower(), pattern)[0]
+    return fields + b"".join(b"\r\n%s: %s" % field for field in add)
 
 
 def _drop_listed(fields: bytes, connection: bytes) -> bytes:
@@ -108,6 +120,8 @@ class Http1Proxy(Protocol):
         self.forwarded_host: bytes | None = None
         self.forwarded_tail = b""
         self.route: Any = None
+        self.admitted: Admitted | None = None  # what a guarded route's access rules said
+        self.user: str | None = None
         self.pool: Any = None
         self.upstream: UpstreamConnection | None = None
         self.upstream_head = b""
@@ -184,7 +198,7 @@ class Http1Proxy(Protocol):
         self.head = head
         self.started = time.monotonic()
         self.status = self.sent = self.body_sent = 0
-        self.route = self.upstream_time = None
+        self.route = self.upstream_time = self.admitted = self.user = None
         self.response_started = self.retried = False
         self.outcome = None
         self.transform = self.body = self.upgrade = None
@@ -212,6 +226,19 @@ class Http1Proxy(Protocol):
             self._answer(route.status, route.text, close=head.has_body, location=route.location)
             return
         self.route = route
+        if route.guarded:
+            verdict = runtime.guards[route.name].check(self.info.client[0], head.get(b"authorization"),
+                                                       runtime.reactor.seconds())
+            if type(verdict) is Answer:
+                self._answer(verdict.status, verdict.text, close=head.has_body, location=verdict.location,
+                             headers=verdict.headers)
+                return
+            self.admitted, self.user = verdict, verdict.user
+        self._proceed(head, route, raw_host, path)
+
+    def _proceed(self, head: RequestHead, route: Any, raw_host: bytes, path: str) -> None:
+        """The request may go on to ``route``'s backend: its body framing, its head for the backend, a connection."""
+        runtime = self.runtime
         lower = head.lower
         if lower.find(b"\r\ntransfer-encoding:") >= 0 or lower.find(b"\r\ncontent-length:") >= 0:
             try:
@@ -250,6 +277,9 @@ class Http1Proxy(Protocol):
 
     def _upstream_head(self, head: RequestHead, host: bytes, path: str) -> bytes:
         fields, removed = drop_fields(head.fields, head.lower, REQUEST_DROP)
+        admitted = self.admitted
+        if admitted is not None and (admitted.drop or admitted.add):
+            fields = edit_fields(fields, admitted.drop, admitted.add)
         line = head.line if path is head.target else b"%s %s" % (head.method.encode("latin-1"),
                                                                   path.encode("latin-1"))
         if not removed or (len(removed) == 1 and removed[0][0] == b"connection" and removed[0][1] in _PLAIN_CONNECTION):
@@ -520,11 +550,13 @@ class Http1Proxy(Protocol):
 
     # -- answers the edge gives itself --------------------------------------------------
 
-    def _answer(self, status: int, text: str, close: bool = False, location: str | None = None) -> None:
+    def _answer(self, status: int, text: str, close: bool = False, location: str | None = None,
+                headers: tuple[tuple[str, str], ...] = ()) -> None:
         head = self.head
         close = close or self.close_after
         self.status = status
-        message = plain_response(status, f"{text}\n", close, head is not None and head.method == "HEAD", location)
+        message = plain_response(status, f"{text}\n", close, head is not None and head.method == "HEAD", location,
+                                 headers)
         self.sent = len(message)
         self._write(message)
         if head is not None:
@@ -558,7 +590,8 @@ class Http1Proxy(Protocol):
         log_request(self.info, head.method, self.host, head.target, self.status, self.sent,
                     route.name if route is not None else None, route.backend if route is not None else None,
                     self.info.server if self.upstream_time is not None else None, self.upstream_time,
-                    time.monotonic() - self.started, f"HTTP/{head.version}", self.outcome or "completed")
+                    time.monotonic() - self.started, f"HTTP/{head.version}", self.outcome or "completed",
+                    user=self.user)
 
     # -- timers ---------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ from edge.http.h1 import HOP_BY_HOP, BadRequest, field_list, request_line_ok
 from edge.http.h1_client import UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
-from edge.http.policy import Answer, body_limit, decide, host_entry
+from edge.http.policy import Admitted, Answer, body_limit, decide, host_entry
 from edge.timers import coarse
 
 log = Logger()
@@ -304,15 +304,34 @@ class H2Server(Protocol):
         if type(route) is Answer:
             self.answer(stream, event, route.status, route.text, route.location, started=started)
             return
+        admitted = None
+        if route.guarded:
+            authorization = next((value for name, value in event.fields if name == b"authorization"), None)
+            verdict = runtime.guards[route.name].check(self.info.client[0], authorization, runtime.reactor.seconds())
+            if type(verdict) is Answer:
+                self.answer(stream, event, verdict.status, verdict.text, verdict.location, route=route, started=started,
+                            headers=verdict.headers)
+                return
+            admitted = verdict
+        self._proceed(stream, event, authority, route, admitted, started)
+
+    def _proceed(self, stream: int, event: Request, authority: bytes, route: Any, admitted: Admitted | None,
+                 started: float) -> None:
+        """The request may go on to ``route``'s backend: its head for the backend, then an exchange."""
+        runtime = self.runtime
+        method, target, tunnel = event.method, event.target, event.protocol is not None
+        fields = event.fields
+        if admitted is not None and (admitted.drop or admitted.add):
+            fields = [field for field in fields if field[0] not in admitted.drop] + list(admitted.add)
         upstream = runtime.upstreams[route.backend]
         try:
             if upstream.h2 is not None:
                 if tunnel:
                     raise BadRequest(501, "WebSocket to an HTTP/2 backend is not supported")
-                head, chunked, length, expect = self._upstream_fields(event, method, target, authority, upstream), \
+                head, chunked, length, expect = self._upstream_fields(fields, method, target, authority, upstream), \
                     False, self.length, False
             else:
-                head, chunked, length, expect = self._upstream_head(event, method, target, authority, tunnel)
+                head, chunked, length, expect = self._upstream_head(event, fields, method, target, authority, tunnel)
             if event.ended and length:  # a length no DATA will follow: the backend would read the next request
                 raise BadRequest(400, "content-length without a body")
             limit = body_limit(route, length)
@@ -321,14 +340,15 @@ class H2Server(Protocol):
             return
         exchange = H2Exchange(self, stream, event, route, head, chunked, None if tunnel else limit, tunnel, expect,
                               started)
+        exchange.user = admitted.user if admitted is not None else None
         self.exchanges[stream] = exchange
         exchange.start(upstream)
 
-    def _upstream_head(self, event: Request, method: bytes, target: bytes, authority: bytes,
-                       tunnel: bool) -> tuple[bytes, bool, int | None, bool]:
+    def _upstream_head(self, event: Request, fields: list[tuple[bytes, bytes]], method: bytes, target: bytes,
+                       authority: bytes, tunnel: bool) -> tuple[bytes, bool, int | None, bool]:
         """The HTTP/1.1 request head for the backend; whether its body is chunked; its length; Expect: 100-continue.
         (Names and values were checked by the codec: lower-case tokens, no control characters.)"""
-        sorted_ = _sort_fields(event.fields)
+        sorted_ = _sort_fields(fields)
         kept = [b"\r\n%s: %s" % field for field in sorted_.kept]
         if sorted_.cookies:  # RFC 9113 8.2.3: one header for HTTP/1.1, its crumbs joined
             kept.append(b"\r\ncookie: %s" % b"; ".join(sorted_.cookies))
@@ -356,10 +376,10 @@ class H2Server(Protocol):
             self.forwarded_for = authority
         return line + b"".join(kept) + framing + forwarded + b"\r\n\r\n", chunked, length, sorted_.expect
 
-    def _upstream_fields(self, event: Request, method: bytes, target: bytes, authority: bytes,
+    def _upstream_fields(self, fields: list[tuple[bytes, bytes]], method: bytes, target: bytes, authority: bytes,
                          upstream: Any) -> list[tuple[bytes, bytes]]:
         """The HTTP/2 request head for an HTTP/2 backend (``te: trailers`` passes, as gRPC needs it)."""
-        sorted_ = _sort_fields(event.fields)
+        sorted_ = _sort_fields(fields)
         fields = [(b":method", method), (b":scheme", b"https" if upstream.scheme == "https" else b"http"),
                   (b":authority", authority), (b":path", target)]
         fields += sorted_.kept
@@ -374,12 +394,14 @@ class H2Server(Protocol):
         return fields
 
     def answer(self, stream: int, event: Request, status: int, text: str, location: str | None = None,
-               route: Any = None, started: float = 0.0, exchange: "H2Exchange | None" = None) -> int:
+               route: Any = None, started: float = 0.0, exchange: "H2Exchange | None" = None,
+               headers: tuple[tuple[str, str], ...] = ()) -> int:
         """Edge's own answer on ``stream`` (then a reset, if the client was still sending its body)."""
         body = f"{text}\n".encode("utf-8")
         fields = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode("ascii"))]
         if location is not None:
             fields.append((b"location", location.encode("latin-1")))
+        fields.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers)
         head_only = event.method == b"HEAD"
         codec = self.codec
         codec.respond(stream, status, fields, end=head_only)
@@ -409,11 +431,11 @@ class H2Server(Protocol):
         self.discarding[stream] = DISCARD_BODY
 
     def _log(self, event: Request, status: int, sent: int, route: Any, server: str | None,
-             upstream_time: float | None, started: float, outcome: str) -> None:
+             upstream_time: float | None, started: float, outcome: str, user: str | None = None) -> None:
         log_request(self.info, event.method.decode("latin-1"), (event.authority or b"-").decode("latin-1"),
                     event.target.decode("latin-1"), status, sent, route.name if route is not None else None,
                     route.backend if route is not None else None, server, upstream_time,
-                    time.monotonic() - started if started else 0.0, "HTTP/2", outcome)
+                    time.monotonic() - started if started else 0.0, "HTTP/2", outcome, user=user)
 
     def finished(self, stream: int) -> None:
         self.exchanges.pop(stream, None)
@@ -547,6 +569,7 @@ class H2Exchange:
         self.trailers_out: list[tuple[bytes, bytes]] | None = None
         self.request_ended = False  # END_STREAM went to the HTTP/2 backend
         self.h2_backend = False
+        self.user: str | None = None  # who basic auth admitted, for the access log
 
     # -- the backend connection ------------------------------------------------------------
 
@@ -958,7 +981,7 @@ class H2Exchange:
         self.server.finished(self.stream)
         self.status = status
         self.server._log(self.event, status, self.sent, self.route, self.server_name, self.upstream_time,
-                         self.started, outcome)
+                         self.started, outcome, self.user)
         self.server.flush()
 
     # -- timers ----------------------------------------------------------------------------------
