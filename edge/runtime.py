@@ -18,7 +18,7 @@ from edge.backends import Backend
 from edge.certs.files import load_directory
 from edge.certs.local_ca import LocalIssuer
 from edge.certs.store import CertificateStore
-from edge.config import Config
+from edge.config import BackendConfig, Config, Server
 from edge.connection import ConnectionInfo
 from edge.forward import TcpForward
 from edge.http.h1_server import Http1Proxy
@@ -95,6 +95,20 @@ class Runtime:
         self.gates["ssh"] = (config.ssh_addresses, limiter("ssh", config.ssh_conn_limit))
         for door in config.doors:
             self.gates[f"door:{door.name}"] = (door.addresses, limiter(f"door:{door.name}", door.conn_limit))
+        # forward_auth servers: a keep-alive pool each (kept across a reload, as backends' are).
+        self.auth_upstreams: dict[tuple[str, int], Upstream] = {}
+        for route in config.routes:
+            auth = route.forward_auth
+            if auth is None or (auth.host, auth.port) in self.auth_upstreams:
+                continue
+            key = (auth.host, auth.port)
+            old = previous.auth_upstreams.get(key) if same_timeouts else None
+            if old is None:
+                server = BackendConfig(f"forward_auth {auth.host}:{auth.port}", (Server(auth.host, auth.port, "http"),),
+                                       fail_timeout=1.0)
+                old = Upstream(Backend(server, reactor, config.timeouts.connect), reactor, config.timeouts.connect,
+                               auth.timeout)
+            self.auth_upstreams[key] = old
         self.https_port = next((a.port for a in config.listen.https if hasattr(a, "port")), 443)
         self.certificates = certificates if certificates is not None else self.load_certificates(config)
         self.http_factory = Factory.forProtocol(Protocol)  # TLS factories wrap one; edge builds the protocols
@@ -108,10 +122,19 @@ class Runtime:
             return "refused: too many connections"
         return None
 
+    def ask_auth(self, route: Any, head: bytes, done: Callable[[Any], None]) -> Any:
+        """Ask ``route``'s forward_auth server about a request (:class:`edge.http.forward_auth.AuthCheck`)."""
+        from edge.http.forward_auth import AuthCheck
+
+        auth = route.forward_auth
+        check = AuthCheck(self.auth_upstreams[auth.host, auth.port], self.reactor, auth, head, done)
+        check.start()
+        return check
+
     def retire(self, successor: "Runtime") -> None:
         """``successor`` replaced this runtime: close the keep-alive pools it does not carry on."""
-        kept = {id(upstream) for upstream in successor.upstreams.values()}
-        for upstream in self.upstreams.values():
+        kept = {id(upstream) for upstream in [*successor.upstreams.values(), *successor.auth_upstreams.values()]}
+        for upstream in [*self.upstreams.values(), *self.auth_upstreams.values()]:
             if id(upstream) not in kept:
                 upstream.close()
 

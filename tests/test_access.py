@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -262,3 +263,159 @@ def test_rate_limit_answers_429_at_the_configured_rate_and_recovers(edge, echo, 
     while curl(e, protocol)[0] == 429:  # a token every half second
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+# -- forward auth ---------------------------------------------------------------------------------
+
+
+class AuthServer:
+    """A stand-in for Authelia/Authentik/oauth2-proxy implementing the documented forward-auth contract: it reads
+    X-Forwarded-Method/-Proto/-Host/-Uri/-For and the client's cookie; ``session=good`` is admitted (200 with
+    Remote-User/-Groups/-Email), /private/deny is refused (403), anything else goes to the login page (302),
+    and /slow answers after the edge gave up.  HTTP/1.1 with keep-alive, as the real ones speak it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        asked = self.asked = []
+        open_sockets = self.open_sockets = set()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                open_sockets.add(self.connection)
+
+            def finish(self) -> None:
+                open_sockets.discard(self.connection)
+                super().finish()
+
+            def do_GET(self) -> None:
+                asked.append({k.lower(): v for k, v in self.headers.items()} | {":path": self.path})
+                uri = self.headers.get("X-Forwarded-Uri", "")
+                if uri.startswith("/slow"):
+                    time.sleep(2)
+                if "session=good" in (self.headers.get("Cookie") or ""):
+                    self._send(200, b"", [("Remote-User", "alice"), ("Remote-Groups", "admins,dev"),
+                                          ("Remote-Email", "alice@example.test"), ("X-Not-Copied", "1")])
+                elif uri.startswith("/private/deny"):
+                    self._send(403, b"forbidden by auth\n", [("Content-Type", "text/plain")])
+                else:
+                    rd = f"{self.headers['X-Forwarded-Proto']}://{self.headers['X-Forwarded-Host']}{uri}"
+                    self._send(302, b"<a>login</a>\n", [("Location", f"https://auth.example.test/?rd={rd}"),
+                                                         ("Set-Cookie", "flow=1; Secure"), ("Content-Type", "text/html")])
+
+            def _send(self, status: int, body: bytes, headers: list) -> None:
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.handle_error = lambda request, address: None  # /slow writes to a connection the edge closed
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop listening and close the kept-alive connections (the edge's pool then closes its ends)."""
+        self.server.shutdown()
+        self.server.server_close()
+        for sock in list(self.open_sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def auth_server():
+    server = AuthServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def logging_origin(start, tmp_path):
+    """nginx whose access log records the identity headers each request carried."""
+    port = free_port()
+    log = tmp_path / "origin-access.log"
+    server = start(Nginx, tmp_path, f"""
+        log_format who '$request_uri user=$http_remote_user groups=$http_remote_groups email=$http_remote_email '
+                       'notcopied=$http_x_not_copied cookie=$http_cookie';
+        server {{
+          listen 127.0.0.1:{port};
+          access_log {log} who;
+          location / {{ return 200 "ok $http_remote_user\\n"; }}
+        }}
+        """, name="logging-nginx")
+    wait_listening(port, proc=server.proc)
+    server.port, server.access_log = port, log
+    return server
+
+
+def forward_route(origin: int, auth: int) -> str:
+    return route(origin, f'forward_auth = {{ url = "http://127.0.0.1:{auth}/api/authz/forward-auth?x=1", '
+                         f'copy_headers = ["Remote-User", "Remote-Groups", "Remote-Email"], timeout = "1s" }}')
+
+
+def origin_lines(origin, count: int, timeout: float = 10) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = origin.access_log.read_text().splitlines() if origin.access_log.exists() else []
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"the origin logged fewer than {count} requests")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_forward_auth_admits_with_copied_headers_and_relays_refusals(edge, logging_origin, auth_server, protocol):
+    e = edge(forward_route(logging_origin.port, auth_server.port), ipv6=True, log_format="json")
+    forged = ["-H", "Remote-User: root", "-H", "Remote-Groups: wheel"]
+    # Not logged in: the auth server's redirect to its login page, as it sent it.
+    status, headers, body = curl(e, protocol, *forged, path="/private/page?a=b")
+    assert status == 302 and body == "<a>login</a>\n"
+    assert headers["location"] == f"https://auth.example.test/?rd=https://{HOST}:{e.https_port}/private/page?a=b"
+    assert headers["set-cookie"] == "flow=1; Secure"
+    # Refused outright: its 403 and body.
+    status, _, body = curl(e, protocol, path="/private/deny")
+    assert (status, body) == (403, "forbidden by auth\n")
+    # Logged in: through, with the identity the auth server gave, never the forged one.
+    status, _, body = curl(e, protocol, "-b", "session=good", *forged, path="/app", source="::1")
+    assert (status, body) == (200, "ok alice\n")
+    assert origin_lines(logging_origin, 1) == [
+        "/app user=alice groups=admins,dev email=alice@example.test notcopied=- cookie=session=good"]
+    # A request body waits while the auth server is asked, then goes to the backend whole.
+    upload = e.config.parent / "upload.bin"
+    upload.write_bytes(os.urandom(300_000))
+    status, _, body = curl(e, protocol, "-b", "session=good", "--data-binary", f"@{upload}", path="/upload")
+    assert (status, body) == (200, "ok alice\n")
+    assert origin_lines(logging_origin, 2)[1].startswith("/upload user=alice ")
+    asked = auth_server.asked[-2]
+    assert asked[":path"] == "/api/authz/forward-auth?x=1"
+    assert (asked["x-forwarded-method"], asked["x-forwarded-proto"], asked["x-forwarded-host"],
+            asked["x-forwarded-uri"], asked["x-forwarded-for"]) == ("GET", "https", f"{HOST}:{e.https_port6}",
+                                                                    "/app", "::1")
+    assert asked["cookie"] == "session=good" and asked["remote-user"] == "root"  # the auth server sees all
+    events = wait_events(e, 4)
+    assert [(ev["status"], ev["user"]) for ev in events] == [(302, "-"), (403, "-"), (200, "alice"), (200, "alice")]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_forward_auth_fails_closed(edge, logging_origin, auth_server, protocol):
+    e = edge(forward_route(logging_origin.port, auth_server.port))
+    status, _, body = curl(e, protocol, "-b", "session=good", path="/slow")
+    assert (status, body) == (503, "the authentication service did not answer\n")
+    auth_server.stop()
+    status, _, _ = curl(e, protocol, "-b", "session=good")
+    assert status == 503
+    assert not logging_origin.access_log.exists() or not logging_origin.access_log.read_text()

@@ -33,11 +33,12 @@ from edge.eager import write_now
 from edge.transports import queued_for_peer
 from edge.http.h1_client import UpstreamConnection
 from edge.http.forwarded import forwarded_block
+from edge.http.forward_auth import Passed, Refusal, auth_head, relay_response
 from edge.http.policy import Admitted, Answer, body_limit, decide, host_entry, is_websocket
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
-    HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_pattern,
-    parse_request_head,
+    HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_list,
+    field_pattern, parse_request_head,
 )
 from edge.http.framing import LAST_CHUNK, BodyTooLarge, ChunkedReader, LengthReader, ResponseHead, chunk
 
@@ -122,6 +123,7 @@ class Http1Proxy(Protocol):
         self.route: Any = None
         self.admitted: Admitted | None = None  # what a guarded route's access rules said
         self.user: str | None = None
+        self.auth: Any = None  # the forward_auth question in flight
         self.pool: Any = None
         self.upstream: UpstreamConnection | None = None
         self.upstream_head = b""
@@ -234,7 +236,38 @@ class Http1Proxy(Protocol):
                              headers=verdict.headers)
                 return
             self.admitted, self.user = verdict, verdict.user
+            if verdict.ask is not None:
+                fields = field_list(head.fields, head.lower)
+                question = auth_head(verdict.ask, head.method, self.scheme, host_value, path, self.info.client[0], fields)
+                self.auth = runtime.ask_auth(
+                    route, question, lambda result: self._auth_answered(result, head, route, raw_host, path))
+                return
         self._proceed(head, route, raw_host, path)
+
+    def _auth_answered(self, result: Passed | Refusal | None, head: RequestHead, route: Any, raw_host: bytes,
+                       path: str) -> None:
+        """The forward_auth server's word: go on with its headers, relay its answer, or 503 (fail closed)."""
+        self.auth = None
+        if self.closed or self.head is not head:
+            return
+        if result is None:
+            self.outcome = "auth_failed"
+            self._answer(503, "the authentication service did not answer", close=head.has_body)
+        elif type(result) is Refusal:
+            close = head.has_body or self.close_after
+            self.status = result.status
+            message = relay_response(result, close, head.method == "HEAD")
+            self.sent = len(message)
+            self._write(message)
+            self.outcome = "answered"
+            self._log()
+            if close:
+                self._close()
+            else:
+                self._await_next()
+        else:
+            self.admitted, self.user = self.admitted._replace(add=result.add), result.user
+            self._proceed(head, route, raw_host, path)
 
     def _proceed(self, head: RequestHead, route: Any, raw_host: bytes, path: str) -> None:
         """The request may go on to ``route``'s backend: its body framing, its head for the backend, a connection."""
@@ -647,6 +680,9 @@ class Http1Proxy(Protocol):
 
     def _cancel_wait(self) -> None:
         self.deadline = None
+        auth, self.auth = self.auth, None
+        if auth is not None:
+            auth.cancel()
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()

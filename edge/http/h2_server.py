@@ -53,6 +53,7 @@ from edge.http.h1 import HOP_BY_HOP, BadRequest, field_list, request_line_ok
 from edge.http.h1_client import UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
+from edge.http.forward_auth import Passed, Refusal, auth_head
 from edge.http.policy import Admitted, Answer, body_limit, decide, host_entry
 from edge.timers import coarse
 
@@ -341,6 +342,11 @@ class H2Server(Protocol):
         exchange = H2Exchange(self, stream, event, route, head, chunked, None if tunnel else limit, tunnel, expect,
                               started)
         exchange.user = admitted.user if admitted is not None else None
+        if admitted is not None and admitted.ask is not None:  # the auth server first; the body waits in the exchange
+            question = auth_head(admitted.ask, method.decode("latin-1"), self.scheme, authority.decode("latin-1"),
+                                 target.decode("latin-1"), self.info.client[0], event.fields)
+            exchange.auth = runtime.ask_auth(route, question, lambda result: exchange.auth_answered(result, upstream))
+            return
         self.exchanges[stream] = exchange
         exchange.start(upstream)
 
@@ -414,6 +420,22 @@ class H2Server(Protocol):
         self.flush()
         if exchange is None:
             self._log(event, status, len(body), route, None, None, started, "answered")
+        return 0 if head_only else len(body)
+
+    def relay(self, stream: int, event: Request, refusal: Refusal, exchange: "H2Exchange") -> int:
+        """The forward_auth server's answer on ``stream``, as it sent it (its body framed by a length)."""
+        body = refusal.body
+        fields = list(refusal.fields) + [(b"content-length", str(len(body)).encode("ascii"))]
+        head_only = event.method == b"HEAD" or not body
+        codec = self.codec
+        codec.respond(stream, refusal.status, fields, end=head_only)
+        if not head_only:
+            sent = codec.send(stream, body, True)
+            if 0 <= sent < len(body):
+                self.answers[stream] = body[sent:]
+        if not event.ended and not exchange.client_done:
+            self.stop_reading(stream)
+        self.flush()
         return 0 if head_only else len(body)
 
     def _send_answers(self) -> None:
@@ -570,6 +592,7 @@ class H2Exchange:
         self.request_ended = False  # END_STREAM went to the HTTP/2 backend
         self.h2_backend = False
         self.user: str | None = None  # who basic auth admitted, for the access log
+        self.auth: Any = None  # the forward_auth question in flight
 
     # -- the backend connection ------------------------------------------------------------
 
@@ -940,6 +963,26 @@ class H2Exchange:
         self._release(False)
         self._end(outcome, self.status or 499)
 
+    def auth_answered(self, result: Passed | Refusal | None, upstream: Any) -> None:
+        """The forward_auth server's word: go on with its headers, relay its answer, or 503 (fail closed)."""
+        self.auth = None
+        if self.closed:
+            return
+        if result is None:
+            self._answer(503, "auth_failed", "the authentication service did not answer")
+        elif type(result) is Refusal:
+            self.status = result.status
+            self.sent = self.server.relay(self.stream, self.event, result, self)
+            self._end("answered", result.status)
+        else:
+            if result.add:
+                if isinstance(self.head, bytes):  # an HTTP/1.1 backend's head: before its blank line
+                    self.head = self.head[:-4] + b"".join(b"\r\n%s: %s" % field for field in result.add) + b"\r\n\r\n"
+                else:
+                    self.head = self.head + list(result.add)
+            self.user = result.user
+            self.start(upstream)
+
     # -- endings ---------------------------------------------------------------------------------
 
     def _answer(self, status: int, outcome: str, text: str | None = None) -> None:
@@ -964,6 +1007,9 @@ class H2Exchange:
 
     def _end(self, outcome: str, status: int) -> None:
         self.closed = True
+        auth, self.auth = self.auth, None
+        if auth is not None:
+            auth.cancel()
         self.pending = []
         self.body_in = []
         if self.out_pending:  # request body the backend never took: the client's window comes back
