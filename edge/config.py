@@ -771,8 +771,8 @@ class _Parser:
             if "file" not in value:
                 raise self.fail(f"{key}.file", "missing: the users file (htpasswd -B writes it)")
             realm = value.get("realm", label)
-            if not isinstance(realm, str) or not realm or any(c in realm for c in '"\\\r\n') or not realm.isprintable():
-                raise self.fail(f"{key}.realm", "must be a short text without quotes or backslashes")
+            if not isinstance(realm, str) or not realm or not realm.isascii() or any(c in realm for c in '"\\\r\n') or not realm.isprintable():
+                raise self.fail(f"{key}.realm", "must be a short ASCII text without quotes or backslashes")
             value = value["file"]
             key = f"{key}.file"
         else:
