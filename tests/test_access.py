@@ -419,3 +419,28 @@ def test_forward_auth_fails_closed(edge, logging_origin, auth_server, protocol):
     status, _, _ = curl(e, protocol, "-b", "session=good")
     assert status == 503
     assert not logging_origin.access_log.exists() or not logging_origin.access_log.read_text()
+
+
+def test_rules_match_the_client_a_trusted_proxy_header_names(edge, tls_origin, ca):
+    """Behind a load balancer: the address in its PROXY header is the one allow/deny look at."""
+    import ssl
+
+    origin = tls_origin(HOST)
+    e = edge(passthrough(origin.port, 'deny = ["192.0.2.0/24"]'), accept_proxy=["127.0.0.1"], log_format="json")
+    context = ssl.create_default_context(cafile=str(ca.ca_pem))
+
+    def through_proxy(client: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", e.https_port), timeout=10) as raw:
+            raw.sendall(f"PROXY TCP4 {client} 127.0.0.1 40000 {e.https_port}\r\n".encode())
+            try:
+                with context.wrap_socket(raw, server_hostname=HOST) as tls:
+                    tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    return tls.recv(100)
+            except (ssl.SSLError, OSError):
+                return b""
+
+    assert through_proxy("192.0.2.9") == b""
+    assert through_proxy("198.51.100.1").startswith(b"HTTP/1.0 200")
+    events = {ev["client"]: ev for ev in wait_events(e, 2, "connection")}
+    assert events["192.0.2.9"]["ended"] == "refused: address not allowed" and events["192.0.2.9"]["server"] == "-"
+    assert events["198.51.100.1"]["server"] == f"127.0.0.1:{origin.port}"
