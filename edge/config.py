@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from edge.access import AddressRule, Rate, Users, UsersFileError, parse_networks, parse_users
 from edge.acme.dns01 import parse_server as parse_dns_server
 from edge.addresses import Address, parse_address, parse_addresses, parse_server
 
@@ -66,6 +67,7 @@ class Listen:
     http: tuple[Address, ...]
     https: tuple[Address, ...]
     accept_proxy: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    deny: AddressRule = AddressRule()  # [listen] deny: addresses refused on every door
 
     def trusts(self, ip: str) -> bool:
         """Whether a connection from ``ip`` may carry a PROXY header."""
@@ -122,6 +124,36 @@ class BackendConfig:
         return "tcp" if self.servers[0].scheme == "tcp" else "http"
 
 
+@dataclass(frozen=True)
+class BasicAuth:
+    """``basic_auth``: the users file (read at load, so a reload re-reads it) and the realm."""
+
+    path: str
+    realm: str
+    users: Users = field(compare=False, repr=False)
+    entries: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # what the file said (compared)
+
+
+@dataclass(frozen=True)
+class ForwardAuth:
+    """``forward_auth``: ask ``url`` (a GET with the client's headers) before each request."""
+
+    url: str
+    host: str
+    port: int
+    target: str  # path and query of url
+    copy_headers: tuple[str, ...] = ()
+    timeout: float = 10.0
+
+
+ACCESS_KEYS = ("allow", "deny", "basic_auth", "pass_authorization", "user_header", "forward_auth", "rate_limit",
+               "conn_limit")
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+# Headers edge sets or strips itself: a user_header or copy_headers entry may not be one of them.
+_RESERVED_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection", "upgrade", "te",
+                               "authorization", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                               "forwarded", "keep-alive", "expect", "cookie"))
+_HTTP_URL = re.compile(r"http://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?(?P<target>/[^\s#]*)?")
 ROUTE_NAME = re.compile(r"[A-Za-z0-9*][A-Za-z0-9_.:/*-]{0,99}")
 
 
@@ -139,6 +171,19 @@ class Route:
     http_backend: str | None = None  # http = "forward": port 80's connections for these hosts go there
     doors: tuple[str, ...] = ("https",)  # where it is served: port 443, and/or [[doors]] with sni = true
     acme_challenge: str | None = None  # this route's ACME challenge ([acme] challenge when None)
+    addresses: AddressRule = AddressRule()  # allow / deny
+    basic_auth: BasicAuth | None = None
+    pass_authorization: bool = False  # basic auth: the backend gets the Authorization header too
+    user_header: str | None = None  # basic auth: the user name passed on in this header
+    forward_auth: ForwardAuth | None = None
+    rate_limit: Rate | None = None  # requests per client address (terminated routes)
+    conn_limit: Rate | None = None  # new connections per client address (passthrough routes)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether a request must pass access rules before it goes on."""
+        return bool(self.addresses) or self.basic_auth is not None or self.forward_auth is not None \
+            or self.rate_limit is not None
 
     @property
     def terminated(self) -> bool:
@@ -221,6 +266,8 @@ class Door:
     listen: tuple[Address, ...]
     backend: str | None
     sni: bool = False
+    addresses: AddressRule = AddressRule()  # allow / deny, for every connection to this door
+    conn_limit: Rate | None = None
 
 
 DOOR_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -246,6 +293,8 @@ class Config:
     admin_debug: bool = False  # [admin] debug: /debug/objects on the admin listener
     doors: tuple[Door, ...] = ()  # [[doors]]: extra TCP front doors
     discovery: Discovery | None = None  # [discovery]: routes from podman container labels
+    ssh_addresses: AddressRule = AddressRule()  # [ssh] allow / deny
+    ssh_conn_limit: Rate | None = None  # [ssh] conn_limit
 
 
 def load(path: str | Path) -> Config:
@@ -361,6 +410,31 @@ class _Parser:
         base = self.path.rsplit("/", 1)[0] if "/" in self.path else "."
         return value if value.startswith("/") else f"{base}/{value}"
 
+    def address_rule(self, data: Mapping[str, Any], key: str) -> AddressRule:
+        """``allow`` and ``deny`` of a table: lists of addresses and CIDR networks."""
+        lists = {}
+        for name in ("allow", "deny"):
+            try:
+                lists[name] = parse_networks(self.string_list(data.get(name, []), f"{key}.{name}"))
+            except ValueError as e:
+                raise self.fail(f"{key}.{name}", str(e)) from None
+        if "allow" in data and not lists["allow"]:
+            raise self.fail(f"{key}.allow", "is empty, which would refuse everyone (leave it out to allow all)")
+        return AddressRule(**lists)
+
+    def rate(self, value: Any, key: str, count: str) -> Rate:
+        """``{ <count> = N, per = "1s", burst = M }``: N events per period, M at once (default N)."""
+        example = f"{{ {count} = 10, per = \"1m\" }}"
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a table like {example}")
+        value = self.table(value, key, (count, "per", "burst"))
+        for required in (count, "per"):
+            if required not in value:
+                raise self.fail(f"{key}.{required}", f"missing (e.g. {example})")
+        number = self.positive_int(value[count], f"{key}.{count}")
+        burst = self.positive_int(value.get("burst", number), f"{key}.burst")
+        return Rate(number, self.duration(value["per"], f"{key}.per"), burst)
+
     def duration(self, value: Any, key: str) -> float:
         try:
             return parse_duration(value)
@@ -395,14 +469,16 @@ class _Parser:
         listen = self.listen(data.get("listen", {}))
         timeouts = self.timeouts(data.get("timeouts", {}))
         backends = self.backends(data.get("backends", {}))
-        ssh = self.table(data.get("ssh", {}), "ssh", ("backend",))
+        ssh = self.table(data.get("ssh", {}), "ssh", ("backend", "allow", "deny", "conn_limit"))
+        ssh_addresses = self.address_rule(ssh, "ssh")
+        ssh_conn_limit = self.rate(ssh["conn_limit"], "ssh.conn_limit", "new") if "conn_limit" in ssh else None
         ssh_backend = ssh.get("backend")
         if ssh_backend is not None:
             self.backend_ref(ssh_backend, "ssh.backend", backends, "tcp")
         elif listen.ssh and "listen" in data and "ssh" in data["listen"]:
             raise self.fail("ssh.backend", "listen.ssh is set, so [ssh] needs a backend")
         elif listen.ssh:
-            listen = Listen((), listen.http, listen.https, listen.accept_proxy)
+            listen = Listen((), listen.http, listen.https, listen.accept_proxy, listen.deny)
         doors = self.doors(data.get("doors", []), backends, listen, admin)
         routes = self.routes(data.get("routes", []), backends, {door.name: door for door in doors})
         for route in routes:
@@ -433,6 +509,8 @@ class _Parser:
             raw=data,
             doors=doors,
             discovery=self.discovery(data["discovery"]) if "discovery" in data else None,
+            ssh_addresses=ssh_addresses,
+            ssh_conn_limit=ssh_conn_limit,
         )
 
     def discovery(self, data: Any) -> Discovery:
@@ -557,7 +635,7 @@ class _Parser:
             raise self.fail(key, f"cannot read {path}: {e.strerror}") from None
 
     def listen(self, data: Any) -> Listen:
-        data = self.table(data, "listen", ("ssh", "http", "https", "accept_proxy"))
+        data = self.table(data, "listen", ("ssh", "http", "https", "accept_proxy", "deny"))
         doors = {}
         seen: dict[Any, str] = {}
         for door, default in DEFAULT_LISTEN.items():
@@ -582,7 +660,8 @@ class _Parser:
                 networks.append(ipaddress.ip_network(value, strict=False))
             except ValueError:
                 raise self.fail("listen.accept_proxy", f"{value!r} is not an address or CIDR network") from None
-        return Listen(accept_proxy=tuple(networks), **doors)
+        deny = self.address_rule({"deny": data["deny"]} if "deny" in data else {}, "listen")
+        return Listen(accept_proxy=tuple(networks), deny=deny, **doors)
 
     def timeouts(self, data: Any) -> Timeouts:
         data = self.table(data, "timeouts", ("inspect", "connect", "idle", "response", "drain"))
@@ -664,6 +743,84 @@ class _Parser:
             raise self.fail(f"{key}.proxy_protocol", "is for host:port (TCP) servers")
         return BackendConfig(name=name, servers=tuple(servers), **options)
 
+    def route_access(self, item: Mapping[str, Any], key: str, tls: str, label: str) -> dict[str, Any]:
+        """A route's access rules: allow/deny for any route, the HTTP ones for terminated routes only."""
+        options: dict[str, Any] = {"addresses": self.address_rule(item, key)}
+        if tls == "passthrough":
+            for http_only in ("basic_auth", "pass_authorization", "user_header", "forward_auth", "rate_limit"):
+                if http_only in item:
+                    hint = " (use conn_limit)" if http_only == "rate_limit" else ""
+                    raise self.fail(f"{key}.{http_only}", f"a passthrough route cannot see HTTP requests{hint}")
+            if "conn_limit" in item:
+                options["conn_limit"] = self.rate(item["conn_limit"], f"{key}.conn_limit", "new")
+            return options
+        if "conn_limit" in item:
+            raise self.fail(f"{key}.conn_limit", "is for passthrough routes; a terminated route has rate_limit")
+        if "rate_limit" in item:
+            options["rate_limit"] = self.rate(item["rate_limit"], f"{key}.rate_limit", "requests")
+        if "basic_auth" in item:
+            options["basic_auth"] = self.basic_auth(item["basic_auth"], f"{key}.basic_auth", label)
+        for option in ("pass_authorization", "user_header"):
+            if option in item and "basic_auth" not in item:
+                raise self.fail(f"{key}.{option}", "only applies together with basic_auth")
+        if "pass_authorization" in item:
+            if not isinstance(item["pass_authorization"], bool):
+                raise self.fail(f"{key}.pass_authorization", "must be true or false")
+            options["pass_authorization"] = item["pass_authorization"]
+        if "user_header" in item:
+            options["user_header"] = self.header_name(item["user_header"], f"{key}.user_header")
+        if "forward_auth" in item:
+            if "basic_auth" in item:
+                raise self.fail(f"{key}.forward_auth", "a route has basic_auth or forward_auth, not both")
+            options["forward_auth"] = self.forward_auth(item["forward_auth"], f"{key}.forward_auth")
+        return options
+
+    def header_name(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+            raise self.fail(key, "must be a header name like \"Remote-User\"")
+        if value.lower() in _RESERVED_HEADERS:
+            raise self.fail(key, f"{value!r} is a header edge sets or removes itself")
+        return value
+
+    def basic_auth(self, value: Any, key: str, label: str) -> BasicAuth:
+        """``"users.htpasswd"`` or ``{ file = "users.htpasswd", realm = "..." }``; the file is read now."""
+        if isinstance(value, dict):
+            value = self.table(value, key, ("file", "realm"))
+            if "file" not in value:
+                raise self.fail(f"{key}.file", "missing: the users file (htpasswd -B writes it)")
+            realm = value.get("realm", label)
+            if not isinstance(realm, str) or not realm or not realm.isascii() or any(c in realm for c in '"\\\r\n') or not realm.isprintable():
+                raise self.fail(f"{key}.realm", "must be a short ASCII text without quotes or backslashes")
+            value = value["file"]
+            key = f"{key}.file"
+        else:
+            realm = label
+        path = self.path_in(value, key)
+        try:
+            users = parse_users(self.read_file(path, key))
+        except UsersFileError as e:
+            raise self.fail(key, f"{path}: {e}") from None
+        return BasicAuth(path, realm, Users(users), tuple(sorted(users.items())))
+
+    def forward_auth(self, value: Any, key: str) -> ForwardAuth:
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table like { url = \"http://127.0.0.1:9091/api/authz/forward-auth\" }")
+        value = self.table(value, key, ("url", "copy_headers", "timeout"))
+        url = value.get("url")
+        if url is None:
+            raise self.fail(f"{key}.url", "missing: the auth server's http:// URL")
+        match = _HTTP_URL.fullmatch(url) if isinstance(url, str) else None
+        if match is None:
+            raise self.fail(f"{key}.url", "must be an http:// URL like \"http://127.0.0.1:9091/api/authz/forward-auth\"")
+        host = match.group("host").strip("[]")
+        port = int(match.group("port") or 80)
+        if not 0 < port < 65536:
+            raise self.fail(f"{key}.url", "port out of range")
+        copy = tuple(self.header_name(name, f"{key}.copy_headers")
+                     for name in self.string_list(value.get("copy_headers", []), f"{key}.copy_headers"))
+        timeout = self.duration(value["timeout"], f"{key}.timeout") if "timeout" in value else 10.0
+        return ForwardAuth(url, host, port, match.group("target") or "/", copy, timeout)
+
     def backend_ref(self, name: Any, key: str, backends: Mapping[str, BackendConfig], kind: str) -> None:
         if not isinstance(name, str):
             raise self.fail(key, "must be the name of a backend")
@@ -688,7 +845,7 @@ class _Parser:
         doors: list[Door] = []
         for index, item in enumerate(data):
             key = f"doors[{index}]"
-            item = self.table(item, key, ("name", "listen", "backend", "sni"))
+            item = self.table(item, key, ("name", "listen", "backend", "sni", "allow", "deny", "conn_limit"))
             for required in ("name", "listen"):
                 if required not in item:
                     raise self.fail(f"{key}.{required}", "missing")
@@ -721,7 +878,8 @@ class _Parser:
             elif not sni:
                 raise self.fail(f"{key}.backend", "missing: every connection to this door goes there "
                                                   "(or set sni = true to route by server name)")
-            doors.append(Door(name, tuple(addresses), backend, sni))
+            conn_limit = self.rate(item["conn_limit"], f"{key}.conn_limit", "new") if "conn_limit" in item else None
+            doors.append(Door(name, tuple(addresses), backend, sni, self.address_rule(item, key), conn_limit))
         return tuple(doors)
 
     def routes(self, data: Any, backends: Mapping[str, BackendConfig],
@@ -736,7 +894,7 @@ class _Parser:
         for index, item in enumerate(data):
             key = f"routes[{index}]"
             item = self.table(item, key, ("name", "hosts", "tls", "backend", "acme_backend", "http", "paths",
-                                          "max_body", "http_backend", "doors", "acme_challenge"))
+                                          "max_body", "http_backend", "doors", "acme_challenge") + ACCESS_KEYS)
             for required in ("hosts", "tls", "backend"):
                 if required not in item:
                     raise self.fail(f"{key}.{required}", "missing")
@@ -827,7 +985,7 @@ class _Parser:
                 if tls == "passthrough":
                     raise self.fail(f"{key}.acme_challenge", "a passthrough route has no certificate of the edge's")
             routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index, paths, max_body, label,
-                                http_backend, route_doors, acme_challenge))
+                                http_backend, route_doors, acme_challenge, **self.route_access(item, key, tls, label)))
         for name, door in doors.items():
             if door.sni and door.backend is None and not any(name in route.doors for route in routes):
                 raise self.fail("doors", f"door {name!r} has sni = true but no route lists it in doors "

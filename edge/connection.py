@@ -112,12 +112,13 @@ class ConnectionInfo:
 def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, status: int, sent: int,
                 route: str | None, backend: str | None, server: str | None, upstream: float | None,
                 duration: float, protocol: str, outcome: str = "completed", listener: str | None = None,
-                client: str | None = None, count: bool = True) -> None:
+                client: str | None = None, count: bool = True, user: str | None = None) -> None:
     """One access-log event (and the request metrics) for one HTTP request: proxied, or answered by
     edge itself (port 80's redirects, the status page: ``count=False`` leaves the metrics alone).
 
     ``outcome`` says who ended it: ``completed``, ``answered`` (by edge itself), ``client_aborted``,
-    ``client_closed``, ``backend_failed``, ``timeout``, ``body_too_large``, ...
+    ``client_closed``, ``backend_failed``, ``timeout``, ``body_too_large``, ...  ``user`` is who basic auth
+    admitted (else ``-``).
     """
     if count:
         metrics.request_finished(route, backend, server, status, duration, upstream, protocol, outcome)
@@ -125,7 +126,7 @@ def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, 
         return
     access_log.info(
         "{client} {method} {host}{path} {status} {sent}B route={route} backend={backend} server={server}"
-        " upstream={upstream_text} {duration:.3f}s {outcome}",
+        " upstream={upstream_text} {duration:.3f}s {outcome} user={user}",
         kind="request",
         client=client or (info.client[0] if info else "-"),
         method=method,
@@ -141,6 +142,7 @@ def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, 
         duration=duration,
         protocol=protocol,
         outcome=outcome,
+        user=user or "-",
         sni=info.sni if info else None,
         listener=listener or (info.listener if info else None),
         worker=WORKER[0],

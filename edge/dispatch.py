@@ -54,6 +54,8 @@ class Dispatcher(Protocol):
         client = transport.client  # the address accept() gave: (host, port), IPv6 with flow and scope
         self.info = info = ConnectionInfo((client[0], client[1]), transport.socket, self.listener)
         self.proxy_pending = self.runtime.config.listen.trusts(info.client[0])
+        if not self.proxy_pending and not self._client_known():
+            return
         if not self.proxy_pending and not self.sniffing:
             self._route_door()
             return
@@ -62,6 +64,8 @@ class Dispatcher(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.handler is not None:
             self.handler.dataReceived(data)
+            return
+        if self.info.ended is not None:  # refused: closing, nothing more is looked at
             return
         self.buffer += data
         try:
@@ -84,6 +88,8 @@ class Dispatcher(Protocol):
                     self.info.client = header.source
                     self.info.local = header.destination
                     self.info.proxied = True
+            if not self._client_known():
+                return
             if not self.sniffing:
                 self._route_door()
                 return
@@ -92,6 +98,20 @@ class Dispatcher(Protocol):
                 self._sniff_https()
             else:
                 self._sniff_door()
+
+    def _client_known(self) -> bool:
+        """The real client address is known (a trusted PROXY header was read): refuse it here, before a
+        byte goes anywhere, if [listen] deny or its [[doors]] entry's allow/deny or conn_limit says so."""
+        client = self.info.client[0]
+        why = None
+        if self.runtime.config.listen.deny and not self.runtime.config.listen.deny.permits(client):
+            why = "refused: address denied"
+        elif self.listener in self.runtime.doors:
+            why = self.runtime.refused(f"door:{self.listener}", client)
+        if why is None:
+            return True
+        self._reject(why)
+        return False
 
     def _route_door(self) -> None:
         """Ports 22 and 80, and doors without ``sni``, need no sniffing: their door says what comes."""
@@ -126,6 +146,10 @@ class Dispatcher(Protocol):
                 self._to_door_backend()
                 return
             info.route, info.tls_mode = route.name, route.tls
+            why = self.runtime.refused(f"route:{route.name}", info.client[0])
+            if why is not None:
+                self._reject(why)
+                return
             self.hand_over(self.runtime.forward(route.backend, info), self.buffer)
         elif hello is not NEED_MORE:
             self._to_door_backend()
@@ -154,6 +178,12 @@ class Dispatcher(Protocol):
         if entry is None:
             self._reject("refused: no SNI" if hello.sni is None else "refused: no route for SNI", UNRECOGNIZED_NAME_ALERT)
             return
+        route = entry.passthrough
+        why = self.runtime.refused(f"route:{route.name}", info.client[0]) if route is not None else None
+        if why is not None:
+            info.route, info.tls_mode = route.name, route.tls
+            self._reject(why)
+            return
         handler = self.runtime.tls_handler(entry, info)
         if handler is None:
             self._reject("refused: no certificate for SNI", UNRECOGNIZED_NAME_ALERT)
@@ -164,6 +194,10 @@ class Dispatcher(Protocol):
         self.info.protocol = "ssh"
         if self.runtime.config.ssh_backend is None:
             self._reject("refused: no [ssh] backend")
+            return
+        why = self.runtime.refused("ssh", self.info.client[0])
+        if why is not None:
+            self._reject(why)
             return
         self.hand_over(self.runtime.forward(self.runtime.config.ssh_backend, self.info), self.buffer)
 
@@ -185,7 +219,8 @@ class Dispatcher(Protocol):
             return
         if self.proxy_pending and not self.sniffing and not self.buffer:
             self.proxy_pending = False  # a trusted source that sent no header
-            self._route_door()
+            if self._client_known():
+                self._route_door()
         elif not self.buffer and self.listener == "https" and self.runtime.config.ssh_backend:
             self._to_ssh()  # SSH clients that wait for the server's banner
         elif not self.buffer and self.listener in self.runtime.doors and self.runtime.doors[self.listener].backend:
@@ -197,7 +232,7 @@ class Dispatcher(Protocol):
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
-        self.info.ended = why
+        self.info.ended = self.info.ended or why
         if answer:
             self.transport.write(answer)
         self.transport.loseConnection()

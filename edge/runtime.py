@@ -12,16 +12,18 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
+from edge.access import AddressRule, Limiter, Rate
 from edge.acme.responders import ACME_TLS_ALPN, ChallengeResponders
 from edge.backends import Backend
 from edge.certs.files import load_directory
 from edge.certs.local_ca import LocalIssuer
 from edge.certs.store import CertificateStore
-from edge.config import Config
+from edge.config import BackendConfig, Config, Server
 from edge.connection import ConnectionInfo
 from edge.forward import TcpForward
 from edge.http.h1_server import Http1Proxy
 from edge.http.h2_server import H2Server
+from edge.http.policy import Guard
 from edge.http.redirect import Redirector
 from edge.routes import HostEntry, RouteTable
 from edge.sniff.proxy import build_v1, build_v2
@@ -72,14 +74,67 @@ class Runtime:
                 log.warn("backend {backend}: verify = false, its TLS certificates are not checked", backend=name)
             if backend_config.kind == "http":
                 self.upstreams[name] = Upstream(backend, reactor, config.timeouts.connect, config.timeouts.response)
+        # Access rules: a Guard per guarded HTTP route, a connection limiter per TCP gate.  A limiter whose
+        # rate is unchanged carries its table across a reload (else a reload would forgive every client).
+        old_limiters = previous.limiters if previous is not None else {}
+        self.limiters: dict[str, Limiter] = {}
+
+        def limiter(key: str, rate: Rate | None) -> Limiter | None:
+            if rate is None:
+                return None
+            old = old_limiters.get(key)
+            self.limiters[key] = old if old is not None and old.rate == rate else Limiter(rate)
+            return self.limiters[key]
+
+        self.guards = {route.name: Guard(route, limiter(f"route:{route.name}", route.rate_limit))
+                       for route in config.routes if route.terminated and route.guarded}
+        # TCP gates: (allow/deny, connection limiter) of passthrough routes, the SSH door and [[doors]].
+        self.gates: dict[str, tuple[AddressRule, Limiter | None]] = {
+            f"route:{route.name}": (route.addresses, limiter(f"route:{route.name}", route.conn_limit))
+            for route in config.routes if not route.terminated}
+        self.gates["ssh"] = (config.ssh_addresses, limiter("ssh", config.ssh_conn_limit))
+        for door in config.doors:
+            self.gates[f"door:{door.name}"] = (door.addresses, limiter(f"door:{door.name}", door.conn_limit))
+        # forward_auth servers: a keep-alive pool each (kept across a reload, as backends' are).
+        self.auth_upstreams: dict[tuple[str, int], Upstream] = {}
+        for route in config.routes:
+            auth = route.forward_auth
+            if auth is None or (auth.host, auth.port) in self.auth_upstreams:
+                continue
+            key = (auth.host, auth.port)
+            old = previous.auth_upstreams.get(key) if same_timeouts else None
+            if old is None:
+                server = BackendConfig(f"forward_auth {auth.host}:{auth.port}", (Server(auth.host, auth.port, "http"),),
+                                       fail_timeout=1.0)
+                old = Upstream(Backend(server, reactor, config.timeouts.connect), reactor, config.timeouts.connect,
+                               auth.timeout)
+            self.auth_upstreams[key] = old
         self.https_port = next((a.port for a in config.listen.https if hasattr(a, "port")), 443)
         self.certificates = certificates if certificates is not None else self.load_certificates(config)
         self.http_factory = Factory.forProtocol(Protocol)  # TLS factories wrap one; edge builds the protocols
 
+    def refused(self, gate: str, client: str) -> str | None:
+        """Why a connection from ``client`` may not pass ``gate`` ("route:NAME", "ssh", "door:NAME"); None if it may."""
+        rule, limiter = self.gates.get(gate, (None, None))
+        if rule and not rule.permits(client):
+            return "refused: address not allowed"
+        if limiter is not None and limiter.take(client, self.reactor.seconds()) > 0:
+            return "refused: too many connections"
+        return None
+
+    def ask_auth(self, route: Any, head: bytes, done: Callable[[Any], None]) -> Any:
+        """Ask ``route``'s forward_auth server about a request (:class:`edge.http.forward_auth.AuthCheck`)."""
+        from edge.http.forward_auth import AuthCheck
+
+        auth = route.forward_auth
+        check = AuthCheck(self.auth_upstreams[auth.host, auth.port], self.reactor, auth, head, done)
+        check.start()
+        return check
+
     def retire(self, successor: "Runtime") -> None:
         """``successor`` replaced this runtime: close the keep-alive pools it does not carry on."""
-        kept = {id(upstream) for upstream in successor.upstreams.values()}
-        for upstream in self.upstreams.values():
+        kept = {id(upstream) for upstream in [*successor.upstreams.values(), *successor.auth_upstreams.values()]}
+        for upstream in [*self.upstreams.values(), *self.auth_upstreams.values()]:
             if id(upstream) not in kept:
                 upstream.close()
 

@@ -7,14 +7,16 @@ after it, and the body left out for a HEAD request.
 from __future__ import annotations
 
 STATUS_TEXT = {
-    200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
+    200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
     413: "Content Too Large", 421: "Misdirected Request", 431: "Request Header Fields Too Large",
+    429: "Too Many Requests",
     499: "Client Closed Request", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
 # The one-line bodies of the errors that need no further explanation.
 REASON_TEXT = {
-    400: "bad request", 404: "no route for this host and path", 408: "request head took too long",
+    400: "bad request", 401: "authentication required", 403: "access denied", 429: "too many requests",
+    404: "no route for this host and path", 408: "request head took too long",
     413: "request body larger than this route allows", 421: "the Host header does not match the TLS server name",
     431: "request header fields too large", 501: "not implemented",
 }
@@ -26,13 +28,15 @@ PUBLIC_TEXT = {
 }
 
 
-def plain_response(status: int, body: str, close: bool, head_only: bool = False, location: str | None = None) -> bytes:
-    """A complete response with ``body`` (sent as it is) as text/plain."""
+def plain_response(status: int, body: str, close: bool, head_only: bool = False, location: str | None = None,
+                   headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A complete response with ``body`` (sent as it is) as text/plain, and any more ``headers``."""
     payload = body.encode("utf-8")
     lines = [f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
              f"Content-Length: {len(payload)}"]
     if location is not None:
         lines.append(f"Location: {location}")
+    lines.extend(f"{name}: {value}" for name, value in headers)
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else payload)

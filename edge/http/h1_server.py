@@ -33,11 +33,12 @@ from edge.eager import write_now
 from edge.transports import queued_for_peer
 from edge.http.h1_client import UpstreamConnection
 from edge.http.forwarded import forwarded_block
-from edge.http.policy import Answer, body_limit, decide, host_entry, is_websocket
+from edge.http.forward_auth import Passed, Refusal, auth_head, relay_response
+from edge.http.policy import Admitted, Answer, body_limit, decide, host_entry, is_websocket
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
-    HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_pattern,
-    parse_request_head,
+    HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_list,
+    field_pattern, parse_request_head,
 )
 from edge.http.framing import LAST_CHUNK, BodyTooLarge, ChunkedReader, LengthReader, ResponseHead, chunk
 
@@ -57,6 +58,18 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # requests but reads nothing would otherwise have every answer kept in memory (1.5 GB in 15 s was seen).
 MAX_UNREAD = 262144
 DRAIN_CHECK = 0.05  # seconds between looks at a client that is behind
+
+
+def edit_fields(fields: bytes, drop: frozenset[bytes], add: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """A header block (``\r\nname: value`` lines) without the ``drop`` headers and with the ``add`` ones."""
+    if drop:
+        pattern = _LISTED_PATTERNS.get(drop)
+        if pattern is None:
+            if len(_LISTED_PATTERNS) > 256:
+                _LISTED_PATTERNS.clear()
+            pattern = _LISTED_PATTERNS[drop] = field_pattern(drop)
+        fields = drop_fields(fields, fields.lower(), pattern)[0]
+    return fields + b"".join(b"\r\n%s: %s" % field for field in add)
 
 
 def _drop_listed(fields: bytes, connection: bytes) -> bytes:
@@ -108,6 +121,9 @@ class Http1Proxy(Protocol):
         self.forwarded_host: bytes | None = None
         self.forwarded_tail = b""
         self.route: Any = None
+        self.admitted: Admitted | None = None  # what a guarded route's access rules said
+        self.user: str | None = None
+        self.auth: Any = None  # the forward_auth question in flight
         self.pool: Any = None
         self.upstream: UpstreamConnection | None = None
         self.upstream_head = b""
@@ -184,7 +200,7 @@ class Http1Proxy(Protocol):
         self.head = head
         self.started = time.monotonic()
         self.status = self.sent = self.body_sent = 0
-        self.route = self.upstream_time = None
+        self.route = self.upstream_time = self.admitted = self.user = None
         self.response_started = self.retried = False
         self.outcome = None
         self.transform = self.body = self.upgrade = None
@@ -212,6 +228,50 @@ class Http1Proxy(Protocol):
             self._answer(route.status, route.text, close=head.has_body, location=route.location)
             return
         self.route = route
+        if route.guarded:
+            verdict = runtime.guards[route.name].check(self.info.client[0], head.get(b"authorization"),
+                                                       runtime.reactor.seconds())
+            if type(verdict) is Answer:
+                self._answer(verdict.status, verdict.text, close=head.has_body, location=verdict.location,
+                             headers=verdict.headers)
+                return
+            self.admitted, self.user = verdict, verdict.user
+            if verdict.ask is not None:
+                fields = field_list(head.fields, head.lower)
+                question = auth_head(verdict.ask, head.method, self.scheme, host_value, path, self.info.client[0], fields)
+                self.auth = runtime.ask_auth(
+                    route, question, lambda result: self._auth_answered(result, head, route, raw_host, path))
+                return
+        self._proceed(head, route, raw_host, path)
+
+    def _auth_answered(self, result: Passed | Refusal | None, head: RequestHead, route: Any, raw_host: bytes,
+                       path: str) -> None:
+        """The forward_auth server's word: go on with its headers, relay its answer, or 503 (fail closed)."""
+        self.auth = None
+        if self.closed or self.head is not head:
+            return
+        if result is None:
+            self.outcome = "auth_failed"
+            self._answer(503, "the authentication service did not answer", close=head.has_body)
+        elif type(result) is Refusal:
+            close = head.has_body or self.close_after
+            self.status = result.status
+            message = relay_response(result, close, head.method == "HEAD")
+            self.sent = len(message)
+            self._write(message)
+            self.outcome = "answered"
+            self._log()
+            if close:
+                self._close()
+            else:
+                self._await_next()
+        else:
+            self.admitted, self.user = self.admitted._replace(add=result.add), result.user
+            self._proceed(head, route, raw_host, path)
+
+    def _proceed(self, head: RequestHead, route: Any, raw_host: bytes, path: str) -> None:
+        """The request may go on to ``route``'s backend: its body framing, its head for the backend, a connection."""
+        runtime = self.runtime
         lower = head.lower
         if lower.find(b"\r\ntransfer-encoding:") >= 0 or lower.find(b"\r\ncontent-length:") >= 0:
             try:
@@ -250,6 +310,9 @@ class Http1Proxy(Protocol):
 
     def _upstream_head(self, head: RequestHead, host: bytes, path: str) -> bytes:
         fields, removed = drop_fields(head.fields, head.lower, REQUEST_DROP)
+        admitted = self.admitted
+        if admitted is not None and (admitted.drop or admitted.add):
+            fields = edit_fields(fields, admitted.drop, admitted.add)
         line = head.line if path is head.target else b"%s %s" % (head.method.encode("latin-1"),
                                                                   path.encode("latin-1"))
         if not removed or (len(removed) == 1 and removed[0][0] == b"connection" and removed[0][1] in _PLAIN_CONNECTION):
@@ -520,11 +583,13 @@ class Http1Proxy(Protocol):
 
     # -- answers the edge gives itself --------------------------------------------------
 
-    def _answer(self, status: int, text: str, close: bool = False, location: str | None = None) -> None:
+    def _answer(self, status: int, text: str, close: bool = False, location: str | None = None,
+                headers: tuple[tuple[str, str], ...] = ()) -> None:
         head = self.head
         close = close or self.close_after
         self.status = status
-        message = plain_response(status, f"{text}\n", close, head is not None and head.method == "HEAD", location)
+        message = plain_response(status, f"{text}\n", close, head is not None and head.method == "HEAD", location,
+                                 headers)
         self.sent = len(message)
         self._write(message)
         if head is not None:
@@ -558,7 +623,8 @@ class Http1Proxy(Protocol):
         log_request(self.info, head.method, self.host, head.target, self.status, self.sent,
                     route.name if route is not None else None, route.backend if route is not None else None,
                     self.info.server if self.upstream_time is not None else None, self.upstream_time,
-                    time.monotonic() - self.started, f"HTTP/{head.version}", self.outcome or "completed")
+                    time.monotonic() - self.started, f"HTTP/{head.version}", self.outcome or "completed",
+                    user=self.user)
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -614,6 +680,9 @@ class Http1Proxy(Protocol):
 
     def _cancel_wait(self) -> None:
         self.deadline = None
+        auth, self.auth = self.auth, None
+        if auth is not None:
+            auth.cancel()
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()

@@ -53,7 +53,8 @@ from edge.http.h1 import HOP_BY_HOP, BadRequest, field_list, request_line_ok
 from edge.http.h1_client import UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
-from edge.http.policy import Answer, body_limit, decide, host_entry
+from edge.http.forward_auth import Passed, Refusal, auth_head
+from edge.http.policy import Admitted, Answer, body_limit, decide, host_entry
 from edge.timers import coarse
 
 log = Logger()
@@ -304,15 +305,34 @@ class H2Server(Protocol):
         if type(route) is Answer:
             self.answer(stream, event, route.status, route.text, route.location, started=started)
             return
+        admitted = None
+        if route.guarded:
+            authorization = next((value for name, value in event.fields if name == b"authorization"), None)
+            verdict = runtime.guards[route.name].check(self.info.client[0], authorization, runtime.reactor.seconds())
+            if type(verdict) is Answer:
+                self.answer(stream, event, verdict.status, verdict.text, verdict.location, route=route, started=started,
+                            headers=verdict.headers)
+                return
+            admitted = verdict
+        self._proceed(stream, event, authority, route, admitted, started)
+
+    def _proceed(self, stream: int, event: Request, authority: bytes, route: Any, admitted: Admitted | None,
+                 started: float) -> None:
+        """The request may go on to ``route``'s backend: its head for the backend, then an exchange."""
+        runtime = self.runtime
+        method, target, tunnel = event.method, event.target, event.protocol is not None
+        fields = event.fields
+        if admitted is not None and (admitted.drop or admitted.add):
+            fields = [field for field in fields if field[0] not in admitted.drop] + list(admitted.add)
         upstream = runtime.upstreams[route.backend]
         try:
             if upstream.h2 is not None:
                 if tunnel:
                     raise BadRequest(501, "WebSocket to an HTTP/2 backend is not supported")
-                head, chunked, length, expect = self._upstream_fields(event, method, target, authority, upstream), \
+                head, chunked, length, expect = self._upstream_fields(fields, method, target, authority, upstream), \
                     False, self.length, False
             else:
-                head, chunked, length, expect = self._upstream_head(event, method, target, authority, tunnel)
+                head, chunked, length, expect = self._upstream_head(event, fields, method, target, authority, tunnel)
             if event.ended and length:  # a length no DATA will follow: the backend would read the next request
                 raise BadRequest(400, "content-length without a body")
             limit = body_limit(route, length)
@@ -321,14 +341,20 @@ class H2Server(Protocol):
             return
         exchange = H2Exchange(self, stream, event, route, head, chunked, None if tunnel else limit, tunnel, expect,
                               started)
+        exchange.user = admitted.user if admitted is not None else None
+        if admitted is not None and admitted.ask is not None:  # the auth server first; the body waits in the exchange
+            question = auth_head(admitted.ask, method.decode("latin-1"), self.scheme, authority.decode("latin-1"),
+                                 target.decode("latin-1"), self.info.client[0], event.fields)
+            exchange.auth = runtime.ask_auth(route, question, lambda result: exchange.auth_answered(result, upstream))
+            return
         self.exchanges[stream] = exchange
         exchange.start(upstream)
 
-    def _upstream_head(self, event: Request, method: bytes, target: bytes, authority: bytes,
-                       tunnel: bool) -> tuple[bytes, bool, int | None, bool]:
+    def _upstream_head(self, event: Request, fields: list[tuple[bytes, bytes]], method: bytes, target: bytes,
+                       authority: bytes, tunnel: bool) -> tuple[bytes, bool, int | None, bool]:
         """The HTTP/1.1 request head for the backend; whether its body is chunked; its length; Expect: 100-continue.
         (Names and values were checked by the codec: lower-case tokens, no control characters.)"""
-        sorted_ = _sort_fields(event.fields)
+        sorted_ = _sort_fields(fields)
         kept = [b"\r\n%s: %s" % field for field in sorted_.kept]
         if sorted_.cookies:  # RFC 9113 8.2.3: one header for HTTP/1.1, its crumbs joined
             kept.append(b"\r\ncookie: %s" % b"; ".join(sorted_.cookies))
@@ -356,10 +382,10 @@ class H2Server(Protocol):
             self.forwarded_for = authority
         return line + b"".join(kept) + framing + forwarded + b"\r\n\r\n", chunked, length, sorted_.expect
 
-    def _upstream_fields(self, event: Request, method: bytes, target: bytes, authority: bytes,
+    def _upstream_fields(self, fields: list[tuple[bytes, bytes]], method: bytes, target: bytes, authority: bytes,
                          upstream: Any) -> list[tuple[bytes, bytes]]:
         """The HTTP/2 request head for an HTTP/2 backend (``te: trailers`` passes, as gRPC needs it)."""
-        sorted_ = _sort_fields(event.fields)
+        sorted_ = _sort_fields(fields)
         fields = [(b":method", method), (b":scheme", b"https" if upstream.scheme == "https" else b"http"),
                   (b":authority", authority), (b":path", target)]
         fields += sorted_.kept
@@ -374,12 +400,14 @@ class H2Server(Protocol):
         return fields
 
     def answer(self, stream: int, event: Request, status: int, text: str, location: str | None = None,
-               route: Any = None, started: float = 0.0, exchange: "H2Exchange | None" = None) -> int:
+               route: Any = None, started: float = 0.0, exchange: "H2Exchange | None" = None,
+               headers: tuple[tuple[str, str], ...] = ()) -> int:
         """Edge's own answer on ``stream`` (then a reset, if the client was still sending its body)."""
         body = f"{text}\n".encode("utf-8")
         fields = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode("ascii"))]
         if location is not None:
             fields.append((b"location", location.encode("latin-1")))
+        fields.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers)
         head_only = event.method == b"HEAD"
         codec = self.codec
         codec.respond(stream, status, fields, end=head_only)
@@ -392,6 +420,22 @@ class H2Server(Protocol):
         self.flush()
         if exchange is None:
             self._log(event, status, len(body), route, None, None, started, "answered")
+        return 0 if head_only else len(body)
+
+    def relay(self, stream: int, event: Request, refusal: Refusal, exchange: "H2Exchange") -> int:
+        """The forward_auth server's answer on ``stream``, as it sent it (its body framed by a length)."""
+        body = refusal.body
+        fields = list(refusal.fields) + [(b"content-length", str(len(body)).encode("ascii"))]
+        head_only = event.method == b"HEAD" or not body
+        codec = self.codec
+        codec.respond(stream, refusal.status, fields, end=head_only)
+        if not head_only:
+            sent = codec.send(stream, body, True)
+            if 0 <= sent < len(body):
+                self.answers[stream] = body[sent:]
+        if not event.ended and not exchange.client_done:
+            self.stop_reading(stream)
+        self.flush()
         return 0 if head_only else len(body)
 
     def _send_answers(self) -> None:
@@ -409,11 +453,11 @@ class H2Server(Protocol):
         self.discarding[stream] = DISCARD_BODY
 
     def _log(self, event: Request, status: int, sent: int, route: Any, server: str | None,
-             upstream_time: float | None, started: float, outcome: str) -> None:
+             upstream_time: float | None, started: float, outcome: str, user: str | None = None) -> None:
         log_request(self.info, event.method.decode("latin-1"), (event.authority or b"-").decode("latin-1"),
                     event.target.decode("latin-1"), status, sent, route.name if route is not None else None,
                     route.backend if route is not None else None, server, upstream_time,
-                    time.monotonic() - started if started else 0.0, "HTTP/2", outcome)
+                    time.monotonic() - started if started else 0.0, "HTTP/2", outcome, user=user)
 
     def finished(self, stream: int) -> None:
         self.exchanges.pop(stream, None)
@@ -547,6 +591,8 @@ class H2Exchange:
         self.trailers_out: list[tuple[bytes, bytes]] | None = None
         self.request_ended = False  # END_STREAM went to the HTTP/2 backend
         self.h2_backend = False
+        self.user: str | None = None  # who basic auth admitted, for the access log
+        self.auth: Any = None  # the forward_auth question in flight
 
     # -- the backend connection ------------------------------------------------------------
 
@@ -917,6 +963,26 @@ class H2Exchange:
         self._release(False)
         self._end(outcome, self.status or 499)
 
+    def auth_answered(self, result: Passed | Refusal | None, upstream: Any) -> None:
+        """The forward_auth server's word: go on with its headers, relay its answer, or 503 (fail closed)."""
+        self.auth = None
+        if self.closed:
+            return
+        if result is None:
+            self._answer(503, "auth_failed", "the authentication service did not answer")
+        elif type(result) is Refusal:
+            self.status = result.status
+            self.sent = self.server.relay(self.stream, self.event, result, self)
+            self._end("answered", result.status)
+        else:
+            if result.add:
+                if isinstance(self.head, bytes):  # an HTTP/1.1 backend's head: before its blank line
+                    self.head = self.head[:-4] + b"".join(b"\r\n%s: %s" % field for field in result.add) + b"\r\n\r\n"
+                else:
+                    self.head = self.head + list(result.add)
+            self.user = result.user
+            self.start(upstream)
+
     # -- endings ---------------------------------------------------------------------------------
 
     def _answer(self, status: int, outcome: str, text: str | None = None) -> None:
@@ -941,6 +1007,9 @@ class H2Exchange:
 
     def _end(self, outcome: str, status: int) -> None:
         self.closed = True
+        auth, self.auth = self.auth, None
+        if auth is not None:
+            auth.cancel()
         self.pending = []
         self.body_in = []
         if self.out_pending:  # request body the backend never took: the client's window comes back
@@ -958,7 +1027,7 @@ class H2Exchange:
         self.server.finished(self.stream)
         self.status = status
         self.server._log(self.event, status, self.sent, self.route, self.server_name, self.upstream_time,
-                         self.started, outcome)
+                         self.started, outcome, self.user)
         self.server.flush()
 
     # -- timers ----------------------------------------------------------------------------------

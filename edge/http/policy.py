@@ -5,15 +5,20 @@ Given the Host (or ``:authority``), the path and how the request arrived,
 edge gives itself (404 no route, 421 Host against SNI, 308 to HTTPS or 404
 for ``http = "redirect"|"deny"`` on plain HTTP).  :func:`body_limit` and
 :func:`is_websocket` decide the rest: ``max_body`` and whether a request
-asks for a WebSocket tunnel.  No sockets, no Twisted: plain values in,
-plain values out.
+asks for a WebSocket tunnel.  A guarded route's access rules (allow/deny,
+rate_limit, basic_auth, forward_auth) are the next step, :class:`Guard`.
+No sockets, no Twisted: plain values in, plain values out.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 from typing import NamedTuple
 
-from edge.config import Route
+from edge.access import Limiter
+from edge.config import ForwardAuth, Route
 from edge.http.answers import REASON_TEXT
 from edge.http.h1 import BadRequest, split_host
 from edge.routes import HostEntry, RouteTable
@@ -25,6 +30,7 @@ class Answer(NamedTuple):
     status: int
     text: str
     location: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # more response headers (WWW-Authenticate, Retry-After)
 
 
 NO_ROUTE = Answer(404, REASON_TEXT[404])
@@ -79,3 +85,77 @@ def is_websocket(version: str, has_body: bool, connection_tokens: set[bytes], up
     CONNECT with ``:protocol websocket``, RFC 8441.)"""
     return version == "1.1" and not has_body and b"upgrade" in connection_tokens \
         and upgrade is not None and upgrade.lower() == b"websocket"
+
+
+FORBIDDEN = Answer(403, REASON_TEXT[403])
+
+
+class Admitted(NamedTuple):
+    """A request that passed a route's access rules, and how it changes on its way to the backend."""
+
+    user: str | None  # who it is (basic auth), for the access log
+    drop: frozenset[bytes]  # request headers removed (lower-case): credentials, headers a client could forge
+    add: tuple[tuple[bytes, bytes], ...]  # request headers added (lower-case names)
+    ask: ForwardAuth | None = None  # the auth server to ask before going on (forward_auth)
+
+
+def basic_credentials(value: bytes | None) -> tuple[str, bytes] | None:
+    """The user name and password of an ``Authorization: Basic`` header; None if there is none or it is malformed."""
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(b":")
+    if not sep or not user:
+        return None
+    return user.decode("utf-8", "replace"), password
+
+
+class Guard:
+    """The access rules of one route, in the order they apply: the client's address (403), its rate
+    (429 with Retry-After, before any password is checked, so a flood costs no hashing), its credentials
+    (401 with the realm), and then the auth server's word for forward_auth (asked by the caller).
+
+    One per route and config snapshot (the rate limiter's table is its state); the time is passed in.
+    """
+
+    def __init__(self, route: Route, limiter: Limiter | None = None) -> None:
+        self.route = route
+        self.limiter = limiter
+        drop: set[bytes] = set()
+        basic = route.basic_auth
+        if basic is not None:
+            if not route.pass_authorization:
+                drop.add(b"authorization")
+            if route.user_header is not None:
+                drop.add(route.user_header.lower().encode("ascii"))
+            self.challenge = Answer(401, REASON_TEXT[401], None, (("www-authenticate", f'Basic realm="{basic.realm}"'),))
+        if route.forward_auth is not None:
+            drop.update(name.lower().encode("ascii") for name in route.forward_auth.copy_headers)
+        self.drop = frozenset(drop)
+        self.open = Admitted(None, self.drop, (), route.forward_auth)
+
+    def check(self, client: str, authorization: bytes | None, now: float) -> Answer | Admitted:
+        """Whether a request from ``client`` (an address) with this Authorization header goes on."""
+        route = self.route
+        if route.addresses and not route.addresses.permits(client):
+            return FORBIDDEN
+        if self.limiter is not None:
+            wait = self.limiter.take(client, now)
+            if wait > 0:
+                return Answer(429, REASON_TEXT[429], None, (("retry-after", str(max(1, math.ceil(wait)))),))
+        basic = route.basic_auth
+        if basic is None:
+            return self.open
+        credentials = basic_credentials(authorization)
+        if credentials is None or not basic.users.verify(*credentials):
+            return self.challenge
+        user = credentials[0]
+        if route.user_header is None:
+            return Admitted(user, self.drop, ())
+        return Admitted(user, self.drop, ((route.user_header.lower().encode("ascii"), user.encode("utf-8")),))

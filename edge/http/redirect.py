@@ -96,6 +96,12 @@ class Redirector(Protocol):
             self.hand_over(self.runtime.plain_http(self.info, self.hand_over), self.buffer)
             return True
         if route is not None and route.http == "forward" and self.info.listener == "http":
+            why = self.runtime.refused(f"route:{route.name}", self.info.client[0])
+            if why is not None:  # the route's allow/deny and conn_limit hold on port 80 too
+                self.info.ended = why
+                sent = self._respond(403, "access denied\n", None, True, head)
+                self._log(head, host, 403, sent)
+                return True
             self._forward(route.http_backend, head, host)
             return True
         if route is not None and route.acme_backend and head.path.startswith(ACME_PREFIX):

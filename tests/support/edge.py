@@ -92,7 +92,8 @@ class Edge(Program):
     def __init__(self, tmp: Path, body: str, *, ssh: bool | None = None, http: bool = True, https: bool = True,
                  accept_proxy: list[str] | None = None, timeouts: str = "", ipv6: bool = False,
                  certs_dir: str | None = None, ports: dict[str, int] | None = None,
-                 log_format: str = "text", admin: bool = False, workers: int = 1, log_level: str = "info") -> None:
+                 log_format: str = "text", admin: bool = False, workers: int = 1, log_level: str = "info",
+                 listen_extra: str = "") -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         if ssh is None:
             ssh = "[ssh]" in body
@@ -109,6 +110,8 @@ class Edge(Program):
         if ipv6:
             listen[2] = f'https = ["127.0.0.1:{self.https_port}", "[::1]:{self.https_port6}"]'
         self.admin_port = free_port() if admin else None
+        if listen_extra:  # more [listen] keys (deny = [...])
+            listen.append(listen_extra)
         if accept_proxy is not None:
             listen.append(f"accept_proxy = {accept_proxy!r}".replace("'", '"'))
         self.config = tmp / "edge.toml"

@@ -1,0 +1,291 @@
+"""Who may come in: address rules, users files (basic auth) and token buckets.
+
+Sans-IO: plain values in, plain values out, the time passed in by the
+caller.  The HTTP policy (:mod:`edge.http.policy`) and the dispatcher
+(:mod:`edge.dispatch`) ask these; neither has rules of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_TRACKED = 65536  # addresses a limiter remembers; the least recently seen goes first
+VERIFY_CACHE = 1024  # (user, password) pairs whose verification is remembered
+
+
+def client_address(ip: str) -> IPAddress | None:
+    """The address a rule is matched on: no IPv6 scope, IPv4-mapped IPv6 as IPv4; None if not an address."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """CIDR networks (or single addresses); ValueError naming the first that is neither."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an address or CIDR network") from None
+    return tuple(networks)
+
+
+@dataclass(frozen=True)
+class AddressRule:
+    """``allow``/``deny`` lists: a denied address is refused; with an allow list, so is any address not on it."""
+
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.allow or self.deny)
+
+    def permits(self, ip: str) -> bool:
+        address = client_address(ip)
+        if address is None:  # not an IP (a UNIX socket, a PROXY header's UNKNOWN): only an open rule admits it
+            return not self.allow
+        if any(address in network for network in self.deny):
+            return False
+        return not self.allow or any(address in network for network in self.allow)
+
+
+# -- rate limits --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``count`` events per ``per`` seconds, with up to ``burst`` at once."""
+
+    count: int
+    per: float
+    burst: int
+
+    @property
+    def interval(self) -> float:
+        return self.per / self.count
+
+
+class TokenBucket:
+    """A token bucket: ``burst`` tokens, one more every ``rate.interval`` seconds."""
+
+    __slots__ = ("rate", "tokens", "stamp")
+
+    def __init__(self, rate: Rate, now: float) -> None:
+        self.rate = rate
+        self.tokens = float(rate.burst)
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """Spend a token: 0.0 if there was one, else the seconds until the next one (nothing spent)."""
+        rate = self.rate
+        if now > self.stamp:
+            self.tokens = min(float(rate.burst), self.tokens + (now - self.stamp) / rate.interval)
+            self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) * rate.interval
+
+
+class Limiter:
+    """A token bucket per key (a client address), at most ``max_keys`` of them (least recently used dropped).
+
+    Dropping a bucket forgets a client's spending: it starts full again.  With more active addresses than
+    ``max_keys`` a limit loosens, but memory stays bounded whatever a spray of addresses does.
+    """
+
+    def __init__(self, rate: Rate, max_keys: int = MAX_TRACKED) -> None:
+        self.rate = rate
+        self.max_keys = max_keys
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, key: str, now: float) -> float:
+        """0.0 if ``key`` may go on now, else the seconds it should wait."""
+        buckets = self.buckets
+        bucket = buckets.get(key)
+        if bucket is None:
+            if len(buckets) >= self.max_keys:
+                buckets.popitem(last=False)
+            bucket = buckets[key] = TokenBucket(self.rate, now)
+        else:
+            buckets.move_to_end(key)
+        return bucket.take(now)
+
+
+# -- users files (basic auth) ---------------------------------------------------------------------
+
+
+class UsersFileError(ValueError):
+    """A users file line edge cannot use; the message names the line."""
+
+
+_SHA512_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_SHA512_ORDER = ((0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4), (47, 5, 26), (6, 27, 48),
+                 (28, 49, 7), (50, 8, 29), (9, 30, 51), (31, 52, 10), (53, 11, 32), (12, 33, 54), (34, 55, 13),
+                 (56, 14, 35), (15, 36, 57), (37, 58, 16), (59, 17, 38), (18, 39, 60), (40, 61, 19), (62, 20, 41))
+
+
+def sha512_crypt(password: bytes, setting: str) -> str:
+    """SHA-512 crypt (``$6$[rounds=N$]salt$...``, Ulrich Drepper's specification), as glibc's crypt(3) and
+    ``openssl passwd -6`` write it.  Here because Python's crypt module is gone from 3.13 on."""
+    parts = setting.split("$")
+    if len(parts) < 3 or parts[1] != "6":
+        raise ValueError("not a SHA-512 crypt setting")
+    rounds, custom = 5000, False
+    salt_part = parts[2]
+    if salt_part.startswith("rounds="):
+        rounds = max(1000, min(999_999_999, int(salt_part[7:])))
+        custom = True
+        salt_part = parts[3] if len(parts) > 3 else ""
+    salt = salt_part[:16].encode("ascii")
+    p, s = password, salt
+    b = hashlib.sha512(p + s + p).digest()
+    a = hashlib.sha512(p + s)
+    length = len(p)
+    while length > 64:
+        a.update(b)
+        length -= 64
+    a.update(b[:length])
+    length = len(p)
+    while length:
+        a.update(b if length & 1 else p)
+        length >>= 1
+    a_digest = a.digest()
+    dp = hashlib.sha512(p * len(p)).digest()
+    p_bytes = (dp * (len(p) // 64 + 1))[: len(p)]
+    ds = hashlib.sha512(s * (16 + a_digest[0])).digest()
+    s_bytes = (ds * (len(s) // 64 + 1))[: len(s)]
+    c = a_digest
+    for i in range(rounds):
+        h = hashlib.sha512(p_bytes if i & 1 else c)
+        if i % 3:
+            h.update(s_bytes)
+        if i % 7:
+            h.update(p_bytes)
+        h.update(c if i & 1 else p_bytes)
+        c = h.digest()
+    out = []
+    for x, y, z in _SHA512_ORDER:
+        value = (c[x] << 16) | (c[y] << 8) | c[z]
+        for _ in range(4):
+            out.append(_SHA512_ALPHABET[value & 63])
+            value >>= 6
+    value = c[63]
+    for _ in range(2):
+        out.append(_SHA512_ALPHABET[value & 63])
+        value >>= 6
+    prefix = f"$6$rounds={rounds}$" if custom else "$6$"
+    return prefix + salt.decode("ascii") + "$" + "".join(out)
+
+
+def _check_sha512(stored: str, password: bytes) -> bool:
+    return hmac.compare_digest(sha512_crypt(password, stored).encode("ascii"), stored.encode("ascii"))
+
+
+def _check_bcrypt(stored: str, password: bytes) -> bool:
+    import bcrypt  # imported when a users file needs it: edge without basic auth does not
+
+    if len(password) > 72:  # bcrypt reads 72 bytes; bcrypt>=5 refuses longer ones instead of cutting
+        password = password[:72]
+    try:
+        return bcrypt.checkpw(password, stored.encode("ascii"))
+    except ValueError:
+        return False
+
+
+def _check_argon2(stored: str, password: bytes) -> bool:
+    from argon2 import PasswordHasher
+    from argon2.exceptions import Argon2Error, InvalidHashError
+
+    try:
+        return PasswordHasher().verify(stored, password)
+    except (Argon2Error, InvalidHashError):
+        return False
+
+
+def hash_checker(stored: str) -> Callable[[str, bytes], bool] | None:
+    """The function that checks a password against ``stored``, by its prefix; None if not a known kind."""
+    if stored.startswith(("$2y$", "$2b$", "$2a$")) and len(stored) == 60:
+        return _check_bcrypt
+    if stored.startswith(("$argon2id$", "$argon2i$", "$argon2d$")):
+        return _check_argon2
+    if stored.startswith("$6$"):
+        return _check_sha512
+    return None
+
+
+# A bcrypt hash of a random password: an unknown user costs what a known one does (no timing tell).
+_DUMMY = "$2b$05$IhuDxneb/4N8QtEg4dltKOlGAvex1WuXLqC09Z.S7rd3ilu/sEOIy"
+
+
+def parse_users(text: str) -> dict[str, str]:
+    """A users file (``name:hash`` lines, as ``htpasswd -B`` writes them) as {name: hash}.
+
+    bcrypt (``$2y$``), argon2 (``$argon2id$``) and SHA-512 crypt (``$6$``) hashes are accepted; anything
+    else (MD5 ``$apr1$``, SHA-1 ``{SHA}``, plain text) is refused with its line number, as is a name twice.
+    Blank lines and ``#`` comments are skipped.
+    """
+    users: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, stored = line.partition(":")
+        if not sep or not name or not stored:
+            raise UsersFileError(f"line {number}: not \"name:hash\"")
+        if hash_checker(stored) is None:
+            raise UsersFileError(f"line {number} ({name}): not a bcrypt ($2y$), argon2 or SHA-512 crypt ($6$) hash "
+                                 "(write it with htpasswd -B)")
+        if name in users:
+            raise UsersFileError(f"line {number}: {name!r} is there twice")
+        users[name] = stored
+    if not users:
+        raise UsersFileError("no users in it")
+    return users
+
+
+class Users:
+    """The users of a ``basic_auth`` file and a bounded cache of verified passwords.
+
+    bcrypt and argon2 are slow on purpose (tens of milliseconds): a browser sends the same credentials with
+    every request, so a result is remembered under a keyed digest of (user, password): no password is
+    kept.  A wrong password is remembered too, so repeating it costs nothing either.
+    """
+
+    def __init__(self, users: dict[str, str], cache_size: int = VERIFY_CACHE) -> None:
+        self.users = users
+        self.cache_size = cache_size
+        self.cache: OrderedDict[bytes, bool] = OrderedDict()
+        self._key = hashlib.sha256(repr(sorted(users.items())).encode()).digest()
+
+    def verify(self, user: str, password: bytes) -> bool:
+        """Whether ``password`` is ``user``'s."""
+        digest = hmac.new(self._key, user.encode("utf-8", "surrogateescape") + b"\0" + password, "sha256").digest()
+        known = self.cache.get(digest)
+        if known is not None:
+            self.cache.move_to_end(digest)
+            return known
+        stored = self.users.get(user)
+        if stored is None:
+            _check_bcrypt(_DUMMY, password)
+            result = False
+        else:
+            checker = hash_checker(stored)
+            result = checker is not None and checker(stored, password)
+        self.cache[digest] = result
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return result
