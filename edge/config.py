@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edge.access import AddressRule, Rate, Users, UsersFileError, parse_networks, parse_users
-from edge.acme.dns01 import parse_server as parse_dns_server
-from edge.addresses import Address, parse_address, parse_addresses, parse_server
+from edge.addresses import Address, parse_address, parse_addresses, parse_host_port, parse_server
 
 TLS_MODES = ("passthrough", "edge", "reencrypt")
 BALANCES = ("roundrobin", "leastconn")
@@ -623,7 +622,7 @@ class _Parser:
         if not isinstance(value, str):
             raise self.fail(key, "must be an address like \"192.0.2.53:53\"")
         try:
-            return parse_dns_server(value)
+            return parse_host_port(value)
         except ValueError as e:
             raise self.fail(key, str(e)) from None
 

@@ -116,23 +116,6 @@ class Propagation:
                          for (host, port), name in self.waiting())
 
 
-def parse_server(text: str, default_port: int = 53) -> tuple[str, int]:
-    """``"127.0.0.1:5353"``, ``"[::1]:53"``, ``"ns1.example"`` -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, ""
-    if not host:
-        raise ValueError(f"{text!r} is not host:port")
-    if port and (not port.isdigit() or not 0 < int(port) < 65536):
-        raise ValueError(f"{text!r}: {port!r} is not a port")
-    return host, int(port) if port else default_port
-
-
 class _Route(Protocol):
     hosts: tuple[str, ...]
     terminated: bool
