@@ -125,8 +125,8 @@ def log_request(info: ConnectionInfo | None, method: str, host: str, path: str, 
     if not ACCESS_LOG[0]:
         return
     access_log.info(
-        "{client} {method} {host}{path} {status} {sent}B route={route} backend={backend} server={server}"
-        " upstream={upstream_text} {duration:.3f}s {outcome} user={user}",
+        "{client} {method} {host}{path} {status} {sent}B user={user} route={route} backend={backend} "
+        "server={server} upstream={upstream_text} {duration:.3f}s {outcome}",
         kind="request",
         client=client or (info.client[0] if info else "-"),
         method=method,

@@ -94,7 +94,9 @@ def rewrite(edge, old: str, new: str) -> None:
 
 
 def test_sighup_keeps_open_connections_and_new_ones_follow_new_routes(edge, origins, ca):
-    e = edge(body(origins, "web1", "tls1"))
+    # a generous inspect time: this test is about reloads, and a loaded machine once took over 2 s between
+    # the WebSocket's TLS handshake and its upgrade request (edge then rightly answered 408)
+    e = edge(body(origins, "web1", "tls1"), timeouts='inspect = "10s"\nconnect = "2s"\nidle = "60s"')
     edge_ca = local_ca(e)
     held_http = open_tls(e.https_port, "app.example.test", edge_ca)
     held_pass = open_tls(e.https_port, "pass.example.test", str(ca.ca_pem))
