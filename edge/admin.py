@@ -20,11 +20,12 @@ from typing import Any, Callable
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.web.resource import Resource
+from twisted.web.resource import ErrorPage, Resource
 from twisted.web.server import Site
 
 from edge import __version__, metrics
 from edge.connection import log_request
+from edge.http.policy import basic_credentials
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:68rem;padding:0 1rem;color:#1d2733}
@@ -185,12 +186,37 @@ def _since(start: datetime.datetime, now: datetime.datetime) -> str:
     return (f"{days}d " if days else "") + f"{hours}h {seconds // 60}m"
 
 
+class _Challenge(ErrorPage):
+    """401 with the realm, for ``[admin] basic_auth``."""
+
+    def __init__(self, realm: str) -> None:
+        super().__init__(401, "Unauthorized", "this page needs a user name and password")
+        self.realm = realm
+
+    def render(self, request):
+        request.setHeader(b"www-authenticate", f'Basic realm="{self.realm}"'.encode("ascii"))
+        return super().render(request)
+
+
 class StatusSite(Site):
     """twisted.web's Site, logging each request in edge's access-log shape (``kind = "request"``,
-    ``listener = "admin"``) instead of the combined log format."""
+    ``listener = "admin"``) instead of the combined log format, and applying ``[admin] allow``, ``deny``
+    and ``basic_auth`` of the current configuration (a reload changes them) before any page."""
+
+    def __init__(self, resource: Resource, runtime_source: Callable[[], Any]) -> None:
+        super().__init__(resource)
+        self.runtime_source = runtime_source
 
     def getResourceFor(self, request):
         request.edge_started = time.monotonic()
+        config = self.runtime_source().config
+        address = getattr(request.getClientAddress(), "host", "")
+        if not config.admin_addresses.permits(address):
+            return ErrorPage(403, "Forbidden", "not from this address")
+        if config.admin_auth is not None:
+            credentials = basic_credentials(request.getHeader(b"authorization"))
+            if credentials is None or not config.admin_auth.users.verify(*credentials):
+                return _Challenge(config.admin_auth.realm)
         return super().getResourceFor(request)
 
     def log(self, request) -> None:
@@ -212,7 +238,7 @@ def admin_site(runtime_source: Callable[[], Any],
     if not _OBSERVING[0]:
         _OBSERVING[0] = True
         globalLogPublisher.addObserver(_remember_errors)
-    site = StatusSite(StatusPage(runtime_source, listeners_source))
+    site = StatusSite(StatusPage(runtime_source, listeners_source), runtime_source)
     site.noisy = False
     site.displayTracebacks = False
     return site

@@ -291,6 +291,8 @@ class Config:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     admin_debug: bool = False  # [admin] debug: /debug/objects on the admin listener
     doors: tuple[Door, ...] = ()  # [[doors]]: extra TCP front doors
+    admin_addresses: AddressRule = AddressRule()  # [admin] allow / deny
+    admin_auth: BasicAuth | None = None  # [admin] basic_auth
     discovery: Discovery | None = None  # [discovery]: routes from podman container labels
     ssh_addresses: AddressRule = AddressRule()  # [ssh] allow / deny
     ssh_conn_limit: Rate | None = None  # [ssh] conn_limit
@@ -444,7 +446,10 @@ class _Parser:
         self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "admin", "acme", "backends", "routes",
                                "doors", "discovery"))
         acme = self.acme(data["acme"]) if "acme" in data else None
-        admin_table = self.table(data.get("admin", {}), "admin", ("listen", "debug"))
+        admin_table = self.table(data.get("admin", {}), "admin", ("listen", "debug", "allow", "deny", "basic_auth"))
+        admin_addresses = self.address_rule(admin_table, "admin")
+        admin_auth = self.basic_auth(admin_table["basic_auth"], "admin.basic_auth", "edge admin") \
+            if "basic_auth" in admin_table else None
         admin_debug = admin_table.get("debug", False)
         if not isinstance(admin_debug, bool):
             raise self.fail("admin.debug", "must be true or false")
@@ -507,6 +512,8 @@ class _Parser:
             routes=routes,
             raw=data,
             doors=doors,
+            admin_addresses=admin_addresses,
+            admin_auth=admin_auth,
             discovery=self.discovery(data["discovery"]) if "discovery" in data else None,
             ssh_addresses=ssh_addresses,
             ssh_conn_limit=ssh_conn_limit,

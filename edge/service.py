@@ -107,9 +107,11 @@ class EdgeService(MultiService):
                           for door in ("ssh", "http", "https")}
         self.factories["admin"] = admin_site(lambda: self.runtime, lambda: [
             (door, str(address)) for door, address in self.listeners])
-        if config.admin is not None and not _loopback(getattr(config.admin, "host", "localhost")):
+        if config.admin is not None and not _loopback(getattr(config.admin, "host", "localhost")) \
+                and config.admin_auth is None and not config.admin_addresses.allow:
             log.warn("[admin] listen = {address}: the status page and /metrics have no login; anyone who can "
-                     "reach that address can read them (127.0.0.1 keeps them local)", address=str(config.admin))
+                     "reach that address can read them (127.0.0.1 keeps them local; [admin] allow or "
+                     "basic_auth restrict them)", address=str(config.admin))
         self.listeners: dict[tuple[str, Any], ListenerService] = {}
         self.acme: AcmeService | None = None
         self.health: HealthService | None = None

@@ -257,3 +257,44 @@ def wait_all(e, count: int, timeout: float = 10) -> list[dict]:
             return found
         time.sleep(0.05)
     raise AssertionError(f"fewer than {count} request events: {events(e)}")
+
+
+def test_admin_allow_and_basic_auth(edge, tmp_path):
+    """[admin] allow refuses other addresses (403); basic_auth asks for a user (401), htpasswd's bcrypt
+    line lets alice in, to the page and /metrics alike; a reload changes both."""
+    import base64
+    import os
+    import signal
+    import urllib.error
+
+    users = tmp_path / "admins.htpasswd"
+    subprocess.run(["htpasswd", "-B", "-b", "-c", str(users), "alice", "wonderland"], check=True,
+                   capture_output=True, timeout=30)
+    port = free_port()
+    e = edge(f'[admin]\nlisten = "127.0.0.1:{port}"\nallow = ["127.0.0.2"]\nbasic_auth = "{users}"\n',
+             log_format="json")
+    url = f"http://127.0.0.1:{port}/"
+
+    def status(path: str = "", password: str | None = None) -> int:
+        request = urllib.request.Request(url + path)
+        if password is not None:
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"alice:{password}".encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            if error.code == 401:
+                assert error.headers["WWW-Authenticate"] == 'Basic realm="edge admin"'
+            return error.code
+
+    assert status(password="wonderland") == 403  # 127.0.0.1 is not on the list
+    e.config.write_text(e.config.read_text().replace('allow = ["127.0.0.2"]', 'allow = ["127.0.0.0/8"]'))
+    os.kill(e.pid, signal.SIGHUP)
+    e.wait_log("reloaded")
+    assert status() == 401
+    assert status(password="wrong") == 401
+    assert status(password="wonderland") == 200
+    assert status("metrics", password="wonderland") == 200
+    assert status("metrics") == 401
+    statuses = [ev["status"] for ev in e.events() if ev.get("kind") == "request" and ev.get("listener") == "admin"]
+    assert statuses == [403, 401, 401, 200, 200, 401], statuses
