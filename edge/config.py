@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edge.access import AddressRule, Rate, Users, UsersFileError, parse_networks, parse_users
+from edge.http.transform import HeaderRules, hsts_value
 from edge.addresses import Address, parse_address, parse_addresses, parse_host_port, parse_server
 
 TLS_MODES = ("passthrough", "edge", "reencrypt")
@@ -33,10 +34,10 @@ DEFAULT_LISTEN = {
     "https": ("0.0.0.0:443", "[::]:443"),
 }
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_COMPOUND = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w|y)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000, None: 1}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_COMPOUND = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w|y))+")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -147,6 +148,10 @@ class ForwardAuth:
 
 ACCESS_KEYS = ("allow", "deny", "basic_auth", "pass_authorization", "user_header", "forward_auth", "rate_limit",
                "conn_limit")
+TRANSFORM_KEYS = ("hsts", "headers", "strip_prefix", "compress")
+# Fields a header rule may not set or remove: framing and the ones edge manages itself
+_FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "upgrade", "te", "keep-alive",
+                              "host", "trailer"))
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 # Headers edge sets or strips itself: a user_header or copy_headers entry may not be one of them.
 _RESERVED_HEADERS = frozenset(("host", "content-length", "transfer-encoding", "connection", "upgrade", "te",
@@ -177,6 +182,11 @@ class Route:
     forward_auth: ForwardAuth | None = None
     rate_limit: Rate | None = None  # requests per client address (terminated routes)
     conn_limit: Rate | None = None  # new connections per client address (passthrough routes)
+    hsts: bytes | None = None  # Strict-Transport-Security value added to HTTPS answers
+    request_headers: HeaderRules = HeaderRules()  # headers = { request = { set, remove } }
+    response_headers: HeaderRules = HeaderRules()  # headers = { response = { set, remove } }
+    strip_prefix: str | None = None  # removed from the path before the backend sees it
+    compress: bool = False  # gzip / zstd for clients that accept them
 
     @property
     def guarded(self) -> bool:
@@ -749,6 +759,65 @@ class _Parser:
             raise self.fail(f"{key}.proxy_protocol", "is for host:port (TCP) servers")
         return BackendConfig(name=name, servers=tuple(servers), **options)
 
+    def route_transform(self, item: Mapping[str, Any], key: str, tls: str, paths: tuple[str, ...]) -> dict[str, Any]:
+        """``hsts``, ``headers``, ``strip_prefix`` and ``compress``: terminated routes only."""
+        options: dict[str, Any] = {}
+        present = [name for name in TRANSFORM_KEYS if name in item]
+        if present and tls == "passthrough":
+            raise self.fail(f"{key}.{present[0]}", "a passthrough route cannot see HTTP requests")
+        if "hsts" in item:
+            value = item["hsts"]
+            subdomains = preload = False
+            if isinstance(value, dict):
+                value = self.table(value, f"{key}.hsts", ("max_age", "subdomains", "preload"))
+                subdomains, preload = value.get("subdomains", False), value.get("preload", False)
+                if not isinstance(subdomains, bool) or not isinstance(preload, bool):
+                    raise self.fail(f"{key}.hsts", "subdomains and preload must be true or false")
+                if "max_age" not in value:
+                    raise self.fail(f"{key}.hsts.max_age", "missing (e.g. \"1y\")")
+                value = value["max_age"]
+            seconds = int(self.duration(value, f"{key}.hsts"))
+            options["hsts"] = hsts_value(seconds, subdomains, preload)
+        if "headers" in item:
+            headers = self.table(item["headers"], f"{key}.headers", ("request", "response"))
+            for side in ("request", "response"):
+                if side in headers:
+                    options[f"{side}_headers"] = self.header_rules(headers[side], f"{key}.headers.{side}")
+        if "strip_prefix" in item:
+            prefix = item["strip_prefix"]
+            if not isinstance(prefix, str) or not prefix.startswith("/") or len(prefix) < 2:
+                raise self.fail(f"{key}.strip_prefix", "must be a path prefix like \"/app\"")
+            if not all(path.startswith(prefix.rstrip("/")) for path in paths) or paths == ("/",):
+                raise self.fail(f"{key}.strip_prefix", f"{prefix!r} must begin every one of the route's paths "
+                                                       f"(set paths = [\"{prefix}\"])")
+            options["strip_prefix"] = prefix
+        if "compress" in item:
+            if not isinstance(item["compress"], bool):
+                raise self.fail(f"{key}.compress", "must be true or false")
+            options["compress"] = item["compress"]
+        return options
+
+    def header_rules(self, value: Any, key: str) -> HeaderRules:
+        """``{ set = { Name = "value" }, remove = ["Name"] }``."""
+        value = self.table(value, key, ("set", "remove"))
+        fields = []
+        for name, field_value in (value.get("set") or {}).items() if isinstance(value.get("set", {}), dict) \
+                else self._bad(f"{key}.set", "must be a table of header names and values"):
+            if not _TOKEN.fullmatch(name) or name.lower() in _FRAMING_HEADERS:
+                raise self.fail(f"{key}.set", f"{name!r} is not a header edge lets a rule set")
+            if not isinstance(field_value, str) or not field_value.isprintable() or not field_value.isascii():
+                raise self.fail(f"{key}.set.{name}", "must be printable ASCII text")
+            fields.append((name.lower().encode("ascii"), field_value.strip().encode("ascii")))
+        removed = set()
+        for name in self.string_list(value.get("remove", []), f"{key}.remove"):
+            if not _TOKEN.fullmatch(name) or name.lower() in _FRAMING_HEADERS:
+                raise self.fail(f"{key}.remove", f"{name!r} is not a header edge lets a rule remove")
+            removed.add(name.lower().encode("ascii"))
+        return HeaderRules(tuple(fields), frozenset(removed))
+
+    def _bad(self, key: str, problem: str) -> Any:
+        raise self.fail(key, problem)
+
     def route_access(self, item: Mapping[str, Any], key: str, tls: str, label: str) -> dict[str, Any]:
         """A route's access rules: allow/deny for any route, the HTTP ones for terminated routes only."""
         options: dict[str, Any] = {"addresses": self.address_rule(item, key)}
@@ -900,7 +969,8 @@ class _Parser:
         for index, item in enumerate(data):
             key = f"routes[{index}]"
             item = self.table(item, key, ("name", "hosts", "tls", "backend", "acme_backend", "http", "paths",
-                                          "max_body", "http_backend", "doors", "acme_challenge") + ACCESS_KEYS)
+                                          "max_body", "http_backend", "doors", "acme_challenge") + ACCESS_KEYS
+                              + TRANSFORM_KEYS)
             for required in ("hosts", "tls", "backend"):
                 if required not in item:
                     raise self.fail(f"{key}.{required}", "missing")
@@ -991,7 +1061,8 @@ class _Parser:
                 if tls == "passthrough":
                     raise self.fail(f"{key}.acme_challenge", "a passthrough route has no certificate of the edge's")
             routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index, paths, max_body, label,
-                                http_backend, route_doors, acme_challenge, **self.route_access(item, key, tls, label)))
+                                http_backend, route_doors, acme_challenge, **self.route_access(item, key, tls, label),
+                                **self.route_transform(item, key, tls, paths)))
         for name, door in doors.items():
             if door.sni and door.backend is None and not any(name in route.doors for route in routes):
                 raise self.fail("doors", f"door {name!r} has sni = true but no route lists it in doors "
