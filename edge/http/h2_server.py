@@ -55,15 +55,13 @@ from edge.http.h1_client import UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
 from edge.http.forward_auth import Passed, Refusal, auth_head
-from edge.http.policy import Admitted, Answer, body_limit, decide, host_entry
+from edge.http.policy import IDEMPOTENT, Admitted, Answer, body_limit, decide, host_entry
 from edge.timers import coarse
 
 log = Logger()
 
 DISCARD_BODY = 4 * 1024 * 1024
 _NONE: frozenset[int] = frozenset()
-# Requests sent again on a fresh backend connection when the first one failed before any answer (RFC 9110 9.2.2).
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 _TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 # Headers of a backend's 101 that belong to the HTTP/1.1 upgrade only (RFC 8441 5: the answer is a 200).
 _TUNNEL_SKIP = HOP_BY_HOP | {b"sec-websocket-accept"}
