@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import socket
 import ssl
 import subprocess
@@ -18,7 +19,7 @@ import time
 import pytest
 
 from tests.support.h2origin import H2Origin
-from tests.support.procs import free_port, wait_listening
+from tests.support.procs import free_port, rss_kib, wait_listening
 from tests.support.servers import Nginx
 from tests.support.streams import slow_download
 from tests.test_terminate import curl, local_ca, split
@@ -263,4 +264,44 @@ def test_50_mb_to_a_slow_reader_holds_the_backend_not_edge_memory(edge, start, t
     received, digest, growth = slow_download(e.https_port, HOST, local_ca(e), "/blob", size, e.pid)
     assert received == size and digest == expected
     assert growth < 16, f"edge RSS grew {growth:.1f} MiB for a 50 MiB download to a slow reader"
+    e.assert_alive()
+
+
+def test_an_upload_waits_for_the_backend_window_not_in_edge(edge, origin):
+    """A backend that acknowledges nothing: edge sends its stream's window, then stops reading the client
+    (what the client got out sits in socket buffers).  A body that stops moving for ``timeouts.idle`` is a
+    408, and the stream is reset (a client that leaves meanwhile is not read, so it is noticed then too)."""
+    e = edge(f"""
+        [tls]
+        issuer = "local"
+        [backends.web]
+        servers = ["http://127.0.0.1:{origin.port}"]
+        protocol = "h2"
+        [[routes]]
+        hosts = ["{HOST}"]
+        tls = "edge"
+        backend = "web"
+        """, timeouts='inspect = "2s"\nconnect = "2s"\nidle = "3s"\nresponse = "3s"', log_format="json")
+    before = rss_kib(e.pid)
+    size = 64 * 1024 * 1024
+    block = b"u" * 65536
+    sent = 0
+    with tls_socket(e) as tls:
+        tls.sendall(f"POST /hold HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {size}\r\n\r\n".encode())
+        tls.setblocking(False)
+        while sent < size:
+            _, writable, _ = select.select([], [tls], [], 2.0)
+            if not writable:
+                break  # nothing moved for 2 s: edge stopped reading
+            try:
+                sent += tls.send(block)
+            except ssl.SSLWantWriteError:
+                continue
+        origin.wait_for(lambda: origin.received >= 65535, "the stream's window of body bytes")
+        grown = (rss_kib(e.pid) - before) / 1024
+        assert sent < 24 * 1024 * 1024, f"edge took {sent} bytes for a backend that read 64 KiB"
+        assert origin.received <= 65535 and grown < 16, (origin.received, grown)
+        origin.wait_for(lambda: origin.resets, "the stalled upload's stream reset")
+    event = wait_outcome(e, "/hold")
+    assert (event["outcome"], event["status"]) == ("timeout", 408)
     e.assert_alive()

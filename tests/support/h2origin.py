@@ -8,6 +8,7 @@ edge sent (headers, byte-exact bodies) and what it did to a stream (reset):
 - ``/reset``: a response head and 100 KB, then RST_STREAM (INTERNAL_ERROR);
 - ``/endless``: DATA as fast as the windows allow, until the client resets the stream;
 - ``/silent``: no answer at all;
+- ``/hold``: no answer, and request body bytes are never acknowledged (the stream's window stays closed);
 - anything else: ``ok <path>`` with a Content-Length.
 """
 
@@ -49,6 +50,7 @@ class H2Origin:
         self.requests: list[Seen] = []
         self.resets: list[tuple[int, int]] = []  # (stream, error code)
         self.connections = 0
+        self.received = 0  # request body bytes, all streams
         self.changed = threading.Condition()
         self.stopping = False
         self.sockets: list[socket.socket] = []
@@ -155,8 +157,13 @@ class H2Origin:
                             streams[event.stream_id] = {"headers": list(event.headers), "body": bytearray(),
                                                         "trailers": None}
                         elif kind is h2.events.DataReceived:
-                            streams[event.stream_id]["body"] += event.data
-                            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                            record = streams[event.stream_id]
+                            record["body"] += event.data
+                            with self.changed:
+                                self.received += len(event.data)
+                                self.changed.notify_all()
+                            if (b":path", b"/hold") not in record["headers"]:
+                                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                         elif kind is h2.events.TrailersReceived:
                             streams[event.stream_id]["trailers"] = list(event.headers)
                         elif kind is h2.events.StreamEnded:
