@@ -305,3 +305,20 @@ def test_an_upload_waits_for_the_backend_window_not_in_edge(edge, origin):
     event = wait_outcome(e, "/hold")
     assert (event["outcome"], event["status"]) == ("timeout", 408)
     e.assert_alive()
+
+
+def test_pipelined_requests_are_answered_in_order(edge, origin):
+    e = h2_edge(edge, origin.port)
+    with tls_socket(e) as tls:
+        tls.sendall(f"GET /trailers HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+                    f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                    f"GET /last HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        answer = read_all(tls)
+    digest = hashlib.sha256(b"abc").hexdigest()
+    assert answer.count(b"HTTP/1.1 200 OK") == 3, answer
+    first, second, third = answer.split(b"HTTP/1.1 200 OK")[1:]
+    assert first.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert second.endswith(b"\r\n\r\n%x\r\n3 %s\r\n0\r\n\r\n" % (2 + len(digest), digest.encode()))
+    assert third.endswith(b"\r\n\r\nok /last") and b"connection: close" in third
+    assert origin.connections == 1
+    e.assert_alive()

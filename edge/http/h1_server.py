@@ -13,7 +13,9 @@ written to the client in one write, so TLS makes one record of it.
 Keep-alive and pipelining: one request is handled at a time; bytes of the
 next one wait (at most 64 KiB, then reading pauses) until the response to
 this one is complete.  Errors are one-line HTTP answers as the README lists
-them.  HTTP/2 clients are served by :mod:`edge.http.h2_server`.
+them.  HTTP/2 clients are served by :mod:`edge.http.h2_server`.  A backend
+with ``protocol = "h2"`` gets each request on a stream of its HTTP/2 pool
+instead (:mod:`edge.http.h1_to_h2`); everything else here stays the same.
 """
 
 from __future__ import annotations
