@@ -322,3 +322,35 @@ def test_pipelined_requests_are_answered_in_order(edge, origin):
     assert third.endswith(b"\r\n\r\nok /last") and b"connection: close" in third
     assert origin.connections == 1
     e.assert_alive()
+
+
+def test_backend_reset_before_the_response_is_502(edge, origin):
+    e = h2_edge(edge, origin.port)
+    answer = curl(e.https_port, HOST, "/refuse", "--http1.1", cafile=local_ca(e))
+    assert split(answer.stdout)[:3:2] == (502, "the service did not answer\n"), answer
+    assert wait_outcome(e, "/refuse")["outcome"] == "backend_failed"
+    e.wait_log("the server reset the stream")
+    e.assert_alive()
+
+
+def test_http1_and_http2_requests_with_the_same_meaning_reach_the_h2_backend_alike(edge, origin):
+    """One head builder for both front ends: the backend sees the same fields (the HTTP/1.1 hop-by-hop ones
+    gone, its one cookie header as HTTP/2 sends a cookie)."""
+    from tests.test_h2_server import H2Client
+
+    e = h2_edge(edge, origin.port)
+    authority = f"{HOST}:{e.https_port}".encode()
+    with tls_socket(e) as tls:
+        tls.sendall(b"POST /echo/same?q=1 HTTP/1.1\r\nHost: %s\r\nAccept: */*\r\nCookie: a=1\r\n"
+                    b"Connection: close, x-hop\r\nX-Hop: 1\r\nTE: trailers\r\nX-Forwarded-For: 192.0.2.1\r\n"
+                    b"Content-Length: 4\r\n\r\nbody" % authority)
+        assert read_all(tls).startswith(b"HTTP/1.1 200 OK")
+    with H2Client(e.https_port, local_ca(e)) as client:
+        stream = client.request([(b":method", b"POST"), (b":scheme", b"https"), (b":authority", authority),
+                                 (b":path", b"/echo/same?q=1"), (b"accept", b"*/*"), (b"cookie", b"a=1"),
+                                 (b"te", b"trailers"), (b"x-forwarded-for", b"192.0.2.1"),
+                                 (b"content-length", b"4")], b"body")
+        assert client.response(stream).status == 200
+    one, two = origin.wait_for(lambda: len(origin.requests) == 2 and origin.requests, "both requests")
+    assert one.headers == two.headers and one.body == two.body == b"body", (one.headers, two.headers)
+    e.assert_alive()

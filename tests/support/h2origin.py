@@ -8,6 +8,7 @@ edge sent (headers, byte-exact bodies) and what it did to a stream (reset):
 - ``/reset``: a response head and 100 KB, then RST_STREAM (INTERNAL_ERROR);
 - ``/endless``: DATA as fast as the windows allow, until the client resets the stream;
 - ``/silent``: no answer at all;
+- ``/refuse``: RST_STREAM (INTERNAL_ERROR) before any response;
 - ``/hold``: no answer, and request body bytes are never acknowledged (the stream's window stays closed);
 - anything else: ``ok <path>`` with a Content-Length.
 """
@@ -133,6 +134,8 @@ class H2Origin:
                 ending[stream] = "reset"
             elif path.startswith(b"/silent"):
                 pass
+            elif path.startswith(b"/refuse"):
+                conn.reset_stream(stream, ErrorCodes.INTERNAL_ERROR)
             elif path.startswith(b"/endless"):
                 conn.send_headers(stream, [(b":status", b"200"), (b"content-type", b"application/octet-stream")])
                 sending[stream] = None
