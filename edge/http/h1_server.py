@@ -320,7 +320,7 @@ class Http1Proxy(Protocol):
             fields = admitted_fields(fields, admitted.drop, admitted.add)
         sorted_ = sort_fields(fields, tokens)  # Content-Length was checked by parse_request_head
         method = head.method.encode("latin-1")
-        request = h2_request_fields(sorted_, method, b"https" if upstream.scheme == "https" else b"http", raw_host,
+        request = h2_request_fields(sorted_, method, upstream.h2_scheme, raw_host,
                                     path.encode("latin-1"), self.info.client[0], self.scheme)
         self.relay = H2Relay(self, upstream.h2, request, self.body is not None, method in IDEMPOTENT,
                              H1Response(head.method, head.version, sorted_.te_trailers))

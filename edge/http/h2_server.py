@@ -287,7 +287,7 @@ class H2Server(Protocol):
                     raise BadRequest(501, "WebSocket to an HTTP/2 backend is not supported")
                 sorted_ = sort_fields(fields)
                 head, chunked, length, expect = h2_request_fields(
-                    sorted_, method, b"https" if upstream.scheme == "https" else b"http", authority, target,
+                    sorted_, method, upstream.h2_scheme, authority, target,
                     self.info.client[0], self.scheme), False, sorted_.length, False
             else:
                 head, chunked, length, expect = self._upstream_head(event, fields, method, target, authority, tunnel)

@@ -100,6 +100,7 @@ class Upstream:
         self.reactor = reactor
         self.response_timeout = response_timeout
         self.scheme = backend.config.servers[0].scheme
+        self.h2_scheme = b"https" if self.scheme == "https" else b"http"  # :scheme of its HTTP/2 requests
         self.policy = BackendTLSPolicy(backend.config) if self.scheme == "https" else None
         self.protocol = backend.config.protocol  # "http/1.1" or "h2"
         self.http1 = Http1Pool(backend, self.tunnel_endpoint)
