@@ -123,15 +123,31 @@ def test_grpc_over_tls_backend_with_alpn_h2(edge, start, tmp_path):
     e.assert_alive()
 
 
-def test_http1_client_to_an_h2_backend_is_told_plainly(edge, start, tmp_path):
-    """Not relayed across protocols yet: a 505 with a plain body and a log line, not a confusing 502."""
-    from tests.test_terminate import curl, split
+def test_http1_client_reaches_an_h2_backend_with_trailers(edge, start, tmp_path):
+    """An HTTP/1.1 client that sends ``TE: trailers`` gets the gRPC server's answer chunked, its status and
+    metadata as chunked trailers: a unary call made by hand over HTTP/1.1."""
+    import socket
+    import ssl
 
     port = grpc_origin(start, tmp_path)
     e = edge_for(edge, f'servers = ["http://127.0.0.1:{port}"]')
-    status, _, body = split(curl(e.https_port, "grpc.example.test", "/", "--http1.1", cafile=local_ca(e)).stdout)
-    assert status == 505 and body == "this service is reachable over HTTP/2 only\n"
-    e.wait_log("HTTP/1.1 clients are not relayed to HTTP/2 backends yet")
+    message = b"\x00\x00\x00\x00\x02hi"  # not compressed, 2 bytes
+    context = ssl.create_default_context(cafile=local_ca(e))
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", e.https_port), timeout=10),
+                             server_hostname="grpc.example.test") as tls:
+        tls.sendall(b"POST /edge.Test/Unary HTTP/1.1\r\nHost: grpc.example.test\r\nContent-Type: application/grpc\r\n"
+                    b"TE: trailers\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(message), message))
+        answer = b""
+        while data := tls.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"\r\ntransfer-encoding: chunked" in head.lower(), answer
+    payload = b"\x00\x00\x00\x00\x07echo:hi"
+    assert body.startswith(b"%x\r\n%s\r\n0\r\n" % (len(payload), payload)), answer
+    trailers = body.split(b"\r\n0\r\n", 1)[1]
+    assert b"grpc-status: 0\r\n" in trailers and b"x-served-by: grpc-origin\r\n" in trailers, answer
+    assert trailers.endswith(b"\r\n\r\n")
+    e.assert_alive()
 
 
 UPLOAD_ENDS_EARLY = textwrap.dedent('''

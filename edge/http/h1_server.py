@@ -13,7 +13,9 @@ written to the client in one write, so TLS makes one record of it.
 Keep-alive and pipelining: one request is handled at a time; bytes of the
 next one wait (at most 64 KiB, then reading pauses) until the response to
 this one is complete.  Errors are one-line HTTP answers as the README lists
-them.  HTTP/2 clients are served by :mod:`edge.http.h2_server`.
+them.  HTTP/2 clients are served by :mod:`edge.http.h2_server`.  A backend
+with ``protocol = "h2"`` gets each request on a stream of its HTTP/2 pool
+instead (:mod:`edge.http.h1_to_h2`); everything else here stays the same.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.transports import queued_for_peer
 from edge.http.h1_client import UpstreamConnection
+from edge.http.fields import admitted_fields, h2_request_fields, sort_fields
 from edge.http.forwarded import forwarded_block
 from edge.http.forward_auth import Passed, Refusal, auth_head, relay_response
-from edge.http.policy import Admitted, Answer, body_limit, decide, host_entry, is_websocket
+from edge.http.h1_to_h2 import H1Response, H2Relay
+from edge.http.policy import IDEMPOTENT, Admitted, Answer, body_limit, decide, host_entry, is_websocket
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
     HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_list,
@@ -127,6 +131,7 @@ class Http1Proxy(Protocol):
         self.pool: Any = None
         self.upstream: UpstreamConnection | None = None
         self.upstream_head = b""
+        self.relay: H2Relay | None = None  # the request's stream to an HTTP/2 backend (instead of ``upstream``)
         self.body: Any = None  # framing of the request body still to come from the client
         self.body_sent = 0
         self.response_started = False
@@ -162,7 +167,7 @@ class Http1Proxy(Protocol):
         if self.head is None:
             self.buffer = self.buffer + data if self.buffer else data
             self._next_request()
-        elif self.body is not None and self.upstream is not None:
+        elif self.body is not None and (self.upstream is not None or (self.relay is not None and self.relay.stream)):
             self._relay_body(data)
         elif self.tunnel:
             self._tunnel_out(data)
@@ -273,21 +278,20 @@ class Http1Proxy(Protocol):
         """The request may go on to ``route``'s backend: its body framing, its head for the backend, a connection."""
         runtime = self.runtime
         lower = head.lower
+        upstream = runtime.upstreams[route.backend]
         if lower.find(b"\r\ntransfer-encoding:") >= 0 or lower.find(b"\r\ncontent-length:") >= 0:
             try:
                 length = head.get(b"content-length")
-                self.body = self._request_framing(head, body_limit(route, int(length) if length is not None else None))
+                # DATA frames carry the payload only: a chunked body is de-chunked for an HTTP/2 backend.
+                self.body = self._request_framing(head, body_limit(route, int(length) if length is not None else None),
+                                                  collect=upstream.h2 is not None)
             except BadRequest as e:
                 self._answer_and_close(e.status, str(e))
                 return
-        self.upstream_head = self._upstream_head(head, raw_host, path)
-        upstream = runtime.upstreams[route.backend]
-        if upstream.h2 is not None:  # not relayed across protocols yet: said plainly, not a confusing 502
-            log.warn("{client}: 505 backend {backend} has protocol = \"h2\"; HTTP/1.1 clients are not relayed "
-                     "to HTTP/2 backends yet", client=self.info.client[0], backend=route.backend)
-            self.outcome = "answered"
-            self._answer(505, "this service is reachable over HTTP/2 only", close=head.has_body)
+        if upstream.h2 is not None:
+            self._proceed_h2(head, route, raw_host, path, upstream)
             return
+        self.upstream_head = self._upstream_head(head, raw_host, path)
         self.pool = upstream.http1
         if lower.find(b"\r\nupgrade:") >= 0 and is_websocket(head.version, self.body is not None,
                                                              connection_tokens(head.fields, lower), head.get(b"upgrade")):
@@ -299,10 +303,37 @@ class Http1Proxy(Protocol):
             self.transport.pauseProducing()
         self.pool.acquire(self)
 
+    def _proceed_h2(self, head: RequestHead, route: Any, raw_host: bytes, path: str, upstream: Any) -> None:
+        """The request goes on a stream of the HTTP/2 backend's pool (:mod:`edge.http.h1_to_h2`): the same
+        head an HTTP/2 client's request would get, hop-by-hop headers (and those Connection lists) left out."""
+        lower = head.lower
+        tokens = connection_tokens(head.fields, lower)
+        if lower.find(b"\r\nupgrade:") >= 0 and is_websocket(head.version, self.body is not None, tokens,
+                                                             head.get(b"upgrade")):
+            log.warn("{client}: 501 WebSocket to backend {backend}, which has protocol = \"h2\": extended CONNECT "
+                     "(RFC 8441) to backends is not supported", client=self.info.client[0], backend=route.backend)
+            self._answer(501, "WebSocket is not supported by this service", close=head.has_body)
+            return
+        fields = field_list(head.fields, lower)
+        admitted = self.admitted
+        if admitted is not None and (admitted.drop or admitted.add):
+            fields = admitted_fields(fields, admitted.drop, admitted.add)
+        sorted_ = sort_fields(fields, tokens)  # Content-Length was checked by parse_request_head
+        method = head.method.encode("latin-1")
+        request = h2_request_fields(sorted_, method, upstream.h2_scheme, raw_host,
+                                    path.encode("latin-1"), self.info.client[0], self.scheme)
+        self.relay = H2Relay(self, upstream.h2, request, self.body is not None, method in IDEMPOTENT,
+                             H1Response(head.method, head.version, sorted_.te_trailers))
+        if self.body is not None and not self.paused:  # read no body until a stream is there to take it
+            self.paused = True
+            self.transport.pauseProducing()
+        self._arm(self.runtime.config.timeouts.response, "response")  # also bounds the wait for a stream
+        upstream.h2.acquire(self.relay)
+
     @staticmethod
-    def _request_framing(head: RequestHead, limit: int | None) -> Any:
+    def _request_framing(head: RequestHead, limit: int | None, collect: bool = False) -> Any:
         if head.lower.find(b"\r\ntransfer-encoding:") >= 0:  # chunked, last and once: parse_request_head checked
-            return ChunkedReader(limit)
+            return ChunkedReader(limit, collect)
         length = head.get(b"content-length")  # ASCII digits: parse_request_head checked them
         if length is None or length == b"0":
             return None
@@ -372,9 +403,19 @@ class Http1Proxy(Protocol):
         except Malformed as e:
             self._refuse_body(400, str(e))
             return False
-        out.append(data if used == len(data) else data[:used])
         self.buffer = data[used:]
         self.body_sent += used
+        relay = self.relay
+        if relay is None:
+            out.append(data if used == len(data) else data[:used])
+        else:
+            pieces = getattr(self.body, "pieces", None)  # a chunked body's payload
+            if pieces is not None:
+                payload = b"".join(pieces)
+                pieces.clear()
+            else:
+                payload = data if used == len(data) else data[:used]
+            relay.body_data(payload, done)
         if done:
             self._body_done()
         return True
@@ -384,23 +425,32 @@ class Http1Proxy(Protocol):
             self.deadline = time.monotonic() + self.runtime.config.timeouts.idle
         self.buffer = data
         out: list[bytes] = []
-        if self._take_body(out) and out[0]:
+        if self._take_body(out) and out and out[0]:
             self.upstream.transport.write(out[0])
 
     def _body_done(self) -> None:
         self.body = None
+        if self.relay is not None and self.paused and len(self.buffer) <= MAX_HEAD and not self.closed:
+            self.paused = False  # read on: a pipelined request, or the client's close
+            self.transport.resumeProducing()
         if self.producing:
             self.producing = False
             if self.upstream is not None:
                 self.upstream.transport.unregisterProducer()
             if not self.paused and not self.closed:
                 self.transport.resumeProducing()  # the server may have paused us just before the end
-        if self.deadline_kind == "body" and self.upstream is not None and not self.response_started:
+        if self.deadline_kind == "body" and (self.upstream is not None or self.relay is not None) \
+                and not self.response_started:
             self._arm(self.runtime.config.timeouts.response, "response")
 
     def _drop_upstream(self, reusable: bool = False) -> None:
-        """Done with the upstream connection: back to the pool if ``reusable``, else closed."""
+        """Done with the upstream connection: back to the pool if ``reusable``, else closed (or the HTTP/2
+        backend's stream released: reset unless it ended)."""
         self._cancel_response_timer()
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            self._stop_streaming()
+            relay.release()
         connection, self.upstream = self.upstream, None
         if connection is None:
             return
@@ -418,6 +468,7 @@ class Http1Proxy(Protocol):
     def upstream_unavailable(self, status: int, reason: str) -> None:
         if self.closed:
             return
+        self._drop_upstream()
         log.warn("{client}: {status} {reason}", client=self.info.client[0], status=status, reason=reason)
         self.outcome = "backend_failed"
         self._answer(status, PUBLIC_TEXT[status], close=self.body is not None)
@@ -464,23 +515,108 @@ class Http1Proxy(Protocol):
         if self.closed:
             return
         if self.response_started:
-            log.warn("backend response cut short: {reason}", reason=reason)
-            self.info.ended = "error: backend response cut short"
-            self.outcome = "backend_failed"
-            self._log()
-            self._close()
+            self._cut_short(reason)
             return
         if connection.reused and not self.retried and self.body_sent == 0 and self.body is None:
             self.retried = True  # a kept-alive connection the server had just closed: once more on a new one
             self.pool.acquire(self, fresh=True)
             return
+        self._backend_failed(reason)
+
+    def _cut_short(self, reason: str) -> None:
+        """The backend failed in the middle of its response: the client sees it end early."""
+        log.warn("backend response cut short: {reason}", reason=reason)
+        self.info.ended = "error: backend response cut short"
+        self.outcome = "backend_failed"
+        self._log()
+        self._close()
+
+    def _backend_failed(self, reason: str) -> None:
+        """The backend failed before any response: 502 with edge's public text, the detail to the log."""
         backend = self.route.backend if self.route is not None else "-"
         self.outcome = "backend_failed"
         log.warn("{client}: 502 backend {backend} failed: {reason}{hint}", client=self.info.client[0],
                  backend=backend, reason=reason, hint=failure_hint(reason))
         self._answer(502, PUBLIC_TEXT[502], close=self.body is not None)
 
+    # -- an HTTP/2 backend's stream (edge.http.h1_to_h2) -------------------------------------
+
+    def relay_ready(self, relay: H2Relay) -> None:
+        """The request's stream is open: the body the client sent so far goes on it, the rest as it comes."""
+        if self.closed or self.relay is not relay:
+            return
+        runtime = self.runtime
+        self.info.server = str(relay.connection.state)
+        if self.body is None:
+            self._arm(runtime.config.timeouts.response, "response")
+            if self.paused and len(self.buffer) <= MAX_HEAD:
+                self.paused = False
+                self.transport.resumeProducing()
+            return
+        if (self.head.header("expect") or "").lower() == "100-continue":
+            self._write(CONTINUE)
+        # the response deadline starts once the body is sent; until then the client must keep sending
+        self._arm(runtime.config.timeouts.idle, "body")
+        if self.buffer and not self._take_body([]):
+            return
+        if self.body is not None:
+            relay.body_data(b"", False)  # reading the client resumes unless as much of its body waits already
+
+    def body_room(self, room: bool) -> None:
+        """Read the client's body only while little of it waits for the backend stream's window."""
+        if self.body is None or self.closed:
+            return
+        if room and self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+        elif not room and not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+
+    def relay_response(self, relay: H2Relay, status: int, head: bytes, ended: bool) -> None:
+        """The backend's response head, written as HTTP/1.1; its body streams with the client's socket as
+        the producer's pace (the relay acknowledges the backend only what that socket took)."""
+        self._cancel_response_timer()
+        self.upstream_time = time.monotonic() - self.started
+        self.response_started = True
+        self.status = status
+        if relay.response.close:
+            self.close_after = True
+        self._write(head)
+        if not ended and not self.closed:
+            self.streaming = True
+            self.transport.registerProducer(relay, True)
+            self._arm(self.runtime.config.timeouts.idle, "idle")
+
+    def relay_body(self, data: bytes) -> None:
+        if self.deadline_kind == "idle":
+            self.deadline = time.monotonic() + self.runtime.config.timeouts.idle
+        if data:
+            self.sent += len(data)
+            self._write(data)
+
+    def relay_end(self, tail: bytes) -> None:
+        """The backend's response is complete (``tail``: the last chunk and trailers, if chunked)."""
+        if tail:
+            self.sent += len(tail)
+            self._write(tail)
+        self._stop_streaming()
+        self._finish(False)
+
+    def relay_cut_short(self, reason: str) -> None:
+        self._drop_upstream()
+        if not self.closed:
+            self._cut_short(reason)
+
+    def relay_failed(self, reason: str) -> None:
+        self._drop_upstream()
+        if not self.closed:
+            self._backend_failed(reason)
+
     def _response_timeout(self) -> None:
+        relay = self.relay
+        if relay is not None and relay.connection is not None:
+            relay.connection.check()  # a connection gone silent is dropped, not kept for the next request
         self._drop_upstream()
         if self.closed or self.response_started:
             return

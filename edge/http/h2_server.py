@@ -33,7 +33,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from h2.errors import ErrorCodes
 from twisted.internet.interfaces import IPushProducer
@@ -47,67 +47,24 @@ from edge.eager import write_now
 from edge.event_loop import after_events
 from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, failure_hint
 from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Request, Trailers, WindowOpened
-from edge.http.forwarded import FORWARDING_FIELDS, forwarded_block, forwarded_fields
+from edge.http.fields import RESPONSE_SKIP, admitted_fields, h2_request_fields, sort_fields
+from edge.http.forwarded import forwarded_block
 from edge.http.framing import LAST_CHUNK, ChunkedReader, ResponseHead, chunk
 from edge.http.h1 import HOP_BY_HOP, BadRequest, field_list, request_line_ok
 from edge.http.h1_client import UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
 from edge.http.forward_auth import Passed, Refusal, auth_head
-from edge.http.policy import Admitted, Answer, body_limit, decide, host_entry
+from edge.http.policy import IDEMPOTENT, Admitted, Answer, body_limit, decide, host_entry
 from edge.timers import coarse
 
 log = Logger()
 
-# Request headers not passed on: hop-by-hop ones (h2 refused most already), framing edge redoes
-# (Content-Length is re-added when valid; Expect is answered here), and the forwarding headers.
-_REQUEST_SKIP = HOP_BY_HOP | FORWARDING_FIELDS | {b"host", b"content-length", b"expect"}
-_RESPONSE_SKIP = HOP_BY_HOP
 DISCARD_BODY = 4 * 1024 * 1024
 _NONE: frozenset[int] = frozenset()
-# Requests sent again on a fresh backend connection when the first one failed before any answer (RFC 9110 9.2.2).
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 _TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 # Headers of a backend's 101 that belong to the HTTP/1.1 upgrade only (RFC 8441 5: the answer is a 200).
 _TUNNEL_SKIP = HOP_BY_HOP | {b"sec-websocket-accept"}
-
-
-class _Fields(NamedTuple):
-    kept: list[tuple[bytes, bytes]]  # passed on as they are
-    cookies: list[bytes]
-    prior_for: list[bytes]  # X-Forwarded-For and Forwarded from before edge
-    prior_forwarded: list[bytes]
-    length: int | None
-    expect: bool  # Expect: 100-continue
-    te_trailers: bool
-
-
-def _sort_fields(fields: list[tuple[bytes, bytes]]) -> _Fields:
-    """A request's fields sorted for relaying: what passes, what edge redoes (framing, forwarding)."""
-    kept: list[tuple[bytes, bytes]] = []
-    cookies: list[bytes] = []
-    prior_for: list[bytes] = []
-    prior_forwarded: list[bytes] = []
-    length = None
-    expect = te_trailers = False
-    for name, value in fields:
-        if name == b"cookie":
-            cookies.append(value)
-        elif name not in _REQUEST_SKIP:
-            kept.append((name, value))
-        elif name == b"content-length":
-            if not value.isdigit() or len(value) > 18 or (length is not None and int(value) != length):
-                raise BadRequest(400, "invalid Content-Length")
-            length = int(value)
-        elif name == b"x-forwarded-for":
-            prior_for.append(value)
-        elif name == b"forwarded":
-            prior_forwarded.append(value)
-        elif name == b"expect":
-            expect = value.lower() == b"100-continue"
-        elif name == b"te":
-            te_trailers = value.lower() == b"trailers"
-    return _Fields(kept, cookies, prior_for, prior_forwarded, length, expect, te_trailers)
 
 
 @implementer(IPushProducer)
@@ -138,7 +95,6 @@ class H2Server(Protocol):
         self.last_name = ""
         self.forwarded_for: bytes | None = None  # the :authority the forwarding headers below were made for
         self.forwarded = b""
-        self.length: int | None = None
 
     # -- the client's bytes -------------------------------------------------------------
 
@@ -323,14 +279,16 @@ class H2Server(Protocol):
         method, target, tunnel = event.method, event.target, event.protocol is not None
         fields = event.fields
         if admitted is not None and (admitted.drop or admitted.add):
-            fields = [field for field in fields if field[0] not in admitted.drop] + list(admitted.add)
+            fields = admitted_fields(fields, admitted.drop, admitted.add)
         upstream = runtime.upstreams[route.backend]
         try:
             if upstream.h2 is not None:
                 if tunnel:
                     raise BadRequest(501, "WebSocket to an HTTP/2 backend is not supported")
-                head, chunked, length, expect = self._upstream_fields(fields, method, target, authority, upstream), \
-                    False, self.length, False
+                sorted_ = sort_fields(fields)
+                head, chunked, length, expect = h2_request_fields(
+                    sorted_, method, upstream.h2_scheme, authority, target,
+                    self.info.client[0], self.scheme), False, sorted_.length, False
             else:
                 head, chunked, length, expect = self._upstream_head(event, fields, method, target, authority, tunnel)
             if event.ended and length:  # a length no DATA will follow: the backend would read the next request
@@ -354,7 +312,7 @@ class H2Server(Protocol):
                        authority: bytes, tunnel: bool) -> tuple[bytes, bool, int | None, bool]:
         """The HTTP/1.1 request head for the backend; whether its body is chunked; its length; Expect: 100-continue.
         (Names and values were checked by the codec: lower-case tokens, no control characters.)"""
-        sorted_ = _sort_fields(fields)
+        sorted_ = sort_fields(fields)
         kept = [b"\r\n%s: %s" % field for field in sorted_.kept]
         if sorted_.cookies:  # RFC 9113 8.2.3: one header for HTTP/1.1, its crumbs joined
             kept.append(b"\r\ncookie: %s" % b"; ".join(sorted_.cookies))
@@ -381,23 +339,6 @@ class H2Server(Protocol):
             forwarded = self.forwarded = forwarded_block(self.info.client[0], self.scheme, authority)
             self.forwarded_for = authority
         return line + b"".join(kept) + framing + forwarded + b"\r\n\r\n", chunked, length, sorted_.expect
-
-    def _upstream_fields(self, fields: list[tuple[bytes, bytes]], method: bytes, target: bytes, authority: bytes,
-                         upstream: Any) -> list[tuple[bytes, bytes]]:
-        """The HTTP/2 request head for an HTTP/2 backend (``te: trailers`` passes, as gRPC needs it)."""
-        sorted_ = _sort_fields(fields)
-        fields = [(b":method", method), (b":scheme", b"https" if upstream.scheme == "https" else b"http"),
-                  (b":authority", authority), (b":path", target)]
-        fields += sorted_.kept
-        fields += ((b"cookie", crumb) for crumb in sorted_.cookies)  # HTTP/2 keeps them apart
-        if sorted_.length is not None:
-            fields.append((b"content-length", b"%d" % sorted_.length))
-        if sorted_.te_trailers:
-            fields.append((b"te", b"trailers"))
-        self.length = sorted_.length
-        fields += forwarded_fields(self.info.client[0], self.scheme, authority, sorted_.prior_for,
-                                   sorted_.prior_forwarded)
-        return fields
 
     def answer(self, stream: int, event: Request, status: int, text: str, location: str | None = None,
                route: Any = None, started: float = 0.0, exchange: "H2Exchange | None" = None,
@@ -662,7 +603,7 @@ class H2Exchange:
         self.response_started = True
         self.status = status
         self.upstream_time = time.monotonic() - self.started
-        fields = [(name, value) for name, value in fields if name not in _RESPONSE_SKIP]
+        fields = [(name, value) for name, value in fields if name not in RESPONSE_SKIP]
         self.codec.respond(self.stream, status, fields, end=ended and self.trailers_out is None)
         self.stream_ended = ended
         self._arm("idle")
@@ -752,7 +693,7 @@ class H2Exchange:
         self.status = status = head.status
         self.server_name = str(connection.state)
         self.upstream_time = time.monotonic() - self.started
-        skip = _RESPONSE_SKIP
+        skip = RESPONSE_SKIP
         if head.lower.find(b"\r\nconnection:") >= 0:  # the fields it names are hop-by-hop too
             skip = skip | {token.strip(b" \t").lower() for name, value in field_list(head.fields, head.lower)
                            if name == b"connection" for token in value.split(b",")}

@@ -33,6 +33,8 @@ class Answer(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()  # more response headers (WWW-Authenticate, Retry-After)
 
 
+# Requests sent again on a fresh backend connection when the first one failed before any answer (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 NO_ROUTE = Answer(404, REASON_TEXT[404])
 MISDIRECTED = Answer(421, REASON_TEXT[421])
 NO_PLAIN_HTTP = Answer(404, REASON_TEXT[404])

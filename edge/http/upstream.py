@@ -1,7 +1,8 @@
 """HTTP(S) backends: a keep-alive pool per backend, and TLS to https:// servers.
 
 Requests from HTTP/1.1 and HTTP/2 clients alike go to the backend over
-HTTP/1.1 through :class:`edge.http.h1_client.Http1Pool`, which picks servers
+HTTP/1.1 through :class:`edge.http.h1_client.Http1Pool`, or over HTTP/2
+through :class:`edge.http.h2_client.H2Pool` (``protocol = "h2"``); each picks servers
 the way TCP connections do (balance, max_conn counting in-flight requests,
 passive health) and skips a server that refuses or times out on connect.
 ``https://`` servers are verified with service_identity against the system
@@ -99,6 +100,7 @@ class Upstream:
         self.reactor = reactor
         self.response_timeout = response_timeout
         self.scheme = backend.config.servers[0].scheme
+        self.h2_scheme = b"https" if self.scheme == "https" else b"http"  # :scheme of its HTTP/2 requests
         self.policy = BackendTLSPolicy(backend.config) if self.scheme == "https" else None
         self.protocol = backend.config.protocol  # "http/1.1" or "h2"
         self.http1 = Http1Pool(backend, self.tunnel_endpoint)
