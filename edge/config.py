@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edge.access import AddressRule, Rate, Users, UsersFileError, parse_networks, parse_users
-from edge.http.transform import HeaderRules, hsts_value
+from edge.headers import HeaderRules, hsts_value
 from edge.addresses import Address, parse_address, parse_addresses, parse_host_port, parse_server
 
 TLS_MODES = ("passthrough", "edge", "reencrypt")

@@ -10,7 +10,7 @@ the hand-over it only relays transport events to the handler.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Callable, Mapping, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -18,7 +18,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edge.config import Config, Door
 from edge.connection import ConnectionInfo
+from edge.routes import HostEntry, RouteTable
 from edge.sniff import NEED_MORE, NO_MATCH, Malformed
 from edge.sniff.http import sniff_http
 from edge.sniff.proxy import ProxyHeader, sniff_proxy
@@ -28,8 +30,25 @@ from edge.terminate import UNRECOGNIZED_NAME_ALERT
 from edge.timers import coarse
 from edge.transports import under_tls
 
-if TYPE_CHECKING:
-    from edge.runtime import Runtime
+
+
+class DispatchRuntime(TypingProtocol):
+    """What the dispatcher needs of the live configuration (``edge.runtime.Runtime`` has it): the
+    contract, so the dispatcher does not import the runtime that builds its handlers."""
+
+    reactor: Any
+    config: Config
+    routes: RouteTable
+    doors: Mapping[str, Door]
+    door_routes: Mapping[str, RouteTable]
+
+    def forward(self, backend: str, info: ConnectionInfo) -> Protocol: ...
+
+    def redirector(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Protocol: ...
+
+    def tls_handler(self, entry: HostEntry, info: ConnectionInfo) -> Protocol | None: ...
+
+    def refused(self, gate: str, client: str) -> str | None: ...
 
 log = Logger()
 
@@ -38,7 +57,7 @@ MAX_PREFIX = 16384
 
 @implementer(IHalfCloseableProtocol)
 class Dispatcher(Protocol):
-    def __init__(self, runtime: "Runtime", listener: str) -> None:
+    def __init__(self, runtime: DispatchRuntime, listener: str) -> None:
         self.runtime = runtime
         self.listener = listener  # "ssh", "http", "https" or a [[doors]] name
         door = runtime.doors.get(listener)

@@ -9,19 +9,37 @@ honoured for bodiless requests, up to a bounded number per connection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from edge.acme.responders import ChallengeResponders
+from edge.config import Config
 from edge.http.answers import error_response, plain_response
+from edge.routes import RouteTable
 from edge.connection import ConnectionInfo, log_request
 from edge.sniff import NEED_MORE
 from edge.http.h1 import BadRequest, RequestHead, parse_request_head
 from edge.http.policy import https_location
 
-if TYPE_CHECKING:
-    from edge.runtime import Runtime
+
+
+class RedirectRuntime(TypingProtocol):
+    """What the redirector needs of the live configuration (``edge.runtime.Runtime`` has it): the
+    contract, so this module does not import the runtime that builds it."""
+
+    reactor: Any
+    config: Config
+    acme_responders: ChallengeResponders
+    routes: RouteTable
+    https_port: int
+
+    def forward(self, backend: str, info: ConnectionInfo) -> Protocol: ...
+
+    def plain_http(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Protocol: ...
+
+    def refused(self, gate: str, client: str) -> str | None: ...
 
 ACME_PREFIX = "/.well-known/acme-challenge/"
 MAX_HEAD = 65536
@@ -30,7 +48,7 @@ MAX_REQUESTS = 100
 
 class Redirector(Protocol):
     def __init__(
-        self, runtime: "Runtime", info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]
+        self, runtime: RedirectRuntime, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]
     ) -> None:
         self.runtime = runtime
         self.info = info

@@ -12,33 +12,11 @@ download) is not held back; never the whole body in memory.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
 import zstandard
 
-Fields = list[tuple[bytes, bytes]]
-
-
-@dataclass(frozen=True)
-class HeaderRules:
-    """``set`` replaces (or adds) fields, ``remove`` drops them; names lower-case."""
-
-    set: tuple[tuple[bytes, bytes], ...] = ()
-    remove: frozenset[bytes] = field(default_factory=frozenset)
-
-    def __bool__(self) -> bool:
-        return bool(self.set or self.remove)
-
-    def apply(self, fields: Iterable[tuple[bytes, bytes]]) -> Fields:
-        gone = self.remove | {name for name, _ in self.set}
-        return [(n, v) for n, v in fields if n not in gone] + list(self.set)
-
-
-def hsts_value(seconds: int, subdomains: bool = False, preload: bool = False) -> bytes:
-    """The Strict-Transport-Security value (RFC 6797)."""
-    value = f"max-age={seconds}" + ("; includeSubDomains" if subdomains else "") + ("; preload" if preload else "")
-    return value.encode("ascii")
+from edge.headers import Fields, HeaderRules, hsts_value  # noqa: F401 (the rules' values live below config)
 
 
 def strip_prefix(path: str, prefix: str) -> str | None:
