@@ -275,3 +275,35 @@ def test_bad_nonces_are_retried_within_the_step(start, tmp_path, ca, dns, origin
     # Rejected requests reach pebble's handlers too: count what it did, not what it was sent.
     assert pebble.count("Added order") == len(HOSTS)
     assert pebble.count("Issued certificate serial") == len(HOSTS)  # none issued and then discarded
+
+
+def test_an_issued_certificate_whose_download_failed_is_fetched_after_a_restart(start, tmp_path, ca, dns, origin):
+    """The CA issued, the download was cut off (a stand-in in front of pebble drops it): the order was kept
+    in the state before finalizing, so the restarted edge downloads that certificate instead of ordering
+    again (a second order would count against Let's Encrypt's duplicate-certificate limit)."""
+    from tests.support.ca_proxy import CaProxy
+
+    ports = {"http": free_port(), "https": free_port()}
+    pebble = start(Pebble, tmp_path, ca, dns.dns_port, ports["http"], ports["https"])
+    proxy = start(CaProxy, tmp_path, ca, pebble.port)
+    proxy.block()
+    body = acme_body(origin, proxy.directory, ca)
+    first = start(Edge, tmp_path / "edge", body, ports=ports)
+    for host in HOSTS:
+        first.wait_log(f"ACME certificate for {host} failed: cannot reach the ACME server", timeout=60)
+    assert pebble.count("Issued certificate serial") == len(HOSTS)
+    first.stop()
+    orders = list((state_dir_certs(first).parent / "orders").glob("*.json"))
+    assert sorted(p.name for p in orders) == [f"{host}.json" for host in HOSTS]
+
+    proxy.unblock()
+    again = start(Edge, tmp_path / "edge", body, ports=ports)
+    root = pebble.root_pem()
+    for host in HOSTS:
+        again.wait_log(f"certificate for {host} obtained from ACME", timeout=60)
+        assert fetch(again.https_port, host, root, tmp_path).returncode == 0
+    assert again.log().count("finishing the order for") == len(HOSTS)
+    assert pebble.count("Added order") == len(HOSTS), pebble.log()  # no second new-order for either name
+    assert pebble.count("Issued certificate serial") == len(HOSTS)
+    assert not list((state_dir_certs(again).parent / "orders").glob("*.json"))  # done: forgotten
+    assert "Traceback" not in again.log(), again.log()

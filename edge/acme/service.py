@@ -404,12 +404,14 @@ class AcmeService(Service):
             return
         if loaded.problem is not None:
             self._apply(host, loaded)  # logged, moved aside: ordered again below
-        renewing = host in self.current
-        log.info("{what} a certificate for {host} from {directory} ({challenge})",
-                 what="finishing the recorded order for" if step is Next.FINISH else
-                 "renewing" if renewing else "ordering", host=host,
-                 directory=self.acme.directory,
-                 challenge=", ".join(sorted({c for _, c in self.identifiers.get(host, [(host, self.acme.challenge)])})))
+        if step is Next.FINISH:
+            log.info("finishing the order for {host} kept before it was finalized ({url}): the CA may have issued "
+                     "its certificate already", host=host, url=recorded.url)
+        else:
+            log.info("{what} a certificate for {host} from {directory} ({challenge})",
+                     what="renewing" if host in self.current else "ordering", host=host,
+                     directory=self.acme.directory, challenge=", ".join(sorted(
+                         {c for _, c in self.identifiers.get(host, [(host, self.acme.challenge)])})))
         try:
             if self.session is None:
                 self.session = yield self._thread(self._new_session)
