@@ -102,45 +102,57 @@ class FileStorage:
     def lock(self, key: str, owner: str, ttl: float = LOCK_TTL) -> bool:
         path = self.path(key)
         private_dir(path.parent, self.root)
-        for _ in range(3):  # a stale lock taken over, then a race lost: give up until the next look
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                seen = self.get(key)
-                if seen is None:
-                    continue  # released meanwhile
-                decision = decide_lock(LockRecord.decode(seen), True, owner, time.time())
-                if decision is LockDecision.WAIT:
-                    return False
-                if decision is LockDecision.MINE:
-                    return self.refresh(key, owner, ttl)
-                self._remove_stale(path, seen)
-                continue
-            try:
-                os.write(fd, new_record(owner, time.time(), ttl).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            fsync_dir(path.parent)
-            return True
+        for _ in range(3):  # released, or taken over, meanwhile: look again (bounded)
+            if self._create(path, new_record(owner, time.time(), ttl).encode()):
+                return True
+            seen = self.get(key)
+            if seen is None:
+                continue  # released meanwhile
+            decision = decide_lock(LockRecord.decode(seen), True, owner, time.time())
+            if decision is LockDecision.WAIT:
+                return False
+            if decision is LockDecision.MINE:
+                return self.refresh(key, owner, ttl)
+            if not self._remove_stale(path, seen):
+                return False  # another edge is taking it over
         return False
 
     @staticmethod
-    def _remove_stale(path: Path, seen: bytes) -> None:
-        """Remove the stale lock ``seen`` at ``path``.  It is renamed aside first (one rename of one file
-        succeeds): if what was moved is not what was seen (another edge took it over meanwhile), it is put
-        back."""
-        aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
+    def _create(path: Path, data: bytes) -> bool:
+        """Create ``path`` holding ``data`` if it does not exist (``O_EXCL``: one creator wins)."""
         try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return
-        if aside.read_bytes() != seen:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(path.parent)
+        return True
+
+    def _remove_stale(self, path: Path, seen: bytes) -> bool:
+        """Remove the stale lock ``seen`` at ``path``, holding ``NAME.takeover`` (created with ``O_EXCL``) so
+        that of several edges finding it stale one removes it: removing it twice would remove the lock the
+        first one took.  False if another edge holds the takeover (a takeover left by a crash goes stale too)."""
+        guard = path.with_name(path.name + ".takeover")
+        if not self._create(guard, b""):
             try:
-                os.link(aside, path)
-            except FileExistsError:
+                if time.time() - guard.stat().st_mtime > LOCK_TTL:
+                    guard.unlink()
+            except FileNotFoundError:
                 pass
-        aside.unlink()
+            return False
+        try:
+            try:
+                if path.read_bytes() == seen:  # still the stale one (a fresh lock is never removed)
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+            return True
+        finally:
+            guard.unlink()
 
     def refresh(self, key: str, owner: str, ttl: float = LOCK_TTL) -> bool:
         record = LockRecord.decode(self.get(key))
