@@ -307,3 +307,45 @@ def test_an_issued_certificate_whose_download_failed_is_fetched_after_a_restart(
     assert pebble.count("Issued certificate serial") == len(HOSTS)
     assert not list((state_dir_certs(again).parent / "orders").glob("*.json"))  # done: forgotten
     assert "Traceback" not in again.log(), again.log()
+
+
+def test_two_minute_certificates_are_renewed_with_no_failed_request(start, tmp_path, ca, dns, origin):
+    """pebble issues 2-minute certificates; with default settings (check_interval one hour) the edge renews
+    each when a third of its life remains, and a curl loop meanwhile never fails."""
+    import hashlib
+    import socket
+    import ssl
+
+    ports = {"http": free_port(), "https": free_port()}
+    pebble = start(Pebble, tmp_path, ca, dns.dns_port, ports["http"], ports["https"], validity=120)
+    body = acme_body(origin, pebble.directory, ca).replace('retry = "1s"\n', "")
+    edge = start(Edge, tmp_path / "edge", body, ports=ports)
+    for host in HOSTS:
+        edge.wait_log(f"certificate for {host} obtained from ACME", timeout=60)
+    root = pebble.root_pem()
+
+    def served(host: str) -> str:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", edge.https_port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+
+    first = {host: served(host) for host in HOSTS}
+    failures, requests, after = [], 0, 0
+    deadline = time.monotonic() + 180  # renewal is due 80 s after issuance
+    while after < 20:
+        assert time.monotonic() < deadline, edge.log()
+        host = HOSTS[requests % len(HOSTS)]
+        result = fetch(edge.https_port, host, root, tmp_path)
+        requests += 1
+        if result.returncode != 0 or result.stdout != f"origin for {host}\n":
+            failures.append((host, result.returncode, result.stderr))
+        if all(edge.log().count(f"certificate for {h} obtained from ACME") >= 2 for h in HOSTS):
+            after += 1  # a few more once both are renewed
+    assert failures == [], failures
+    assert requests > 100
+    for host in HOSTS:
+        assert served(host) != first[host]  # the renewed certificate is the one served
+    assert "renewing a certificate for" in edge.log()
+    assert "failed" not in edge.log(), edge.log()
