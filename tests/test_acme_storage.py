@@ -181,3 +181,44 @@ def test_the_account_key_is_created_once_whoever_asks_first(backend, tmp_path):
     for thread in threads:
         thread.join(30)
     assert len({key.private_numbers().private_value for key in keys}) == 1
+
+
+# -- answers another edge keeps --------------------------------------------------------------------------
+
+
+def test_a_responders_miss_is_looked_up_in_the_storage_cached_and_bounded():
+    from twisted.internet.defer import Deferred
+
+    from edge.acme import responders as module
+    from edge.acme.responders import ChallengeResponders
+
+    answers = ChallengeResponders()
+    assert answers.shared_http01("a.test", "tok") is None  # no shared storage: nothing to ask
+    asked: list[tuple[str, str, str]] = []
+    pending: list[Deferred] = []
+
+    def lookup(kind: str, host: str, token: str) -> Deferred:
+        asked.append((kind, host, token))
+        pending.append(Deferred())
+        return pending[-1]
+
+    answers.shared = lookup
+    got: list = []
+    answers.shared_http01("a.test", "tok").addCallback(got.append)
+    pending[-1].callback("tok.thumb")
+    answers.shared_http01("A.test", "tok").addCallback(got.append)  # cached: not asked again
+    assert got == ["tok.thumb", "tok.thumb"] and len(asked) == 1
+
+    answers.shared_http01("a.test", "none").addCallback(got.append)
+    pending[-1].callback(None)
+    answers.shared_http01("a.test", "none").addCallback(got.append)  # a miss is cached briefly too
+    assert got[-2:] == [None, None] and len(asked) == 2
+
+    for n in range(module.MAX_LOOKUPS):  # stray requests: at most MAX_LOOKUPS threads at once
+        answers.shared_http01("a.test", f"stray-{n}")
+    answers.shared_http01("a.test", "one-too-many").addCallback(got.append)
+    assert got[-1] is None and len(asked) == 2 + module.MAX_LOOKUPS
+    for deferred in pending[2:]:
+        deferred.errback(RuntimeError("storage down"))  # a failed lookup is no answer, and frees its slot
+    answers.shared_http01("a.test", "later")
+    assert len(asked) == 3 + module.MAX_LOOKUPS

@@ -60,6 +60,8 @@ def describe(error: BaseException) -> str:
         return str(error)
     if isinstance(error, messages.Error):
         return f"{error.typ}: {error.detail}"
+    if type(error).__module__.split(".")[0] == "redis":  # the shared storage, not the CA
+        return f"the shared storage (Redis) failed: {type(error).__name__}: {error}".replace("\n", " ")
     if isinstance(error, errors.TimeoutError):
         return "the order did not complete in time"
     if type(error).__name__ in ("ConnectionError", "SSLError", "Timeout", "ConnectTimeout", "ReadTimeout"):

@@ -401,6 +401,8 @@ class AcmeService(Service):
         if step is Next.ADOPT:
             self._apply(host, loaded)
             self.backoff.pop(host, None)
+            if recorded is not None:  # superseded by the certificate another edge stored
+                yield self._thread(self.storage.forget_order, host)
             return
         if loaded.problem is not None:
             self._apply(host, loaded)  # logged, moved aside: ordered again below
