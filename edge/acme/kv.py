@@ -5,7 +5,8 @@ The file backend keeps them under ``state_dir`` (which several edges may
 share, e.g. over NFS); the Redis backend keeps them in one Redis database.
 Every call blocks: they run in the ACME threads, never on the reactor.
 Locks have an owner and an expiry; the holder refreshes them while it works
-(:class:`HeldLock`), and one whose holder died goes stale and is taken over.
+(:class:`HeldLock`), and one whose holder died goes stale and is taken over
+(by one edge: files under an ``O_EXCL`` takeover guard, Redis by expiry).
 The decisions are :mod:`edge.acme.locks`' pure functions.
 """
 

@@ -391,6 +391,9 @@ class AcmeService(Service):
         except Exception as e:
             self._failed(host, e)
             return
+        if loaded.error is not None:  # nothing can be decided on a storage that cannot be read
+            self._failed(host, OSError(f"cannot read the stored certificate: {loaded.error}"))
+            return
         known = self.current.get(host)
         stored = loaded.cert
         now = datetime.datetime.now(datetime.timezone.utc)
