@@ -40,13 +40,6 @@ def wait_served(edge: Edge, host: str, timeout: float = 90) -> None:
         time.sleep(0.05)
 
 
-def wait_for(text: str, program, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in program.log():
-        assert time.monotonic() < deadline, f"{text!r} not in:\n{program.log()}"
-        time.sleep(0.05)
-
-
 def two_edges(start, tmp_path, ca, dns, origin, challenge: str, storage: str = "", shared_state: bool = True):
     """Edge ``first`` starts ordering a.example.test; then ``second`` starts.  pebble validates at the
     second edge's ports, so the first edge's order is answered by the edge that did not start it (b is
@@ -115,8 +108,7 @@ def test_two_edges_sharing_a_state_dir_order_each_name_once(start, tmp_path, ca,
                 (2 if edge is second else 1):
             assert time.monotonic() < deadline, edge.log()
             time.sleep(0.1)
-    expected = hashlib.sha256(renewed.cert_chain_pems[0].bytes() and
-                              ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())).hexdigest()
+    expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())).hexdigest()
     for edge in (first, second):
         assert fingerprint(edge.https_port, HOSTS[0]) == expected
 

@@ -380,6 +380,9 @@ class AcmeService(Service):
         try:
             yield self._obtain_locked(host)
         finally:
+            if held.lost and self.running:
+                log.warn("the lock for {host} was lost while this edge held it (the storage was unreachable for "
+                         "longer than its expiry): another edge may have ordered it too", host=host)
             run_in_daemon_thread(self.reactor, held.release).addErrback(lambda failure: None)
 
     @inlineCallbacks
