@@ -255,6 +255,14 @@ class AcmeConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """``[storage]``: where ACME state is shared between edges (Redis), instead of ``state_dir``'s files."""
+
+    redis: str | None = None  # redis://host:6379/0, rediss://..., unix:///path
+    password: str | None = field(default=None, repr=False)  # read from password_file
+
+
+@dataclass(frozen=True)
 class Discovery:
     """``[discovery]``: routes from container labels on podman's Docker-compatible API."""
 
@@ -306,6 +314,7 @@ class Config:
     discovery: Discovery | None = None  # [discovery]: routes from podman container labels
     ssh_addresses: AddressRule = AddressRule()  # [ssh] allow / deny
     ssh_conn_limit: Rate | None = None  # [ssh] conn_limit
+    storage: StorageConfig | None = None  # [storage]: None keeps ACME state in state_dir
 
 
 def load(path: str | Path) -> Config:
@@ -454,7 +463,7 @@ class _Parser:
 
     def config(self, data: Mapping[str, Any]) -> Config:
         self.table(data, "", ("edge", "listen", "timeouts", "ssh", "tls", "admin", "acme", "backends", "routes",
-                               "doors", "discovery"))
+                               "doors", "discovery", "storage"))
         acme = self.acme(data["acme"]) if "acme" in data else None
         admin_table = self.table(data.get("admin", {}), "admin", ("listen", "debug", "allow", "deny", "basic_auth"))
         admin_addresses = self.address_rule(admin_table, "admin")
@@ -527,7 +536,26 @@ class _Parser:
             discovery=self.discovery(data["discovery"]) if "discovery" in data else None,
             ssh_addresses=ssh_addresses,
             ssh_conn_limit=ssh_conn_limit,
+            storage=self.storage(data["storage"]) if "storage" in data else None,
         )
+
+    def storage(self, data: Any) -> StorageConfig:
+        """``[storage]``: ``redis`` (a URL) and its optional ``password_file`` (read now, like other secrets)."""
+        data = self.table(data, "storage", ("redis", "password_file"))
+        url = data.get("redis")
+        if url is not None and (not isinstance(url, str)
+                                or not re.match(r"(rediss?://[^/\s]+(/\d+)?|unix:///\S+)$", url)):
+            raise self.fail("storage.redis", "must be a URL like \"redis://127.0.0.1:6379/0\" (or rediss://, "
+                                             "unix:///path)")
+        password = None
+        if "password_file" in data:
+            if url is None:
+                raise self.fail("storage.password_file", "needs storage.redis")
+            path = self.path_in(data["password_file"], "storage.password_file")
+            password = self.read_file(path, "storage.password_file").strip()
+            if not password:
+                raise self.fail("storage.password_file", f"{path} is empty")
+        return StorageConfig(url, password)
 
     def discovery(self, data: Any) -> Discovery:
         data = self.table(data, "discovery", ("podman", "interval"))

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edge.acme.responders import ACME_TLS_ALPN, ChallengeResponders
 from edge.config import Config, Door
 from edge.connection import ConnectionInfo
 from edge.routes import HostEntry, RouteTable
@@ -41,6 +42,7 @@ class DispatchRuntime(TypingProtocol):
     routes: RouteTable
     doors: Mapping[str, Door]
     door_routes: Mapping[str, RouteTable]
+    acme_responders: ChallengeResponders
 
     def forward(self, backend: str, info: ConnectionInfo) -> Protocol: ...
 
@@ -49,6 +51,8 @@ class DispatchRuntime(TypingProtocol):
     def tls_handler(self, entry: HostEntry, info: ConnectionInfo) -> Protocol | None: ...
 
     def refused(self, gate: str, client: str) -> str | None: ...
+
+    def acme_tls_handler(self, options: Any, info: ConnectionInfo) -> Protocol: ...
 
 log = Logger()
 
@@ -66,6 +70,7 @@ class Dispatcher(Protocol):
         self.buffer = b""
         self.timer = None
         self.proxy_pending = False
+        self.looking_up = False  # a TLS-ALPN-01 answer is being looked up in the shared ACME storage
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
@@ -87,6 +92,8 @@ class Dispatcher(Protocol):
         if self.info.ended is not None:  # refused: closing, nothing more is looked at
             return
         self.buffer += data
+        if self.looking_up:
+            return
         try:
             self._decide()
         except Malformed as e:
@@ -204,10 +211,25 @@ class Dispatcher(Protocol):
             self._reject(why)
             return
         handler = self.runtime.tls_handler(entry, info)
+        if handler is None and entry.passthrough is None and ACME_TLS_ALPN.decode() in info.alpn:
+            lookup = self.runtime.acme_responders.shared_tls_alpn01(info.sni)
+            if lookup is not None:  # another edge's TLS-ALPN-01 validation, answered from the shared storage
+                self.looking_up = True
+                lookup.addCallback(self._tls_alpn_answer)
+                return
         if handler is None:
             self._reject("refused: no certificate for SNI", UNRECOGNIZED_NAME_ALERT)
             return
         self.hand_over(handler, self.buffer)
+
+    def _tls_alpn_answer(self, options) -> None:
+        self.looking_up = False
+        if self.handler is not None or self.info.ended is not None or not self.transport.connected:
+            return
+        if options is None:
+            self._reject("refused: no certificate for SNI", UNRECOGNIZED_NAME_ALERT)
+            return
+        self.hand_over(self.runtime.acme_tls_handler(options, self.info), self.buffer)
 
     def _to_ssh(self) -> None:
         self.info.protocol = "ssh"

@@ -199,10 +199,7 @@ class Runtime:
             return self.forward(route.backend, info)
         if ACME_TLS_ALPN.decode() in info.alpn:  # a TLS-ALPN-01 validation for a host we manage
             options = self.acme_responders.tls_alpn01(info.sni)
-            if options is None:
-                return None
-            info.tls_mode = "acme-tls/1"
-            return TLSMemoryBIOProtocol(TLSMemoryBIOFactory(options, False, Factory.forProtocol(Protocol)), Protocol())
+            return None if options is None else self.acme_tls_handler(options, info)
         cert = self.certificates.lookup(info.sni)
         if cert is None:
             return None
@@ -218,6 +215,11 @@ class Runtime:
         protocol = EdgeTLSProtocol(tls_factory, AlpnSwitch(choose, info, self.reactor, self.config.timeouts.inspect),
                                    info, self.reactor)
         return protocol
+
+    def acme_tls_handler(self, options: Any, info: ConnectionInfo) -> Protocol:
+        """Answers a TLS-ALPN-01 validation with ``options`` (the RFC 8737 certificate), then nothing."""
+        info.tls_mode = "acme-tls/1"
+        return TLSMemoryBIOProtocol(TLSMemoryBIOFactory(options, False, Factory.forProtocol(Protocol)), Protocol())
 
     def plain_http(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Protocol:
         """The HTTP/1.1 proxy for routes served over plain HTTP (``http = "allow"``)."""

@@ -135,6 +135,12 @@ def test_defaults_when_listen_is_absent(tmp_path):
         ('[timeouts]\nidle = "1h30"', "timeouts.idle", "not a duration"),
         ('[tls]\nissuer = "acme-ish"', "tls.issuer", "not one of"),
         ('routes = 5', "routes", "array of tables"),
+        ('[storage]\nredis = "http://127.0.0.1:6379"', "storage.redis", "must be a URL like"),
+        ('[storage]\nredis = 6379', "storage.redis", "must be a URL like"),
+        ('[storage]\npassword_file = "pw"', "storage.password_file", "needs storage.redis"),
+        ('[storage]\nredis = "redis://127.0.0.1:6379/0"\npassword_file = "/nonexistent/pw"', "storage.password_file",
+         "cannot read /nonexistent/pw"),
+        ('[storage]\nfiles = "/srv"', "storage.files", "unknown key"),
     ],
 )
 def test_each_mistake_names_file_key_and_problem(tmp_path, text, key, words):
@@ -313,3 +319,15 @@ def test_a_low_port_refused_for_permission_says_how_to_allow_it(tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "cannot listen on 127.0.0.1:80: Permission denied" in lines[0]
     assert "CAP_NET_BIND_SERVICE" in lines[0] and "ip_unprivileged_port_start" in lines[0] and "socket activation" in lines[0]
+
+
+def test_storage_names_redis_and_reads_its_password_from_a_file(tmp_path):
+    (tmp_path / "redis.pw").write_text("s3cret\n")
+    config = load(write(tmp_path, GOOD + '[storage]\nredis = "redis://10.0.0.5:6379/2"\npassword_file = "redis.pw"\n'))
+    assert config.storage.redis == "redis://10.0.0.5:6379/2"
+    assert config.storage.password == "s3cret"
+    assert "s3cret" not in repr(config.storage)
+    assert load(write(tmp_path, GOOD)).storage is None  # ACME state in state_dir's files
+    (tmp_path / "empty.pw").write_text("\n")
+    with pytest.raises(ConfigError, match="storage.password_file: .*empty.pw is empty"):
+        load(write(tmp_path, GOOD + '[storage]\nredis = "redis://10.0.0.5:6379/2"\npassword_file = "empty.pw"\n'))

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge.acme.dns01 import DnsProblem
+from edge.acme.locks import Resume, resume_action
 from edge.acme.threads import Cancelled
 from edge.config import AcmeConfig
 
@@ -59,6 +60,8 @@ def describe(error: BaseException) -> str:
         return str(error)
     if isinstance(error, messages.Error):
         return f"{error.typ}: {error.detail}"
+    if type(error).__module__.split(".")[0] == "redis":  # the shared storage, not the CA
+        return f"the shared storage (Redis) failed: {type(error).__name__}: {error}".replace("\n", " ")
     if isinstance(error, errors.TimeoutError):
         return "the order did not complete in time"
     if type(error).__name__ in ("ConnectionError", "SSLError", "Timeout", "ConnectTimeout", "ReadTimeout"):
@@ -117,7 +120,8 @@ class AcmeSession:
         self.client.net.session.close()
 
     def obtain(self, identifiers: str | Sequence[tuple[str, str]], publish: Callable[..., None],
-               withdraw: Callable[..., None], dns: Any = None) -> tuple[bytes, Any]:
+               withdraw: Callable[..., None], dns: Any = None,
+               keep: Callable[[str, bytes, list[str]], None] | None = None) -> tuple[bytes, Any]:
         """Order one certificate, prove control of its names, finalise; return (fullchain PEM, key).
 
         ``identifiers`` is a host name (proved with ``[acme] challenge``) or
@@ -125,6 +129,9 @@ class AcmeSession:
         HTTP-01 and TLS-ALPN-01 answers go through ``publish``/``withdraw``; DNS-01
         values through ``dns`` (a :class:`edge.acme.dns_solver.Dns01Solver`), all
         written and propagated before the CA is told, and removed afterwards.
+        ``keep(order URL, key PEM, names)`` is called once the names are proved,
+        before finalizing: from then on the CA may issue, and what it issues can
+        be fetched again with :meth:`finish`.
         """
         if isinstance(identifiers, str):
             identifiers = [(identifiers, self.config.challenge)]
@@ -165,6 +172,8 @@ class AcmeSession:
                     self.client.answer_challenge(challb, response)
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=90)
             order = self._poll_authorizations(order, deadline)
+            if keep is not None:
+                keep(order.uri, key_pem, list(wanted))
             order = self._finalize(order, deadline)
         finally:
             for item in published:
@@ -173,6 +182,33 @@ class AcmeSession:
                 dns.cleanup(dns_records)
             self.hang_up()
         return order.fullchain_pem.encode("ascii"), key
+
+    def finish(self, url: str, key_pem: bytes, names: Sequence[str]) -> tuple[bytes, Any] | None:
+        """Finish an order recorded before it was finalized: download the certificate the CA issued (or
+        finalize, or wait for it); None if the CA no longer has the order, or it cannot be finished."""
+        try:
+            response = self.client._post_as_get(url)
+            body = messages.Order.from_json(response.json())
+            have = sorted(i.value for i in body.identifiers)
+            action = resume_action(body.status.name if body.status is not None else None,
+                                   have == sorted(names))
+            if action is Resume.DISCARD:
+                return None
+            key = serialization.load_pem_private_key(key_pem, None)
+            order = messages.OrderResource(body=body, uri=url, authorizations=[],
+                                           csr_pem=crypto_util.make_csr(key_pem, list(names)))
+            if action is Resume.DOWNLOAD:
+                if body.certificate is None:
+                    return None
+                return self.client._post_as_get(body.certificate).text.encode("ascii"), key
+            deadline = datetime.datetime.now() + datetime.timedelta(seconds=90)
+            return self._finalize(order, deadline).fullchain_pem.encode("ascii"), key
+        except errors.TimeoutError:
+            raise  # still processing: the record is kept, and tried again
+        except (messages.Error, errors.Error):
+            return None  # gone, another account's, or refused: order afresh
+        finally:
+            self.hang_up()
 
     def _pause(self, seconds: float) -> None:
         """Wait between two polls; raise Cancelled at once if the edge is stopping."""

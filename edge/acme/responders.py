@@ -7,6 +7,12 @@ none, one GIL-atomic lookup), never through the reactor: a thread waiting
 for the reactor while the reactor waits for it is how a stop hung.  The
 redirector (port 80) and the dispatcher (443, ALPN ``acme-tls/1``) read
 them.
+
+With several edges sharing ACME state, the CA may ask an edge that did not
+start the order: on a miss the answer is looked up in the shared storage
+(``shared``, set by the ACME service: a Deferred from an ACME thread),
+cached briefly, with a bound on lookups in flight so stray requests for
+``/.well-known/acme-challenge/`` cannot pile threads up.
 """
 
 from __future__ import annotations
@@ -14,16 +20,23 @@ from __future__ import annotations
 import datetime
 import hashlib
 import threading
+import time
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
+from twisted.internet.defer import Deferred, succeed
 from OpenSSL import crypto
 
 ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # RFC 8737
 ACME_TLS_ALPN = b"acme-tls/1"
+FOUND_TTL = {"http-01": 30.0, "tls-alpn-01": 2.0}  # a token's answer never changes; a host's TLS-ALPN one does
+MISSING_TTL = 1.0
+MAX_LOOKUPS = 8  # shared-storage lookups in flight at once
+MAX_CACHED = 1024
 
 
 def tls_alpn_certificate(host: str, key_authorization: str) -> ssl.CertificateOptions:
@@ -55,6 +68,9 @@ class ChallengeResponders:
         self._lock = threading.Lock()
         self._http: dict[tuple[str, str], str] = {}
         self._tls_alpn: dict[str, ssl.CertificateOptions] = {}
+        self.shared: Callable[[str, str, str], Deferred] | None = None  # (kind, host, token) -> answer or None
+        self._cache: dict[tuple[str, str, str], tuple[Any, float]] = {}
+        self._lookups = 0
 
     def add_http01(self, host: str, token: str, key_authorization: str) -> None:
         with self._lock:
@@ -79,3 +95,40 @@ class ChallengeResponders:
 
     def tls_alpn01(self, host: str | None) -> ssl.CertificateOptions | None:
         return self._tls_alpn.get(host) if host else None
+
+    def shared_http01(self, host: str, token: str) -> Deferred | None:
+        """A miss: the key authorization kept in the shared storage (None if there is none); None instead
+        of a Deferred if there is no shared storage to ask."""
+        return self._shared("http-01", host, token)
+
+    def shared_tls_alpn01(self, host: str | None) -> Deferred | None:
+        """A miss: TLS options presenting the validation certificate kept in the shared storage."""
+        return self._shared("tls-alpn-01", host, "") if host else None
+
+    def _shared(self, kind: str, host: str, token: str) -> Deferred | None:
+        lookup = self.shared
+        if lookup is None:
+            return None
+        key = (kind, host.lower(), token)
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] > now:
+            return succeed(cached[0])
+        if self._lookups >= MAX_LOOKUPS:
+            return succeed(None)
+        if len(self._cache) >= MAX_CACHED:
+            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+        self._lookups += 1
+
+        def done(value: Any) -> Any:
+            self._lookups -= 1
+            self._cache[key] = (value, time.monotonic() + (FOUND_TTL[kind] if value is not None else MISSING_TTL))
+            return value
+
+        def failed(failure: Any) -> None:  # storage unreachable: not answered (the CA retries the order)
+            self._lookups -= 1
+            return None
+
+        return lookup(kind, host, token).addCallbacks(done, failed)

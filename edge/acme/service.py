@@ -9,6 +9,15 @@ says so.  Orders run one at a time in a worker thread; a failure is logged
 with the CA's problem, and that host is retried with exponential back-off
 (``retry``, doubling, capped at a day) while the edge keeps serving what it
 has.
+
+Several edges may share one set of certificates (``[storage]``: a shared
+``state_dir`` or Redis): a host is ordered by the edge that takes its lock
+in the storage, which looks again once it holds it; the others wait for it
+and pick the certificate up from the storage (every ``SYNC_INTERVAL``, and
+soon after a lock they found held).  Challenge answers are kept in the
+storage too, so whichever edge the CA asks answers.  Every storage call is
+blocking and runs in an ACME thread; the file backend's first read at
+start-up is the exception (local disk, before anything is served).
 """
 
 from __future__ import annotations
@@ -21,15 +30,18 @@ from typing import Any
 from acme import errors as acme_errors, messages
 from cryptography.hazmat.primitives import serialization
 from twisted.application.service import Service
-from twisted.internet.defer import DeferredLock, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from edge import metrics
 from edge.acme.dns01 import plan_certificates
 from edge.acme.dns_solver import Dns01Solver
 from edge.acme.issuer import AcmeSession, describe
-from edge.acme.responders import ChallengeResponders
-from edge.acme.storage import AcmeStorage, StoredPairError
+from edge.acme.kv import HeldLock, new_owner, open_storage
+from edge.acme.locks import LOCK_WAIT, Next, after_lock, is_newer
+from edge.acme.responders import ChallengeResponders, tls_alpn_certificate
+from edge.acme.storage import AcmeStorage, Loaded, RecordedOrder
 from edge.acme.timing import RenewalInfo, due_at, next_check, pick_in_window
 from edge.acme.threads import Cancelled, run_in_daemon_thread
 from edge.certs.store import Certificate, CertificateStore
@@ -38,6 +50,7 @@ from edge.config import Config
 log = Logger()
 
 MAX_BACKOFF = 86400.0
+SYNC_INTERVAL = 30.0  # how often the shared storage is read for certificates another edge obtained
 
 
 def managed_hosts(config: Config, store: CertificateStore) -> list[str]:
@@ -57,7 +70,8 @@ class AcmeService(Service):
         self.store = store
         self.responders = responders
         self.reactor = reactor
-        self.storage = AcmeStorage(config.state_dir, self.acme.directory)
+        self.owner = new_owner()  # this process, in the locks it takes
+        self.storage = self._open_storage(config)
         self.hosts = managed_hosts(config, store)
         # set on stop: ACME threads give up between two requests, a DNS-01 propagation wait ends (its
         # records are removed at the next start)
@@ -72,6 +86,18 @@ class AcmeService(Service):
         self.recheck = False  # a reload came during a round: check again right after it
         self.renewal: dict[str, RenewalInfo | None] = {}  # host -> the CA's renewal window (ARI), as stored
         self.ari_next: dict[str, float] = {}  # host -> reactor time before which ARI is not asked again
+        self.waiting: dict[str, float] = {}  # host -> reactor time to look again (another edge holds its lock)
+        self.syncer: LoopingCall | None = None
+        responders.shared = self._shared_answer
+
+    def _open_storage(self, config: Config) -> AcmeStorage:
+        storage = AcmeStorage(config.state_dir, config.acme.directory, open_storage(config))
+        storage.report = lambda *args, **kwargs: self.reactor.callFromThread(log.error, *args, **kwargs)
+        return storage
+
+    @staticmethod
+    def _storage_key(config: Config) -> tuple:
+        return config.state_dir, config.acme.directory, config.storage
 
     def _plan(self, config: Config, store: CertificateStore) -> None:
         """Which names each certificate covers and how each is proved (DNS-01 for wildcards)."""
@@ -83,51 +109,90 @@ class AcmeService(Service):
     def startService(self) -> None:
         super().startService()
         self.cancel.clear()
+        self.responders.shared = self._shared_answer
+        if self.storage.local:  # local files: read before anything is served
+            for host in self.hosts:
+                self._apply(host, self.storage.read(host), initial=True)
+            self._started()
+        else:  # Redis: never a blocking call on the reactor
+            self._thread(lambda hosts: [(h, self.storage.read(h)) for h in hosts], list(self.hosts)).addCallbacks(
+                self._loaded_at_start, lambda failure: self._started())
+
+    def _loaded_at_start(self, found: list[tuple[str, Loaded]]) -> None:
+        for host, loaded in found:
+            if host in self.hosts:
+                self._apply(host, loaded, initial=True)
+        self._started()
+
+    def _started(self) -> None:
+        if not self.running:
+            return
         now = datetime.datetime.now(datetime.timezone.utc)
         for host in self.hosts:
-            cert = self._refresh(host)
+            cert = self.current.get(host)
             if cert is not None:
                 log.info("certificate for {host}: ACME, expires {expiry:%Y-%m-%d} ({days:.0f} days)",
                          host=host, expiry=cert.not_after, days=(cert.not_after - now).total_seconds() / 86400)
-            else:
+            elif self.orders:
                 fallback = "the local CA" if self.store.fallback is not None else "nothing (TLS alert)"
-                if not self.orders:
-                    continue
                 log.info("certificate for {host}: none yet from ACME; serving {fallback} until it arrives",
                          host=host, fallback=fallback)
+        self.syncer = LoopingCall(self.sync)
+        self.syncer.clock = self.reactor
+        self.syncer.start(SYNC_INTERVAL, now=False).addErrback(lambda f: log.failure("ACME sync", f))
         if self.orders:
             self._schedule(0)
 
-    def _refresh(self, host: str) -> Certificate | None:
-        """Read ``host``'s stored pair again and serve it if it is new.  A pair unfit to serve is logged
-        with its file, moved aside and forgotten (so the host is ordered again); one that vanished is
-        forgotten too, while the copy in memory goes on being served until the new one arrives."""
-        try:
-            cert = self.storage.load(host)
-        except StoredPairError as e:
-            try:
-                moved = ", ".join(path.name for path in self.storage.quarantine(host))
-            except OSError as error:
-                moved = f"(could not move it aside: {error.strerror or error})"
+    def _apply(self, host: str, loaded: Loaded, initial: bool = False) -> Certificate | None:
+        """Serve what reading ``host``'s state found, if it is new.  A pair unfit to serve was moved aside:
+        it is logged with its file and forgotten (so the host is ordered again); one that vanished is
+        forgotten too, while the copy in memory goes on being served until the new one arrives.  A newer
+        pair than the one served (another edge renewed it) is swapped in and logged."""
+        if loaded.problem is not None:
+            e = loaded.problem
             log.error("stored ACME certificate for {host} is unusable: {path}: {reason}; moved aside as {moved}; "
-                      "{what}", host=host, path=str(e.path), reason=e.reason, moved=moved,
+                      "{what}", host=host, path=e.path, reason=e.reason, moved=loaded.moved,
                       what="ordering a new one" if self.orders else "the ordering worker orders a new one")
             self.current.pop(host, None)
             return None
-        except OSError as e:
-            log.error("stored ACME certificate for {host} cannot be read: {error}", host=host, error=str(e))
-            self.current.pop(host, None)
-            return None
+        if loaded.error is not None:
+            log.error("stored ACME certificate for {host} cannot be read: {error}", host=host, error=loaded.error)
+            return self.current.get(host)  # storage unreachable: keep serving what is held
+        cert = loaded.cert
         if cert is None:
             if self.current.pop(host, None) is not None:
                 log.warn("stored ACME certificate for {host} is gone from {path}; ordering a new one",
-                         host=host, path=str(self.storage.paths(host)[0]))
+                         host=host, path=self.storage.paths(host)[0])
             return None
         known = self.current.get(host)
-        if known is None or known.chain[0] != cert.chain[0]:
+        if is_newer(cert.not_after.timestamp(), cert.chain[0].public_bytes(serialization.Encoding.DER),
+                    known.not_after.timestamp() if known is not None else None,
+                    known.chain[0].public_bytes(serialization.Encoding.DER) if known is not None else None):
             self.current[host] = cert
             self.store.add(cert)
+            self.waiting.pop(host, None)
+            if not initial:
+                log.info("certificate for {host} updated from shared storage, expires {expiry:%Y-%m-%d %H:%M} UTC",
+                         host=host, expiry=cert.not_after)
+        if loaded.renewal is not None and loaded.renewal.serial == self.current[host].chain[0].serial_number:
+            self.renewal[host] = loaded.renewal
         return self.current[host]
+
+    @inlineCallbacks
+    def sync(self):
+        """Read the shared storage for pairs another edge (or worker) stored; never while a round of checks
+        reads it anyway."""
+        if self.lock.locked or not self.running:
+            return
+        try:
+            found = yield self._thread(lambda hosts: [(h, self.storage.read(h)) for h in hosts], list(self.hosts))
+        except Exception as e:
+            if self.running and not isinstance(e, Cancelled):
+                log.warn("cannot read the shared ACME storage: {problem}", problem=describe(e))
+            return
+        for host, loaded in found:
+            if host in self.hosts and loaded.cert is not None:  # problems are for the ordering round
+                self._apply(host, loaded)
 
     def reconfigure(self, config: Config, store: CertificateStore) -> None:
         """A reload: take the new config and the new runtime's certificate store, keeping what is under way.
@@ -137,9 +202,10 @@ class AcmeService(Service):
         The managed hosts are worked out again; the certificates held are put in the new store; a
         changed ACME server or account starts a new session (and storage, for another server)."""
         old = self.acme
+        self.config_storage = self.config.storage
         self.config, self.acme, self.store = config, config.acme, store
-        if (old.directory, config.state_dir) != (config.acme.directory, self.storage.state_dir):
-            self.storage = AcmeStorage(config.state_dir, config.acme.directory)
+        if self._storage_key(config) != (self.storage.state_dir, old.directory, self.config_storage):
+            self.storage = self._open_storage(config)
             self.current.clear()
             self.session = None
         elif (old.email, old.ca_bundle, old.eab_kid, old.eab_hmac_key) != \
@@ -155,8 +221,11 @@ class AcmeService(Service):
                 del self.backoff[host]
         for cert in self.current.values():
             store.add(cert)
-        for host in self.hosts:
-            self._refresh(host)  # another worker may have written new ones
+        if self.storage.local:
+            for host in self.hosts:
+                self._apply(host, self.storage.read(host))  # another worker may have written new ones
+        elif self.running:
+            self.sync()
         if self.running and self.orders and not self.lock.locked:
             self._schedule(0)  # new hosts need not wait for the next check
         elif self.running and self.orders:
@@ -166,6 +235,11 @@ class AcmeService(Service):
         """Stop at once: an order in progress is cancelled, and nothing waits for its thread."""
         super().stopService()
         self.cancel.set()
+        if self.syncer is not None and self.syncer.running:
+            self.syncer.stop()
+        self.syncer = None
+        if self.responders.shared == self._shared_answer:
+            self.responders.shared = None
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -188,12 +262,19 @@ class AcmeService(Service):
                 if not self.running:
                     return
                 try:  # one host's trouble never stops the round for the others
-                    self._refresh(host)
+                    loaded = yield self._thread(self.storage.read, host)
+                    if host not in self.hosts:
+                        continue
+                    self._apply(host, loaded)
+                    if loaded.error is not None:
+                        continue  # the storage cannot be read: nothing can be decided (and nothing is lost)
                     if self.backoff.get(host, (0, 0))[1] > self.reactor.seconds():
                         continue
                     needed = yield self._needs(host)
                     if needed:
                         yield self._obtain(host)
+                except Cancelled:
+                    return
                 except Exception:
                     log.failure("ACME check of {host} failed", host=host)
         finally:
@@ -204,13 +285,8 @@ class AcmeService(Service):
 
     def _renewal(self, host: str, cert: Certificate) -> RenewalInfo | None:
         """The CA's renewal information for the certificate ``host`` has now (kept in the state)."""
-        info = self.renewal.get(host)
-        if info is None or info.serial != cert.chain[0].serial_number:
-            info = self.storage.renewal_info(host)
-            if info is not None and info.serial != cert.chain[0].serial_number:
-                info = None
-            self.renewal[host] = info
-        return info
+        info = self.renewal.get(host)  # read with the pair (_apply)
+        return info if info is not None and info.serial == cert.chain[0].serial_number else None
 
     @inlineCallbacks
     def _needs(self, host: str):
@@ -241,7 +317,7 @@ class AcmeService(Service):
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cert.chain)
         try:
             if self.session is None:
-                self.session = yield self._thread(AcmeSession, self.acme, self.storage.account_key(), self.cancel)
+                self.session = yield self._thread(self._new_session)
             window = yield self._thread(self.session.renewal_window, pem)
         except Exception as e:
             if self.running and not isinstance(e, Cancelled):
@@ -258,8 +334,8 @@ class AcmeService(Service):
         self.renewal[host] = info
         self.ari_next.pop(host, None)
         try:
-            self.storage.save_renewal_info(host, info)
-        except OSError as e:
+            yield self._thread(self.storage.save_renewal_info, host, info)
+        except Exception as e:
             log.warn("cannot keep the renewal information for {host}: {error}", host=host, error=str(e))
         return info
 
@@ -271,7 +347,7 @@ class AcmeService(Service):
         due, ask = [], []
         for host in self.hosts:
             cert = self.current.get(host)
-            if cert is None or host in self.backoff:
+            if cert is None or host in self.backoff or host in self.waiting:
                 continue  # ordered at once, or at its retry
             info = self._renewal(host, cert)
             due.append(due_at(cert.not_before, cert.not_after, info))
@@ -279,35 +355,79 @@ class AcmeService(Service):
                 continue
             not_before = now + datetime.timedelta(seconds=self.ari_next.get(host, clock) - clock)
             ask.append(max(info.ask_again, not_before) if info is not None else not_before)
-        retries = [when - clock for _, when in self.backoff.values()]
+        retries = [when - clock for _, when in self.backoff.values()] + [when - clock for when in self.waiting.values()]
         return next_check(now, self.acme.check_interval * random.uniform(0.9, 1.1), due, ask, retries)
 
     @inlineCallbacks
     def _obtain(self, host: str):
-        renewing = host in self.current
-        log.info("{what} a certificate for {host} from {directory} ({challenge})",
-                 what="renewing" if renewing else "ordering", host=host,
-                 directory=self.acme.directory,
-                 challenge=", ".join(sorted({c for _, c in self.identifiers.get(host, [(host, self.acme.challenge)])})))
+        """Order (or renew) ``host``'s certificate, holding its lock in the storage: another edge holding it
+        is waited for; once held, the storage is read again (another edge may have finished), an order
+        recorded before finalizing is finished, and only then is a new one placed."""
+        try:
+            held = yield self._thread(self.storage.try_lock, host, self.owner, self.cancel)
+        except Cancelled:
+            return
+        except Exception as e:
+            self._failed(host, e)
+            return
+        if not isinstance(held, HeldLock):
+            if host not in self.waiting:
+                log.info("another edge ({owner}) is ordering the certificate for {host}; waiting for it",
+                         owner=held, host=host)
+            self.waiting[host] = self.reactor.seconds() + LOCK_WAIT
+            return
+        self.waiting.pop(host, None)
+        try:
+            yield self._obtain_locked(host)
+        finally:
+            if held.lost and self.running:
+                log.warn("the lock for {host} was lost while this edge held it (the storage was unreachable for "
+                         "longer than its expiry): another edge may have ordered it too", host=host)
+            run_in_daemon_thread(self.reactor, held.release).addErrback(lambda failure: None)
+
+    @inlineCallbacks
+    def _obtain_locked(self, host: str):
+        try:
+            loaded, recorded = yield self._thread(self._look_again, host)
+        except Cancelled:
+            return
+        except Exception as e:
+            self._failed(host, e)
+            return
+        if loaded.error is not None:  # nothing can be decided on a storage that cannot be read
+            self._failed(host, OSError(f"cannot read the stored certificate: {loaded.error}"))
+            return
+        known = self.current.get(host)
+        stored = loaded.cert
+        now = datetime.datetime.now(datetime.timezone.utc)
+        stored_is_due = None if stored is None else \
+            due_at(stored.not_before, stored.not_after, self._renewal_of(host, loaded, stored)) <= now
+        stored_is_new = stored is not None and (known is None or stored.chain[0] != known.chain[0])
+        step = after_lock(stored_is_due, stored_is_new, recorded is not None)
+        if step is Next.ADOPT:
+            self._apply(host, loaded)
+            self.backoff.pop(host, None)
+            if recorded is not None:  # superseded by the certificate another edge stored
+                yield self._thread(self.storage.forget_order, host)
+            return
+        if loaded.problem is not None:
+            self._apply(host, loaded)  # logged, moved aside: ordered again below
+        if step is Next.FINISH:
+            log.info("finishing the order for {host} kept before it was finalized ({url}): the CA may have issued "
+                     "its certificate already", host=host, url=recorded.url)
+        else:
+            log.info("{what} a certificate for {host} from {directory} ({challenge})",
+                     what="renewing" if host in self.current else "ordering", host=host,
+                     directory=self.acme.directory, challenge=", ".join(sorted(
+                         {c for _, c in self.identifiers.get(host, [(host, self.acme.challenge)])})))
         try:
             if self.session is None:
-                account_key = self.storage.account_key()
-                self.session = yield self._thread(AcmeSession, self.acme, account_key, self.cancel)
-            chain, key = yield self._thread(self.session.obtain, self.identifiers.get(host, host), self._publish,
-                                            self._withdraw, self.dns)
+                self.session = yield self._thread(self._new_session)
+            chain, key = yield self._thread(self._order, host, self.identifiers.get(host, host), recorded)
+            cert = yield self._thread(self._keep, host, chain, key)
         except Exception as e:  # the CA said no, or could not be reached
-            if not self.running or isinstance(e, Cancelled):
-                log.info("the order for {host} was abandoned: the edge is stopping", host=host)
-                return
-            if not isinstance(e, (messages.Error, acme_errors.Error)):
-                self.session = None  # unreachable: start afresh next time (directory, nonce, account)
-            delay = min(MAX_BACKOFF, self.backoff[host][0] * 2) if host in self.backoff else self.acme.retry
-            self.backoff[host] = (delay, self.reactor.seconds() + delay)
-            metrics.ACME_ORDERS.labels(host, "failure").inc()
-            log.error("ACME certificate for {host} failed: {problem}; retrying in {delay:g}s",
-                      host=host, problem=describe(e), delay=delay)
+            self._failed(host, e)
             return
-        cert = self.storage.save(host, chain, key)
         self.current[host] = cert
         self.store.add(cert)
         self.backoff.pop(host, None)
@@ -316,6 +436,55 @@ class AcmeService(Service):
             self.on_issued()
         log.info("certificate for {host} obtained from ACME, expires {expiry:%Y-%m-%d %H:%M} UTC; now serving it",
                  host=host, expiry=cert.not_after)
+
+    def _failed(self, host: str, e: BaseException) -> None:
+        """Log a failed order and back off (nothing if the edge is stopping)."""
+        if not self.running or isinstance(e, Cancelled):
+            log.info("the order for {host} was abandoned: the edge is stopping", host=host)
+            return
+        if not isinstance(e, (messages.Error, acme_errors.Error)):
+            self.session = None  # unreachable: start afresh next time (directory, nonce, account)
+        delay = min(MAX_BACKOFF, self.backoff[host][0] * 2) if host in self.backoff else self.acme.retry
+        self.backoff[host] = (delay, self.reactor.seconds() + delay)
+        metrics.ACME_ORDERS.labels(host, "failure").inc()
+        log.error("ACME certificate for {host} failed: {problem}; retrying in {delay:g}s",
+                  host=host, problem=describe(e), delay=delay)
+
+    def _renewal_of(self, host: str, loaded: Loaded, cert: Certificate) -> RenewalInfo | None:
+        info = loaded.renewal if loaded.renewal is not None else self.renewal.get(host)
+        return info if info is not None and info.serial == cert.chain[0].serial_number else None
+
+    # -- blocking steps, in ACME threads ----------------------------------------------------------------
+
+    def _look_again(self, host: str) -> tuple[Loaded, RecordedOrder | None]:
+        """With the lock held: what is stored now, and an order recorded before finalizing."""
+        return self.storage.read(host), self.storage.recorded_order(host)
+
+    def _new_session(self) -> AcmeSession:
+        return AcmeSession(self.acme, self.storage.account_key(self.owner, self.cancel), self.cancel)
+
+    def _order(self, host: str, identifiers: Any, recorded: RecordedOrder | None) -> tuple[bytes, Any]:
+        """Finish the recorded order if the CA still has it; else place a new one, recorded before it is
+        finalized (so a restart or a failed download finishes it instead of ordering again)."""
+        session = self.session
+        assert session is not None
+        if recorded is not None:
+            finished = session.finish(recorded.url, recorded.key_pem, recorded.names)
+            if finished is not None:
+                return finished
+            self.storage.forget_order(host)
+            self._note(f"the recorded order for {host} cannot be finished at the CA; ordering anew")
+
+        def keep(url: str, key_pem: bytes, names: list[str]) -> None:
+            self.storage.record_order(host, url, key_pem, names)
+
+        return session.obtain(identifiers, self._publish, self._withdraw, self.dns, keep=keep)
+
+    def _keep(self, host: str, chain: bytes, key: Any) -> Certificate:
+        """Store the new pair, then forget the order that it finished."""
+        cert = self.storage.save(host, chain, key)
+        self.storage.forget_order(host)
+        return cert
 
     def _note(self, text: str) -> None:
         """A log line from the worker thread (DNS-01 progress)."""
@@ -328,9 +497,11 @@ class AcmeService(Service):
         return run_in_daemon_thread(self.reactor, function, *args)
 
     def _publish(self, kind: str, host: str, token: str, validation: str) -> None:
-        """Called in the ACME thread: the responders are thread-safe, so this never waits for the reactor."""
+        """Called in the ACME thread: the answer goes to the shared storage (any edge the CA asks answers
+        from it) and to this edge's responders, which are thread-safe, so this never waits for the reactor."""
         if self.cancel.is_set():
             raise Cancelled()
+        self.storage.put_challenge(kind, host, token, validation)
         if kind == "http-01":
             self.responders.add_http01(host, token, validation)
         else:
@@ -341,3 +512,22 @@ class AcmeService(Service):
             self.responders.remove_http01(host, token)
         else:
             self.responders.remove_tls_alpn01(host)
+        try:
+            self.storage.delete_challenge(kind, host, token)
+        except Exception as e:  # left behind: harmless (a token is never reused), removed by no one
+            self._note(f"cannot remove the challenge answer for {host} from the storage: {e}")
+
+    def _shared_answer(self, kind: str, host: str, token: str) -> Deferred:
+        """A challenge answer another edge keeps in the storage (a responders' miss), read in a thread: the
+        key authorization for HTTP-01, the validation certificate's TLS options for TLS-ALPN-01."""
+        storage = self.storage
+
+        def fetch() -> Any:
+            value = storage.challenge(kind, host, token)
+            if value is None or kind == "http-01":
+                return value
+            options = tls_alpn_certificate(host, value)
+            options.getContext()
+            return options
+
+        return run_in_daemon_thread(self.reactor, fetch)

@@ -57,6 +57,8 @@ class Redirector(Protocol):
         self.served = 0
         self.timer = None
         self.closing = False
+        self.looking_up = False  # an HTTP-01 answer is being looked up in the shared ACME storage
+        self.looked_up: tuple[tuple[str, str], str | None] | None = None  # ((host, token), answer)
 
     def connectionMade(self) -> None:
         self._arm()
@@ -78,7 +80,10 @@ class Redirector(Protocol):
         if self.closing:
             return
         self.buffer += data
-        while self.buffer and not self.closing:
+        self._process()
+
+    def _process(self) -> None:
+        while self.buffer and not self.closing and not self.looking_up:
             try:
                 head = parse_request_head(self.buffer, MAX_HEAD)
                 if head is NEED_MORE:
@@ -96,8 +101,13 @@ class Redirector(Protocol):
     def _answer(self, head: RequestHead, host: str) -> bool:
         """Answer one request; True if the connection was handed over."""
         if head.path.startswith(ACME_PREFIX):
-            answer = self.runtime.acme_responders.http01(host, head.path[len(ACME_PREFIX):])
-            if answer is not None:  # our own pending HTTP-01 challenge
+            token = head.path[len(ACME_PREFIX):]
+            answer = self.runtime.acme_responders.http01(host, token)
+            if answer is None and self.looked_up is not None and self.looked_up[0] == (host, token):
+                answer = self.looked_up[1]
+            elif answer is None and self._look_up(host, token):
+                return True  # carried on when the answer comes
+            if answer is not None:  # a pending HTTP-01 challenge: ours, or another edge's
                 self.buffer = self.buffer[head.length :]
                 sent = self._respond(200, answer, None, not head.keep_alive, head)
                 self._log(head, host, 200, sent)
@@ -138,6 +148,23 @@ class Redirector(Protocol):
         if not close:
             self._arm()
         return False
+
+    def _look_up(self, host: str, token: str) -> bool:
+        """Ask the shared ACME storage for another edge's answer; True if a lookup was started (requests
+        wait in the buffer until it ends)."""
+        lookup = self.runtime.acme_responders.shared_http01(host, token)
+        if lookup is None:
+            return False
+        self.looking_up = True
+
+        def answered(answer: str | None) -> None:
+            self.looking_up = False
+            self.looked_up = ((host, token), answer)
+            if not self.closing and self.transport is not None and self.transport.connected:
+                self._process()
+
+        lookup.addCallback(answered)
+        return True
 
     def _location(self, head: RequestHead) -> str:
         return https_location(head.header("host") or "", head.path, self.runtime.https_port)

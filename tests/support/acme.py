@@ -27,10 +27,12 @@ class ChallTestSrv(Program):
 
 
 class Pebble(Program):
-    """pebble validating HTTP-01 on ``http_port`` and TLS-ALPN-01 on ``tls_port`` (the edge's doors)."""
+    """pebble validating HTTP-01 on ``http_port`` and TLS-ALPN-01 on ``tls_port`` (the edge's doors);
+    ``validity`` (seconds) makes short-lived certificates."""
 
     def __init__(self, tmp: Path, ca: TestCA, dns_port: int, http_port: int, tls_port: int,
-                 port: int | None = None, management: int | None = None, env: dict | None = None) -> None:
+                 port: int | None = None, management: int | None = None, env: dict | None = None,
+                 validity: int | None = None) -> None:
         self.port = port or free_port()
         self.management = management or free_port()
         cert, key, _ = ca.issue("localhost", "127.0.0.1")
@@ -41,6 +43,7 @@ class Pebble(Program):
             "certificate": str(cert), "privateKey": str(key),
             "httpPort": http_port, "tlsPort": tls_port,
             "ocspResponderURL": "", "externalAccountBindingRequired": False,
+            **({"certificateValidityPeriod": validity} if validity else {}),  # seconds
         }}))
         # Fault injection: ``env`` overrides these (PEBBLE_VA_SLEEPTIME needs PEBBLE_VA_NOSLEEP removed,
         # give it as None).

@@ -36,8 +36,12 @@ class Handler(BaseHTTPRequestHandler):
             with open(window_file) as f:
                 window = json.load(f)
             now = datetime.datetime.now(datetime.timezone.utc)
-            start = now + datetime.timedelta(seconds=window["start"])
-            end = now + datetime.timedelta(seconds=window["end"])
+            if window.get("absolute"):  # Unix times: the same window whenever it is asked
+                start = datetime.datetime.fromtimestamp(window["start"], datetime.timezone.utc)
+                end = datetime.datetime.fromtimestamp(window["end"], datetime.timezone.utc)
+            else:  # seconds from the moment it is asked
+                start = now + datetime.timedelta(seconds=window["start"])
+                end = now + datetime.timedelta(seconds=window["end"])
             fmt = "%Y-%m-%dT%H:%M:%SZ"
             self.answer({"suggestedWindow": {"start": start.strftime(fmt), "end": end.strftime(fmt)}},
                         {"Retry-After": str(window["retry_after"])})
@@ -68,8 +72,7 @@ server.serve_forever()
 
 
 class AriStandIn(Program):
-    """``directory`` is what the edge is configured with; ``set_window`` changes the answer (seconds
-    from now for the window's start and end, and the Retry-After)."""
+    """``directory`` is what the edge is configured with; ``set_window`` changes the answer."""
 
     def __init__(self, tmp: Path, ca: TestCA, pebble_directory: str) -> None:
         self.port = free_port()
@@ -83,8 +86,11 @@ class AriStandIn(Program):
         wait_listening(self.port, proc=self.proc)
         self.directory = f"https://127.0.0.1:{self.port}/dir"
 
-    def set_window(self, start: float, end: float, retry_after: int) -> None:
-        self.window_file.write_text(json.dumps({"start": start, "end": end, "retry_after": retry_after}))
+    def set_window(self, start: float, end: float, retry_after: int, absolute: bool = False) -> None:
+        """The window from ``start`` to ``end``: seconds from each question, or Unix times if ``absolute``
+        (then the same window for every certificate, whenever it is asked)."""
+        self.window_file.write_text(json.dumps({"start": start, "end": end, "retry_after": retry_after,
+                                                "absolute": absolute}))
 
     def asked(self) -> int:
         return self.log().count("ARI ")
