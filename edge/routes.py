@@ -30,11 +30,52 @@ class HostEntry:
         return first if first.tls == "passthrough" else None
 
     def match(self, path: str) -> Route | None:
-        """The route whose path prefix is the longest match for ``path``."""
+        """The route whose path prefix is the longest match for ``path``, compared as the backend will
+        read it (:func:`normalise_path`): ``/%61dmin``, ``//admin`` and ``/x/../admin`` are ``/admin``,
+        so a guarded prefix cannot be walked around."""
+        if len(self._prefixes) > 1 or self._prefixes[0][0] != "/":
+            path = normalise_path(path)
         for prefix, route in self._prefixes:
             if path.startswith(prefix):
                 return route
         return None
+
+
+def normalise_path(path: str) -> str:
+    """``path`` (no query) as a web server resolves it before choosing what to serve (nginx's location
+    matching, RFC 3986 5.2.4): percent-escapes decoded, ``//`` merged, ``.`` and ``..`` segments resolved
+    (never above the root)."""
+    if "%" not in path and "//" not in path and "/." not in path:
+        return path  # the usual path: nothing to resolve
+    if "%" in path:
+        path = _decode(path)
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    trailing = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
+    return "/" + "/".join(segments) + ("/" if trailing and segments else "")
+
+
+def _decode(path: str) -> str:
+    """Percent-escapes decoded (as Latin-1 characters, byte for byte); a malformed one stays as it is."""
+    out, i = [], 0
+    while i < len(path):
+        c = path[i]
+        escape = path[i + 1:i + 3]
+        if c == "%" and len(escape) == 2 and _HEX.issuperset(escape):
+            out.append(chr(int(path[i + 1:i + 3], 16)))
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 class RouteTable:

@@ -444,3 +444,40 @@ def test_rules_match_the_client_a_trusted_proxy_header_names(edge, tls_origin, c
     events = {ev["client"]: ev for ev in wait_events(e, 2, "connection")}
     assert events["192.0.2.9"]["ended"] == "refused: address not allowed" and events["192.0.2.9"]["server"] == "-"
     assert events["198.51.100.1"]["server"] == f"127.0.0.1:{origin.port}"
+
+
+# -- hostile: what a review found ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_guarded_path_cannot_be_walked_around(edge, start, tmp_path, protocol):
+    """A basic_auth route on /admin beside an open / on the same host: encoded, doubled and dotted
+    spellings of /admin are what nginx serves as /admin, so they must meet the password too."""
+    port = free_port()
+    server = start(Nginx, tmp_path, f"""
+        server {{
+          listen 127.0.0.1:{port};
+          location /admin/ {{ return 200 "SECRET uri=$uri\\n"; }}
+          location / {{ return 200 "public\\n"; }}
+        }}
+        """)
+    wait_listening(port, proc=server.proc)
+    users = tmp_path / "users"
+    subprocess.run(["htpasswd", "-B", "-C", "5", "-b", "-c", str(users), "alice", "wonderland"], check=True,
+                   capture_output=True, timeout=30)
+    e = edge(route(port) + f"""
+    [[routes]]
+    name = "admin"
+    hosts = ["{HOST}"]
+    paths = ["/admin"]
+    tls = "edge"
+    backend = "web"
+    basic_auth = "{users}"
+    """)
+    for path in ("/admin/secret.txt", "/%61dmin/secret.txt", "//admin/secret.txt", "/./admin/secret.txt",
+                 "/x/../admin/secret.txt", "/%2e%2e/admin/secret.txt"):
+        status, _, body = curl(e, protocol, "--path-as-is", path=path)
+        assert status == 401 and "SECRET" not in body, (path, status, body)
+    status, _, body = curl(e, protocol, "--path-as-is", "-u", "alice:wonderland", path="/%61dmin/secret.txt")
+    assert status == 200 and body.startswith("SECRET"), body
+    assert curl(e, protocol, path="/other")[2] == "public\n"

@@ -1,5 +1,7 @@
 """Host lookup: exact beats the longest wildcard beats '*'; cost independent of size."""
 
+import pytest
+
 from edge.config import Route
 from edge.routes import RouteTable
 
@@ -41,3 +43,26 @@ def test_ten_thousand_routes():
     table = RouteTable([route(i, f"h{i}.example.test", f"*.w{i}.example.test") for i in range(10000)])
     assert table.lookup("h9999.example.test").routes[0].index == 9999
     assert table.lookup("deep.x.w42.example.test").routes[0].index == 42
+
+
+@pytest.mark.parametrize("path, resolved", [
+    ("/admin/x", "/admin/x"), ("/%61dmin/secret.txt", "/admin/secret.txt"), ("//admin/secret.txt", "/admin/secret.txt"),
+    ("/./admin/secret.txt", "/admin/secret.txt"), ("/x/../admin/secret.txt", "/admin/secret.txt"),
+    ("/../../admin", "/admin"), ("/%2e%2e/admin", "/admin"), ("/admin%2fsecret", "/admin/secret"),
+    ("/a/b/..", "/a/"), ("/a/./", "/a/"), ("/a/..", "/"), ("/%zz/x", "/%zz/x"), ("/a%2", "/a%2"), ("/", "/"),
+])
+def test_paths_are_matched_as_the_backend_reads_them(path, resolved):
+    from edge.routes import normalise_path
+
+    assert normalise_path(path) == resolved
+
+
+@pytest.mark.parametrize("path", ["/%61dmin/secret.txt", "//admin/secret.txt", "/./admin/x", "/x/../admin/x",
+                                  "/%2e%2e/admin/x", "/admin"])
+def test_a_guarded_prefix_cannot_be_walked_around(path):
+    from edge.config import Route
+    from edge.routes import HostEntry
+
+    public, admin = Route(("a.test",), "edge", "web", paths=("/",)), Route(("a.test",), "edge", "web", paths=("/admin",))
+    entry = HostEntry("a.test", [("/", public), ("/admin", admin)])
+    assert entry.match(path) is admin
