@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import os
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,10 +39,31 @@ def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
     networks = []
     for value in values:
         try:
-            networks.append(ipaddress.ip_network(value, strict=False))
+            network = ipaddress.ip_network(value)
         except ValueError:
-            raise ValueError(f"{value!r} is not an address or CIDR network") from None
+            try:
+                loose = ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an address or CIDR network") from None
+            raise ValueError(f"{value!r} has address bits set beyond its prefix (did you mean {loose}?)") from None
+        if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and \
+                network.subnet_of(_MAPPED):  # ::ffff:10.0.0.0/104 is 10.0.0.0/8: addresses are matched as IPv4
+            network = ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+        networks.append(network)
     return tuple(networks)
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def limit_key(ip: str) -> str:
+    """What a rate or connection limit counts by: the IPv4 address, or the IPv6 /64 (one subscriber's
+    usual share, as HAProxy's ``ipmask(32,64)`` and Traefik's ``ipv6Subnet`` count), so a client cannot
+    step past a limit by rotating the addresses of its own prefix."""
+    address = client_address(ip)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address) if address is not None else ip
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,12 @@ class TokenBucket:
         self.tokens = float(rate.burst)
         self.stamp = now
 
+    def wait(self, now: float) -> float:
+        """The seconds until a token is there (0.0: one is), spending nothing."""
+        rate = self.rate
+        tokens = min(float(rate.burst), self.tokens + max(0.0, now - self.stamp) / rate.interval)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) * rate.interval
+
     def take(self, now: float) -> float:
         """Spend a token: 0.0 if there was one, else the seconds until the next one (nothing spent)."""
         rate = self.rate
@@ -123,6 +152,11 @@ class Limiter:
         else:
             buckets.move_to_end(key)
         return bucket.take(now)
+
+    def wait(self, key: str, now: float) -> float:
+        """The seconds ``key`` must wait before its next event (0.0: none), spending nothing."""
+        bucket = self.buckets.get(key)
+        return 0.0 if bucket is None else bucket.wait(now)
 
 
 # -- users files (basic auth) ---------------------------------------------------------------------
@@ -227,8 +261,8 @@ def hash_checker(stored: str) -> Callable[[str, bytes], bool] | None:
     return None
 
 
-# A bcrypt hash of a random password: an unknown user costs what a known one does (no timing tell).
-_DUMMY = "$2b$05$IhuDxneb/4N8QtEg4dltKOlGAvex1WuXLqC09Z.S7rd3ilu/sEOIy"
+MAX_PASSWORD = 1024  # bytes: longer is refused before any hashing (SHA-512 crypt's cost grows with the length)
+_SHA512_LINE = re.compile(r"\$6\$(?:rounds=\d{1,9}\$)?[^$:]{0,16}\$[./0-9A-Za-z]{86}")
 
 
 def parse_users(text: str) -> dict[str, str]:
@@ -246,6 +280,8 @@ def parse_users(text: str) -> dict[str, str]:
         name, sep, stored = line.partition(":")
         if not sep or not name or not stored:
             raise UsersFileError(f"line {number}: not \"name:hash\"")
+        if stored.startswith("$6$") and not _SHA512_LINE.fullmatch(stored):
+            raise UsersFileError(f"line {number} ({name}): a malformed SHA-512 crypt ($6$) hash")
         if hash_checker(stored) is None:
             raise UsersFileError(f"line {number} ({name}): not a bcrypt ($2y$), argon2 or SHA-512 crypt ($6$) hash "
                                  "(write it with htpasswd -B)")
@@ -261,31 +297,49 @@ class Users:
     """The users of a ``basic_auth`` file and a bounded cache of verified passwords.
 
     bcrypt and argon2 are slow on purpose (tens of milliseconds): a browser sends the same credentials with
-    every request, so a result is remembered under a keyed digest of (user, password): no password is
-    kept.  A wrong password is remembered too, so repeating it costs nothing either.
+    every request, so a success is remembered under a digest keyed by a random secret of this process: no
+    password is kept.  Wrong passwords have their own smaller cache, so a flood of them cannot push the
+    right ones out.  An unknown user is checked against the file's most expensive hash, so it costs what
+    a known one does (no timing tell); a password over ``MAX_PASSWORD`` bytes is refused unhashed.
     """
 
     def __init__(self, users: dict[str, str], cache_size: int = VERIFY_CACHE) -> None:
         self.users = users
         self.cache_size = cache_size
-        self.cache: OrderedDict[bytes, bool] = OrderedDict()
-        self._key = hashlib.sha256(repr(sorted(users.items())).encode()).digest()
+        self.cache: OrderedDict[bytes, bool] = OrderedDict()  # successes
+        self.failed: OrderedDict[bytes, bool] = OrderedDict()
+        self._key = os.urandom(32)
+        self._dummy = max(users.values(), key=_cost)
 
     def verify(self, user: str, password: bytes) -> bool:
         """Whether ``password`` is ``user``'s."""
+        if len(password) > MAX_PASSWORD:
+            return False
         digest = hmac.new(self._key, user.encode("utf-8", "surrogateescape") + b"\0" + password, "sha256").digest()
-        known = self.cache.get(digest)
-        if known is not None:
+        if digest in self.cache:
             self.cache.move_to_end(digest)
-            return known
+            return True
+        if digest in self.failed:
+            return False
         stored = self.users.get(user)
         if stored is None:
-            _check_bcrypt(_DUMMY, password)
+            hash_checker(self._dummy)(self._dummy, password)  # the same work; the answer is no
             result = False
         else:
             checker = hash_checker(stored)
             result = checker is not None and checker(stored, password)
-        self.cache[digest] = result
-        if len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
+        cache = self.cache if result else self.failed
+        cache[digest] = result
+        if len(cache) > (self.cache_size if result else self.cache_size // 4):
+            cache.popitem(last=False)
         return result
+
+
+def _cost(stored: str) -> float:
+    """How expensive checking ``stored`` is, roughly (to pick the dummy an unknown user is checked against)."""
+    if stored.startswith("$2"):
+        return 2.0 ** int(stored[4:6]) / 10.0  # bcrypt: 2^cost rounds
+    if stored.startswith("$6$"):
+        rounds = re.match(r"\$6\$rounds=(\d+)\$", stored)
+        return (int(rounds.group(1)) if rounds else 5000) / 1000.0
+    return 500.0  # argon2: tens of milliseconds at its defaults

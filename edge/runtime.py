@@ -14,6 +14,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from edge.access import AddressRule, Limiter, Rate
 from edge.acme.responders import ACME_TLS_ALPN, ChallengeResponders
+from edge.access import limit_key
 from edge.backends import Backend
 from edge.certs.files import load_directory
 from edge.certs.local_ca import LocalIssuer
@@ -118,7 +119,7 @@ class Runtime:
         rule, limiter = self.gates.get(gate, (None, None))
         if rule and not rule.permits(client):
             return "refused: address not allowed"
-        if limiter is not None and limiter.take(client, self.reactor.seconds()) > 0:
+        if limiter is not None and limiter.take(limit_key(client), self.reactor.seconds()) > 0:
             return "refused: too many connections"
         return None
 

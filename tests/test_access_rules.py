@@ -105,11 +105,50 @@ def test_users_file_kinds_and_the_verification_cache(tmp_path, monkeypatch):
     for _ in range(10):
         assert users.verify("alice", b"wonderland") and not users.verify("alice", b"wrong")
     assert calls == []  # remembered: bcrypt ran once for each
-    small = Users(parse_users(users_file(tmp_path)), cache_size=3)
-    for i in range(10):
+    small = Users(parse_users(users_file(tmp_path)), cache_size=4)
+    assert small.verify("alice", b"wonderland")
+    for i in range(10):  # a flood of wrong passwords: their own small cache, the right one stays
         small.verify("alice", str(i).encode())
-    assert len(small.cache) == 3
+    assert len(small.failed) == 1 and len(small.cache) == 1
+    calls.clear()
+    assert small.verify("alice", b"wonderland") and calls == []
     assert all(b"wonderland" not in key for key in users.cache)
+
+
+def test_a_long_password_is_refused_unhashed_and_unknown_users_cost_the_dearest_hash(tmp_path, monkeypatch):
+    users = Users(parse_users(users_file(tmp_path)))
+    seen = []
+    for name in ("_check_bcrypt", "_check_sha512", "_check_argon2"):
+        real = getattr(access, name)
+        monkeypatch.setattr(access, name, lambda stored, password, real=real, name=name: seen.append(name)
+                            or real(stored, password))
+    assert not users.verify("bob", b"A" * 47000) and seen == []  # SHA-512 crypt's cost grows with the length
+    assert not users.verify("nobody", b"x")
+    assert seen == ["_check_argon2"]  # the file's dearest hash (argon2 here), not a cheap fixed one
+
+
+def test_rate_limits_count_ipv6_clients_by_their_64():
+    assert access.limit_key("2001:db8::1") == access.limit_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert access.limit_key("2001:db8:0:1::1") != access.limit_key("2001:db8::1")
+    assert access.limit_key("::ffff:192.0.2.1") == access.limit_key("192.0.2.1") == "192.0.2.1"
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("192.168.1.10/0", "did you mean 0.0.0.0/0"), ("10.0.0.1/8", "did you mean 10.0.0.0/8"), ("x", "not an address"),
+])
+def test_networks_with_bits_beyond_the_prefix_are_refused(value, problem):
+    with pytest.raises(ValueError, match=problem):
+        access.parse_networks([value])
+
+
+def test_mapped_ipv6_networks_match_ipv4_clients():
+    rule = access.AddressRule(allow=access.parse_networks(["::ffff:10.0.0.0/104"]))
+    assert rule.permits("10.1.2.3") and rule.permits("::ffff:10.1.2.3") and not rule.permits("11.0.0.1")
+
+
+def test_malformed_sha512_lines_are_refused_when_the_file_is_read():
+    with pytest.raises(access.UsersFileError, match="malformed SHA-512"):
+        parse_users("bob:$6$rounds=abc$salt$" + "x" * 86 + "\n")
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -156,7 +195,7 @@ def test_guard_steps_in_order(tmp_path):
     challenge = guard.check("127.0.0.1", None, 0.0)
     assert challenge.status == 401 and challenge.headers == (("www-authenticate", 'Basic realm="Home"'),)
     assert guard.check("127.0.0.1", basic("alice", "wonderland"), 0.0) == Admitted(
-        "alice", frozenset({b"authorization", b"remote-user"}), ((b"remote-user", b"alice"),))
+        "alice", frozenset({b"authorization", b"remote-user", b"remote_user"}), ((b"remote-user", b"alice"),))
     limited = guard.check("127.0.0.1", basic("alice", "wonderland"), 0.0)  # before any password is checked
     assert limited.status == 429 and limited.headers == (("retry-after", "10"),)
     assert guard.check("::1", b"Basic !!!", 0.0).status == 401
@@ -169,7 +208,19 @@ def test_forward_auth_guard_drops_the_headers_it_copies(tmp_path):
     auth = route.forward_auth
     assert (auth.host, auth.port, auth.target) == ("::1", 9091, "/api/authz/forward-auth")
     admitted = Guard(route).check("127.0.0.1", None, 0.0)
-    assert admitted.ask is auth and admitted.drop == frozenset({b"remote-user"})
+    assert admitted.ask is auth and admitted.drop == frozenset({b"remote-user", b"remote_user"})
+
+
+def test_wrong_passwords_are_limited_per_client_before_hashing(tmp_path):
+    (tmp_path / "users").write_text(users_file(tmp_path))
+    route = route_config(tmp_path, 'basic_auth = "users"\n').routes[0]
+    guard = Guard(route)
+    for _ in range(10):
+        assert guard.check("2001:db8::1", basic("alice", "guess"), 0.0).status == 401
+    limited = guard.check("2001:db8::2", basic("alice", "wonderland"), 0.0)  # the same /64: no more tries
+    assert limited.status == 429 and limited.headers == (("retry-after", "6"),)
+    assert guard.check("2001:db8:1::1", basic("alice", "wonderland"), 0.0).user == "alice"  # another client
+    assert guard.check("2001:db8::2", basic("alice", "wonderland"), 7.0).user == "alice"  # a minute refills
 
 
 @pytest.mark.parametrize("extra, tls, message", [

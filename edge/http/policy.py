@@ -17,7 +17,7 @@ import binascii
 import math
 from typing import NamedTuple
 
-from edge.access import Limiter
+from edge.access import Limiter, Rate, limit_key
 from edge.config import ForwardAuth, Route
 from edge.http.answers import REASON_TEXT
 from edge.http.h1 import BadRequest, split_host
@@ -118,6 +118,19 @@ def basic_credentials(value: bytes | None) -> tuple[str, bytes] | None:
     return user.decode("utf-8", "replace"), password
 
 
+FAILURES = Rate(10, 60.0, 10)  # wrong passwords a client may try per minute (then 429)
+
+
+def spellings(name: str) -> set[bytes]:
+    """``name`` lower-case as a header edge controls must be dropped: with each ``-`` also as ``_``
+    (``Remote_User``), which CGI-style backends and nginx's ``underscores_in_headers`` read the same."""
+    variants = {b""}
+    for char in name.lower().encode("ascii"):
+        options = (b"-", b"_") if char == ord("-") else (bytes((char,)),)
+        variants = {v + option for v in variants for option in options}
+    return variants
+
+
 class Guard:
     """The access rules of one route, in the order they apply: the client's address (403), its rate
     (429 with Retry-After, before any password is checked, so a flood costs no hashing), its credentials
@@ -129,16 +142,20 @@ class Guard:
     def __init__(self, route: Route, limiter: Limiter | None = None) -> None:
         self.route = route
         self.limiter = limiter
+        # failed passwords per client (IPv6: per /64): past FAILURES a minute, 429 before any hashing, so
+        # guessing costs the edge a bounded amount of CPU per client, whatever rate_limit says
+        self.failures = Limiter(FAILURES)
         drop: set[bytes] = set()
         basic = route.basic_auth
         if basic is not None:
             if not route.pass_authorization:
                 drop.add(b"authorization")
             if route.user_header is not None:
-                drop.add(route.user_header.lower().encode("ascii"))
+                drop.update(spellings(route.user_header))
             self.challenge = Answer(401, REASON_TEXT[401], None, (("www-authenticate", f'Basic realm="{basic.realm}"'),))
         if route.forward_auth is not None:
-            drop.update(name.lower().encode("ascii") for name in route.forward_auth.copy_headers)
+            for name in route.forward_auth.copy_headers:
+                drop.update(spellings(name))
         self.drop = frozenset(drop)
         self.open = Admitted(None, self.drop, (), route.forward_auth)
 
@@ -147,15 +164,22 @@ class Guard:
         route = self.route
         if route.addresses and not route.addresses.permits(client):
             return FORBIDDEN
+        key = limit_key(client)
         if self.limiter is not None:
-            wait = self.limiter.take(client, now)
+            wait = self.limiter.take(key, now)
             if wait > 0:
                 return Answer(429, REASON_TEXT[429], None, (("retry-after", str(max(1, math.ceil(wait)))),))
         basic = route.basic_auth
         if basic is None:
             return self.open
         credentials = basic_credentials(authorization)
-        if credentials is None or not basic.users.verify(*credentials):
+        if credentials is None:
+            return self.challenge
+        wait = self.failures.wait(key, now)
+        if wait > 0:
+            return Answer(429, REASON_TEXT[429], None, (("retry-after", str(max(1, math.ceil(wait)))),))
+        if not basic.users.verify(*credentials):
+            self.failures.take(key, now)
             return self.challenge
         user = credentials[0]
         if route.user_header is None:
