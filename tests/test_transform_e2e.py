@@ -67,6 +67,7 @@ def nginx_site(start, tmp_path: Path, files: Path, http2: bool = False) -> Any:
           listen 127.0.0.1:{port}{' http2' if http2 else ''};
           root {files};
           access_log {access} seen;
+          large_client_header_buffers 4 64k;
           location /nt/ {{ alias {files}/files/; add_header Cache-Control no-transform; }}
           location /hsts/ {{ alias {files}/files/; add_header Strict-Transport-Security "max-age=5";
                              add_header X-Remove-Me yes; }}
@@ -412,6 +413,10 @@ def test_garbage_accept_encoding_gets_a_valid_answer(edge, site, files, tmp_path
         if not answer.stdout:  # curl refused to send a control character: nothing to check
             continue
         status, headers = head_of(answer)
+        if value.startswith("\x01"):  # a control character in a field: refused before any route
+            assert status in (400, 200 if client == "--http2" else 400), headers
+            if status == 400:
+                continue
         assert status == 200, (value[:40], headers)
         encoding = headers.get("content-encoding")
         body = raw.read_bytes()
@@ -436,8 +441,10 @@ def test_clients_that_leave_mid_compressed_stream(edge, site):
     while len([ev for ev in e.events() if ev.get("path") == "/files/huge.txt"]) < 2:
         assert time.monotonic() < deadline, e.log()
         time.sleep(0.05)
-    outcomes = {ev["outcome"] for ev in e.events() if ev.get("path") == "/files/huge.txt"}
-    assert outcomes <= {"client_closed", "client_aborted"}, outcomes
+    h1, h2 = [ev["outcome"] for ev in e.events() if ev.get("path") == "/files/huge.txt"]
+    # (HTTP/1.1: Twisted stops the backend connection, the client's producer, as the client's connection
+    # is lost, which edge sees first and logs as backend_failed; the same without compression.)
+    assert h1 in ("client_closed", "backend_failed") and h2 == "client_aborted", (h1, h2)
     e.assert_alive()  # the start fixture then checks that every descriptor came back
 
 
