@@ -20,8 +20,13 @@ class HeaderRules:
     def __bool__(self) -> bool:
         return bool(self.set or self.remove)
 
+    @property
+    def gone(self) -> frozenset[bytes]:
+        """The names whose fields a message loses: removed, or replaced by a ``set`` one."""
+        return self.remove | {name for name, _ in self.set}
+
     def apply(self, fields: Iterable[tuple[bytes, bytes]]) -> Fields:
-        gone = self.remove | {name for name, _ in self.set}
+        gone = self.gone
         return [(n, v) for n, v in fields if n not in gone] + list(self.set)
 
 

@@ -28,18 +28,34 @@ PUBLIC_TEXT = {
 }
 
 
+TEXT_PLAIN = b"text/plain; charset=utf-8"
+_H1_NAMES = {b"content-type": b"Content-Type", b"content-length": b"Content-Length", b"location": b"Location"}
+
+
+def answer_fields(body: bytes, location: str | None = None, headers: tuple[tuple[str, str], ...] = (),
+                  content_type: bytes = TEXT_PLAIN) -> list[tuple[bytes, bytes]]:
+    """The fields of an answer of edge's own with ``body``: its type and length, a ``location`` for a
+    redirect, and any more ``headers`` (names lower-cased); HTTP/1.1 and HTTP/2 send the same ones."""
+    fields = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+    if location is not None:
+        fields.append((b"location", location.encode("latin-1")))
+    fields.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+    return fields
+
+
+def h1_message(status: int, fields: list[tuple[bytes, bytes]], body: bytes, close: bool,
+               head_only: bool = False) -> bytes:
+    """A complete HTTP/1.1 response of ``fields`` and ``body`` (left out for HEAD), ``Connection: close`` if ``close``."""
+    head = b"HTTP/1.1 %d %s" % (status, STATUS_TEXT.get(status, "Error").encode("ascii"))
+    lines = b"".join(b"\r\n%s: %s" % (_H1_NAMES.get(name, name), value) for name, value in fields)
+    return head + lines + (b"\r\nConnection: close" if close else b"") + b"\r\n\r\n" + (b"" if head_only else body)
+
+
 def plain_response(status: int, body: str, close: bool, head_only: bool = False, location: str | None = None,
                    headers: tuple[tuple[str, str], ...] = ()) -> bytes:
     """A complete response with ``body`` (sent as it is) as text/plain, and any more ``headers``."""
     payload = body.encode("utf-8")
-    lines = [f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Error')}", "Content-Type: text/plain; charset=utf-8",
-             f"Content-Length: {len(payload)}"]
-    if location is not None:
-        lines.append(f"Location: {location}")
-    lines.extend(f"{name}: {value}" for name, value in headers)
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else payload)
+    return h1_message(status, answer_fields(payload, location, headers), payload, close, head_only)
 
 
 def error_response(status: int) -> bytes:

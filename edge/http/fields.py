@@ -10,10 +10,10 @@ only, no I/O.
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 from edge.http.forwarded import FORWARDING_FIELDS, forwarded_fields
-from edge.http.h1 import CONTROLS, HOP_BY_HOP, BadRequest
+from edge.http.h1 import CONTROLS, HOP_BY_HOP, BadRequest, drop_fields, field_pattern
 
 # Request headers not passed on: hop-by-hop ones, framing edge redoes (Content-Length is re-added when
 # valid; Expect is answered here), and the forwarding headers (edge writes its own).
@@ -21,6 +21,29 @@ REQUEST_SKIP = HOP_BY_HOP | FORWARDING_FIELDS | {b"host", b"content-length", b"e
 # Response headers not passed on (an HTTP/2 backend should send none of them anyway).
 RESPONSE_SKIP = HOP_BY_HOP
 _NOT_IN_LINE = CONTROLS + b"\r\n"  # what an HTTP/1.1 header line cannot hold
+_PATTERNS: dict[frozenset[bytes], Any] = {}
+
+
+def names_pattern(names: frozenset[bytes]) -> Any:
+    """The (cached) :func:`edge.http.h1.field_pattern` of ``names``."""
+    pattern = _PATTERNS.get(names)
+    if pattern is None:
+        if len(_PATTERNS) > 256:
+            _PATTERNS.clear()
+        pattern = _PATTERNS[names] = field_pattern(names)
+    return pattern
+
+
+def edit_fields(fields: bytes, drop: frozenset[bytes], add: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """A header block (``\r\nname: value`` lines) without the ``drop`` headers and with the ``add`` ones."""
+    if drop:
+        fields = drop_fields(fields, fields.lower(), names_pattern(drop))[0]
+    return fields + b"".join(b"\r\n%s: %s" % field for field in add)
+
+
+def block_fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Fields as a header block (``\r\nname: value`` lines)."""
+    return b"".join(b"\r\n%s: %s" % field for field in fields)
 
 
 class SortedFields(NamedTuple):

@@ -15,6 +15,7 @@ from edge.sniff import NEED_MORE, Malformed, Verdict
 from edge.http.h1 import CONTROLS, check_fields, field_values
 
 MAX_LINE = 4096  # a chunk-size or trailer line
+MAX_TRAILERS = 64  # trailer lines kept by a collecting reader
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _LINE_CONTROLS = CONTROLS + b"\r"  # a chunk-size or trailer line, its CRLF taken off
 
@@ -100,7 +101,7 @@ _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 class ChunkedReader:
     """A chunked body: finds its end, counts its payload, optionally collects it (to de-chunk)."""
 
-    __slots__ = ("state", "remaining", "line", "total", "limit", "pieces")
+    __slots__ = ("state", "remaining", "line", "total", "limit", "pieces", "trailers")
 
     def __init__(self, limit: int | None = None, collect: bool = False) -> None:
         self.state = _SIZE
@@ -109,6 +110,7 @@ class ChunkedReader:
         self.total = 0  # payload bytes so far
         self.limit = limit
         self.pieces: list[bytes] | None = [] if collect else None
+        self.trailers: list[bytes] | None = [] if collect else None  # the trailer lines, when collecting
 
     def feed(self, data: bytes) -> tuple[int, bool]:
         pos, size = 0, len(data)
@@ -147,6 +149,10 @@ class ChunkedReader:
                 self.state = _SIZE
             elif not line:  # _TRAILER: the blank line ends the body
                 self.state = _DONE
+            elif self.trailers is not None:
+                if len(self.trailers) >= MAX_TRAILERS:
+                    raise Malformed("too many trailer fields")
+                self.trailers.append(line)
         return pos, self.state == _DONE
 
     def _size_line(self, line: bytes) -> None:

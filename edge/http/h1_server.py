@@ -29,12 +29,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, error_response, failure_hint, plain_response
+from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, answer_fields, error_response, failure_hint, h1_message
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.transports import queued_for_peer
 from edge.http.h1_client import UpstreamConnection
-from edge.http.fields import admitted_fields, h2_request_fields, sort_fields
+from edge.http.fields import (admitted_fields, block_fields, edit_fields, h2_request_fields, names_pattern,
+                              sort_fields)
 from edge.http.forwarded import forwarded_block
 from edge.http.forward_auth import Passed, Refusal, auth_head, relay_response
 from edge.http.h1_to_h2 import H1Response, H2Relay
@@ -42,9 +43,10 @@ from edge.http.policy import IDEMPOTENT, Admitted, Answer, body_limit, decide, h
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
     HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_list,
-    field_pattern, parse_request_head,
+    field_pattern, field_values, parse_request_head,
 )
-from edge.http.framing import LAST_CHUNK, BodyTooLarge, ChunkedReader, LengthReader, ResponseHead, chunk
+from edge.http.framing import BodyTooLarge, ChunkedReader, LengthReader, ResponseHead
+from edge.http.transform import BodyCoder, ResponsePolicy, edits_request, forwarding, response_policy
 
 log = Logger()
 
@@ -55,25 +57,12 @@ REQUEST_DROP = field_pattern(
     | {b"expect", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for", b"forwarded"})
 RESPONSE_DROP = field_pattern(HOP_BY_HOP - {b"transfer-encoding"})
 RESPONSE_DROP_TE = field_pattern(HOP_BY_HOP)  # to an HTTP/1.0 client (de-chunked)
-_LISTED_PATTERNS: dict[frozenset, Any] = {}
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"Keep-Alive", b"close", b"Close"))
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Answers a client has not read yet, past which its next pipelined request waits: a client that sends
 # requests but reads nothing would otherwise have every answer kept in memory (1.5 GB in 15 s was seen).
 MAX_UNREAD = 262144
 DRAIN_CHECK = 0.05  # seconds between looks at a client that is behind
-
-
-def edit_fields(fields: bytes, drop: frozenset[bytes], add: tuple[tuple[bytes, bytes], ...]) -> bytes:
-    """A header block (``\r\nname: value`` lines) without the ``drop`` headers and with the ``add`` ones."""
-    if drop:
-        pattern = _LISTED_PATTERNS.get(drop)
-        if pattern is None:
-            if len(_LISTED_PATTERNS) > 256:
-                _LISTED_PATTERNS.clear()
-            pattern = _LISTED_PATTERNS[drop] = field_pattern(drop)
-        fields = drop_fields(fields, fields.lower(), pattern)[0]
-    return fields + b"".join(b"\r\n%s: %s" % field for field in add)
 
 
 def _drop_listed(fields: bytes, connection: bytes) -> bytes:
@@ -85,12 +74,7 @@ def _drop_listed(fields: bytes, connection: bytes) -> bytes:
         - {b"close", b"keep-alive", b""} - PROTECTED_FIELDS
     if not names:
         return fields
-    pattern = _LISTED_PATTERNS.get(names)
-    if pattern is None:
-        if len(_LISTED_PATTERNS) > 256:
-            _LISTED_PATTERNS.clear()
-        pattern = _LISTED_PATTERNS[names] = field_pattern(names)
-    return drop_fields(fields, fields.lower(), pattern)[0]
+    return drop_fields(fields, fields.lower(), names_pattern(names))[0]
 
 
 @implementer(IHalfCloseableProtocol)
@@ -135,7 +119,8 @@ class Http1Proxy(Protocol):
         self.body: Any = None  # framing of the request body still to come from the client
         self.body_sent = 0
         self.response_started = False
-        self.transform: Any = None  # None, "chunk" or a ChunkedReader (de-chunk for HTTP/1.0)
+        self.transform: BodyCoder | None = None  # the response body's way to the client, when not as it came
+        self.policy: ResponsePolicy | None = None  # what the route does to this request's responses
         self.close_after = False
         self.status = 0
         self.sent = 0
@@ -205,7 +190,7 @@ class Http1Proxy(Protocol):
         self.head = head
         self.started = time.monotonic()
         self.status = self.sent = self.body_sent = 0
-        self.route = self.upstream_time = self.admitted = self.user = None
+        self.route = self.upstream_time = self.admitted = self.user = self.policy = None
         self.response_started = self.retried = False
         self.outcome = None
         self.transform = self.body = self.upgrade = None
@@ -233,6 +218,8 @@ class Http1Proxy(Protocol):
             self._answer(route.status, route.text, close=head.has_body, location=route.location)
             return
         self.route = route
+        self.policy = response_policy(route, self.scheme, head.method.encode("latin-1"),
+                                      field_values(head.fields, head.lower, b"accept-encoding") if route.compress else ())
         if route.guarded:
             verdict = runtime.guards[route.name].check(self.info.client[0], head.get(b"authorization"),
                                                        runtime.reactor.seconds())
@@ -320,10 +307,15 @@ class Http1Proxy(Protocol):
             fields = admitted_fields(fields, admitted.drop, admitted.add)
         sorted_ = sort_fields(fields, tokens)  # Content-Length was checked by parse_request_head
         method = head.method.encode("latin-1")
+        rules = None
+        if edits_request(route):
+            path, rules = forwarding(route, path)
         request = h2_request_fields(sorted_, method, upstream.h2_scheme, raw_host,
                                     path.encode("latin-1"), self.info.client[0], self.scheme)
+        if rules:  # after edge's forwarding headers: a rule may change those too
+            request = rules.apply(request)
         self.relay = H2Relay(self, upstream.h2, request, self.body is not None, method in IDEMPOTENT,
-                             H1Response(head.method, head.version, sorted_.te_trailers))
+                             H1Response(head.method, head.version, sorted_.te_trailers, self.policy))
         if self.body is not None and not self.paused:  # read no body until a stream is there to take it
             self.paused = True
             self.transport.pauseProducing()
@@ -344,22 +336,30 @@ class Http1Proxy(Protocol):
         admitted = self.admitted
         if admitted is not None and (admitted.drop or admitted.add):
             fields = edit_fields(fields, admitted.drop, admitted.add)
+        rules = None
+        if edits_request(self.route):
+            path, rules = forwarding(self.route, path)
         line = head.line if path is head.target else b"%s %s" % (head.method.encode("latin-1"),
                                                                   path.encode("latin-1"))
         if not removed or (len(removed) == 1 and removed[0][0] == b"connection" and removed[0][1] in _PLAIN_CONNECTION):
             # The usual request: no forwarding headers of its own, so the ones we add depend on the Host only.
             if host != self.forwarded_host:
                 self.forwarded_host, self.forwarded_tail = host, self._forwarded_tail(host, [], [])
-            return b"%s HTTP/1.1%s%s" % (line, fields, self.forwarded_tail)
-        forwarded_for, forwarded = [], []
-        for name, value in removed:
-            if name == b"x-forwarded-for":
-                forwarded_for.append(value)
-            elif name == b"forwarded":
-                forwarded.append(value)
-            elif name == b"connection":
-                fields = _drop_listed(fields, value)
-        return b"%s HTTP/1.1%s%s" % (line, fields, self._forwarded_tail(host, forwarded_for, forwarded))
+            tail = self.forwarded_tail
+        else:
+            forwarded_for, forwarded = [], []
+            for name, value in removed:
+                if name == b"x-forwarded-for":
+                    forwarded_for.append(value)
+                elif name == b"forwarded":
+                    forwarded.append(value)
+                elif name == b"connection":
+                    fields = _drop_listed(fields, value)
+            tail = self._forwarded_tail(host, forwarded_for, forwarded)
+        if rules:  # after edge's forwarding headers: a rule may change those too
+            block = edit_fields(fields + tail[:-4], rules.gone, rules.set)
+            return b"%s HTTP/1.1%s\r\n\r\n" % (line, block)
+        return b"%s HTTP/1.1%s%s" % (line, fields, tail)
 
     def _forwarded_tail(self, host: bytes, forwarded_for: list[bytes], forwarded: list[bytes]) -> bytes:
         """The forwarding headers edge adds (after those the client sent), and the blank line."""
@@ -639,14 +639,27 @@ class Http1Proxy(Protocol):
         extra = b""
         chunked = head.lower.find(b"\r\ntransfer-encoding:") >= 0
         reader = connection.reader
-        if http10:
+        encoding = None
+        policy = self.policy
+        if policy is not None:  # the route's response rules, HSTS, compression
+            listed, encoding = policy.backend(head.status, field_list(fields, fields.lower()))
+            if encoding is not None:
+                listed = [field for field in listed if field[0] != b"transfer-encoding"]
+            fields = block_fields(listed)
+        if encoding is not None:  # compressed: no length, so chunked (HTTP/1.0: ended by the close)
+            self.transform = BodyCoder(chunked, encoding, not http10)
+            if http10:
+                self.close_after = True
+            else:
+                extra = b"\r\nTransfer-Encoding: chunked"
+        elif http10:
             if chunked:
-                self.transform = ChunkedReader(collect=True)
+                self.transform = BodyCoder(True, None, False)
             if chunked or (reader is not None and not isinstance(reader, (LengthReader, ChunkedReader))):
                 self.close_after = True  # no length to tell the end by: the close does
         elif not done and reader is not None and not chunked and not isinstance(reader, LengthReader):
             extra = b"\r\nTransfer-Encoding: chunked"  # the server delimits by closing: we chunk instead
-            self.transform = "chunk"
+            self.transform = BodyCoder(False, None, True)
         if self.close_after:
             extra += b"\r\nConnection: close"
         elif http10:
@@ -658,12 +671,7 @@ class Http1Proxy(Protocol):
         if transform is None:
             self.sent += len(data)
             return data
-        if transform == "chunk":
-            out = chunk(data) + (LAST_CHUNK if done else b"")
-        else:
-            transform.feed(data)
-            out = b"".join(transform.pieces)
-            transform.pieces.clear()
+        out = transform.feed(data, done)
         self.sent += len(out)
         return out
 
@@ -686,6 +694,7 @@ class Http1Proxy(Protocol):
         """This request is done and the connection stays: wait for (or start on) the next one."""
         self.head = None
         self.body = None
+        self.policy = None
         self._arm(self.runtime.config.timeouts.idle, "idle")
         self._go_on()
 
@@ -724,8 +733,11 @@ class Http1Proxy(Protocol):
         head = self.head
         close = close or self.close_after
         self.status = status
-        message = plain_response(status, f"{text}\n", close, head is not None and head.method == "HEAD", location,
-                                 headers)
+        payload = f"{text}\n".encode("utf-8")
+        fields = answer_fields(payload, location, headers)
+        if self.policy is not None:  # an answer on a route: its response rules and HSTS
+            fields = self.policy.fields(fields)
+        message = h1_message(status, fields, payload, close, head is not None and head.method == "HEAD")
         self.sent = len(message)
         self._write(message)
         if head is not None:

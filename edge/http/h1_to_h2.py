@@ -33,6 +33,7 @@ from zope.interface import implementer
 from edge.http.fields import response_fields
 from edge.http.framing import chunk
 from edge.http.h2_client import H2BackendConnection
+from edge.http.transform import Compressor, ResponsePolicy, compressor
 
 if TYPE_CHECKING:
     from edge.http.h1_server import Http1Proxy
@@ -47,17 +48,26 @@ _TRAILER_SKIP = frozenset((b"content-length", b"host", b"content-type", b"conten
 class H1Response:
     """An HTTP/2 response as HTTP/1.1 bytes, for a client that sent ``method`` over HTTP/``version``."""
 
-    def __init__(self, method: str, version: str, te_trailers: bool) -> None:
+    def __init__(self, method: str, version: str, te_trailers: bool, policy: ResponsePolicy | None = None) -> None:
         self.head_only = method == "HEAD"
         self.http10 = version == "1.0"
         self.te_trailers = te_trailers
+        self.policy = policy  # the route's response rules, HSTS and compression
         self.mode = "none"  # how the body is framed: "none", "length", "chunked" or "close"
         self.close = False  # the connection must end after this response
+        self.compressor: Compressor | None = None
 
     def head(self, status: int, fields: list[tuple[bytes, bytes]], ended: bool, close: bool) -> bytes:
         """The status line and header block; ``ended``: the backend said no body follows; ``close``: the
         connection ends after this response anyway."""
         fields = response_fields(fields)
+        policy = self.policy
+        if policy is not None and ended:  # no body: nothing to compress
+            fields = policy.fields(fields)
+        elif policy is not None:
+            fields, encoding = policy.backend(status, fields)
+            if encoding is not None:
+                self.compressor = compressor(encoding)
         has_length = any(name == b"content-length" for name, _ in fields)
         extra = b""
         if self.head_only or status in (204, 304) or status < 200:
@@ -84,16 +94,22 @@ class H1Response:
     def body(self, data: bytes) -> bytes:
         """Response body bytes as the client gets them."""
         mode = self.mode
-        if mode == "chunked":
-            return chunk(data)
         if mode == "none":
             return b""
+        if self.compressor is not None:
+            data = self.compressor.feed(data)
+        if mode == "chunked":
+            return chunk(data)
         return data
 
     def end(self, trailers: list[tuple[bytes, bytes]] | None) -> bytes:
         """The end of the body: the last chunk, with the trailers if the client takes them."""
+        tail = self.compressor.finish() if self.compressor is not None and self.mode != "none" else b""
         if self.mode != "chunked":
-            return b""
+            return tail
+        return chunk(tail) + self._last(trailers)
+
+    def _last(self, trailers: list[tuple[bytes, bytes]] | None) -> bytes:
         if not trailers or not self.te_trailers:
             return b"0\r\n\r\n"
         kept = [field for field in response_fields(trailers) if field[0] not in _TRAILER_SKIP]

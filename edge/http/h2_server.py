@@ -45,24 +45,24 @@ from zope.interface import implementer
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.event_loop import after_events
-from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, failure_hint
+from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, answer_fields, failure_hint
 from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Request, Trailers, WindowOpened
-from edge.http.fields import RESPONSE_SKIP, admitted_fields, h2_request_fields, sort_fields
+from edge.http.fields import RESPONSE_SKIP, admitted_fields, edit_fields, h2_request_fields, sort_fields
 from edge.http.forwarded import forwarded_block
-from edge.http.framing import LAST_CHUNK, ChunkedReader, ResponseHead, chunk
+from edge.http.framing import LAST_CHUNK, ResponseHead, chunk
 from edge.http.h1 import HOP_BY_HOP, BadRequest, field_list, request_line_ok
 from edge.http.h1_client import UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
 from edge.http.forward_auth import Passed, Refusal, auth_head
 from edge.http.policy import IDEMPOTENT, Admitted, Answer, body_limit, decide, host_entry
+from edge.http.transform import BodyCoder, HeaderRules, ResponsePolicy, edits_request, forwarding, response_policy
 from edge.timers import coarse
 
 log = Logger()
 
 DISCARD_BODY = 4 * 1024 * 1024
 _NONE: frozenset[int] = frozenset()
-_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 # Headers of a backend's 101 that belong to the HTTP/1.1 upgrade only (RFC 8441 5: the answer is a 200).
 _TUNNEL_SKIP = HOP_BY_HOP | {b"sec-websocket-accept"}
 
@@ -261,25 +261,31 @@ class H2Server(Protocol):
         if type(route) is Answer:
             self.answer(stream, event, route.status, route.text, route.location, started=started)
             return
+        policy = response_policy(route, self.scheme, method, [value for name, value in event.fields
+                                                              if name == b"accept-encoding"] if route.compress else ())
         admitted = None
         if route.guarded:
             authorization = next((value for name, value in event.fields if name == b"authorization"), None)
             verdict = runtime.guards[route.name].check(self.info.client[0], authorization, runtime.reactor.seconds())
             if type(verdict) is Answer:
                 self.answer(stream, event, verdict.status, verdict.text, verdict.location, route=route, started=started,
-                            headers=verdict.headers)
+                            headers=verdict.headers, policy=policy)
                 return
             admitted = verdict
-        self._proceed(stream, event, authority, route, admitted, started)
+        self._proceed(stream, event, authority, route, admitted, started, policy)
 
     def _proceed(self, stream: int, event: Request, authority: bytes, route: Any, admitted: Admitted | None,
-                 started: float) -> None:
+                 started: float, policy: ResponsePolicy | None) -> None:
         """The request may go on to ``route``'s backend: its head for the backend, then an exchange."""
         runtime = self.runtime
         method, target, tunnel = event.method, event.target, event.protocol is not None
         fields = event.fields
         if admitted is not None and (admitted.drop or admitted.add):
             fields = admitted_fields(fields, admitted.drop, admitted.add)
+        rules = None
+        if edits_request(route):
+            path, rules = forwarding(route, target.decode("latin-1"))
+            target = path.encode("latin-1")
         upstream = runtime.upstreams[route.backend]
         try:
             if upstream.h2 is not None:
@@ -289,16 +295,20 @@ class H2Server(Protocol):
                 head, chunked, length, expect = h2_request_fields(
                     sorted_, method, upstream.h2_scheme, authority, target,
                     self.info.client[0], self.scheme), False, sorted_.length, False
+                if rules:  # after edge's forwarding headers: a rule may change those too
+                    head = rules.apply(head)
             else:
-                head, chunked, length, expect = self._upstream_head(event, fields, method, target, authority, tunnel)
+                head, chunked, length, expect = self._upstream_head(event, fields, method, target, authority, tunnel,
+                                                                    rules)
             if event.ended and length:  # a length no DATA will follow: the backend would read the next request
                 raise BadRequest(400, "content-length without a body")
             limit = body_limit(route, length)
         except BadRequest as e:
-            self.answer(stream, event, e.status, str(e), route=route, started=started)
+            self.answer(stream, event, e.status, str(e), route=route, started=started, policy=policy)
             return
         exchange = H2Exchange(self, stream, event, route, head, chunked, None if tunnel else limit, tunnel, expect,
                               started)
+        exchange.policy = policy
         exchange.user = admitted.user if admitted is not None else None
         if admitted is not None and admitted.ask is not None:  # the auth server first; the body waits in the exchange
             question = auth_head(admitted.ask, method.decode("latin-1"), self.scheme, authority.decode("latin-1"),
@@ -309,7 +319,8 @@ class H2Server(Protocol):
         exchange.start(upstream)
 
     def _upstream_head(self, event: Request, fields: list[tuple[bytes, bytes]], method: bytes, target: bytes,
-                       authority: bytes, tunnel: bool) -> tuple[bytes, bool, int | None, bool]:
+                       authority: bytes, tunnel: bool, rules: HeaderRules | None = None) \
+            -> tuple[bytes, bool, int | None, bool]:
         """The HTTP/1.1 request head for the backend; whether its body is chunked; its length; Expect: 100-continue.
         (Names and values were checked by the codec: lower-case tokens, no control characters.)"""
         sorted_ = sort_fields(fields)
@@ -338,17 +349,22 @@ class H2Server(Protocol):
         else:
             forwarded = self.forwarded = forwarded_block(self.info.client[0], self.scheme, authority)
             self.forwarded_for = authority
-        return line + b"".join(kept) + framing + forwarded + b"\r\n\r\n", chunked, length, sorted_.expect
+        block = b"".join(kept) + framing + forwarded
+        if rules:  # after edge's forwarding headers: a rule may change those too (never the framing: config refuses)
+            block = edit_fields(block, rules.gone, rules.set)
+        return line + block + b"\r\n\r\n", chunked, length, sorted_.expect
 
     def answer(self, stream: int, event: Request, status: int, text: str, location: str | None = None,
                route: Any = None, started: float = 0.0, exchange: "H2Exchange | None" = None,
-               headers: tuple[tuple[str, str], ...] = ()) -> int:
-        """Edge's own answer on ``stream`` (then a reset, if the client was still sending its body)."""
+               headers: tuple[tuple[str, str], ...] = (), policy: ResponsePolicy | None = None) -> int:
+        """Edge's own answer on ``stream`` (then a reset, if the client was still sending its body); on a
+        route, with its response rules and HSTS (``policy``)."""
         body = f"{text}\n".encode("utf-8")
-        fields = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode("ascii"))]
-        if location is not None:
-            fields.append((b"location", location.encode("latin-1")))
-        fields.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+        fields = answer_fields(body, location, headers)
+        if exchange is not None:
+            policy = exchange.policy
+        if policy is not None:
+            fields = policy.fields(fields)
         head_only = event.method == b"HEAD"
         codec = self.codec
         codec.respond(stream, status, fields, end=head_only)
@@ -511,8 +527,12 @@ class H2Exchange:
         self.sent = 0
         self.server_name: str | None = None
         self.upstream_time: float | None = None
-        self.dechunk: ChunkedReader | None = None
+        self.policy: ResponsePolicy | None = None  # what the route does to the response
+        self.coder: BodyCoder | None = None  # the response body de-chunked and/or compressed
         self.pending: list[bytes] = []  # response bytes the client's windows could not take yet
+        # Compressed pieces of an HTTP/2 backend's body: its bytes each stands for, acknowledged to the backend
+        # once the piece is sent (uncompressed, bytes are acknowledged as they are sent).
+        self.credits: list[int] = []
         self.upstream_done = False  # the backend's response is complete (all of it is in pending or sent)
         self.backend_paused = False
         self.stream_ended = False  # END_STREAM went out with the last DATA frame
@@ -604,6 +624,14 @@ class H2Exchange:
         self.status = status
         self.upstream_time = time.monotonic() - self.started
         fields = [(name, value) for name, value in fields if name not in RESPONSE_SKIP]
+        policy = self.policy
+        if policy is not None:
+            if ended:  # no body: nothing to compress
+                fields = policy.fields(fields)
+            else:
+                fields, encoding = policy.backend(status, fields)
+                if encoding is not None:
+                    self.coder = BodyCoder(False, encoding, False)
         self.codec.respond(self.stream, status, fields, end=ended and self.trailers_out is None)
         self.stream_ended = ended
         self._arm("idle")
@@ -618,9 +646,22 @@ class H2Exchange:
             self.ack_conn.ack(self.backend_stream, size - len(data))
         if data:
             self.backend_unacked += len(data)
-            self.pending.append(data)
             self.deadline_at = time.monotonic() + self.server.runtime.config.timeouts.idle
+            coder = self.coder
+            if coder is None:
+                self.pending.append(data)
+            else:
+                self._pend_compressed(coder.feed(data), len(data))
             self.push()
+
+    def _pend_compressed(self, data: bytes, credit: int) -> None:
+        """A compressed piece for the client, standing for ``credit`` bytes of the HTTP/2 backend's body."""
+        if data:
+            self.pending.append(data)
+            self.credits.append(credit)
+        elif credit and self.ack_conn is not None:
+            self.backend_unacked -= credit
+            self.ack_conn.ack(self.backend_stream, credit)
 
     def stream_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
         self.trailers_out = fields
@@ -633,6 +674,8 @@ class H2Exchange:
             self.ack_conn.flush()
         if self.closed:
             return
+        if self.coder is not None:
+            self._pend_compressed(self.coder.feed(b"", True), 0)
         self.upstream_done = True
         self.push()
 
@@ -712,8 +755,16 @@ class H2Exchange:
             name = line[:colon].lower()
             if name not in skip:
                 fields.append((name, line[colon + 1 :].strip(b" \t")))
-        if head.lower.find(b"\r\ntransfer-encoding:") >= 0:
-            self.dechunk = ChunkedReader(collect=True)
+        chunked = head.lower.find(b"\r\ntransfer-encoding:") >= 0
+        encoding = None
+        policy = self.policy
+        if policy is not None and not self.tunnel:
+            if done and not body:  # no body: nothing to compress
+                fields = policy.fields(fields)
+            else:
+                fields, encoding = policy.backend(status, fields)
+        if chunked or encoding is not None:
+            self.coder = BodyCoder(chunked, encoding, False)
         self.codec.respond(self.stream, status, fields, end=done and not body)
         if done and not body:
             self.sent = 0
@@ -727,11 +778,9 @@ class H2Exchange:
     def upstream_body(self, data: bytes, done: bool) -> None:
         if self.closed:
             return
-        dechunk = self.dechunk
-        if dechunk is not None and data:
-            dechunk.feed(data)
-            data = b"".join(dechunk.pieces)
-            dechunk.pieces.clear()
+        coder = self.coder
+        if coder is not None and (data or done):
+            data = coder.feed(data, done)
         if data:
             self.pending.append(data)
             self.deadline_at = time.monotonic() + self.server.runtime.config.timeouts.idle
@@ -754,15 +803,21 @@ class H2Exchange:
                 sent = codec.send(self.stream, data, last)
                 if sent < 0:  # the stream is gone
                     pending.clear()
+                    self.credits.clear()  # _end gives the backend its window back
                     break
                 self.sent += sent
-                if self.ack_conn is not None and sent:  # an HTTP/2 backend may send as much more
+                if self.ack_conn is not None and sent and self.coder is None:  # an HTTP/2 backend may send as much more
                     self.backend_unacked -= sent
                     self.ack_conn.ack(self.backend_stream, sent)
                 if sent < len(data):
                     pending[0] = data[sent:]
                     break
                 pending.pop(0)
+                if self.credits:  # a compressed piece is out: the backend bytes it stands for are acknowledged
+                    credit = self.credits.pop(0)
+                    if credit and self.ack_conn is not None:
+                        self.backend_unacked -= credit
+                        self.ack_conn.ack(self.backend_stream, credit)
                 self.stream_ended = last
             else:
                 if self.upstream_done:
@@ -952,6 +1007,7 @@ class H2Exchange:
         if auth is not None:
             auth.cancel()
         self.pending = []
+        self.credits = []
         self.body_in = []
         if self.out_pending:  # request body the backend never took: the client's window comes back
             self.unacked += sum(size for _, size in self.out_pending)

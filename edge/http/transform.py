@@ -12,11 +12,13 @@ download) is not held back; never the whole body in memory.
 from __future__ import annotations
 
 import zlib
-from typing import Iterable, Protocol
+from typing import Iterable, NamedTuple, Protocol
 
 import zstandard
 
 from edge.headers import Fields, HeaderRules, hsts_value  # noqa: F401 (the rules' values live below config)
+from edge.config import Route
+from edge.http.framing import LAST_CHUNK, ChunkedReader, chunk
 
 
 def strip_prefix(path: str, prefix: str) -> str | None:
@@ -147,3 +149,117 @@ class _Zstd:
 
 def compressor(encoding: bytes) -> Compressor:
     return _Zstd() if encoding == b"zstd" else _Gzip()
+
+
+# -- what a route does to one request and its response ---------------------------------------------
+
+PREFIX_FIELD = b"x-forwarded-prefix"  # Traefik's name for the prefix strip_prefix took off
+
+
+class Forwarding(NamedTuple):
+    """How a request goes on to the backend: its path (and query), and the rules for its head."""
+
+    path: str
+    rules: HeaderRules
+
+
+def forwarding(route: "Route", path: str) -> Forwarding:
+    """``route``'s ``strip_prefix`` and ``headers.request`` for a request for ``path``: the backend gets
+    the path without the prefix and ``X-Forwarded-Prefix`` (a client's own is never passed on), then the
+    route's request rules, applied after edge's forwarding headers."""
+    rules = route.request_headers
+    prefix = route.strip_prefix
+    if prefix is None:
+        return Forwarding(path, rules)
+    stripped = strip_prefix(path, prefix)
+    gone = rules.gone
+    own: tuple[tuple[bytes, bytes], ...] = ()
+    if stripped is not None and PREFIX_FIELD not in gone:
+        own = ((PREFIX_FIELD, prefix.rstrip("/").encode("latin-1")),)
+    return Forwarding(path if stripped is None else stripped,
+                      HeaderRules(own + rules.set, rules.remove | {PREFIX_FIELD}))
+
+
+def edits_request(route: "Route") -> bool:
+    """Whether ``route`` changes the requests it relays (else the servers take their fast path)."""
+    return route.strip_prefix is not None or bool(route.request_headers)
+
+
+class ResponsePolicy:
+    """What a route does to the responses of one request: its response rules, HSTS on HTTPS, and
+    compression when the request's ``Accept-Encoding`` allows it.  Edge's own answers get the first
+    two (:meth:`fields`), the backend's all three (:meth:`backend`)."""
+
+    __slots__ = ("rules", "hsts", "method", "accept")
+
+    def __init__(self, rules: HeaderRules, hsts: bytes | None, method: bytes, accept: bytes | None) -> None:
+        self.rules = rules
+        self.hsts = hsts
+        self.method = method
+        self.accept = accept  # None: no compression for this request
+
+    def fields(self, fields: Iterable[tuple[bytes, bytes]]) -> Fields:
+        """``fields`` with the route's response rules, then Strict-Transport-Security (replacing the backend's)."""
+        out = self.rules.apply(fields) if self.rules else list(fields)
+        if self.hsts is not None:
+            out = [item for item in out if item[0] != b"strict-transport-security"]
+            out.append((b"strict-transport-security", self.hsts))
+        return out
+
+    def backend(self, status: int, fields: Iterable[tuple[bytes, bytes]]) -> tuple[Fields, bytes | None]:
+        """A backend's response fields for the client, and the encoding its body gets (None: as it is)."""
+        out = self.fields(fields)
+        if self.accept is None or not should_compress(self.method, status, out):
+            return out, None
+        encoding = choose_encoding(self.accept)
+        if encoding is None:
+            return out, None
+        return compressed_fields(out, encoding), encoding
+
+
+def response_policy(route: "Route | None", scheme: str, method: bytes,
+                    accept_encoding: "Iterable[bytes]" = ()) -> ResponsePolicy | None:
+    """The :class:`ResponsePolicy` of a request to ``route`` over ``scheme`` ("https" or "http"); None
+    when the route changes nothing in its responses.  ``accept_encoding``: the request's values of it."""
+    if route is None:
+        return None
+    hsts = route.hsts if scheme == "https" else None
+    if hsts is None and not route.response_headers and not route.compress:
+        return None
+    accept = None
+    if route.compress:
+        accept = b", ".join(accept_encoding) or None
+        if accept is not None and len(accept) > 4096:  # no client needs more: a longer one is not parsed
+            accept = None
+    return ResponsePolicy(route.response_headers, hsts, method, accept)
+
+
+class BodyCoder:
+    """A response body on its way to the client, each stage optional and streaming: de-chunked (a
+    chunked HTTP/1.1 backend body), compressed, chunked again (an HTTP/1.1 client without a length).
+    Trailers of a de-chunked body are kept when it is chunked again."""
+
+    __slots__ = ("reader", "compressor", "chunked")
+
+    def __init__(self, dechunk: bool, encoding: bytes | None, chunked: bool) -> None:
+        self.reader = ChunkedReader(collect=True) if dechunk else None
+        self.compressor = compressor(encoding) if encoding is not None else None
+        self.chunked = chunked
+
+    def feed(self, data: bytes, done: bool = False) -> bytes:
+        """The client's bytes for ``data``; ``done``: the body ended (the end's bytes come too)."""
+        reader = self.reader
+        if reader is not None:
+            reader.feed(data)
+            data = b"".join(reader.pieces)
+            reader.pieces.clear()
+        z = self.compressor
+        if z is not None:
+            data = (z.feed(data) if data else b"") + (z.finish() if done else b"")
+        if not self.chunked:
+            return data
+        out = chunk(data)
+        if done:
+            trailers = reader.trailers if reader is not None else None
+            out += b"0\r\n" + b"".join(line + b"\r\n" for line in trailers) + b"\r\n" if trailers else LAST_CHUNK
+        return out

@@ -81,3 +81,55 @@ def test_each_piece_is_flushed_so_a_stream_is_not_held_back():
     partial = z.feed(b"event one\n")
     d = __import__("zlib").decompressobj(31)
     assert d.decompress(partial) == b"event one\n"  # readable before the stream ends
+
+
+# -- what a route does to one request (forwarding, ResponsePolicy, BodyCoder) -----------------------
+
+from edge.config import Route  # noqa: E402
+from edge.http.transform import BodyCoder, forwarding, response_policy  # noqa: E402
+
+
+def route(**kwargs) -> Route:
+    return Route(hosts=("a.test",), tls="edge", backend="web", **kwargs)
+
+
+def test_forwarding_strips_the_prefix_and_says_so():
+    r = route(paths=("/app",), strip_prefix="/app", request_headers=HeaderRules(set=((b"x-a", b"1"),)))
+    path, rules = forwarding(r, "/app/x?y")
+    assert path == "/x?y"
+    fields = [(b"x-forwarded-prefix", b"/forged"), (b"x-a", b"0"), (b"x-b", b"2")]
+    assert rules.apply(fields) == [(b"x-b", b"2"), (b"x-forwarded-prefix", b"/app"), (b"x-a", b"1")]
+    path, rules = forwarding(r, "/apple")  # no segment boundary: as it is, and no prefix said
+    assert path == "/apple" and rules.apply(fields) == [(b"x-b", b"2"), (b"x-a", b"1")]
+
+
+def test_response_policy_hsts_only_on_https_and_rules_first():
+    r = route(hsts=b"max-age=60", response_headers=HeaderRules(remove=frozenset({b"server"})))
+    fields = [(b"server", b"nginx"), (b"strict-transport-security", b"max-age=1")]
+    assert response_policy(r, "https", b"GET").fields(fields) == [(b"strict-transport-security", b"max-age=60")]
+    assert response_policy(r, "http", b"GET").fields(fields) == [(b"strict-transport-security", b"max-age=1")]
+    assert response_policy(route(), "https", b"GET") is None  # nothing to do: the servers' fast path
+
+
+def test_response_policy_compresses_what_the_client_accepts():
+    r = route(compress=True)
+    text = [(b"content-type", b"text/plain"), (b"content-length", b"5000")]
+    fields, encoding = response_policy(r, "https", b"GET", [b"gzip"]).backend(200, text)
+    assert encoding == b"gzip" and (b"content-encoding", b"gzip") in fields and b"content-length" not in dict(fields)
+    assert response_policy(r, "https", b"GET", []).backend(200, text) == (text, None)
+    assert response_policy(r, "https", b"GET", [b"gzip;q=1," * 1000]).backend(200, text)[1] is None  # too long
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_body_coder_dechunks_compresses_and_chunks_again_keeping_trailers(chunked):
+    coder = BodyCoder(True, b"gzip", chunked)
+    body = b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 1\r\n\r\n"
+    out = b"".join(coder.feed(body[i:i + 7], i + 7 >= len(body)) for i in range(0, len(body), 7))
+    if chunked:
+        assert out.endswith(b"0\r\nx-sum: 1\r\n\r\n")
+        payload, rest = b"", out
+        while not rest.startswith(b"0\r\n"):
+            size, _, rest = rest.partition(b"\r\n")
+            payload, rest = payload + rest[: int(size, 16)], rest[int(size, 16) + 2:]
+        out = payload
+    assert gzip.decompress(out) == b"hello world"
