@@ -313,6 +313,8 @@ class H2Server(Protocol):
         if admitted is not None and admitted.ask is not None:  # the auth server first; the body waits in the exchange
             question = auth_head(admitted.ask, method.decode("latin-1"), self.scheme, authority.decode("latin-1"),
                                  target.decode("latin-1"), self.info.client[0], event.fields)
+            self.exchanges[stream] = exchange  # its body, end and reset are its own while the auth server thinks
+            exchange.held = []
             exchange.auth = runtime.ask_auth(route, question, lambda result: exchange.auth_answered(result, upstream))
             return
         self.exchanges[stream] = exchange
@@ -554,6 +556,7 @@ class H2Exchange:
         self.h2_backend = False
         self.user: str | None = None  # who basic auth admitted, for the access log
         self.auth: Any = None  # the forward_auth question in flight
+        self.held: list[tuple[bytes, int]] | None = None  # body pieces (and the end: size -1) while it is asked
 
     # -- the backend connection ------------------------------------------------------------
 
@@ -881,6 +884,9 @@ class H2Exchange:
         if self.closed:
             self.codec.ack(self.stream, size)
             return
+        if self.held is not None:  # forward_auth is asked: kept, unacknowledged (so the stream window bounds it)
+            self.held.append((data, size))
+            return
         self.received += len(data)
         if self.limit is not None and self.received > self.limit:
             if self.response_started:
@@ -910,6 +916,9 @@ class H2Exchange:
 
     def client_end(self) -> None:
         if self.closed or self.client_done:
+            return
+        if self.held is not None:  # forward_auth is asked: the end waits with the body
+            self.held.append((b"", -1))
             return
         self.client_done = True
         if self.backend_conn is not None:
@@ -962,8 +971,13 @@ class H2Exchange:
     def auth_answered(self, result: Passed | Refusal | None, upstream: Any) -> None:
         """The forward_auth server's word: go on with its headers, relay its answer, or 503 (fail closed)."""
         self.auth = None
+        held, self.held = self.held or [], None
         if self.closed:
             return
+        if result is None or type(result) is Refusal:  # the held body will never go: its window comes back
+            acked = sum(size for _, size in held if size > 0)
+            if acked:
+                self.codec.ack(self.stream, acked)
         if result is None:
             self._answer(503, "auth_failed", "the authentication service did not answer")
         elif type(result) is Refusal:
@@ -978,6 +992,11 @@ class H2Exchange:
                     self.head = self.head + list(result.add)
             self.user = result.user
             self.start(upstream)
+            for data, size in held:  # what the client sent meanwhile, in order
+                if size < 0:
+                    self.client_end()
+                else:
+                    self.client_body(data, size)
 
     # -- endings ---------------------------------------------------------------------------------
 
