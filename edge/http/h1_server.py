@@ -518,7 +518,8 @@ class Http1Proxy(Protocol):
         if done:
             self._finish(connection.reusable)
         elif not self.closed:
-            self._watch_backlog(False)
+            if self.backlog is not None:
+                self._watch_backlog(False)
             self.streaming = True
             self.transport.registerProducer(connection.transport, True)
             # A client that stops reading pauses the backend, and a backend that stops sending leaves the
@@ -614,7 +615,8 @@ class Http1Proxy(Protocol):
             self.close_after = True
         self._write(head)
         if not ended and not self.closed:
-            self._watch_backlog(False)
+            if self.backlog is not None:
+                self._watch_backlog(False)
             self.streaming = True
             self.transport.registerProducer(relay, True)
             self._arm(self.runtime.config.timeouts.idle, "idle")
@@ -718,7 +720,8 @@ class Http1Proxy(Protocol):
         self.head = None
         self.body = None
         self._arm(self.runtime.config.timeouts.idle, "idle")
-        self._watch_backlog(True)
+        if self.backlog is not None:
+            self._watch_backlog(True)
         self._go_on()
 
     def _watch_backlog(self, on: bool) -> None:
@@ -790,7 +793,8 @@ class Http1Proxy(Protocol):
     def _close(self, abort: bool = False) -> None:
         self.closed = True
         self._cancel_wait()
-        self._watch_backlog(False)
+        if self.backlog is not None:
+            self._watch_backlog(False)
         self._stop_streaming()
         self._drop_upstream()  # not kept while a slow client takes the last bytes
         if abort:
@@ -888,7 +892,8 @@ class Http1Proxy(Protocol):
         if self.closed:
             return
         self._arm(self.runtime.config.timeouts.idle, "idle")
-        self._watch_backlog(False)
+        if self.backlog is not None:
+            self._watch_backlog(False)
         self.streaming = True
         self.transport.registerProducer(connection.transport, True)
         self.producing = True

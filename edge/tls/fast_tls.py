@@ -104,13 +104,18 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
 
     info: Any  # an edge.connection.ConnectionInfo: bytes_in, bytes_out
 
-    def dataReceived(self, data: bytes) -> None:
-        self.info.bytes_in += len(data)
-        if TLS_IO and self._handshakeDone and not self._appSendBuffer:  # the steady state: Twisted's steps, inline
-            self._tlsConnection.bio_write(data)
-            self._flushReceiveBIO()
-            return
-        super().dataReceived(data)
+    if TLS_IO:
+        def dataReceived(self, data: bytes) -> None:
+            self.info.bytes_in += len(data)
+            if self._handshakeDone and not self._appSendBuffer:  # the steady state: Twisted's steps, inline
+                self._tlsConnection.bio_write(data)
+                self._flushReceiveBIO()
+                return
+            super().dataReceived(data)
+    else:
+        def dataReceived(self, data: bytes) -> None:
+            self.info.bytes_in += len(data)
+            super().dataReceived(data)
 
     def queued_tls(self) -> int:
         """Application bytes written and queued behind the handshake (0 when that cannot be known)."""
