@@ -20,17 +20,14 @@ from twisted.logger import Logger
 
 from edge import transports
 from edge.addresses import Address, SystemdAddress
+from edge.net.fastpath import systemd_descriptors
 
 log = Logger()
 
 
 def systemd_socket(address: SystemdAddress) -> socket.socket:
     """The listening socket systemd passed for ``address`` (socket activation)."""
-    # Twisted reads (and removes) LISTEN_FDS once, when twisted.internet.endpoints is imported,
-    # for its own "systemd:" endpoint strings; ask the same record rather than the environment.
-    from twisted.internet.endpoints import _SystemdParser
-
-    fds = _SystemdParser._sddaemon
+    fds = systemd_descriptors()
     named = fds.inheritedNamedDescriptors()
     if not address.name.isdigit() and address.name in named:
         fd = named[address.name]

@@ -8,9 +8,9 @@ connection per client connection, so that machinery was a large part of
 what a forwarded connection cost.  A server named by an IP address needs
 none of it: :class:`TCPEndpoint` starts a non-blocking ``connect``, waits
 once for the socket to become writable, and gives the protocol a
-:class:`BackendTransport`, which *is* a Twisted ``tcp.Connection``, so
-back-pressure, half-close, eager writes and splicing work on it as on
-Twisted's own transports.
+:class:`BackendTransport` (in :mod:`edge.net.fastpath`: it is built
+from Twisted's ``tcp.Connection``), so back-pressure, half-close, eager
+writes and splicing work on it as on Twisted's own transports.
 
 :meth:`TCPEndpoint.open` reports through plain callbacks (no Deferred per
 connection); :meth:`TCPEndpoint.connect` offers the usual endpoint interface
@@ -25,43 +25,21 @@ import _socket
 from errno import ECONNREFUSED, EINPROGRESS, EWOULDBLOCK
 from typing import Any, Callable
 
-from twisted.internet import address, error, tcp
-from twisted.internet.abstract import FileDescriptor
+from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.event_loop import writer_to_reader
+from edge.net.fastpath import BackendTransport, backend_address, writer_to_reader
 from edge.timers import coarse
-from edge.transports import QuickClose, under_tls
+from edge.transports import under_tls
 
 Opened = Callable[[Protocol], None]
 Failed = Callable[[Exception], None]
 
-
-class BackendTransport(QuickClose, tcp.Connection):
-    """An established connection to a backend server: a Twisted TCP transport."""
-
-    def __init__(self, sock: socket.socket, protocol: Protocol, reactor: Any, peer: tuple[str, int]) -> None:
-        # tcp.Connection.__init__ without its setblocking call: the socket is non-blocking already.
-        FileDescriptor.__init__(self, reactor=reactor)
-        self.socket = sock
-        self.fileno = sock.fileno
-        self.protocol = protocol
-        self.peer = peer
-        self.connected = 1
-        self.logstr = "backend"
-
-    def _address(self, host: str, port: int) -> Any:
-        return (address.IPv6Address if ":" in host else address.IPv4Address)("TCP", host, port)
-
-    def getPeer(self) -> Any:
-        return self._address(*self.peer)
-
-    def getHost(self) -> Any:
-        return self._address(*self.socket.getsockname()[:2])
+__all__ = ["BackendTransport", "Connecting", "TCPEndpoint", "open_endpoint"]
 
 
 class Connecting:
@@ -197,7 +175,7 @@ class TCPEndpoint:
         peer = self.peer
 
         def build() -> Protocol:
-            protocol = factory.buildProtocol(BackendTransport._address(None, *peer))
+            protocol = factory.buildProtocol(backend_address(*peer))
             if protocol is None:
                 raise error.ConnectError(string="the factory built no protocol")
             return protocol

@@ -23,9 +23,11 @@ from typing import Any, Callable
 from twisted.internet import tcp
 from twisted.python.failure import Failure
 
-from edge import event_loop
+from edge.net import fastpath
 
-HAVE_SPLICE = hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK") and not os.environ.get("EDGE_NO_SPLICE")
+# Splicing starts once Twisted's write buffer is known to be empty: that reads its internals (fast path ``splice``).
+HAVE_SPLICE = hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK") and not os.environ.get("EDGE_NO_SPLICE") \
+    and fastpath.SPLICE
 CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -41,9 +43,7 @@ def eligible(transport: Any) -> bool:
         and not transport.disconnecting
 
 
-def flushed(transport: Any) -> bool:
-    """Twisted has no bytes waiting to be written on ``transport``."""
-    return not transport._tempDataLen and len(transport.dataBuffer) == transport.offset
+flushed = fastpath.flushed  # Twisted has no bytes waiting to be written on a transport
 
 
 _SPARE_PIPES: list[tuple[int, int]] = []
@@ -177,7 +177,7 @@ class _End:
             (self.splicer.reactor.addWriter if on else self.splicer.reactor.removeWriter)(self)
 
     def on_event(self, event: int) -> None:
-        """The epoll event mask, straight from the lightened event loop (edge.event_loop.DIRECT)."""
+        """The epoll event mask, straight from the lightened event loop (edge.net.fastpath.DIRECT)."""
         if event & EPOLLIN or (event & _TROUBLE and self.reading):
             pipe = self.outgoing  # an error or hang-up shows as a failing or empty splice
             try:
@@ -207,7 +207,7 @@ class _End:
         self.splicer.finish(reason)
 
 
-event_loop.DIRECT.add(_End)
+fastpath.DIRECT.add(_End)
 
 
 class Splicer:

@@ -80,16 +80,16 @@ def test_an_accepted_transport_that_cannot_flush_is_aborted():
 
 
 def test_the_private_write_buffer_is_checked_once_and_can_be_switched_off():
-    """edge.transports reads Twisted's private write buffer only if it is there, and not at all with
-    EDGE_FAST_PATHS=0: then Twisted's own close is used and edge says so once."""
+    """edge.net.fastpath reads Twisted's private write buffer only if it is there, and not at all with
+    EDGE_FAST_PATHS=0 (the older switch, still accepted): then Twisted's own close is used."""
     import os
     import subprocess
     import sys
 
-    from edge import transports
+    from edge.net import fastpath
 
-    assert transports.FAST  # this Twisted keeps dataBuffer, offset and _tempDataLen where edge reads them
-    code = "import edge.transports as t; print(t.FAST, t.pending_bytes(object()))"
+    assert fastpath.WRITE_BUFFER  # this Twisted keeps dataBuffer, offset and _tempDataLen where edge reads them
+    code = "import edge.transports as t, edge.net.fastpath as f; print(f.WRITE_BUFFER, t.pending_bytes(object()))"
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "EDGE_FAST_PATHS": "0"}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert off.stdout.split() == ["False", "0"], off.stderr

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,7 +32,7 @@ from zope.interface import implementer
 from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, answer_fields, error_response, failure_hint, h1_message
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
-from edge.transports import queued_for_peer
+from edge.transports import QUEUE_KNOWN, queued_for_peer
 from edge.http.h1_client import UpstreamConnection
 from edge.http.fields import (admitted_fields, block_fields, edit_fields, h2_request_fields, names_pattern,
                               sort_fields)
@@ -65,6 +65,32 @@ MAX_UNREAD = 262144
 DRAIN_CHECK = 0.05  # seconds between looks at a client that is behind
 
 
+@implementer(IPushProducer)
+class Backlog:
+    """Whether a client is behind on its answers, told by Twisted's producer API.
+
+    Without the ``write_buffer`` fast path (edge.net.fastpath) a transport cannot say how many bytes it
+    still holds.  Registered as the client transport's producer between responses, this is paused when
+    the transport's buffer passes Twisted's ``bufferSize`` and resumed once it has drained, so the
+    pipelining bound holds on Twisted's public path too (at Twisted's threshold rather than MAX_UNREAD).
+    """
+
+    __slots__ = ("behind", "registered")
+
+    def __init__(self) -> None:
+        self.behind = False
+        self.registered = False
+
+    def pauseProducing(self) -> None:
+        self.behind = True
+
+    def resumeProducing(self) -> None:
+        self.behind = False
+
+    def stopProducing(self) -> None:
+        self.behind = False
+
+
 def _drop_listed(fields: bytes, connection: bytes) -> bytes:
     """Remove the headers a Connection header names (they are hop-by-hop too), never the ones that
     frame or route the message (a request naming those was refused; a response keeps them)."""
@@ -86,6 +112,8 @@ class Http1Proxy(Protocol):
     it; then the connection closes.  (Plain HTTP only: Twisted's TLS layer
     ends the whole connection on the client's EOF.)
     """
+
+    backlog: Backlog | None = None  # set when connected, if the transport cannot count what it holds
 
     def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str) -> None:
         self.runtime = runtime
@@ -142,6 +170,7 @@ class Http1Proxy(Protocol):
         transport = self.transport
         own = getattr(transport, "queued_for_peer", None)  # edge's transports answer it themselves, cheaply
         self.queued = own if own is not None else (lambda: queued_for_peer(transport))
+        self.backlog = None if QUEUE_KNOWN else Backlog()
         self._arm(self.runtime.config.timeouts.inspect, "head")
 
     def dataReceived(self, data: bytes) -> None:
@@ -489,6 +518,8 @@ class Http1Proxy(Protocol):
         if done:
             self._finish(connection.reusable)
         elif not self.closed:
+            if self.backlog is not None:
+                self._watch_backlog(False)
             self.streaming = True
             self.transport.registerProducer(connection.transport, True)
             # A client that stops reading pauses the backend, and a backend that stops sending leaves the
@@ -584,6 +615,8 @@ class Http1Proxy(Protocol):
             self.close_after = True
         self._write(head)
         if not ended and not self.closed:
+            if self.backlog is not None:
+                self._watch_backlog(False)
             self.streaming = True
             self.transport.registerProducer(relay, True)
             self._arm(self.runtime.config.timeouts.idle, "idle")
@@ -696,10 +729,26 @@ class Http1Proxy(Protocol):
         self.body = None
         self.policy = None
         self._arm(self.runtime.config.timeouts.idle, "idle")
+        if self.backlog is not None:
+            self._watch_backlog(True)
         self._go_on()
 
+    def _watch_backlog(self, on: bool) -> None:
+        """Register (or unregister) :class:`Backlog` as the client transport's producer, when it is used:
+        only while no response feeds the client, and never across a close (Twisted would resume it
+        rather than close)."""
+        backlog = self.backlog
+        if backlog is None or backlog.registered == on or (on and (self.closed or self.streaming)):
+            return
+        backlog.registered = on
+        backlog.behind = False
+        if on:
+            self.transport.registerProducer(backlog, True)
+        else:
+            self.transport.unregisterProducer()
+
     def _go_on(self) -> None:
-        if self.queued() > MAX_UNREAD:
+        if self.queued() > MAX_UNREAD or (self.backlog is not None and self.backlog.behind):
             # The client is behind on its answers: start nothing more (and read nothing) until it catches up;
             # if it never does, the idle deadline closes the connection.
             if not self.paused:
@@ -756,6 +805,8 @@ class Http1Proxy(Protocol):
     def _close(self, abort: bool = False) -> None:
         self.closed = True
         self._cancel_wait()
+        if self.backlog is not None:
+            self._watch_backlog(False)
         self._stop_streaming()
         self._drop_upstream()  # not kept while a slow client takes the last bytes
         if abort:
@@ -853,6 +904,8 @@ class Http1Proxy(Protocol):
         if self.closed:
             return
         self._arm(self.runtime.config.timeouts.idle, "idle")
+        if self.backlog is not None:
+            self._watch_backlog(False)
         self.streaming = True
         self.transport.registerProducer(connection.transport, True)
         self.producing = True

@@ -1,0 +1,113 @@
+"""Bounded and lingering closes, on Twisted's public API.
+
+:class:`CloseWatch` bounds every close: ``loseConnection`` waits until the
+peer has taken every queued byte, so a peer that never reads would hold the
+socket (and what it references) for ever.  Once a close is asked, a peer
+that takes nothing for a grace period is aborted; one that is still reading
+keeps its connection until its data is out.  An answer of the edge's own
+fits in the kernel's socket buffer and closes at once; what can be left
+queued is the tail of a relayed response, so the TCP grace is that of
+HAProxy's usual ``timeout client`` (:data:`CLOSE_STALL`).
+
+:class:`Linger` is nginx's ``lingering_close``: closing a socket that still
+holds bytes the client sent makes the kernel reset the connection, and a
+reset can destroy the answer the client has not read yet (a 413 to an
+upload still under way).  When the edge closes a client connection with
+unread input, it sends its FIN and reads and discards for at most
+:data:`LINGER` seconds before the socket is closed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+import termios
+from typing import Any, Callable
+
+from twisted.internet import main
+from twisted.internet.abstract import FileDescriptor
+from twisted.python.failure import Failure
+
+DONE = Failure(main.CONNECTION_DONE)  # one instance for every clean close, as Twisted's reactor does
+CLOSE_STALL = 30.0  # seconds a closing TCP connection's peer may take no bytes before it is aborted
+LINGER = 2.0  # seconds a closed client connection's socket keeps reading what the client still sends
+
+
+class CloseWatch:
+    """Calls ``abort()`` once a closing connection's peer has taken no bytes for ``grace`` seconds.
+
+    ``pending()`` says how many bytes still wait for the peer; ``abort()`` ends the connection
+    (Twisted's ``abortConnection``: nothing more is written, ``connectionLost`` follows).
+    """
+
+    __slots__ = ("reactor", "pending", "abort", "grace", "left", "call")
+
+    def __init__(self, reactor: Any, pending: Callable[[], int], abort: Callable[[], None], grace: float) -> None:
+        self.reactor = reactor
+        self.pending = pending
+        self.abort = abort
+        self.grace = grace
+        self.left = pending()
+        self.call: Any = reactor.callLater(grace, self._check)
+
+    def _check(self) -> None:
+        left = self.pending()
+        if 0 < left < self.left:  # the peer is reading: give it another grace period
+            self.left = left
+            self.call = self.reactor.callLater(self.grace, self._check)
+            return
+        self.call = None
+        self.abort()
+
+    def cancel(self) -> None:
+        call, self.call = self.call, None
+        if call is not None and call.active():
+            call.cancel()
+
+
+def unread_bytes(sock: socket.socket) -> int:
+    """Bytes received on ``sock`` and not read yet (FIONREAD)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+class Linger(FileDescriptor):
+    """A closed client connection's socket, its FIN sent, reading and discarding until the client closes
+    too or :data:`LINGER` seconds have passed; then closed."""
+
+    def __init__(self, sock: socket.socket, reactor: Any) -> None:
+        FileDescriptor.__init__(self, reactor)
+        self.socket = sock
+        self.fileno = sock.fileno
+        self.connected = 1
+        self.timer: Any = reactor.callLater(LINGER, self.connectionLost, DONE)
+        self.startReading()
+
+    def doRead(self) -> Any:
+        try:
+            while self.socket.recv(65536):
+                pass
+        except BlockingIOError:
+            return None
+        except OSError:
+            pass
+        return main.CONNECTION_DONE  # the client's EOF (or an error): done
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self.connected:
+            return
+        self.connected = 0
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.stopReading()
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+
+    def logPrefix(self) -> str:
+        return "linger"

@@ -1,0 +1,1 @@
+"""The TLS layer.  pyOpenSSL and ``TLSMemoryBIOProtocol`` internals are used only in :mod:`edge.tls.fast_tls`."""
