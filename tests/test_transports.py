@@ -93,3 +93,76 @@ def test_the_private_write_buffer_is_checked_once_and_can_be_switched_off():
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "EDGE_FAST_PATHS": "0"}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert off.stdout.split() == ["False", "0"], off.stderr
+
+
+# -- lingering: a close must not let the client's next bytes reset the connection -------------------
+
+def test_lingering_goes_on_while_the_client_takes_the_queued_output():
+    from edge.transports import LINGER, LINGER_TIME, keep_lingering
+
+    assert keep_lingering(3_000_000, 1_000_000, 0.0)  # taking the tail: one more period
+    assert keep_lingering(1_000_000, 0, 2.0)  # took its last bytes: a period to read them and answer
+    assert not keep_lingering(0, 0, 4.0)  # all taken a period ago: closed
+    assert not keep_lingering(1_000_000, 1_000_000, 2.0)  # takes nothing: closed
+    assert not keep_lingering(3_000_000, 1_000_000, LINGER_TIME - LINGER + 0.1)  # slow for too long: closed
+
+
+def test_a_linger_closes_once_the_client_stops_taking_its_output():
+    """On a clock: the socket stays open while the queue shrinks, one period more once it is empty."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from edge.transports import LINGER, Linger
+
+    clock = MemoryReactorClock()
+    server, client = socket.socketpair()
+    queued = [3000]
+    linger = Linger(server, clock, queued=lambda: queued[0])
+    for left in (2000, 1000, 0):
+        queued[0] = left
+        clock.advance(LINGER)
+        assert linger.connected and server.fileno() != -1
+    clock.advance(LINGER)
+    assert not linger.connected and server.fileno() == -1
+    client.close()
+
+
+def test_an_accepted_transport_closing_with_output_in_flight_lingers():
+    """On real TCP sockets: edge closes with nothing unread but its last bytes still queued in the kernel
+    (an HTTP/2 download's tail); the client, reading them, sends a frame (WINDOW_UPDATE) after the close.
+    A plain close made the kernel answer that frame with a reset and drop the queued tail
+    (test_hostile_h2 test_a_client_goaway_lets_its_downloads_finish, 1 run in 10)."""
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from edge import transports
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    server, _ = listener.accept()
+    listener.close()
+    server.setblocking(False)
+    sent = 0
+    try:
+        while True:
+            sent += server.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    assert transports.unread_bytes(server) == 0 and transports.queued_output(server) > 0
+
+    clock = MemoryReactorClock()
+    transport = transports.AcceptedTransport.__new__(transports.AcceptedTransport)
+    tcp.Connection.__init__(transport, server, Protocol(), clock)
+    transport.connected = 1
+    transport.protocol.makeConnection(transport)
+    transport.loseConnection()  # nothing in Twisted's buffer: closed at once
+
+    client.settimeout(10)
+    client.sendall(b"\0" * 13)  # the client's answer to what it reads, arriving after the close
+    received = 0
+    while chunk := client.recv(1 << 20):  # a reset raises ConnectionResetError here
+        received += len(chunk)
+    assert received == sent
+    client.close()
+    clock.advance(transports.LINGER_TIME)

@@ -60,7 +60,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edge.net.closing import CLOSE_STALL, DONE, CloseWatch, Linger, unread_bytes
+from edge.net.closing import CLOSE_STALL, DONE, CloseWatch, Linger, queued_output, unread_bytes
 
 log = Logger()
 
@@ -269,8 +269,9 @@ class AcceptedTransport(QuickClose, tcp.Server):
 
     if LINGER:
         def _closeSocket(self, orderly: bool) -> None:
-            # The edge closes (``disconnecting``) while the client's bytes wait unread: linger, do not reset.
-            if orderly and self.disconnecting and unread_bytes(self.socket):
+            # The edge closes (``disconnecting``) while the client's bytes wait unread, or while its own still
+            # wait for the client (who may answer them as it reads: WINDOW_UPDATE, PING): linger, do not reset.
+            if orderly and self.disconnecting and (unread_bytes(self.socket) or queued_output(self.socket)):
                 try:
                     self.socket.shutdown(socket.SHUT_WR)
                 except OSError:
