@@ -1069,6 +1069,11 @@ class _Parser:
                 if acme_backend is not None:
                     raise self.fail(f"{key}.acme_backend", "not needed with http = \"forward\": http_backend "
                                                            "gets every port 80 request, ACME challenges too")
+                guarded = [name for name in ("basic_auth", "forward_auth", "rate_limit") if name in item]
+                if guarded:
+                    raise self.fail(f"{key}.{guarded[0]}", "cannot hold on port 80 with http = \"forward\" (the "
+                                                           "connection goes whole to http_backend); use http = "
+                                                           "\"redirect\" so every request meets it over HTTPS")
             elif http_backend is not None:
                 raise self.fail(f"{key}.http_backend", "only used with http = \"forward\"")
             max_body = self.size(item["max_body"], f"{key}.max_body") if "max_body" in item else None

@@ -89,10 +89,11 @@ class Runtime:
 
         self.guards = {route.name: Guard(route, limiter(f"route:{route.name}", route.rate_limit))
                        for route in config.routes if route.terminated and route.guarded}
-        # TCP gates: (allow/deny, connection limiter) of passthrough routes, the SSH door and [[doors]].
+        # TCP gates: (allow/deny, connection limiter) of passthrough routes, the SSH door and [[doors]]; and
+        # of routes whose port 80 is forwarded whole (http = "forward"): their allow/deny hold there too.
         self.gates: dict[str, tuple[AddressRule, Limiter | None]] = {
             f"route:{route.name}": (route.addresses, limiter(f"route:{route.name}", route.conn_limit))
-            for route in config.routes if not route.terminated}
+            for route in config.routes if not route.terminated or route.http == "forward"}
         self.gates["ssh"] = (config.ssh_addresses, limiter("ssh", config.ssh_conn_limit))
         for door in config.doors:
             self.gates[f"door:{door.name}"] = (door.addresses, limiter(f"door:{door.name}", door.conn_limit))

@@ -484,3 +484,60 @@ def test_a_guarded_path_cannot_be_walked_around(edge, start, tmp_path, protocol)
     status, _, body = curl(e, protocol, "--path-as-is", "-u", "alice:wonderland", path="/%61dmin/secret.txt")
     assert status == 200 and body.startswith("SECRET"), body
     assert curl(e, protocol, path="/other")[2] == "public\n"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_auth_server_judges_the_real_request_never_the_clients_x_original_url(edge, logging_origin,
+                                                                                  auth_server, protocol):
+    """Authelia's legacy endpoint and Authentik's nginx one prefer X-Original-URL: a client's own must not
+    reach the auth server (it would have /private judged as a public URL); edge sets it from the request."""
+    e = edge(forward_route(logging_origin.port, auth_server.port), log_format="json")
+    status, _, _ = curl(e, protocol, "-b", "session=good", "-H", "X-Original-URL: https://public.example.test/",
+                        "-H", "X-Real-IP: 203.0.113.9", "-H", "X-Original-Method: GET", path="/private?x=1")
+    assert status == 200
+    asked = auth_server.asked[-1]
+    assert asked["x-original-url"] == f"https://{HOST}:{e.https_port}/private?x=1"
+    assert asked["x-real-ip"] == "127.0.0.1" and asked["x-original-method"] == "GET"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_no_spelling_of_the_user_header_is_forged(edge, start, tmp_path, protocol):
+    """With user_header, a client's Remote_User (nginx reads it as Remote-User with underscores_in_headers,
+    CGI backends always do) and, over HTTP/1.1, a Connection header naming Remote-User change nothing:
+    the backend sees the user edge admitted."""
+    port = free_port()
+    server = start(Nginx, tmp_path, f"""
+        server {{
+          listen 127.0.0.1:{port};
+          underscores_in_headers on;
+          location / {{ return 200 "user=$http_remote_user\\n"; }}
+        }}
+        """)
+    wait_listening(port, proc=server.proc)
+    users = tmp_path / "users"
+    subprocess.run(["htpasswd", "-B", "-C", "5", "-b", "-c", str(users), "alice", "wonderland"], check=True,
+                   capture_output=True, timeout=30)
+    e = edge(route(port, f'basic_auth = "{users}"\nuser_header = "Remote-User"'))
+    status, _, body = curl(e, protocol, "-u", "alice:wonderland", "-H", "Remote_User: admin", path="/")
+    assert (status, body) == (200, "user=alice\n")
+    if protocol == "--http1.1":
+        status, _, body = curl(e, protocol, "-u", "alice:wonderland", "-H", "Connection: Remote-User", path="/")
+        assert (status, body) == (200, "user=alice\n")
+
+
+def test_forwarded_port_80_keeps_the_routes_allow_list(edge, start, tmp_path, echo):
+    """http = "forward" hands port 80 over whole: a terminated route's allow list holds there too (403),
+    and rules that need each request (basic_auth, forward_auth, rate_limit) are a config error with it."""
+    e = edge(route(echo.port, f'allow = ["10.0.0.0/8"]\nhttp = "forward"\nhttp_backend = "tcp"\n')
+             + f'[backends.tcp]\nservers = ["127.0.0.1:{echo.port}"]\n')
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-H",
+                          f"Host: {HOST}", f"http://127.0.0.1:{e.http_port}/port80-secret"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout == "403"
+    from edge.config import ConfigError, parse
+    import tomllib
+
+    text = route(echo.port, 'http = "forward"\nhttp_backend = "tcp"\nbasic_auth = "x"\n').replace(
+        "[tls]", '[listen]\nhttps = ["127.0.0.1:1"]\n[tls]') + '[backends.tcp]\nservers = ["127.0.0.1:1"]\n'
+    with pytest.raises(ConfigError, match="basic_auth: cannot hold on port 80"):
+        parse(tomllib.loads(text), "edge.toml")

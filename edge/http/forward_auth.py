@@ -16,20 +16,27 @@ keep-alive pool (:class:`edge.http.h1_client.Http1Pool`, the backends' own).
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from typing import Any, Callable, NamedTuple
 
 from twisted.logger import Logger
 
 from edge.config import ForwardAuth
 from edge.http.framing import ResponseHead
-from edge.http.h1 import HOP_BY_HOP, field_list
+from edge.http.framing import ChunkedReader
+from edge.http.h1 import HOP_BY_HOP, connection_tokens, field_list
 
 log = Logger()
 
 MAX_AUTH_BODY = 65536  # an auth server's answer relayed to the client (a login page's redirect, an error page)
 # Not passed to the auth server: hop-by-hop, framing (the GET has no body), and what edge sets itself.
+# The X-Original-* and X-Real-IP forms too: Authelia's legacy endpoint and Authentik's nginx one prefer
+# X-Original-URL, so a client's own would have the request judged as another URL (found by a review).
 _REQUEST_SKIP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-method", b"x-forwarded-proto",
-                              b"x-forwarded-host", b"x-forwarded-uri", b"x-forwarded-for", b"forwarded"}
+                              b"x-forwarded-host", b"x-forwarded-uri", b"x-forwarded-for", b"forwarded",
+                              b"x-forwarded-port", b"x-forwarded-prefix", b"x-forwarded-server", b"x-original-url",
+                              b"x-original-uri", b"x-original-method", b"x-real-ip"}
 # Not relayed from the auth server's answer: hop-by-hop and framing (edge frames the body again).
 _RESPONSE_SKIP = HOP_BY_HOP | {b"content-length"}
 
@@ -62,7 +69,8 @@ def auth_head(config: ForwardAuth, method: str, scheme: str, host: str, uri: str
     lines = [b"GET %s HTTP/1.1\r\nhost: %s" % (config.target.encode("latin-1"), authority.encode("latin-1"))]
     lines += [b"%s: %s" % field for field in fields if field[0] not in _REQUEST_SKIP]
     for name, value in (("x-forwarded-method", method), ("x-forwarded-proto", scheme), ("x-forwarded-host", host),
-                        ("x-forwarded-uri", uri), ("x-forwarded-for", client)):
+                        ("x-forwarded-uri", uri), ("x-forwarded-for", client), ("x-original-url", f"{scheme}://{host}{uri}"),
+                        ("x-original-method", method), ("x-real-ip", client)):
         lines.append(b"%s: %s" % (name.encode("ascii"), value.encode("latin-1")))
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
@@ -74,7 +82,13 @@ def verdict(config: ForwardAuth, head: ResponseHead, body: bytes) -> Passed | Re
         wanted = {name.lower().encode("ascii") for name in config.copy_headers}
         user = next((value.decode("utf-8", "replace") for name, value in fields if name in USER_FIELDS and value), None)
         return Passed(tuple((name, value) for name, value in fields if name in wanted), user)
-    fields = [(name, value) for name, value in field_list(head.fields, head.lower) if name not in _RESPONSE_SKIP]
+    listed = connection_tokens(head.fields, head.lower)  # hop-by-hop too (RFC 9110 7.6.1)
+    fields = [(name, value) for name, value in field_list(head.fields, head.lower)
+              if name not in _RESPONSE_SKIP and name not in listed]
+    if head.lower.find(b"\r\ntransfer-encoding:") >= 0:  # relayed with a length: the chunks' payload only
+        reader = ChunkedReader(collect=True)
+        reader.feed(body)
+        body = b"".join(reader.pieces or ())
     return Refusal(head.status, fields, body)
 
 
@@ -174,7 +188,11 @@ def relay_response(refusal: Refusal, close: bool, head_only: bool) -> bytes:
     """The auth server's answer as an HTTP/1.1 response to the client (its body framed by a length)."""
     from edge.http.answers import STATUS_TEXT
 
-    lines = [b"HTTP/1.1 %d %s" % (refusal.status, STATUS_TEXT.get(refusal.status, "Error").encode("ascii"))]
+    try:
+        reason = STATUS_TEXT.get(refusal.status) or HTTPStatus(refusal.status).phrase
+    except ValueError:
+        reason = "Unknown"
+    lines = [b"HTTP/1.1 %d %s" % (refusal.status, reason.encode("ascii"))]
     lines += [b"%s: %s" % field for field in refusal.fields]
     lines.append(b"content-length: %d" % len(refusal.body))
     if close:

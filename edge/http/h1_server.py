@@ -363,6 +363,10 @@ class Http1Proxy(Protocol):
     def _upstream_head(self, head: RequestHead, host: bytes, path: str) -> bytes:
         fields, removed = drop_fields(head.fields, head.lower, REQUEST_DROP)
         admitted = self.admitted
+        if admitted is not None and removed:  # what the client's Connection lists goes before edge adds its
+            for name, value in removed:       # own: Connection: Remote-User must not strip the user it adds
+                if name == b"connection":
+                    fields = _drop_listed(fields, value)
         if admitted is not None and (admitted.drop or admitted.add):
             fields = edit_fields(fields, admitted.drop, admitted.add)
         rules = None
@@ -382,7 +386,7 @@ class Http1Proxy(Protocol):
                     forwarded_for.append(value)
                 elif name == b"forwarded":
                     forwarded.append(value)
-                elif name == b"connection":
+                elif name == b"connection" and admitted is None:
                     fields = _drop_listed(fields, value)
             tail = self._forwarded_tail(host, forwarded_for, forwarded)
         if rules:  # after edge's forwarding headers: a rule may change those too
