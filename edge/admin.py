@@ -118,7 +118,8 @@ class StatusPage(Resource):
         for route in runtime.config.routes:
             port80 = "-" if "https" not in route.doors else \
                 f"forward to {route.http_backend}" if route.http == "forward" else route.http
-            rows.append(f"<tr><td>{_e(route.name)}</td><td>{_e(', '.join(route.hosts))}</td><td>{_e(', '.join(route.paths))}</td>"
+            rows.append(f"<tr><td>{_e(route.name)}</td><td>{_e(', '.join(route.hosts))}</td>"
+                        f"<td>{_e(', '.join(route.paths))}</td>"
                         f"<td>{_e(route.tls)}</td><td>{_e(', '.join(route.doors))}</td><td>{_e(route.backend)}</td>"
                         f"<td>{_e(port80)}</td></tr>")
         servers = []
@@ -158,11 +159,16 @@ class StatusPage(Resource):
 <style>{STYLE}</style></head><body><h1>edge</h1>
 <p>edge {_e(__version__)}, up {_e(_since(STARTED[0], now))}; configuration <code>{_e(runtime.config.path)}</code>;
 last reload: {_e(reload)}; page made {now:%Y-%m-%d %H:%M:%S} UTC.</p>
-<h2>Listeners</h2><table><tr><th>door</th><th>address</th></tr>{listeners or '<tr><td colspan="2">none</td></tr>'}</table>
-<h2>Routes</h2><table><tr><th>name</th><th>hosts</th><th>paths</th><th>TLS</th><th>doors</th><th>backend</th><th>port 80</th></tr>{''.join(rows)}</table>
-<h2>Backends</h2><table><tr><th>backend</th><th>server</th><th>health</th><th>connections</th><th>balance</th></tr>{''.join(servers)}</table>
-<h2>Certificates</h2><table><tr><th>names</th><th>source</th><th>expires</th><th>days left</th></tr>{''.join(certs) or '<tr><td colspan="4">none issued yet</td></tr>'}</table>
-<h2>Recent warnings and errors</h2><table><tr><th>time</th><th>level</th><th>message</th></tr>{errors or '<tr><td colspan="3">none</td></tr>'}</table>
+<h2>Listeners</h2><table><tr><th>door</th><th>address</th></tr>\
+{listeners or '<tr><td colspan="2">none</td></tr>'}</table>
+<h2>Routes</h2><table><tr><th>name</th><th>hosts</th><th>paths</th><th>TLS</th><th>doors</th><th>backend</th>\
+<th>port 80</th></tr>{''.join(rows)}</table>
+<h2>Backends</h2><table><tr><th>backend</th><th>server</th><th>health</th><th>connections</th><th>balance</th></tr>\
+{''.join(servers)}</table>
+<h2>Certificates</h2><table><tr><th>names</th><th>source</th><th>expires</th><th>days left</th></tr>\
+{''.join(certs) or '<tr><td colspan="4">none issued yet</td></tr>'}</table>
+<h2>Recent warnings and errors</h2><table><tr><th>time</th><th>level</th><th>message</th></tr>\
+{errors or '<tr><td colspan="3">none</td></tr>'}</table>
 </body></html>"""
         return page.encode("utf-8")
 

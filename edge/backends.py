@@ -120,7 +120,8 @@ class Backend:
             if was_up:
                 log.warn(
                     "backend {backend} server {server} marked down for {seconds:g}s: {reason}",
-                    backend=self.name, server=str(state), seconds=self.config.fail_timeout, reason=describe_error(error),
+                    backend=self.name, server=str(state), seconds=self.config.fail_timeout,
+                    reason=describe_error(error),
                 )
 
 

@@ -634,7 +634,8 @@ class _Parser:
                 if not secret or not base64.b64decode(secret, validate=True):
                     raise ValueError
             except ValueError:
-                raise self.fail("acme.dns.tsig_secret_file", f"{secret_file} does not hold a base64 TSIG secret") from None
+                raise self.fail("acme.dns.tsig_secret_file",
+                                f"{secret_file} does not hold a base64 TSIG secret") from None
             options["tsig_secret"] = secret
         elif provider == "acme-dns":
             for required in ("api", "credentials_file"):
@@ -650,7 +651,8 @@ class _Parser:
                 raise self.fail("acme.dns.credentials_file", f"{path} is not JSON: {e}") from None
             fields = ("username", "password", "fulldomain", "subdomain")
             if not isinstance(credentials, dict) or not all(
-                    isinstance(v, dict) and all(isinstance(v.get(f), str) for f in fields) for v in credentials.values()):
+                    isinstance(v, dict) and all(isinstance(v.get(f), str) for f in fields)
+                    for v in credentials.values()):
                 raise self.fail("acme.dns.credentials_file", f"{path} must map each domain to an object with "
                                 + ", ".join(fields))
             options["credentials"] = {normalise_host(k): v for k, v in credentials.items()}
@@ -782,7 +784,8 @@ class _Parser:
                 raise self.fail(f"{key}.protocol", "only applies to http:// and https:// servers")
             options["protocol"] = self.choice(data["protocol"], f"{key}.protocol", ("http/1.1", "h2"))
             if options["protocol"] == "h2" and options.get("check", "").startswith("http "):
-                raise self.fail(f"{key}.check", "an HTTP check speaks HTTP/1.1: use \"tcp\" or \"tls\" for an h2 backend")
+                raise self.fail(f"{key}.check",
+                                "an HTTP check speaks HTTP/1.1: use \"tcp\" or \"tls\" for an h2 backend")
         if "proxy_protocol" in options and servers[0].scheme != "tcp":
             raise self.fail(f"{key}.proxy_protocol", "is for host:port (TCP) servers")
         return BackendConfig(name=name, servers=tuple(servers), **options)
@@ -892,7 +895,8 @@ class _Parser:
             if "file" not in value:
                 raise self.fail(f"{key}.file", "missing: the users file (htpasswd -B writes it)")
             realm = value.get("realm", label)
-            if not isinstance(realm, str) or not realm or not realm.isascii() or any(c in realm for c in '"\\\r\n') or not realm.isprintable():
+            if (not isinstance(realm, str) or not realm or not realm.isascii()
+                    or any(c in realm for c in '"\\\r\n') or not realm.isprintable()):
                 raise self.fail(f"{key}.realm", "must be a short ASCII text without quotes or backslashes")
             value = value["file"]
             key = f"{key}.file"
@@ -1007,7 +1011,8 @@ class _Parser:
             if not paths or any(not p.startswith("/") for p in paths):
                 raise self.fail(f"{key}.paths", "must be a list of path prefixes starting with \"/\"")
             if tls == "passthrough" and "paths" in item:
-                raise self.fail(f"{key}.paths", "a passthrough route cannot see paths; use tls = \"edge\" or \"reencrypt\"")
+                raise self.fail(f"{key}.paths",
+                                "a passthrough route cannot see paths; use tls = \"edge\" or \"reencrypt\"")
             if tls == "passthrough" and "max_body" in item:
                 raise self.fail(f"{key}.max_body", "a passthrough route cannot see request bodies")
             route_doors = tuple(self.string_list(item.get("doors", ["https"]), f"{key}.doors"))
@@ -1051,15 +1056,18 @@ class _Parser:
                 self.backend_ref(item["backend"], f"{key}.backend", backends, "http")
                 scheme = backends[item["backend"]].servers[0].scheme
                 if tls == "reencrypt" and scheme != "https":
-                    raise self.fail(f"{key}.backend", f"tls = \"reencrypt\" needs https:// servers in {item['backend']!r}")
+                    raise self.fail(f"{key}.backend",
+                                    f"tls = \"reencrypt\" needs https:// servers in {item['backend']!r}")
                 if tls == "edge" and scheme != "http":
-                    raise self.fail(f"{key}.backend", f"tls = \"edge\" needs http:// servers in {item['backend']!r}; use tls = \"reencrypt\" for https://")
+                    raise self.fail(f"{key}.backend", f"tls = \"edge\" needs http:// servers in {item['backend']!r}; "
+                                                      "use tls = \"reencrypt\" for https://")
             acme_backend = item.get("acme_backend")
             if acme_backend is not None:
                 self.backend_ref(acme_backend, f"{key}.acme_backend", backends, "tcp")
             http = self.choice(item.get("http", "redirect"), f"{key}.http", HTTP_MODES)
             if http == "allow" and tls == "passthrough":
-                raise self.fail(f"{key}.http", "\"allow\" serves the route over plain HTTP, which needs an HTTP backend")
+                raise self.fail(f"{key}.http",
+                                "\"allow\" serves the route over plain HTTP, which needs an HTTP backend")
             http_backend = item.get("http_backend")
             if http == "forward":
                 if http_backend is None:

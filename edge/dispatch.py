@@ -202,7 +202,8 @@ class Dispatcher(Protocol):
         info.protocol, info.sni, info.alpn = "tls", hello.sni, hello.alpn
         entry = self.runtime.routes.lookup(hello.sni)
         if entry is None:
-            self._reject("refused: no SNI" if hello.sni is None else "refused: no route for SNI", UNRECOGNIZED_NAME_ALERT)
+            self._reject("refused: no SNI" if hello.sni is None else "refused: no route for SNI",
+                         UNRECOGNIZED_NAME_ALERT)
             return
         route = entry.passthrough
         why = self.runtime.refused(f"route:{route.name}", info.client[0]) if route is not None else None

@@ -103,7 +103,8 @@ class ListenerService(Service):
             sock.close()  # the reactor holds its own duplicate
         transports.use_for(self.port)
         host = self.port.getHost()
-        log.info("listening for {door} on {address} (port {port})", door=self.door, address=str(self.address), port=host.port)
+        log.info("listening for {door} on {address} (port {port})", door=self.door, address=str(self.address),
+                 port=host.port)
         super().startService()
 
     def stopService(self):

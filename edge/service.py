@@ -302,7 +302,8 @@ class EdgeService(MultiService):
     def _check_file(self) -> None:
         state = self._config_mtime()
         if state != self._mtime:
-            what = self.config_path if state[0] != self._mtime[0] else f"a certificate file in {self.runtime.config.certs_dir}"
+            what = (self.config_path if state[0] != self._mtime[0]
+                    else f"a certificate file in {self.runtime.config.certs_dir}")
             self._mtime = state
             log.info("{what} changed", what=what)
             self.reload()

@@ -64,7 +64,8 @@ class EdgeTLSProtocol(FastTLSProtocol):
     def queued_for_peer(self) -> int:
         """Bytes written and not yet taken by the client: queued behind the handshake, and in the socket's buffer."""
         below = self.transport
-        return self.queued_tls() + (below.queued_for_peer() if isinstance(below, QuickClose) else queued_for_peer(below))
+        return self.queued_tls() + (below.queued_for_peer() if isinstance(below, QuickClose)
+                                    else queued_for_peer(below))
 
     def _stuck(self) -> None:
         self.close_watch = None

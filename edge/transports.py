@@ -28,14 +28,16 @@ from typing import Any
 
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-from edge.net.closing import CLOSE_STALL, LINGER, LINGER_TIME, CloseWatch, Linger, keep_lingering, queued_output, unread_bytes
+from edge.net.closing import (CLOSE_STALL, LINGER, LINGER_TIME, CloseWatch, Linger, keep_lingering, queued_output,
+                              unread_bytes)
 from edge.net.fastpath import WRITE_BUFFER, AcceptedTransport, QuickClose, accept_with, pending_bytes
 
 # Whether queued_for_peer() knows the bytes a transport holds; without it (Twisted's public path only) it says 0
 # and a caller that must bound what a client leaves unread watches Twisted's producer calls instead.
 QUEUE_KNOWN = WRITE_BUFFER
 
-__all__ = ["CLOSE_STALL", "LINGER", "LINGER_TIME", "keep_lingering", "queued_output", "QUEUE_KNOWN", "AcceptedTransport", "CloseWatch", "Linger", "QuickClose", "pending_bytes",
+__all__ = ["CLOSE_STALL", "LINGER", "LINGER_TIME", "keep_lingering", "queued_output", "QUEUE_KNOWN",
+           "AcceptedTransport", "CloseWatch", "Linger", "QuickClose", "pending_bytes",
            "queued_for_peer", "under_tls", "unread_bytes", "use_for"]
 
 

@@ -93,7 +93,8 @@ def check_pair(host: str, chain_pem: bytes, key_pem: bytes) -> tuple[list[x509.C
     for cert in chain:
         if cert.not_valid_before_utc >= cert.not_valid_after_utc:
             raise PairProblem("certificate", f"{cert.subject.rfc4514_string()} is valid from "
-                                             f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}")
+                                             f"{cert.not_valid_before_utc:%Y-%m-%d} "
+                                             f"to {cert.not_valid_after_utc:%Y-%m-%d}")
     if host.lower() not in names_of(chain[0]):
         raise PairProblem("certificate", f"is for {', '.join(names_of(chain[0]))}, not {host}")
     return chain, key

@@ -7,10 +7,12 @@ after it, and the body left out for a HEAD request.
 from __future__ import annotations
 
 STATUS_TEXT = {
-    200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+    200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    408: "Request Timeout",
     413: "Content Too Large", 421: "Misdirected Request", 431: "Request Header Fields Too Large",
     429: "Too Many Requests",
-    499: "Client Closed Request", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    499: "Client Closed Request", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
 # The one-line bodies of the errors that need no further explanation.
@@ -45,7 +47,8 @@ def answer_fields(body: bytes, location: str | None = None, headers: tuple[tuple
 
 def h1_message(status: int, fields: list[tuple[bytes, bytes]], body: bytes, close: bool,
                head_only: bool = False) -> bytes:
-    """A complete HTTP/1.1 response of ``fields`` and ``body`` (left out for HEAD), ``Connection: close`` if ``close``."""
+    """A complete HTTP/1.1 response of ``fields`` and ``body`` (left out for HEAD),
+    ``Connection: close`` if ``close``."""
     head = b"HTTP/1.1 %d %s" % (status, STATUS_TEXT.get(status, "Error").encode("ascii"))
     lines = b"".join(b"\r\n%s: %s" % (_H1_NAMES.get(name, name), value) for name, value in fields)
     return head + lines + (b"\r\nConnection: close" if close else b"") + b"\r\n\r\n" + (b"" if head_only else body)

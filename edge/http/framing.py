@@ -51,7 +51,8 @@ class ResponseHead:
         if self.version == b"1.0":
             return b"keep-alive" in self.tokens(b"connection")
         lower = self.lower
-        return lower.find(b"\r\nconnection:") < 0 or lower.find(b"close") < 0 or b"close" not in self.tokens(b"connection")
+        return (lower.find(b"\r\nconnection:") < 0 or lower.find(b"close") < 0
+                or b"close" not in self.tokens(b"connection"))
 
 
 def parse_response_head(data: bytes, limit: int = 65536) -> ResponseHead | Verdict:

@@ -119,7 +119,8 @@ def check_fields(fields: bytes) -> None:
     """Reject malformed header lines, obsolete folding, and control characters (CR, LF, NUL, ...) inside a line."""
     if _BAD_FIELD_LINE.search(fields):
         raise Malformed("malformed header line")
-    if len(fields.translate(None, CONTROLS)) != len(fields) or fields.count(b"\n") != fields.count(b"\r\n") or fields.count(b"\r") != fields.count(b"\n"):
+    if (len(fields.translate(None, CONTROLS)) != len(fields) or fields.count(b"\n") != fields.count(b"\r\n")
+            or fields.count(b"\r") != fields.count(b"\n")):
         raise Malformed("control character in a header line")
 
 

@@ -37,7 +37,8 @@ class Owner(TypingProtocol):
 
     def upstream_ready(self, connection: "UpstreamConnection") -> None: ...
     def upstream_unavailable(self, status: int, reason: str) -> None: ...
-    def upstream_response(self, connection: "UpstreamConnection", head: ResponseHead, body: bytes, done: bool) -> None: ...
+    def upstream_response(self, connection: "UpstreamConnection", head: ResponseHead, body: bytes,
+                          done: bool) -> None: ...
     def upstream_body(self, data: bytes, done: bool) -> None: ...
     def upstream_failed(self, connection: "UpstreamConnection", reason: str) -> None: ...
 
@@ -155,7 +156,8 @@ class Http1Pool:
         """
         self._try(owner, self.backend.ordered(), 0, None, fresh)  # it skips servers at max_conn
 
-    def _try(self, owner: Owner, candidates: list[ServerState], index: int, last: Exception | None, fresh: bool) -> None:
+    def _try(self, owner: Owner, candidates: list[ServerState], index: int, last: Exception | None,
+             fresh: bool) -> None:
         backend = self.backend
         while index < len(candidates) and not backend.has_room(candidates[index]):
             index += 1
@@ -163,7 +165,8 @@ class Http1Pool:
             if last is None:
                 owner.upstream_unavailable(503, f"no server available in backend {backend.name}")
             else:
-                owner.upstream_unavailable(502, f"backend {backend.name} refused the connection: {describe_error(last)}")
+                owner.upstream_unavailable(
+                    502, f"backend {backend.name} refused the connection: {describe_error(last)}")
             return
         state = candidates[index]
         state.active += 1

@@ -248,7 +248,8 @@ class Http1Proxy(Protocol):
             return
         self.route = route
         self.policy = response_policy(route, self.scheme, head.method.encode("latin-1"),
-                                      field_values(head.fields, head.lower, b"accept-encoding") if route.compress else ())
+                                      field_values(head.fields, head.lower, b"accept-encoding")
+                                      if route.compress else ())
         if route.guarded:
             verdict = runtime.guards[route.name].check(self.info.client[0], head.get(b"authorization"),
                                                        runtime.reactor.seconds())
@@ -259,7 +260,8 @@ class Http1Proxy(Protocol):
             self.admitted, self.user = verdict, verdict.user
             if verdict.ask is not None:
                 fields = field_list(head.fields, head.lower)
-                question = auth_head(verdict.ask, head.method, self.scheme, host_value, path, self.info.client[0], fields)
+                question = auth_head(verdict.ask, head.method, self.scheme, host_value, path, self.info.client[0],
+                                     fields)
                 self.auth = runtime.ask_auth(
                     route, question, lambda result: self._auth_answered(result, head, route, raw_host, path))
                 return
@@ -310,7 +312,8 @@ class Http1Proxy(Protocol):
         self.upstream_head = self._upstream_head(head, raw_host, path)
         self.pool = upstream.http1
         if lower.find(b"\r\nupgrade:") >= 0 and is_websocket(head.version, self.body is not None,
-                                                             connection_tokens(head.fields, lower), head.get(b"upgrade")):
+                                                             connection_tokens(head.fields, lower),
+                                                             head.get(b"upgrade")):
             # Asked for, not granted: the connection stays HTTP unless the backend answers 101.
             self.upgrade = upgrade = head.get(b"upgrade")
             self.upstream_head = self.upstream_head[:-2] + b"connection: Upgrade\r\nupgrade: %s\r\n\r\n" % upgrade

@@ -333,7 +333,8 @@ class H2Codec(_Streams):
         if flood is not None:
             self.ended = True
             self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
-            out.append(Ended(f"HTTP/2 flood: more than {FLOOD_LIMITS[flood]} {flood} frames in {FLOOD_PERIOD:g}s", True))
+            out.append(Ended(f"HTTP/2 flood: more than {FLOOD_LIMITS[flood]} {flood} frames in {FLOOD_PERIOD:g}s",
+                             True))
         return out
 
     def _flood(self) -> str | None:

@@ -152,7 +152,8 @@ class Guard:
                 drop.add(b"authorization")
             if route.user_header is not None:
                 drop.update(spellings(route.user_header))
-            self.challenge = Answer(401, REASON_TEXT[401], None, (("www-authenticate", f'Basic realm="{basic.realm}"'),))
+            self.challenge = Answer(401, REASON_TEXT[401], None,
+                                    (("www-authenticate", f'Basic realm="{basic.realm}"'),))
         if route.forward_auth is not None:
             for name in route.forward_auth.copy_headers:
                 drop.update(spellings(name))

@@ -368,7 +368,8 @@ _LIGHTENED: set[int] = set()  # id() of the reactors lighten() changed
 
 def _probe_epoll_reactor(reactor: Any) -> list[str]:
     return (has(reactor, "_selectables", kind=dict) + has(reactor, "_reads", "_writes", kind=set)
-            + [f"EPollReactor._poller.{n}" for n in ("poll", "modify") if not hasattr(getattr(reactor, "_poller", None), n)])
+            + [f"EPollReactor._poller.{n}" for n in ("poll", "modify")
+               if not hasattr(getattr(reactor, "_poller", None), n)])
 
 
 def lighten(reactor: Any) -> bool:
