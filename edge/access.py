@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_access_rules, tests.test_access -*-
 """Who may come in: address rules, users files (basic auth) and token buckets.
 
 Sans-IO: plain values in, plain values out, the time passed in by the

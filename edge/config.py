@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config, tests.test_access_rules, tests.test_routes, tests.discovery.test_labels -*-
 """The edge's configuration: a TOML file turned into an immutable, validated snapshot.
 
 Every other module reads a :class:`Config`, never the file.  Loading either

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_observability, tests.test_accounting -*-
 """What the edge knows about one client connection, and its access-log line.
 
 The dispatcher fills this in as it learns (real client address after a

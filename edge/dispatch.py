@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_passthrough, tests.test_ssh, tests.test_proxy_protocol, tests.test_redirect -*-
 """The dispatcher: the protocol every listener starts a connection with.
 
 It buffers a bounded prefix (at most 16 KiB, for at most

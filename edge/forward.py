@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_passthrough, tests.test_flow, tests.test_ssh -*-
 """The TCP forwarder: a client transport paired with a backend connection.
 
 Each transport is registered as the producer for the other, so a slow

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_reload -*-
 """A config snapshot made live: the route table, backends and handler builders.
 
 The dispatcher asks the runtime it started with for handlers, so a reload

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_observability, tests.test_reload -*-
 """The edge's service tree: listeners, the live runtime, ACME; reload and drain.
 
 ``SIGHUP`` (or a changed file with ``[edge] watch = true``) re-reads the

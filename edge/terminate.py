@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_terminate -*-
 """TLS termination at the dispatcher's hand-over point.
 
 The dispatcher already has the ClientHello and its SNI; it picks the

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_timers -*-
 """Coarse timers for per-connection timeouts counted in seconds.
 
 Every forwarded connection has a few deadlines (the first bytes, the

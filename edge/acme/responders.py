@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_acme_storage, tests.test_acme -*-
 """Answers to pending ACME challenges, served by the edge's own listeners.
 
 An HTTP-01 token exists only while its order is pending; a TLS-ALPN-01

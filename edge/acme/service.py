@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_acme, tests.test_acme_resilience, tests.test_acme_shared -*-
 """The issuing service: checks, obtains, renews and swaps ACME certificates.
 
 At start-up it loads what ``state_dir`` holds into the live certificate

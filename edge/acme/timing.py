@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_acme_timing, tests.test_acme -*-
 """When a certificate is due for renewal, and when to check next.  Pure functions, no I/O, no clock.
 
 Without renewal information a certificate is due when a third of its

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_redirect, tests.test_http1_proxy, tests.test_hostile_http -*-
 """The short HTTP/1.1 answers the edge gives itself: errors, redirects, ACME tokens.
 
 One text/plain body, its length, ``Connection: close`` when the edge closes

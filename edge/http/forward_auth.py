@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_access_rules, tests.test_access -*-
 """Forward auth: ask an auth server (Authelia, Authentik, oauth2-proxy) whether a request may go on.
 
 The contract they implement for Traefik's ForwardAuth and Caddy's

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_transform -*-
+# -*- test-case-name: tests.http.test_transform, tests.test_transform_e2e -*-
 """What a route changes in the requests and responses it relays (sans-IO): header rules, ``hsts``,
 ``strip_prefix`` and compression.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_fastpath, tests.test_fastpath_off -*-
 """Every use edge makes of pyOpenSSL's and Twisted's TLS internals: each probed at import, each switchable.
 
 Twisted's ``TLSMemoryBIOProtocol`` learns that a memory BIO is empty by
