@@ -313,27 +313,44 @@ class Users:
         self._dummy = max(users.values(), key=_cost)
 
     def verify(self, user: str, password: bytes) -> bool:
-        """Whether ``password`` is ``user``'s."""
+        """Whether ``password`` is ``user``'s (hashing here if it is not remembered)."""
+        known = self.known(user, password)
+        if known is not None:
+            return known
+        result = self.compute(user, password)
+        self.remember(user, password, result)
+        return result
+
+    def _digest(self, user: str, password: bytes) -> bytes:
+        return hmac.new(self._key, user.encode("utf-8", "surrogateescape") + b"\0" + password, "sha256").digest()
+
+    def known(self, user: str, password: bytes) -> bool | None:
+        """The remembered answer (a password over ``MAX_PASSWORD`` bytes is a no), or None: it must be hashed."""
         if len(password) > MAX_PASSWORD:
             return False
-        digest = hmac.new(self._key, user.encode("utf-8", "surrogateescape") + b"\0" + password, "sha256").digest()
+        digest = self._digest(user, password)
         if digest in self.cache:
             self.cache.move_to_end(digest)
             return True
         if digest in self.failed:
             return False
+        return None
+
+    def compute(self, user: str, password: bytes) -> bool:
+        """The slow part, touching no shared state (so a worker thread may run it)."""
         stored = self.users.get(user)
         if stored is None:
             hash_checker(self._dummy)(self._dummy, password)  # the same work; the answer is no
-            result = False
-        else:
-            checker = hash_checker(stored)
-            result = checker is not None and checker(stored, password)
+            return False
+        checker = hash_checker(stored)
+        return checker is not None and checker(stored, password)
+
+    def remember(self, user: str, password: bytes, result: bool) -> None:
+        digest = self._digest(user, password)
         cache = self.cache if result else self.failed
         cache[digest] = result
         if len(cache) > (self.cache_size if result else self.cache_size // 4):
             cache.popitem(last=False)
-        return result
 
 
 def _cost(stored: str) -> float:

@@ -125,9 +125,16 @@ class Runtime:
             return "refused: too many connections"
         return None
 
-    def ask_auth(self, route: Any, head: bytes, done: Callable[[Any], None]) -> Any:
-        """Ask ``route``'s forward_auth server about a request (:class:`edge.http.forward_auth.AuthCheck`)."""
+    def ask_auth(self, route: Any, head: Any, done: Callable[[Any], None]) -> Any:
+        """Ask ``route``'s forward_auth server about a request (``head``: the question,
+        :class:`edge.http.forward_auth.AuthCheck`), or have a password hashed off the reactor (``head``: a
+        :class:`edge.http.policy.PasswordCheck`).  The answer goes to ``done``; the result has ``cancel()``."""
         from edge.http.forward_auth import AuthCheck
+        from edge.http.password_checks import PasswordJob
+        from edge.http.policy import PasswordCheck
+
+        if type(head) is PasswordCheck:
+            return PasswordJob(self.reactor, head, done)
 
         auth = route.forward_auth
         check = AuthCheck(self.auth_upstreams[auth.host, auth.port], self.reactor, auth, head, done)

@@ -541,3 +541,36 @@ def test_forwarded_port_80_keeps_the_routes_allow_list(edge, start, tmp_path, ec
         "[tls]", '[listen]\nhttps = ["127.0.0.1:1"]\n[tls]') + '[backends.tcp]\nservers = ["127.0.0.1:1"]\n'
     with pytest.raises(ConfigError, match="basic_auth: cannot hold on port 80"):
         parse(tomllib.loads(text), "edge.toml")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_password_hashing_does_not_hold_up_other_requests(edge, echo, tmp_path, protocol):
+    """bcrypt at cost 14 takes over a second here: while a wrong password is being hashed, a request for
+    another route is answered (it finishes first); hashing used to run in the reactor thread."""
+    users = tmp_path / "users"
+    subprocess.run(["htpasswd", "-B", "-C", "14", "-b", "-c", str(users), "bob", "builder"], check=True,
+                   capture_output=True, timeout=60)
+    e = edge(route(echo.port, f'paths = ["/private"]\nbasic_auth = "{users}"') + f"""
+    [[routes]]
+    name = "public"
+    hosts = ["{HOST}"]
+    tls = "edge"
+    backend = "web"
+    """)
+    port = e.https_port
+    slow = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", protocol,
+                             "--cacert", local_ca(e), "--resolve", f"{HOST}:{port}:127.0.0.1", "-u", "bob:guess",
+                             f"https://{HOST}:{port}/private"], stdout=subprocess.PIPE, text=True)
+    try:
+        cpu = lambda: sum(int(x) for x in open(f"/proc/{e.pid}/stat").read().rsplit(")", 1)[1].split()[11:13])
+        start, deadline = cpu(), time.monotonic() + 20
+        while cpu() - start < 30 and time.monotonic() < deadline:  # the edge is hashing (0.3 s of CPU spent)
+            time.sleep(0.02)
+        assert slow.poll() is None, "the hashing ended before the edge was seen at it"
+        status, _, body = curl(e, protocol, path="/public")
+        assert status == 200
+        assert slow.poll() is None, "the wrong password was answered before the other request"
+        assert slow.communicate(timeout=30)[0] == "401"
+    finally:
+        slow.kill()
+        slow.wait()

@@ -40,7 +40,8 @@ from edge.http.fields import (admitted_fields, block_fields, edit_fields, h2_req
 from edge.http.forwarded import forwarded_block
 from edge.http.forward_auth import Passed, Refusal, auth_head, relay_response
 from edge.http.h1_to_h2 import H1Response, H2Relay
-from edge.http.policy import IDEMPOTENT, Admitted, Answer, body_limit, decide, host_entry, is_websocket
+from edge.http.policy import (IDEMPOTENT, Admitted, Answer, PasswordCheck, body_limit, decide, host_entry,
+                              is_websocket)
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
     HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_list,
@@ -260,9 +261,9 @@ class Http1Proxy(Protocol):
                 return
             self.admitted, self.user = verdict, verdict.user
             if verdict.ask is not None:
-                fields = field_list(head.fields, head.lower)
-                question = auth_head(verdict.ask, head.method, self.scheme, host_value, path, self.info.client[0],
-                                     fields)
+                question = verdict.ask if type(verdict.ask) is PasswordCheck else auth_head(
+                    verdict.ask, head.method, self.scheme, host_value, path, self.info.client[0],
+                    field_list(head.fields, head.lower))
                 self.auth = runtime.ask_auth(
                     route, question, lambda result: self._auth_answered(result, head, route, raw_host, path))
                 return
@@ -270,7 +271,8 @@ class Http1Proxy(Protocol):
 
     def _auth_answered(self, result: Passed | Refusal | None, head: RequestHead, route: Any, raw_host: bytes,
                        path: str) -> None:
-        """The forward_auth server's word: go on with its headers, relay its answer, or 503 (fail closed)."""
+        """The forward_auth server's word (or the password's, hashed off the reactor): go on with its headers,
+        relay its answer, or 503 (fail closed)."""
         self.auth = None
         if self.closed or self.head is not head:
             return

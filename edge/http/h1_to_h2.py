@@ -25,7 +25,7 @@ answers and the access log; the relay tells it what happened.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol as TypingProtocol
 
 from h2.errors import ErrorCodes
 from twisted.internet.interfaces import IPushProducer
@@ -36,8 +36,29 @@ from edge.http.framing import chunk
 from edge.http.h2_client import H2BackendConnection
 from edge.http.transform import Compressor, ResponsePolicy, compressor
 
-if TYPE_CHECKING:
-    from edge.http.h1_server import Http1Proxy
+
+
+class RelayOwner(TypingProtocol):
+    """What :class:`H2Relay` calls back on the HTTP/1.1 connection it serves (``Http1Proxy`` is one): the
+    contract, so this module does not import the server that imports it."""
+
+    close_after: bool
+
+    def relay_ready(self, relay: "H2Relay") -> None: ...
+
+    def upstream_unavailable(self, status: int, reason: str) -> None: ...
+
+    def relay_response(self, relay: "H2Relay", status: int, head: bytes, ended: bool) -> None: ...
+
+    def relay_body(self, data: bytes) -> None: ...
+
+    def relay_end(self, tail: bytes) -> None: ...
+
+    def relay_cut_short(self, reason: str) -> None: ...
+
+    def relay_failed(self, reason: str) -> None: ...
+
+    def body_room(self, room: bool) -> None: ...
 
 # Request body bytes held for a stream whose window is closed, past which the client is not read.
 MAX_PENDING = 65536
@@ -121,7 +142,7 @@ class H1Response:
 class H2Relay:
     """One HTTP/1.1 request on a stream of an HTTP/2 backend connection."""
 
-    def __init__(self, proxy: "Http1Proxy", pool: Any, fields: list[tuple[bytes, bytes]], has_body: bool,
+    def __init__(self, proxy: RelayOwner, pool: Any, fields: list[tuple[bytes, bytes]], has_body: bool,
                  retriable: bool, response: H1Response) -> None:
         self.proxy = proxy
         self.pool = pool

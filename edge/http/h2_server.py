@@ -56,7 +56,7 @@ from edge.http.h1_client import UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
 from edge.http.forward_auth import Passed, Refusal, auth_head
-from edge.http.policy import IDEMPOTENT, Admitted, Answer, body_limit, decide, host_entry
+from edge.http.policy import IDEMPOTENT, Admitted, Answer, PasswordCheck, body_limit, decide, host_entry
 from edge.http.transform import BodyCoder, HeaderRules, ResponsePolicy, edits_request, forwarding, response_policy
 from edge.timers import coarse
 
@@ -312,8 +312,9 @@ class H2Server(Protocol):
         exchange.policy = policy
         exchange.user = admitted.user if admitted is not None else None
         if admitted is not None and admitted.ask is not None:  # the auth server first; the body waits in the exchange
-            question = auth_head(admitted.ask, method.decode("latin-1"), self.scheme, authority.decode("latin-1"),
-                                 target.decode("latin-1"), self.info.client[0], event.fields)
+            question = admitted.ask if type(admitted.ask) is PasswordCheck else auth_head(
+                admitted.ask, method.decode("latin-1"), self.scheme, authority.decode("latin-1"),
+                target.decode("latin-1"), self.info.client[0], event.fields)
             self.exchanges[stream] = exchange  # its body, end and reset are its own while the auth server thinks
             exchange.held = []
             exchange.auth = runtime.ask_auth(route, question, lambda result: exchange.auth_answered(result, upstream))

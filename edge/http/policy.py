@@ -99,7 +99,7 @@ class Admitted(NamedTuple):
     user: str | None  # who it is (basic auth), for the access log
     drop: frozenset[bytes]  # request headers removed (lower-case): credentials, headers a client could forge
     add: tuple[tuple[bytes, bytes], ...]  # request headers added (lower-case names)
-    ask: ForwardAuth | None = None  # the auth server to ask before going on (forward_auth)
+    ask: "ForwardAuth | PasswordCheck | None" = None  # asked before going on: forward_auth, or a password
 
 
 def basic_credentials(value: bytes | None) -> tuple[str, bytes] | None:
@@ -180,10 +180,26 @@ class Guard:
         wait = self.failures.wait(key, now)
         if wait > 0:
             return Answer(429, REASON_TEXT[429], None, (("retry-after", str(max(1, math.ceil(wait)))),))
-        if not basic.users.verify(*credentials):
+        known = basic.users.known(*credentials)
+        if known is None:  # to be hashed off the reactor: the caller asks, as it asks a forward_auth server
+            return Admitted(None, self.drop, (), PasswordCheck(self, key, *credentials))
+        return self.judged(key, credentials[0], known, now)
+
+    def judged(self, key: str, user: str, right: bool, now: float) -> Answer | Admitted:
+        """What a checked password means: the user admitted (with ``user_header``), or 401 counted as a failure."""
+        if not right:
             self.failures.take(key, now)
             return self.challenge
-        user = credentials[0]
-        if route.user_header is None:
+        if self.route.user_header is None:
             return Admitted(user, self.drop, ())
-        return Admitted(user, self.drop, ((route.user_header.lower().encode("ascii"), user.encode("utf-8")),))
+        return Admitted(user, self.drop, ((self.route.user_header.lower().encode("ascii"), user.encode("utf-8")),))
+
+
+class PasswordCheck(NamedTuple):
+    """A password no cache knows: hashed in a worker thread (bcrypt and argon2 release the GIL), so a flood
+    of guesses does not stall every other connection (``Admitted.ask``, answered by the runtime)."""
+
+    guard: Guard
+    key: str  # the client, as limits count it
+    user: str
+    password: bytes
