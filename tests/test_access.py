@@ -528,7 +528,7 @@ def test_no_spelling_of_the_user_header_is_forged(edge, start, tmp_path, protoco
 def test_forwarded_port_80_keeps_the_routes_allow_list(edge, start, tmp_path, echo):
     """http = "forward" hands port 80 over whole: a terminated route's allow list holds there too (403),
     and rules that need each request (basic_auth, forward_auth, rate_limit) are a config error with it."""
-    e = edge(route(echo.port, f'allow = ["10.0.0.0/8"]\nhttp = "forward"\nhttp_backend = "tcp"\n')
+    e = edge(route(echo.port, f'allow = ["192.0.2.0/24"]\nhttp = "forward"\nhttp_backend = "tcp"\n')
              + f'[backends.tcp]\nservers = ["127.0.0.1:{echo.port}"]\n')
     out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-H",
                           f"Host: {HOST}", f"http://127.0.0.1:{e.http_port}/port80-secret"],

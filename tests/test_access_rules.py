@@ -22,9 +22,9 @@ def rule(allow=(), deny=()) -> AddressRule:
 
 def test_address_rules():
     assert rule().permits("192.0.2.1") and not rule()
-    home = rule(["192.168.0.0/16", "fd00::/8"], ["192.168.1.66"])
-    assert home.permits("192.168.7.1") and home.permits("fd12::1") and home.permits("::ffff:192.168.7.1")
-    assert not home.permits("192.168.1.66") and not home.permits("::ffff:192.168.1.66")
+    home = rule(["198.51.100.0/24", "2001:db8::/32"], ["198.51.100.66"])
+    assert home.permits("198.51.100.7") and home.permits("2001:db8:12::1") and home.permits("::ffff:198.51.100.7")
+    assert not home.permits("198.51.100.66") and not home.permits("::ffff:198.51.100.66")
     assert not home.permits("8.8.8.8") and not home.permits("not an address")
     assert rule(deny=["::1"]).permits("127.0.0.1") and not rule(deny=["::1"]).permits("::1")
     assert not rule(deny=["fe80::/10"]).permits("fe80::1%eth0")
@@ -134,7 +134,8 @@ def test_rate_limits_count_ipv6_clients_by_their_64():
 
 
 @pytest.mark.parametrize("value, problem", [
-    ("192.168.1.10/0", "did you mean 0.0.0.0/0"), ("10.0.0.1/8", "did you mean 10.0.0.0/8"), ("x", "not an address"),
+    ("198.51.100.10/0", "did you mean 0.0.0.0/0"), ("198.51.100.7/24", "did you mean 198.51.100.0/24"),
+    ("x", "not an address"),
 ])
 def test_networks_with_bits_beyond_the_prefix_are_refused(value, problem):
     with pytest.raises(ValueError, match=problem):
