@@ -21,10 +21,12 @@ PROTOCOLS = ["--http1.1", "--http2"]
 PAGES = {status: f"<!doctype html><title>{status}</title><h1>edge says {status}</h1>\n"
          for status in (401, 403, 404, 429, 500, 502, 503)}
 HUGE = 50 * 1024 * 1024
+MEDIUM = 300 * 1024  # under the 1 MiB edge reads of an intercepted body to keep its connection
 
 
 def backend_config(port: int, files: Path, log: Path, http2: bool = False) -> str:
-    """nginx answering errors with bodies of its own, and a 500 with a 50 MB body at /huge."""
+    """nginx answering errors with bodies of its own; a 500 (nginx closes after it) and a 503 (kept alive) with a
+    50 MB body at /huge500 and /huge503, a 503 with a 300 KiB body at /medium."""
     return f"""
         log_format conn '$connection $connection_requests $request_uri $status';
         server {{
@@ -36,8 +38,11 @@ def backend_config(port: int, files: Path, log: Path, http2: bool = False) -> st
           location = /busy {{ return 503 "backend 503\\n"; }}
           location = /teapot {{ return 418 "backend 418\\n"; }}
           location = /ok {{ return 200 "backend ok\\n"; }}
-          location = /huge {{ error_page 500 /big.bin; return 500; }}
+          location = /huge500 {{ error_page 500 /big.bin; return 500; }}
+          location = /huge503 {{ error_page 503 /big.bin; return 503; }}
           location = /big.bin {{ internal; root {files}; }}
+          location = /medium {{ error_page 503 /medium.bin; return 503; }}
+          location = /medium.bin {{ internal; root {files}; }}
         }}
         """
 
@@ -50,6 +55,7 @@ class Backends:
         files.mkdir()
         with open(files / "big.bin", "wb") as f:
             f.truncate(HUGE)
+        (files / "medium.bin").write_bytes(b"m" * MEDIUM)
         self.port, self.h2_port = free_port(), free_port()
         self.log, self.h2_log = tmp / "access.log", tmp / "access-h2.log"
         self.nginx = start(Nginx, tmp, backend_config(self.port, files, self.log))
@@ -122,6 +128,11 @@ def edge_config(backends: Backends, users: Path) -> str:
     backend = "web"
     rate_limit = {{ requests = 1, per = "1m", burst = 1 }}
     [[routes]]
+    hosts = ["plain-http.example.test"]
+    tls = "edge"
+    backend = "web"
+    http = "deny"
+    [[routes]]
     hosts = ["paths.example.test"]
     tls = "edge"
     backend = "web"
@@ -183,6 +194,20 @@ def test_edges_own_errors_are_served_from_the_pages(paged, protocol):
     status, headers, body = fetch(e, protocol, "rate.example.test", "/ok")
     assert_page(status, headers, body, 429)
     assert int(headers["retry-after"]) >= 1
+
+
+def test_port_80_answers_use_the_pages_too(paged):
+    e = paged
+    result = subprocess.run(["curl", "-sS", "-i", "--max-time", "20", f"http://plain-http.example.test:{e.http_port}/",
+                             "--resolve", f"plain-http.example.test:{e.http_port}:127.0.0.1"],
+                            capture_output=True, timeout=40)
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 ") and body == PAGES[404].encode(), result.stdout
+    assert b"\r\nContent-Type: text/html; charset=utf-8\r\n" in head
+    redirect = subprocess.run(["curl", "-sS", "-i", "--max-time", "20", f"http://app.example.test:{e.http_port}/",
+                               "--resolve", f"app.example.test:{e.http_port}:127.0.0.1"],
+                              capture_output=True, timeout=40)
+    assert redirect.stdout.startswith(b"HTTP/1.1 308 ") and b"Redirecting to https://" in redirect.stdout  # no page
 
 
 def test_head_gets_the_pages_headers_without_a_body(paged, backends):
@@ -252,18 +277,37 @@ def test_keep_alive_after_an_intercepted_error(paged, backends, protocol):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_a_huge_intercepted_body_is_not_relayed_nor_held(paged, backends, protocol):
-    """A 500 with a 50 MB body: the client gets the page at once; edge reads at most a bounded part of the
-    body, drops that backend connection, and its memory stays flat."""
+def test_an_intercepted_body_read_to_its_end_keeps_the_backend_connection(paged, backends, protocol):
+    """A 503 with a 300 KiB body, intercepted: edge reads the body to its end and puts the connection back in
+    its pool, so a later request runs on it (asked for until it does, at most 20 times)."""
+    e = paged
+    result = curl(e, protocol, "app.example.test", "/medium")
+    assert result.returncode == 0 and result.stdout == PAGES[503].encode(), result
+    for _ in range(20):
+        assert fetch(e, protocol, "app.example.test", "/ok")[0] == 200
+        requests = backends.requests()
+        medium = next(conn for conn, _, uri, _ in requests if uri == "/medium")
+        if any(conn == medium and uri == "/ok" for conn, _, uri, _ in requests):
+            break
+    else:
+        raise AssertionError(f"the connection of /medium was never reused: {requests}")
+
+
+@pytest.mark.parametrize("status", [500, 503])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_huge_intercepted_body_is_not_relayed_nor_held(paged, backends, protocol, status):
+    """A 500 or 503 with a 50 MB body: the client gets the page at once and its connection goes on; edge reads
+    at most a bounded part of the body, drops that backend connection, and its memory stays flat."""
     e = paged
     before = rss_kib(e.pid)
     for _ in range(3):
-        result = curl(e, protocol, "app.example.test", "/huge", "/ok", args=("-w", "|%{http_code} %{num_connects}|"))
+        result = curl(e, protocol, "app.example.test", f"/huge{status}", "/ok",
+                      args=("-w", "|%{http_code} %{num_connects}|"))
         assert result.returncode == 0, result.stderr
-        assert result.stdout.decode() == f"{PAGES[500]}|500 1|backend ok\n|200 0|"
+        assert result.stdout.decode() == f"{PAGES[status]}|{status} 1|backend ok\n|200 0|"
     assert rss_kib(e.pid) - before < 20 * 1024, (before, rss_kib(e.pid))
     requests = backends.requests()
-    huge = {conn: int(number) for conn, number, uri, _ in requests if uri == "/huge"}
+    huge = {conn: int(number) for conn, number, uri, _ in requests if uri == f"/huge{status}"}
     assert len(huge) == 3, requests
     # A connection whose body was cut short serves nothing after it.
     assert not [r for r in requests if r[0] in huge and int(r[1]) > huge[r[0]]], requests
