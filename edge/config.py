@@ -149,7 +149,9 @@ class ForwardAuth:
 
 ACCESS_KEYS = ("allow", "deny", "basic_auth", "pass_authorization", "user_header", "forward_auth", "rate_limit",
                "conn_limit")
-TRANSFORM_KEYS = ("hsts", "headers", "strip_prefix", "compress")
+TRANSFORM_KEYS = ("hsts", "headers", "strip_prefix", "compress", "intercept_errors")
+MAX_ERROR_PAGE = 65536  # bytes of one [edge] errors_dir page
+_ERROR_PAGE = re.compile(r"([45]\d\d)\.html")
 # Fields a header rule may not set or remove: framing and the ones edge manages itself
 _FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "upgrade", "te", "keep-alive",
                               "host", "trailer"))
@@ -188,6 +190,7 @@ class Route:
     response_headers: HeaderRules = HeaderRules()  # headers = { response = { set, remove } }
     strip_prefix: str | None = None  # removed from the path before the backend sees it
     compress: bool = False  # gzip / zstd for clients that accept them
+    intercept_errors: bool = False  # a backend's 4xx/5xx with a page in errors_dir gets the page instead
 
     @property
     def guarded(self) -> bool:
@@ -316,6 +319,8 @@ class Config:
     ssh_addresses: AddressRule = AddressRule()  # [ssh] allow / deny
     ssh_conn_limit: Rate | None = None  # [ssh] conn_limit
     storage: StorageConfig | None = None  # [storage]: None keeps ACME state in state_dir
+    # [edge] errors_dir: status -> the page edge answers with for it (its own errors, intercepted ones)
+    error_pages: Mapping[int, bytes] = field(default_factory=dict)
 
 
 def load(path: str | Path) -> Config:
@@ -481,7 +486,8 @@ class _Parser:
                 raise self.fail("admin.listen", str(e)) from None
             if admin is None:
                 raise self.fail("admin.listen", "must be an address like \"127.0.0.1:9090\"")
-        edge = self.table(data.get("edge", {}), "edge", ("state_dir", "certs_dir", "watch", "workers"))
+        edge = self.table(data.get("edge", {}), "edge", ("state_dir", "certs_dir", "watch", "workers", "errors_dir"))
+        error_pages = self.error_pages(edge["errors_dir"], "edge.errors_dir") if "errors_dir" in edge else {}
         workers = self.positive_int(edge.get("workers", 1), "edge.workers")
         watch = edge.get("watch", False)
         if not isinstance(watch, bool):
@@ -506,6 +512,9 @@ class _Parser:
         doors = self.doors(data.get("doors", []), backends, listen, admin)
         routes = self.routes(data.get("routes", []), backends, {door.name: door for door in doors})
         for route in routes:
+            if route.intercept_errors and "errors_dir" not in edge:
+                raise self.fail(f"routes[{route.index}].intercept_errors",
+                                "needs [edge] errors_dir: the pages that replace the backend's errors")
             if route.acme_challenge is None:
                 continue
             key = f"routes[{route.index}].acme_challenge"
@@ -538,7 +547,31 @@ class _Parser:
             ssh_addresses=ssh_addresses,
             ssh_conn_limit=ssh_conn_limit,
             storage=self.storage(data["storage"]) if "storage" in data else None,
+            error_pages=error_pages,
         )
+
+    def error_pages(self, value: Any, key: str) -> dict[int, bytes]:
+        """``errors_dir``: its ``NNN.html`` files (NNN a 4xx or 5xx status, at most 64 KiB each), read now,
+        so a reload reads them again.  Hidden files (``.gitkeep``) are left alone."""
+        path = self.path_in(value, key)
+        try:
+            names = sorted(entry.name for entry in os.scandir(path) if not entry.name.startswith("."))
+        except OSError as e:
+            raise self.fail(key, f"cannot read {path}: {e.strerror}") from None
+        pages = {}
+        for name in names:
+            if not _ERROR_PAGE.fullmatch(name):
+                raise self.fail(key, f"{path}/{name}: not a page for an error status (name it like 502.html, "
+                                     "a 4xx or 5xx status)")
+            try:
+                with open(f"{path}/{name}", "rb") as f:
+                    page = f.read(MAX_ERROR_PAGE + 1)
+            except OSError as e:
+                raise self.fail(key, f"cannot read {path}/{name}: {e.strerror}") from None
+            if len(page) > MAX_ERROR_PAGE:
+                raise self.fail(key, f"{path}/{name} is larger than 64 KiB")
+            pages[int(name[:3])] = page
+        return pages
 
     def storage(self, data: Any) -> StorageConfig:
         """``[storage]``: ``redis`` (a URL) and its optional ``password_file`` (read now, like other secrets)."""
@@ -823,10 +856,11 @@ class _Parser:
                 raise self.fail(f"{key}.strip_prefix", f"{prefix!r} must begin every one of the route's paths "
                                                        f"(set paths = [\"{prefix}\"])")
             options["strip_prefix"] = prefix
-        if "compress" in item:
-            if not isinstance(item["compress"], bool):
-                raise self.fail(f"{key}.compress", "must be true or false")
-            options["compress"] = item["compress"]
+        for flag in ("compress", "intercept_errors"):
+            if flag in item:
+                if not isinstance(item[flag], bool):
+                    raise self.fail(f"{key}.{flag}", "must be true or false")
+                options[flag] = item[flag]
         return options
 
     def header_rules(self, value: Any, key: str) -> HeaderRules:

@@ -1,11 +1,19 @@
-# -*- test-case-name: tests.test_redirect, tests.test_http1_proxy, tests.test_hostile_http -*-
-"""The short HTTP/1.1 answers the edge gives itself: errors, redirects, ACME tokens.
+# -*- test-case-name: tests.test_redirect, tests.test_http1_proxy, tests.test_hostile_http, tests.test_error_pages -*-
+"""The short answers the edge gives itself, for HTTP/1.1 and HTTP/2: errors, redirects, ACME tokens.
 
 One text/plain body, its length, ``Connection: close`` when the edge closes
-after it, and the body left out for a HEAD request.
+after it, and the body left out for a HEAD request.  With ``[edge] errors_dir``
+an error whose status has a page there gets that page as text/html instead
+(``pages``: status -> bytes, read by :mod:`edge.config`); the same page
+replaces a backend's error answer on a route with ``intercept_errors``.
 """
 
 from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Mapping
+
+ErrorPages = Mapping[int, bytes]
 
 STATUS_TEXT = {
     200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -32,6 +40,9 @@ PUBLIC_TEXT = {
 
 
 TEXT_PLAIN = b"text/plain; charset=utf-8"
+TEXT_HTML = b"text/html; charset=utf-8"
+# At most this much of a backend's intercepted error body is read (and dropped) to keep its connection.
+DISCARD_LIMIT = 1024 * 1024
 _H1_NAMES = {b"content-type": b"Content-Type", b"content-length": b"Content-Length", b"location": b"Location"}
 
 
@@ -46,25 +57,54 @@ def answer_fields(body: bytes, location: str | None = None, headers: tuple[tuple
     return fields
 
 
+def own_answer(status: int, text: str, pages: ErrorPages | None = None, location: str | None = None,
+               headers: tuple[tuple[str, str], ...] = ()) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The fields and body of edge's answer ``status``: the page of ``pages`` for it when there is one
+    (text/html), else ``text`` (sent as it is) as text/plain."""
+    page = pages.get(status) if pages else None
+    if page is not None:
+        return answer_fields(page, location, headers, TEXT_HTML), page
+    body = text.encode("utf-8")
+    return answer_fields(body, location, headers), body
+
+
+def intercepts(enabled: bool, status: int, pages: ErrorPages | None) -> bool:
+    """Whether a backend's answer ``status`` is replaced by edge's page: the route has ``intercept_errors``
+    (``enabled``) and ``pages`` has one for that error."""
+    return enabled and status >= 400 and bool(pages) and status in pages
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase of ``status`` for an HTTP/1.1 status line."""
+    text = STATUS_TEXT.get(status)
+    if text is None:
+        try:
+            text = HTTPStatus(status).phrase
+        except ValueError:
+            text = "Error"
+    return text
+
+
 def h1_message(status: int, fields: list[tuple[bytes, bytes]], body: bytes, close: bool,
                head_only: bool = False) -> bytes:
     """A complete HTTP/1.1 response of ``fields`` and ``body`` (left out for HEAD),
     ``Connection: close`` if ``close``."""
-    head = b"HTTP/1.1 %d %s" % (status, STATUS_TEXT.get(status, "Error").encode("ascii"))
+    head = b"HTTP/1.1 %d %s" % (status, reason_phrase(status).encode("ascii"))
     lines = b"".join(b"\r\n%s: %s" % (_H1_NAMES.get(name, name), value) for name, value in fields)
     return head + lines + (b"\r\nConnection: close" if close else b"") + b"\r\n\r\n" + (b"" if head_only else body)
 
 
 def plain_response(status: int, body: str, close: bool, head_only: bool = False, location: str | None = None,
-                   headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """A complete response with ``body`` (sent as it is) as text/plain, and any more ``headers``."""
-    payload = body.encode("utf-8")
-    return h1_message(status, answer_fields(payload, location, headers), payload, close, head_only)
+                   headers: tuple[tuple[str, str], ...] = (), pages: ErrorPages | None = None) -> bytes:
+    """A complete response with ``body`` (sent as it is) as text/plain, or the page of ``pages`` for
+    ``status``, and any more ``headers``."""
+    fields, payload = own_answer(status, body, pages, location, headers)
+    return h1_message(status, fields, payload, close, head_only)
 
 
-def error_response(status: int) -> bytes:
-    """The edge's answer for ``status`` with its standard reason line, closing the connection."""
-    return plain_response(status, f"{REASON_TEXT[status]}\n", close=True)
+def error_response(status: int, pages: ErrorPages | None = None) -> bytes:
+    """The edge's answer for ``status`` with its standard reason line (or page), closing the connection."""
+    return plain_response(status, f"{REASON_TEXT[status]}\n", close=True, pages=pages)
 
 
 def failure_hint(reason: str) -> str:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_http1_proxy, tests.test_http_proxy -*-
+# -*- test-case-name: tests.test_http1_proxy, tests.test_http_proxy, tests.test_error_pages -*-
 """HTTP/1.1 connections to a backend's servers, kept alive in a pool per server.
 
 The HTTP/1.1 proxy (:mod:`edge.http.h1_server`) writes a request head and body
@@ -224,3 +224,51 @@ class Http1Pool:
                 connection.transport.loseConnection()
         self.idle.clear()
 
+
+
+class Discard:
+    """The rest of a response no client will read (a backend error edge replaced by its page): read and
+    dropped, at most ``limit`` bytes within ``seconds``.  The connection goes back to the pool only if the
+    response ended in time; otherwise it is closed, as nginx closes it after ``proxy_intercept_errors``."""
+
+    closed = False  # an Owner's: never a client that left
+
+    def __init__(self, pool: Http1Pool, connection: UpstreamConnection, limit: int, reactor: Any,
+                 seconds: float) -> None:
+        self.pool = pool
+        self.connection: UpstreamConnection | None = connection
+        self.left = limit
+        connection.owner = self
+        self.timer = reactor.callLater(seconds, self._release, False)
+
+    def upstream_body(self, data: bytes, done: bool) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        self.left -= len(data)
+        if done:
+            self._release(connection.reusable)
+        elif self.left < 0:
+            self._release(False)
+
+    def upstream_failed(self, connection: UpstreamConnection, reason: str) -> None:
+        self._release(False)
+
+    def _release(self, reusable: bool) -> None:
+        connection, self.connection = self.connection, None
+        if connection is None:
+            return
+        if self.timer.active():
+            self.timer.cancel()
+        self.pool.release(connection, reusable)
+
+    # The request was sent and answered before this took over: these are never called.
+    def upstream_ready(self, connection: UpstreamConnection) -> None:
+        self.pool.release(connection, reusable=True)
+
+    def upstream_unavailable(self, status: int, reason: str) -> None:
+        pass
+
+    def upstream_response(self, connection: UpstreamConnection, head: ResponseHead, body: bytes,
+                          done: bool) -> None:
+        self._release(False)

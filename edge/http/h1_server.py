@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_http1_proxy, tests.test_hostile_http, tests.test_http_proxy -*-
+# -*- test-case-name: tests.test_http1_proxy, tests.test_hostile_http, tests.test_http_proxy, tests.test_error_pages -*-
 """The HTTP/1.1 reverse proxy for terminated routes (and ``http = "allow"`` on port 80).
 
 A lean relay in the manner of HAProxy's HTTP mode rather than a web
@@ -30,11 +30,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, answer_fields, error_response, failure_hint, h1_message
+from edge.http.answers import (DISCARD_LIMIT, PUBLIC_TEXT, REASON_TEXT, error_response, failure_hint, h1_message,
+                               intercepts, own_answer)
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.transports import QUEUE_KNOWN, queued_for_peer
-from edge.http.h1_client import UpstreamConnection
+from edge.http.h1_client import Discard, UpstreamConnection
 from edge.http.fields import (admitted_fields, block_fields, edit_fields, h2_request_fields, names_pattern,
                               sort_fields)
 from edge.http.forwarded import forwarded_block
@@ -521,6 +522,9 @@ class Http1Proxy(Protocol):
         if head.status == 101:  # only ever reported for a request that asked to upgrade
             self._open_tunnel(connection, head, body)
             return
+        if intercepts(self.route.intercept_errors, head.status, self.runtime.config.error_pages):
+            self._intercept(head.status, connection, done)
+            return
         out = self._response_head(head, connection, done)
         if body or done:
             out += self._encode(body, done)
@@ -535,6 +539,30 @@ class Http1Proxy(Protocol):
             # A client that stops reading pauses the backend, and a backend that stops sending leaves the
             # client waiting: either way nothing moves, and the idle timeout ends it.
             self._arm(self.runtime.config.timeouts.idle, "idle")
+
+    def _intercept(self, status: int, connection: UpstreamConnection | None, done: bool) -> None:
+        """The backend answered an error edge has a page for, on a route with ``intercept_errors``: the client
+        gets edge's answer with that page (only the status is kept, as nginx's ``proxy_intercept_errors``).
+        The rest of the backend's body is read and dropped, bounded (:class:`Discard`); an HTTP/2 backend's
+        stream is reset unless it ended."""
+        self.outcome = "intercepted"
+        self.response_started = False
+        if connection is not None:
+            self.upstream = None
+            if self.producing:  # the request body was still going: that connection cannot be reused
+                self.producing = False
+                connection.transport.unregisterProducer()
+            connection.owner = None
+            if done or self.body is not None:
+                self.pool.release(connection, done and self.body is None and connection.reusable)
+            else:
+                runtime = self.runtime
+                Discard(self.pool, connection, DISCARD_LIMIT, runtime.reactor, runtime.config.timeouts.response)
+        self._drop_upstream()  # an HTTP/2 backend's stream
+        if self.body is not None:  # the rest of the request body is unread: this connection cannot go on
+            self.body = None
+            self.close_after = True
+        self._answer(status, PUBLIC_TEXT.get(status) or REASON_TEXT.get(status) or "error", close=self.close_after)
 
     def upstream_body(self, data: bytes, done: bool) -> None:
         if self.deadline_kind == "idle":  # a streamed response or a tunnel: it moves
@@ -618,6 +646,10 @@ class Http1Proxy(Protocol):
         """The backend's response head, written as HTTP/1.1; its body streams with the client's socket as
         the producer's pace (the relay acknowledges the backend only what that socket took)."""
         self._cancel_response_timer()
+        if intercepts(self.route.intercept_errors, status, self.runtime.config.error_pages):
+            self.upstream_time = time.monotonic() - self.started
+            self._intercept(status, None, ended)
+            return
         self.upstream_time = time.monotonic() - self.started
         self.response_started = True
         self.status = status
@@ -792,8 +824,7 @@ class Http1Proxy(Protocol):
         head = self.head
         close = close or self.close_after
         self.status = status
-        payload = f"{text}\n".encode("utf-8")
-        fields = answer_fields(payload, location, headers)
+        fields, payload = own_answer(status, f"{text}\n", self.runtime.config.error_pages, location, headers)
         if self.policy is not None:  # an answer on a route: its response rules and HSTS
             fields = self.policy.fields(fields)
         message = h1_message(status, fields, payload, close, head is not None and head.method == "HEAD")
@@ -874,7 +905,7 @@ class Http1Proxy(Protocol):
             return
         if kind == "head":
             self.info.ended = "timeout: request head"
-            self._write(error_response(408))
+            self._write(error_response(408, self.runtime.config.error_pages))
             self._close()
             return
         self.info.ended = "timeout: idle"

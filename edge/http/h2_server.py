@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_h2_server, tests.test_hostile_h2, tests.test_grpc -*-
+# -*- test-case-name: tests.test_h2_server, tests.test_hostile_h2, tests.test_grpc, tests.test_error_pages -*-
 """HTTP/2 clients of terminated routes: the Twisted shell around :class:`edge.http.h2.H2Codec`.
 
 :class:`H2Server` moves bytes between the TLS connection and the codec and
@@ -46,13 +46,13 @@ from zope.interface import implementer
 from edge.connection import ConnectionInfo, log_request
 from edge.eager import write_now
 from edge.event_loop import after_events
-from edge.http.answers import PUBLIC_TEXT, REASON_TEXT, answer_fields, failure_hint
+from edge.http.answers import DISCARD_LIMIT, PUBLIC_TEXT, REASON_TEXT, failure_hint, intercepts, own_answer
 from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Request, Trailers, WindowOpened
 from edge.http.fields import RESPONSE_SKIP, admitted_fields, edit_fields, h2_request_fields, sort_fields
 from edge.http.forwarded import forwarded_block
 from edge.http.framing import LAST_CHUNK, ResponseHead, chunk
 from edge.http.h1 import HOP_BY_HOP, BadRequest, field_list, request_line_ok
-from edge.http.h1_client import UpstreamConnection
+from edge.http.h1_client import Discard, UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
 from edge.http.forward_auth import Passed, Refusal, auth_head
@@ -363,8 +363,7 @@ class H2Server(Protocol):
                headers: tuple[tuple[str, str], ...] = (), policy: ResponsePolicy | None = None) -> int:
         """Edge's own answer on ``stream`` (then a reset, if the client was still sending its body); on a
         route, with its response rules and HSTS (``policy``)."""
-        body = f"{text}\n".encode("utf-8")
-        fields = answer_fields(body, location, headers)
+        fields, body = own_answer(status, f"{text}\n", self.runtime.config.error_pages, location, headers)
         if exchange is not None:
             policy = exchange.policy
         if policy is not None:
@@ -625,9 +624,12 @@ class H2Exchange:
     def stream_response(self, status: int, fields: list[tuple[bytes, bytes]], ended: bool) -> None:
         if self.closed:
             return
+        self.upstream_time = time.monotonic() - self.started
+        if intercepts(self.route.intercept_errors, status, self.server.runtime.config.error_pages):
+            self._intercept(status, None, ended)
+            return
         self.response_started = True
         self.status = status
-        self.upstream_time = time.monotonic() - self.started
         fields = [(name, value) for name, value in fields if name not in RESPONSE_SKIP]
         policy = self.policy
         if policy is not None:
@@ -753,6 +755,9 @@ class H2Exchange:
             log.warn("{client}: 502 backend {backend} answered a WebSocket upgrade with {status}",
                      client=self.server.info.client[0], backend=self.route.backend, status=status)
             self._answer(502, "backend_failed")
+            return
+        if intercepts(self.route.intercept_errors, status, self.server.runtime.config.error_pages):
+            self._intercept(status, connection, done)
             return
         fields = []
         for line in head.fields.split(b"\r\n")[1:]:  # one pass; names lower-cased one by one
@@ -1001,6 +1006,28 @@ class H2Exchange:
                     self.client_body(data, size)
 
     # -- endings ---------------------------------------------------------------------------------
+
+    def _intercept(self, status: int, connection: UpstreamConnection | None, done: bool) -> None:
+        """The backend answered an error edge has a page for, on a route with ``intercept_errors``: edge's
+        answer with that page instead (only the status is kept, as nginx's ``proxy_intercept_errors``).  An
+        HTTP/1.1 backend's body is read and dropped, bounded (:class:`Discard`); an HTTP/2 backend's stream is
+        reset unless it ended."""
+        self.response_started = False
+        if connection is not None and connection is self.upstream:
+            self.upstream = None
+            if self.producing:
+                self.producing = False
+                connection.transport.unregisterProducer()
+            if self.backend_paused:
+                self.backend_paused = False
+                connection.transport.resumeProducing()
+            connection.owner = None
+            if done or not self.client_done:  # a request body still going: that connection cannot go on
+                self.pool.release(connection, done and self.client_done and connection.reusable)
+            else:
+                runtime = self.server.runtime
+                Discard(self.pool, connection, DISCARD_LIMIT, runtime.reactor, runtime.config.timeouts.response)
+        self._answer(status, "intercepted", PUBLIC_TEXT.get(status) or REASON_TEXT.get(status) or "error")
 
     def _answer(self, status: int, outcome: str, text: str | None = None) -> None:
         """Edge's answer instead of the backend's (nothing of a response was sent yet)."""

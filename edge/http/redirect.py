@@ -73,7 +73,7 @@ class Redirector(Protocol):
         self.timer = None
         self.info.ended = "timeout: request head" if self.buffer else "timeout: idle"
         if self.buffer:  # a head begun and never finished gets its 408, as on 443
-            self._write(error_response(408))
+            self._write(error_response(408, self.runtime.config.error_pages))
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -174,7 +174,7 @@ class Redirector(Protocol):
         self, status: int, body: str, location: str | None, close: bool, head: RequestHead | None = None
     ) -> None:
         head_only = head is not None and head.method == "HEAD"
-        answer = plain_response(status, body, close, head_only, location)
+        answer = plain_response(status, body, close, head_only, location, pages=self.runtime.config.error_pages)
         self._write(answer)
         if close:
             self.closing = True

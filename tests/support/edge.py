@@ -93,7 +93,7 @@ class Edge(Program):
                  accept_proxy: list[str] | None = None, timeouts: str = "", ipv6: bool = False,
                  certs_dir: str | None = None, ports: dict[str, int] | None = None,
                  log_format: str = "text", admin: bool = False, workers: int = 1, log_level: str = "info",
-                 listen_extra: str = "", state_dir: Path | None = None) -> None:
+                 listen_extra: str = "", state_dir: Path | None = None, edge_extra: str = "") -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         if ssh is None:
             ssh = "[ssh]" in body
@@ -118,7 +118,8 @@ class Edge(Program):
         self.config.write_text(
             f"[edge]\nstate_dir = {str(state_dir or tmp / 'state')!r}\n"
             + (f"certs_dir = {certs_dir!r}\n" if certs_dir else "")
-            + (f"workers = {workers}\n" if workers > 1 else "") + "\n[listen]\n" + "\n".join(listen) + "\n\n"
+            + (f"workers = {workers}\n" if workers > 1 else "") + (f"{edge_extra}\n" if edge_extra else "")
+            + "\n[listen]\n" + "\n".join(listen) + "\n\n"
             + (f'[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n\n' if admin else "")
             + "[timeouts]\n" + (textwrap.dedent(timeouts).strip() or 'inspect = "2s"\nconnect = "2s"\nidle = "60s"')
             + "\n\n" + textwrap.dedent(body)
