@@ -22,7 +22,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import ErrorPage, Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from edge import __version__, metrics
 from edge.connection import log_request
@@ -205,13 +205,32 @@ class _Challenge(ErrorPage):
         return super().render(request)
 
 
+class _NoBody(Request):
+    """The admin pages take no request body: one that announces a body (Content-Length, Transfer-Encoding)
+    is answered 413 and closed when its head is in, before twisted.web would read and spool it (a review
+    sent 300 MB, accepted whole, before the 401)."""
+
+    def gotLength(self, length: int | None) -> None:
+        if length or self.requestHeaders.hasHeader(b"transfer-encoding"):
+            transport = self.channel.transport
+            transport.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            transport.loseConnection()
+            address = getattr(self.getClientAddress(), "host", "-")
+            log_request(None, self.method.decode("latin-1"), (self.getHeader(b"host") or b"-").decode("latin-1"),
+                        self.uri.decode("latin-1"), 413, 0, None, None, None, None, 0.0,
+                        self.clientproto.decode("latin-1"), "body_too_large", listener="admin", client=address,
+                        count=False)
+            return
+        super().gotLength(length)
+
+
 class StatusSite(Site):
     """twisted.web's Site, logging each request in edge's access-log shape (``kind = "request"``,
     ``listener = "admin"``) instead of the combined log format, and applying ``[admin] allow``, ``deny``
     and ``basic_auth`` of the current configuration (a reload changes them) before any page."""
 
     def __init__(self, resource: Resource, runtime_source: Callable[[], Any]) -> None:
-        super().__init__(resource)
+        super().__init__(resource, requestFactory=_NoBody)
         self.runtime_source = runtime_source
 
     def getResourceFor(self, request):

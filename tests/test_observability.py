@@ -298,3 +298,25 @@ def test_admin_allow_and_basic_auth(edge, tmp_path):
     assert status("metrics") == 401
     statuses = [ev["status"] for ev in e.events() if ev.get("kind") == "request" and ev.get("listener") == "admin"]
     assert statuses == [403, 401, 401, 200, 200, 401], statuses
+
+
+def test_the_status_page_takes_no_request_body(edge):
+    """A body sent to the admin listener is refused (413, closed) when its head is in, not read and spooled
+    first: a 50 MB upload is cut short and the page still answers."""
+    port = free_port()
+    e = edge(f'[admin]\nlisten = "127.0.0.1:{port}"\n', log_format="json")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 50000000\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    for head in (b"Transfer-Encoding: chunked\r\n", b""):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + head + b"Connection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413 " if head else b"HTTP/1.1 200 "), answer[:100]
+    statuses = [ev["status"] for ev in e.events() if ev.get("listener") == "admin"]
+    assert statuses[:2] == [413, 413] and statuses[2] == 200, statuses
