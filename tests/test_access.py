@@ -574,3 +574,17 @@ def test_password_hashing_does_not_hold_up_other_requests(edge, echo, tmp_path, 
     finally:
         slow.kill()
         slow.wait()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_two_authorization_headers_are_no_credentials(edge, echo, tmp_path, protocol):
+    """With pass_authorization the backend reads Authorization too: a request carrying alice's right one
+    and another must not be checked on one and passed on with both (401)."""
+    users = tmp_path / "users"
+    subprocess.run(["htpasswd", "-B", "-C", "5", "-b", "-c", str(users), "alice", "wonderland"], check=True,
+                   capture_output=True, timeout=30)
+    e = edge(route(echo.port, f'basic_auth = "{users}"\npass_authorization = true'))
+    right = "Authorization: Basic " + base64.b64encode(b"alice:wonderland").decode()
+    other = "Authorization: Basic " + base64.b64encode(b"bob:builder").decode()
+    assert curl(e, protocol, "-H", right)[0] == 200
+    assert curl(e, protocol, "-H", right, "-H", other)[0] == 401

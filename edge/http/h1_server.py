@@ -42,6 +42,7 @@ from edge.http.forwarded import forwarded_block
 from edge.http.forward_auth import Passed, Refusal, auth_head, relay_response
 from edge.http.h1_to_h2 import H1Response, H2Relay
 from edge.http.policy import (IDEMPOTENT, Admitted, Answer, PasswordCheck, body_limit, decide, host_entry,
+                              one_authorization,
                               is_websocket)
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
@@ -254,7 +255,8 @@ class Http1Proxy(Protocol):
                                       field_values(head.fields, head.lower, b"accept-encoding")
                                       if route.compress else ())
         if route.guarded:
-            verdict = runtime.guards[route.name].check(self.info.client[0], head.get(b"authorization"),
+            verdict = runtime.guards[route.name].check(self.info.client[0], one_authorization(
+                                                           field_values(head.fields, head.lower, b"authorization")),
                                                        runtime.reactor.seconds())
             if type(verdict) is Answer:
                 self._answer(verdict.status, verdict.text, close=head.has_body, location=verdict.location,

@@ -56,7 +56,8 @@ from edge.http.h1_client import Discard, UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
 from edge.http.forward_auth import Passed, Refusal, auth_head
-from edge.http.policy import IDEMPOTENT, Admitted, Answer, PasswordCheck, body_limit, decide, host_entry
+from edge.http.policy import (IDEMPOTENT, Admitted, Answer, PasswordCheck, body_limit, decide, host_entry,
+                              one_authorization)
 from edge.http.transform import BodyCoder, HeaderRules, ResponsePolicy, edits_request, forwarding, response_policy
 from edge.timers import coarse
 
@@ -266,7 +267,7 @@ class H2Server(Protocol):
                                                               if name == b"accept-encoding"] if route.compress else ())
         admitted = None
         if route.guarded:
-            authorization = next((value for name, value in event.fields if name == b"authorization"), None)
+            authorization = one_authorization([value for name, value in event.fields if name == b"authorization"])
             verdict = runtime.guards[route.name].check(self.info.client[0], authorization, runtime.reactor.seconds())
             if type(verdict) is Answer:
                 self.answer(stream, event, verdict.status, verdict.text, verdict.location, route=route, started=started,

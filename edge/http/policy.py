@@ -102,6 +102,14 @@ class Admitted(NamedTuple):
     ask: "ForwardAuth | PasswordCheck | None" = None  # asked before going on: forward_auth, or a password
 
 
+def one_authorization(values: list[bytes]) -> bytes | None:
+    """The request's one Authorization value; with two or more, one that reads as no credentials (so a
+    401): edge must not check one while a backend (``pass_authorization``) reads another."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else b"ambiguous"
+
+
 def basic_credentials(value: bytes | None) -> tuple[str, bytes] | None:
     """The user name and password of an ``Authorization: Basic`` header; None if there is none or it is malformed."""
     if value is None:
