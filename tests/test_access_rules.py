@@ -143,8 +143,8 @@ def test_networks_with_bits_beyond_the_prefix_are_refused(value, problem):
 
 
 def test_mapped_ipv6_networks_match_ipv4_clients():
-    rule = access.AddressRule(allow=access.parse_networks(["::ffff:10.0.0.0/104"]))
-    assert rule.permits("10.1.2.3") and rule.permits("::ffff:10.1.2.3") and not rule.permits("11.0.0.1")
+    rule = access.AddressRule(allow=access.parse_networks(["::ffff:198.51.100.0/120"]))
+    assert rule.permits("198.51.100.3") and rule.permits("::ffff:198.51.100.3") and not rule.permits("198.51.101.3")
 
 
 def test_malformed_sha512_lines_are_refused_when_the_file_is_read():
@@ -240,7 +240,7 @@ def test_wrong_passwords_are_limited_per_client_before_hashing(tmp_path):
 
 @pytest.mark.parametrize("extra, tls, message", [
     ('allow = []', "edge", "routes[0].allow: is empty, which would refuse everyone"),
-    ('deny = ["10.0.0.0/33"]', "edge", "routes[0].deny: '10.0.0.0/33' is not an address or CIDR network"),
+    ('deny = ["198.51.100.0/33"]', "edge", "routes[0].deny: '198.51.100.0/33' is not an address or CIDR network"),
     ('conn_limit = { new = 1, per = "1m" }', "edge", "routes[0].conn_limit: is for passthrough routes"),
     ('rate_limit = { requests = 1, per = "1m" }', "passthrough", "cannot see HTTP requests (use conn_limit)"),
     ('rate_limit = { requests = 1 }', "edge", "routes[0].rate_limit.per: missing"),
@@ -282,7 +282,7 @@ def test_ssh_doors_and_listen_keys(tmp_path):
         deny = ["203.0.113.0/24"]
         [ssh]
         backend = "git"
-        allow = ["192.168.0.0/16"]
+        allow = ["198.51.100.0/24"]
         conn_limit = { new = 10, per = "1m" }
         [backends.git]
         servers = ["127.0.0.1:22"]
@@ -295,6 +295,6 @@ def test_ssh_doors_and_listen_keys(tmp_path):
         """))
     config = load(path)
     assert not config.listen.deny.permits("203.0.113.9") and config.listen.deny.permits("192.0.2.1")
-    assert config.ssh_addresses.permits("192.168.1.1") and not config.ssh_addresses.permits("10.0.0.1")
+    assert config.ssh_addresses.permits("198.51.100.1") and not config.ssh_addresses.permits("192.0.2.1")
     assert config.ssh_conn_limit == Rate(10, 60.0, 10)
     assert config.doors[0].conn_limit == Rate(3, 3600.0, 5) and not config.doors[0].addresses.permits("::1")

@@ -21,9 +21,9 @@ def test_parse_container_reads_the_docker_api_shape():
     item = {"Id": "abc", "Names": ["/web"], "Labels": {"edge.host": "a.test"},
             "Ports": [{"IP": "", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
                       {"IP": "", "PrivatePort": 53, "PublicPort": 5353, "Type": "udp"}],
-            "NetworkSettings": {"Networks": {"podman": {"IPAddress": "10.88.0.5"}}}}
+            "NetworkSettings": {"Networks": {"podman": {"IPAddress": "192.0.2.5"}}}}
     assert parse_container(item) == Container("abc", "web", {"edge.host": "a.test"}, (("", 80, 8080),),
-                                              ("10.88.0.5",))
+                                              ("192.0.2.5",))
 
 
 @pytest.mark.parametrize("labels, server", [
@@ -38,8 +38,8 @@ def test_published_ports_become_loopback_servers(labels, server):
 
 
 def test_an_unpublished_port_uses_the_container_address():
-    _, backend, _ = tables(box(labels={"edge.host": "a.test", "edge.port": "80"}, ports=(), addresses=("10.88.0.9",)))
-    assert backend["servers"] == ["http://10.88.0.9:80"]
+    _, backend, _ = tables(box(labels={"edge.host": "a.test", "edge.port": "80"}, ports=(), addresses=("192.0.2.9",)))
+    assert backend["servers"] == ["http://192.0.2.9:80"]
 
 
 @pytest.mark.parametrize("labels, problem", [
