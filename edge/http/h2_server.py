@@ -876,6 +876,12 @@ class H2Exchange:
         connection, self.upstream = self.upstream, None
         if connection is None:
             return
+        self._detach(connection)
+        # The backend answered before the whole request body was sent: that connection cannot go on.
+        self.pool.release(connection, reusable and self.client_done and not self.tunnel)
+
+    def _detach(self, connection: Any) -> None:
+        """An HTTP/1.1 backend connection stops being this exchange's: no producer, reading again, no owner."""
         if self.producing:
             self.producing = False
             connection.transport.unregisterProducer()
@@ -883,8 +889,6 @@ class H2Exchange:
             self.backend_paused = False
             connection.transport.resumeProducing()
         connection.owner = None
-        # The backend answered before the whole request body was sent: that connection cannot go on.
-        self.pool.release(connection, reusable and self.client_done and not self.tunnel)
 
     # -- the client's side ---------------------------------------------------------------------
 
@@ -1016,13 +1020,7 @@ class H2Exchange:
         self.response_started = False
         if connection is not None and connection is self.upstream:
             self.upstream = None
-            if self.producing:
-                self.producing = False
-                connection.transport.unregisterProducer()
-            if self.backend_paused:
-                self.backend_paused = False
-                connection.transport.resumeProducing()
-            connection.owner = None
+            self._detach(connection)
             if done or not self.client_done:  # a request body still going: that connection cannot go on
                 self.pool.release(connection, done and self.client_done and connection.reusable)
             else:
