@@ -441,7 +441,7 @@ def lookup_ns(routes: int) -> float:
     import tomllib
 
     from edge.config import parse
-    from edge.routes import RouteTable
+    from edge.config.routes import RouteTable
 
     text = "[backends.pass]\nservers = [\"127.0.0.1:1\"]\n" + "".join(
         f'[[routes]]\nhosts = ["h{i}.bench.test", "*.w{i}.bench.test"]\ntls = "passthrough"\nbackend = "pass"\n'

@@ -9,8 +9,8 @@ import textwrap
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from edge import access
-from edge.access import AddressRule, Limiter, Rate, TokenBucket, Users, parse_networks, parse_users, sha512_crypt
+from edge.config import access
+from edge.config.access import AddressRule, Limiter, Rate, TokenBucket, Users, parse_networks, parse_users, sha512_crypt
 from edge.config import ConfigError, load
 from edge.http.policy import Admitted, Answer, Guard
 from tests.support.edge import run_edge_command

@@ -202,7 +202,8 @@ def test_backend_names_survive_health_options(tmp_path):
     config = load(write(tmp_path, '[backends.web]\nservers = ["http://127.0.0.1:1"]\ncheck = "http GET /healthz"\n'
                                   'check_interval = "1s"\nrise = 3\nfall = 4\n'))
     web = config.backends["web"]
-    assert (web.name, web.check, web.check_interval, web.rise, web.fall) == ("web", "http GET /healthz", 1.0, 3, 4)
+    assert (web.name, str(web.check), web.check_interval, web.rise, web.fall) == ("web", "http GET /healthz", 1.0, 3, 4)
+    assert (web.check.kind, web.check.method, web.check.path) == ("http", "GET", "/healthz")  # parsed once, here
 
 
 def test_check_says_ok_in_one_line_and_binds_nothing(tmp_path):

@@ -53,11 +53,11 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 warnings = []
 globalLogPublisher.addObserver(lambda e: e.get("log_level") is LogLevel.warn and warnings.append(formatEvent(e)))
 {hide}
-import edge.net.fastpath as f, edge.tls.fast_tls, edge.eager, edge.splice
+import edge.net.fastpath as f, edge.tls.fast_tls, edge.net.eager, edge.net.splice
 on = sorted(name for name, path in f.PATHS.items() if path.on)
 print(json.dumps({{"warnings": warnings, "on": on, "pending": f.pending_bytes(object()),
-                   "plain_write": edge.eager.write_now.__doc__.startswith("``transport.write(data)`` (the"),
-                   "splice": edge.splice.HAVE_SPLICE, "close_at_once": f.QuickClose.close_at_once}}))
+                   "plain_write": edge.net.eager.write_now.__doc__.startswith("``transport.write(data)`` (the"),
+                   "splice": edge.net.splice.HAVE_SPLICE, "close_at_once": f.QuickClose.close_at_once}}))
 """
 
 # Twisted's write buffer without one of its fields: every FileDescriptor made from now on lacks _tempDataLen.

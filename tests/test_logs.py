@@ -18,7 +18,7 @@ import pytest
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from edge import logs
+from edge.ops import logs
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import Nginx
 from tests.test_terminate import local_ca
@@ -142,7 +142,7 @@ def test_fail2ban_filter_counts_the_scanner_not_the_user(edge, web, log_format):
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event["time"])
         expiry = next(json.loads(line) for line in log_file.read_text().splitlines() if '"expires"' in line
                       or "local CA" in line)
-        assert expiry["logger"] == "edge.runtime"
+        assert expiry["logger"] == "edge.app.runtime"
     else:
         text = log_file.read_text()
         assert "starting on" not in text and "Closed)" not in text and "\x1e" not in text

@@ -216,7 +216,7 @@ def test_status_page_says_how_the_last_reload_went(edge):
 
 
 def test_only_loopback_admin_addresses_go_unwarned():
-    from edge.service import _loopback
+    from edge.app.service import _loopback
 
     assert _loopback("127.0.0.1") and _loopback("127.0.0.2") and _loopback("::1") and _loopback("localhost")
     assert not _loopback("0.0.0.0") and not _loopback("::") and not _loopback("192.0.2.1") and not _loopback("edge")

@@ -3,7 +3,7 @@
 import pytest
 
 from edge.config import Route
-from edge.routes import RouteTable
+from edge.config.routes import RouteTable
 
 
 def route(i, *hosts, paths=("/",)):
@@ -52,7 +52,7 @@ def test_ten_thousand_routes():
     ("/a/b/..", "/a/"), ("/a/./", "/a/"), ("/a/..", "/"), ("/%zz/x", "/%zz/x"), ("/a%2", "/a%2"), ("/", "/"),
 ])
 def test_paths_are_matched_as_the_backend_reads_them(path, resolved):
-    from edge.routes import normalise_path
+    from edge.config.routes import normalise_path
 
     assert normalise_path(path) == resolved
 
@@ -61,7 +61,7 @@ def test_paths_are_matched_as_the_backend_reads_them(path, resolved):
                                   "/%2e%2e/admin/x", "/admin"])
 def test_a_guarded_prefix_cannot_be_walked_around(path):
     from edge.config import Route
-    from edge.routes import HostEntry
+    from edge.config.routes import HostEntry
 
     public, admin = Route(("a.test",), "edge", "web", paths=("/",)), Route(("a.test",), "edge", "web", paths=("/admin",))
     entry = HostEntry("a.test", [("/", public), ("/admin", admin)])

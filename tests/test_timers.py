@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from edge.timers import RESOLUTION, CoarseTimers
+from edge.net.timers import RESOLUTION, CoarseTimers
 
 
 def test_deadlines_fire_in_order_never_early_and_at_most_one_slot_late():

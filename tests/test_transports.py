@@ -1,4 +1,4 @@
-"""Bounded closes (edge.transports.CloseWatch), on Twisted's deterministic Clock, and on real sockets."""
+"""Bounded closes (edge.net.transports.CloseWatch), on Twisted's deterministic Clock, and on real sockets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 
 from twisted.internet.task import Clock
 
-from edge.transports import CloseWatch
+from edge.net.transports import CloseWatch
 
 
 def test_a_peer_that_takes_nothing_is_aborted_after_the_grace():
@@ -52,7 +52,7 @@ def test_an_accepted_transport_that_cannot_flush_is_aborted():
     from twisted.internet.protocol import Protocol
     from twisted.internet.testing import MemoryReactorClock
 
-    from edge import transports
+    from edge.net import transports
 
     lost = []
 
@@ -89,7 +89,7 @@ def test_the_private_write_buffer_is_checked_once_and_can_be_switched_off():
     from edge.net import fastpath
 
     assert fastpath.WRITE_BUFFER  # this Twisted keeps dataBuffer, offset and _tempDataLen where edge reads them
-    code = "import edge.transports as t, edge.net.fastpath as f; print(f.WRITE_BUFFER, t.pending_bytes(object()))"
+    code = "import edge.net.transports as t, edge.net.fastpath as f; print(f.WRITE_BUFFER, t.pending_bytes(object()))"
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "EDGE_FAST_PATHS": "0"}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert off.stdout.split() == ["False", "0"], off.stderr
@@ -98,7 +98,7 @@ def test_the_private_write_buffer_is_checked_once_and_can_be_switched_off():
 # -- lingering: a close must not let the client's next bytes reset the connection -------------------
 
 def test_lingering_goes_on_while_the_client_takes_the_queued_output():
-    from edge.transports import LINGER, LINGER_TIME, keep_lingering
+    from edge.net.transports import LINGER, LINGER_TIME, keep_lingering
 
     assert keep_lingering(3_000_000, 1_000_000, 0.0)  # taking the tail: one more period
     assert keep_lingering(1_000_000, 0, 2.0)  # took its last bytes: a period to read them and answer
@@ -111,7 +111,7 @@ def test_a_linger_closes_once_the_client_stops_taking_its_output():
     """On a clock: the socket stays open while the queue shrinks, one period more once it is empty."""
     from twisted.internet.testing import MemoryReactorClock
 
-    from edge.transports import LINGER, Linger
+    from edge.net.transports import LINGER, Linger
 
     clock = MemoryReactorClock()
     server, client = socket.socketpair()
@@ -135,7 +135,7 @@ def test_an_accepted_transport_closing_with_output_in_flight_lingers():
     from twisted.internet.protocol import Protocol
     from twisted.internet.testing import MemoryReactorClock
 
-    from edge import transports
+    from edge.net import transports
 
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge.acme.locks import HEARTBEAT, LOCK_TTL, LockDecision, LockRecord, decide_lock, new_record
-from edge.private_files import fsync_dir, private_dir, write_private
+from edge.tls.private_files import fsync_dir, private_dir, write_private
 
 
 class Storage(Protocol):

@@ -35,7 +35,7 @@ from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from edge import metrics
+from edge.ops import metrics
 from edge.acme.dns01 import plan_certificates
 from edge.acme.dns_solver import Dns01Solver
 from edge.acme.issuer import AcmeSession, describe
@@ -45,7 +45,7 @@ from edge.acme.responders import ChallengeResponders, tls_alpn_certificate
 from edge.acme.storage import AcmeStorage, Loaded, RecordedOrder
 from edge.acme.timing import RenewalInfo, due_at, next_check, pick_in_window
 from edge.acme.threads import Cancelled, run_in_daemon_thread
-from edge.certs.store import Certificate, CertificateStore
+from edge.tls.store import Certificate, CertificateStore
 from edge.config import Config
 
 log = Logger()

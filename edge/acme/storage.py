@@ -37,8 +37,8 @@ from twisted.logger import Logger
 from edge.acme.kv import FileStorage, HeldLock, Storage
 from edge.acme.timing import RenewalInfo
 from edge.acme.pairs import PairProblem, bad_name, check_pair, parse_key, split_bundle
-from edge.private_files import private_dir
-from edge.certs.store import Certificate
+from edge.tls.private_files import private_dir
+from edge.tls.store import Certificate
 
 log = Logger()
 

@@ -22,8 +22,8 @@ from typing import Any, Callable, Protocol as TypingProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from edge.backends import Backend, ServerState, describe_error
-from edge.outgoing import open_endpoint
+from edge.tcp.backends import Backend, ServerState, describe_error
+from edge.net.outgoing import open_endpoint
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.framing import ResponseHead, UntilClose, parse_response_head, response_reader
 

@@ -32,9 +32,9 @@ from zope.interface import implementer
 
 from edge.http.answers import (DISCARD_LIMIT, PUBLIC_TEXT, REASON_TEXT, error_response, failure_hint, h1_message,
                                intercepts, own_answer)
-from edge.connection import ConnectionInfo, log_request
-from edge.eager import write_now
-from edge.transports import QUEUE_KNOWN, queued_for_peer
+from edge.ops.access_log import ConnectionInfo, log_request
+from edge.net.eager import write_now
+from edge.net.transports import QUEUE_KNOWN, queued_for_peer
 from edge.http.h1_client import Discard, UpstreamConnection
 from edge.http.fields import (admitted_fields, block_fields, edit_fields, h2_request_fields, names_pattern,
                               sort_fields)

@@ -22,12 +22,12 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edge.backends import Backend, ServerState, describe_error
-from edge.event_loop import after_events
+from edge.tcp.backends import Backend, ServerState, describe_error
+from edge.net.event_loop import after_events
 from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Response, Trailers, WindowOpened
 from edge.http.h2 import H2ClientCodec
-from edge.outgoing import open_endpoint
-from edge.timers import coarse
+from edge.net.outgoing import open_endpoint
+from edge.net.timers import coarse
 
 log = Logger()
 

@@ -43,9 +43,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.connection import ConnectionInfo, log_request
-from edge.eager import write_now
-from edge.event_loop import after_events
+from edge.ops.access_log import ConnectionInfo, log_request
+from edge.net.eager import write_now
+from edge.net.event_loop import after_events
 from edge.http.answers import DISCARD_LIMIT, PUBLIC_TEXT, REASON_TEXT, failure_hint, intercepts, own_answer
 from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Request, Trailers, WindowOpened
 from edge.http.fields import RESPONSE_SKIP, admitted_fields, edit_fields, h2_request_fields, sort_fields
@@ -59,7 +59,7 @@ from edge.http.forward_auth import Passed, Refusal, auth_head
 from edge.http.policy import (IDEMPOTENT, Admitted, Answer, PasswordCheck, body_limit, decide, host_entry,
                               one_authorization)
 from edge.http.transform import BodyCoder, HeaderRules, ResponsePolicy, edits_request, forwarding, response_policy
-from edge.timers import coarse
+from edge.net.timers import coarse
 
 log = Logger()
 

@@ -18,11 +18,11 @@ import binascii
 import math
 from typing import NamedTuple
 
-from edge.access import Limiter, Rate, limit_key
+from edge.config.access import Limiter, Rate, limit_key
 from edge.config import ForwardAuth, Route
 from edge.http.answers import REASON_TEXT
 from edge.http.h1 import BadRequest, split_host
-from edge.routes import HostEntry, RouteTable
+from edge.config.routes import HostEntry, RouteTable
 
 
 class Answer(NamedTuple):

@@ -18,8 +18,8 @@ from twisted.python.failure import Failure
 from edge.acme.responders import ChallengeResponders
 from edge.config import Config
 from edge.http.answers import error_response, plain_response
-from edge.routes import RouteTable
-from edge.connection import ConnectionInfo, log_request
+from edge.config.routes import RouteTable
+from edge.ops.access_log import ConnectionInfo, log_request
 from edge.sniff import NEED_MORE
 from edge.http.h1 import BadRequest, RequestHead, parse_request_head
 from edge.http.policy import https_location
@@ -27,7 +27,7 @@ from edge.http.policy import https_location
 
 
 class RedirectRuntime(TypingProtocol):
-    """What the redirector needs of the live configuration (``edge.runtime.Runtime`` has it): the
+    """What the redirector needs of the live configuration (``edge.app.runtime.Runtime`` has it): the
     contract, so this module does not import the runtime that builds it."""
 
     reactor: Any

@@ -16,7 +16,7 @@ from typing import Iterable, NamedTuple, Protocol
 
 import zstandard
 
-from edge.headers import Fields, HeaderRules, hsts_value  # noqa: F401 (the rules' values live below config)
+from edge.config.headers import Fields, HeaderRules, hsts_value  # noqa: F401 (the rules' values live below config)
 from edge.config import Route
 from edge.http.framing import LAST_CHUNK, ChunkedReader, chunk
 

@@ -30,7 +30,7 @@ The fast paths (:data:`PATHS` says which are on):
 ``eager_write``
     ``write`` sends at once when nothing is queued before it; off, Twisted queues it for its next turn.
 ``splice``
-    zero-copy forwarding (:mod:`edge.splice`) once Twisted's buffer is known to be empty; off, Twisted relays.
+    zero-copy forwarding (:mod:`edge.net.splice`) once Twisted's buffer is known to be empty; off, Twisted relays.
 ``accept``
     accepted transports built without Twisted's per-connection log strings (a copy of ``tcp.Server.__init__``).
 ``connect``
@@ -196,7 +196,7 @@ class QuickClose:
         _shouldShutdown = False  # close() alone ends the connection: no other process holds the socket
     # Twisted's TLS protocol is not written for a transport that reports connectionLost from inside
     # its own loseConnection call (it carries on using the TLS state it has just torn down); under
-    # TLS the close waits for the next turn, as Twisted does it (see edge.transports.under_tls).
+    # TLS the close waits for the next turn, as Twisted does it (see edge.net.transports.under_tls).
     close_at_once = QUICK_CLOSE
     close_watch: CloseWatch | None = None
 

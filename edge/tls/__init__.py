@@ -1,2 +1,6 @@
-# -*- test-case-name: tests.test_fastpath -*-
-"""The TLS layer.  pyOpenSSL and ``TLSMemoryBIOProtocol`` internals are used only in :mod:`edge.tls.fast_tls`."""
+# -*- test-case-name: tests.test_fastpath, tests.test_terminate -*-
+"""The TLS layer: termination, the certificate store and its sources (PEM files, the local CA), private
+files, and the policy for TLS to backends.
+
+pyOpenSSL and ``TLSMemoryBIOProtocol`` internals are used only in :mod:`edge.tls.fast_tls`.
+"""

@@ -22,12 +22,12 @@ code runs), and switched off by ``EDGE_FASTPATH=off`` or
 ``tls_close``
     the socket closes once ``close_notify`` is out (as HAProxy and nginx do; TLS 1.2 and 1.3 allow it),
     by overriding ``_shutdownTLS``; off, Twisted waits for the peer's ``close_notify``, which
-    :class:`edge.terminate.EdgeTLSProtocol` bounds by aborting after its grace.
+    :class:`edge.tls.terminate.EdgeTLSProtocol` bounds by aborting after its grace.
 ``tls_queue``
     counts the application bytes queued behind a handshake (``_appSendBuffer``), for the pipelining
     bound and close watches; off, they count as unknown (0).
 
-The counts of bytes in and out go to ``self.info`` (an ``edge.connection.ConnectionInfo``).
+The counts of bytes in and out go to ``self.info`` (an ``edge.ops.access_log.ConnectionInfo``).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ else:
 class FastTLSProtocol(TLSMemoryBIOProtocol):
     """Twisted's TLS protocol with the fast paths above; counts bytes into ``self.info``."""
 
-    info: Any  # an edge.connection.ConnectionInfo: bytes_in, bytes_out
+    info: Any  # an edge.ops.access_log.ConnectionInfo: bytes_in, bytes_out
 
     if TLS_IO:
         def dataReceived(self, data: bytes) -> None:
@@ -142,7 +142,7 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
             super().write(data)
 
         def _flushSendBIO(self) -> None:
-            # As Twisted's, but the TLS records go out in this reactor turn (edge.eager), and are counted.
+            # As Twisted's, but the TLS records go out in this reactor turn (edge.net.eager), and are counted.
             connection = self._tlsConnection
             pending = held(connection, "_from_ssl")
             if pending == 0:

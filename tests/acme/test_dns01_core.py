@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge.addresses import parse_host_port as parse_server
+from edge.config.addresses import parse_host_port as parse_server
 from edge.acme.dns01 import (DnsProblem, Propagation, challenge_name, follow_cnames,
                              plan_certificates)
 from edge.acme.dns_solver import Journal

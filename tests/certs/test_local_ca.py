@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edge.certs.local_ca import LocalIssuer
+from edge.tls.local_ca import LocalIssuer
 
 
 def test_ca_pem_is_readable_by_another_user_and_the_key_is_not():

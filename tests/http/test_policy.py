@@ -20,7 +20,7 @@ from edge.http.policy import (
     https_location,
     is_websocket,
 )
-from edge.routes import RouteTable
+from edge.config.routes import RouteTable
 
 CONFIG = """
 [backends.web]

@@ -211,7 +211,7 @@ class Edge(Program):
         found = []
         for line in self.log().split("\n")[:-1]:  # the last piece may be a line still being written
             if line.startswith("{"):
-                event = json.loads(line)  # one clean object per line (edge.logs)
+                event = json.loads(line)  # one clean object per line (edge.ops.logs)
                 if logger is None or event["logger"] == logger:
                     found.append(event)
         return found

@@ -58,8 +58,8 @@ class EdgeServiceMaker:
     def makeService(self, options):
         from twisted.logger import LogLevel
 
-        from edge.logs import observer_factory
-        from edge.service import StartupError, check_config, make_service
+        from edge.ops.logs import observer_factory
+        from edge.app.service import StartupError, check_config, make_service
 
         if options["check"]:
             try:

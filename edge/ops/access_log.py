@@ -14,7 +14,7 @@ import time
 
 from twisted.logger import Logger, LogLevel
 
-from edge import metrics
+from edge.ops import metrics
 
 access_log = Logger(namespace="edge.access")
 WORKER = [0]  # this process's worker number ([edge] workers), set at start-up
@@ -61,7 +61,7 @@ class ConnectionInfo:
         self.ended: str | None = None
         self.proxied = False
         self.logged = False
-        self.spliced = False  # moved by os.splice in the kernel (edge.splice)
+        self.spliced = False  # moved by os.splice in the kernel (edge.net.splice)
 
     @property
     def local(self) -> tuple[str, int]:

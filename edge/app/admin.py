@@ -24,8 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import ErrorPage, Resource
 from twisted.web.server import Request, Site
 
-from edge import __version__, metrics
-from edge.connection import log_request
+from edge import __version__
+from edge.ops import metrics
+from edge.ops.access_log import log_request
 from edge.http.policy import basic_credentials
 
 STYLE = """
@@ -81,7 +82,7 @@ class DebugObjects(Resource):
         self.runtime = runtime
 
     def render_GET(self, request) -> bytes:
-        from edge.timers import coarse
+        from edge.net.timers import coarse
 
         gc.collect()
         objects = gc.get_objects()

@@ -34,8 +34,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edge.net.fastpath import BackendTransport, backend_address, writer_to_reader
-from edge.timers import coarse
-from edge.transports import under_tls
+from edge.net.timers import coarse
+from edge.net.transports import under_tls
 
 Opened = Callable[[Protocol], None]
 Failed = Callable[[Exception], None]

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from edge.config import BackendConfig, Server
-from edge.outgoing import TCPEndpoint, open_endpoint
+from edge.net.outgoing import TCPEndpoint, open_endpoint
 
 log = Logger()
 
@@ -43,7 +43,7 @@ class ServerState:
         self.active = 0
         self.fails = 0  # passive health: failed connects in a row
         self.down_until = 0.0
-        self.checked_up = True  # active health (edge.health); servers start up, as in HAProxy
+        self.checked_up = True  # active health (edge.tcp.health); servers start up, as in HAProxy
         self.check_fails = 0
         self.check_passes = 0
         self.checking = False

@@ -21,21 +21,21 @@ from zope.interface import implementer
 
 from edge.acme.responders import ACME_TLS_ALPN, ChallengeResponders
 from edge.config import Config, Door
-from edge.connection import ConnectionInfo
-from edge.routes import HostEntry, RouteTable
+from edge.ops.access_log import ConnectionInfo
+from edge.config.routes import HostEntry, RouteTable
 from edge.sniff import NEED_MORE, NO_MATCH, Malformed
 from edge.sniff.http import sniff_http
 from edge.sniff.proxy import ProxyHeader, sniff_proxy
 from edge.sniff.ssh import sniff_ssh
 from edge.sniff.tls import ClientHello, sniff_tls
-from edge.terminate import UNRECOGNIZED_NAME_ALERT
-from edge.timers import coarse
-from edge.transports import under_tls
+from edge.tls.terminate import UNRECOGNIZED_NAME_ALERT
+from edge.net.timers import coarse
+from edge.net.transports import under_tls
 
 
 
 class DispatchRuntime(TypingProtocol):
-    """What the dispatcher needs of the live configuration (``edge.runtime.Runtime`` has it): the
+    """What the dispatcher needs of the live configuration (``edge.app.runtime.Runtime`` has it): the
     contract, so the dispatcher does not import the runtime that builds its handlers."""
 
     reactor: Any

@@ -19,8 +19,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from edge import transports
-from edge.addresses import Address, SystemdAddress
+from edge.net import transports
+from edge.config.addresses import Address, SystemdAddress
 from edge.net.fastpath import systemd_descriptors
 
 log = Logger()

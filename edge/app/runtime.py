@@ -13,23 +13,24 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
-from edge.access import AddressRule, Limiter, Rate
+from edge.config.access import AddressRule, Limiter, Rate
 from edge.acme.responders import ACME_TLS_ALPN, ChallengeResponders
-from edge.access import limit_key
-from edge.backends import Backend
-from edge.certs.files import load_directory
-from edge.certs.local_ca import LocalIssuer
-from edge.certs.store import CertificateStore
+from edge.config.access import limit_key
+from edge.tcp.backends import Backend
+from edge.tls.files import load_directory
+from edge.tls.local_ca import LocalIssuer
+from edge.tls.store import CertificateStore
 from edge.config import BackendConfig, Config, Server
-from edge.connection import ConnectionInfo
-from edge.forward import TcpForward
+from edge.config.model import Scheme
+from edge.ops.access_log import ConnectionInfo
+from edge.tcp.forward import TcpForward
 from edge.http.h1_server import Http1Proxy
 from edge.http.h2_server import H2Server
 from edge.http.policy import Guard
 from edge.http.redirect import Redirector
-from edge.routes import HostEntry, RouteTable
+from edge.config.routes import HostEntry, RouteTable
 from edge.sniff.proxy import build_v1, build_v2
-from edge.terminate import AlpnSwitch, EdgeTLSProtocol
+from edge.tls.terminate import AlpnSwitch, EdgeTLSProtocol
 from edge.http.upstream import Upstream
 
 log = Logger()
@@ -107,8 +108,8 @@ class Runtime:
             key = (auth.host, auth.port)
             old = previous.auth_upstreams.get(key) if same_timeouts else None
             if old is None:
-                server = BackendConfig(f"forward_auth {auth.host}:{auth.port}", (Server(auth.host, auth.port, "http"),),
-                                       fail_timeout=1.0)
+                server = BackendConfig(f"forward_auth {auth.host}:{auth.port}",
+                                       (Server(auth.host, auth.port, Scheme.HTTP),), fail_timeout=1.0)
                 old = Upstream(Backend(server, reactor, config.timeouts.connect), reactor, config.timeouts.connect,
                                auth.timeout)
             self.auth_upstreams[key] = old

@@ -16,9 +16,9 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.connection import ConnectionInfo
+from edge.ops.access_log import ConnectionInfo
 from edge.tls.fast_tls import FastTLSProtocol
-from edge.transports import CloseWatch, QuickClose, queued_for_peer
+from edge.net.transports import CloseWatch, QuickClose, queued_for_peer
 
 TLS_CLOSE_GRACE = 2.0
 

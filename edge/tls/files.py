@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from edge.certs.store import Certificate
+from edge.tls.store import Certificate
 
 
 class CertificateFileError(Exception):

@@ -24,18 +24,18 @@ from twisted.logger import Logger, LogLevel
 
 from edge.acme.responders import ChallengeResponders
 from edge.acme.service import AcmeService
-from edge.admin import admin_site, note_reload
-from edge.certs.files import CertificateFileError, load_directory
-from edge import connection
+from edge.app.admin import admin_site, note_reload
+from edge.tls.files import CertificateFileError, load_directory
+from edge.ops import access_log as connection
 from edge.config import Config, ConfigError, load, parse
 from edge.discovery.labels import Container, merge
 from edge.discovery.podman import PodmanDiscovery
-from edge.dispatch import DispatchFactory
-from edge.event_loop import lighten, settle_memory
-from edge.health import HealthService
-from edge.listeners import ListenerService
-from edge.runtime import MissingCertificate, Runtime
-from edge.workers import WorkerSupervisor
+from edge.app.dispatch import DispatchFactory
+from edge.net.event_loop import lighten, settle_memory
+from edge.tcp.health import HealthService
+from edge.net.listeners import ListenerService
+from edge.app.runtime import MissingCertificate, Runtime
+from edge.ops.workers import WorkerSupervisor
 
 log = Logger()
 

@@ -20,11 +20,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.backends import Backend, BackendUnavailable, NoServerAvailable, ServerState, describe_error
-from edge.connection import ConnectionInfo
-from edge import splice
-from edge.eager import write_now
-from edge.timers import coarse
+from edge.tcp.backends import Backend, BackendUnavailable, NoServerAvailable, ServerState, describe_error
+from edge.ops.access_log import ConnectionInfo
+from edge.net import splice
+from edge.net.eager import write_now
+from edge.net.timers import coarse
 
 log = Logger()
 
@@ -63,7 +63,7 @@ class TcpForward(Protocol):
         self.backend_eof_seen = False
         self.closed = False
         self.paused = False
-        self.splice_at: int | None = None  # bytes relayed after which the kernel takes over (edge.splice)
+        self.splice_at: int | None = None  # bytes relayed after which the kernel takes over (edge.net.splice)
         self.splicer: splice.Splicer | None = None
         self.spliced_before = 0  # bytes the splicer had moved at the last idle check
 

@@ -23,8 +23,8 @@ from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from edge.backends import Backend, ServerState
-from edge.http.upstream import BackendTLSPolicy, _Unverified
+from edge.tcp.backends import Backend, ServerState
+from edge.tls.backend import BackendTLSPolicy, Unverified
 
 log = Logger()
 
@@ -52,10 +52,10 @@ class BackendChecker:
         self.config = backend.config
         self.reactor = reactor
         self.timeout = timeout
-        kind, _, rest = self.config.check.partition(" ")
-        self.kind = kind
-        self.method, _, self.path = rest.partition(" ")
-        if kind == "http":
+        check = self.config.check
+        assert check is not None  # only backends with a check get a checker
+        self.kind, self.method, self.path = check.kind, check.method, check.path
+        if self.kind == "http":
             policy = BackendTLSPolicy(self.config) if self.config.servers[0].scheme == "https" else None
             kwargs = {"contextFactory": policy} if policy else {}
             self.agent = Agent(reactor, connectTimeout=timeout, **kwargs)
@@ -94,7 +94,7 @@ class BackendChecker:
         if self.kind == "tls":
             done: Deferred = Deferred()
             name = self.config.server_name or state.server.host
-            endpoint = wrapClientTLS(_Unverified(name, [b"h2", b"http/1.1"]), state.endpoint)
+            endpoint = wrapClientTLS(Unverified(name, [b"h2", b"http/1.1"]), state.endpoint)
             endpoint.connect(Factory.forProtocol(lambda: _HandshakeProbe(done))).addErrback(done.errback)
             return done
         scheme = "https" if state.server.scheme == "https" else "http"

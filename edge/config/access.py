@@ -3,7 +3,7 @@
 
 Sans-IO: plain values in, plain values out, the time passed in by the
 caller.  The HTTP policy (:mod:`edge.http.policy`) and the dispatcher
-(:mod:`edge.dispatch`) ask these; neither has rules of its own.
+(:mod:`edge.app.dispatch`) ask these; neither has rules of its own.
 """
 
 from __future__ import annotations

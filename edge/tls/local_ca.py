@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.certs.store import Certificate
-from edge.private_files import private_dir, write_private  # noqa: F401 (write_private: its old home)
+from edge.tls.store import Certificate
+from edge.tls.private_files import private_dir, write_private  # noqa: F401 (write_private: its old home)
 
 LEAF_LIFETIME = datetime.timedelta(days=7)
 CA_LIFETIME = datetime.timedelta(days=3650)
