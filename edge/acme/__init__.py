@@ -1,2 +1,2 @@
-# -*- test-case-name: tests.test_acme -*-
+# -*- test-case-name: tests.e2e.test_acme -*-
 """Let's Encrypt (ACME, RFC 8555): account, challenges, issuance and renewal."""

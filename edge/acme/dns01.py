@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.acme.test_dns01_core, tests.test_dns01 -*-
+# -*- test-case-name: tests.unit.acme.test_dns01, tests.e2e.test_dns01 -*-
 """DNS-01 decisions without I/O: which record to write, where a CNAME chain ends, when it has propagated.
 
 The providers (``dns_providers``) and the issuing thread do the talking;

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dns01 -*-
+# -*- test-case-name: tests.e2e.test_dns01 -*-
 """The three DNS-01 providers, and the blocking DNS questions the solver asks.
 
 * ``rfc2136``: a dynamic update (RFC 2136) signed with TSIG (RFC 8945), sent

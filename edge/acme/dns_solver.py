@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.acme.test_dns01_core, tests.test_dns01 -*-
+# -*- test-case-name: tests.unit.acme.test_dns01, tests.e2e.test_dns01 -*-
 """DNS-01 for one order, in the ACME worker thread: write, wait until served, remove; remember removals.
 
 :meth:`Dns01Solver.present` follows each ``_acme-challenge`` CNAME chain,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme, tests.test_acme_resilience -*-
+# -*- test-case-name: tests.e2e.test_acme, tests.e2e.test_acme_resilience -*-
 """Blocking ACME steps, run in Twisted's thread pool with the ``acme`` library's ClientV2.
 
 Nothing here touches the reactor: challenge answers are published through

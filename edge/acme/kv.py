@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme_storage, tests.test_acme_shared -*-
+# -*- test-case-name: tests.e2e.test_acme_storage, tests.e2e.test_acme_shared -*-
 """Where ACME state lives: a small storage interface (CertMagic's model) and its two backends.
 
 Keys are ``/``-separated relative names (``acme/<server>/certs/HOST.pem``).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme_storage, tests.test_acme_shared -*-
+# -*- test-case-name: tests.e2e.test_acme_storage, tests.e2e.test_acme_shared -*-
 """Decisions about shared ACME state, with no I/O and no clock: locks and what to do with a host next.
 
 Several edges may share one set of certificates (CertMagic's model): before

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme_pairs, tests.test_acme_resilience -*-
+# -*- test-case-name: tests.unit.acme.test_pairs, tests.e2e.test_acme_resilience -*-
 """Is a stored certificate chain and its key fit to serve?  Pure functions, no I/O.
 
 ``state_dir`` is the user's disk: files get truncated, emptied, replaced by

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme_storage, tests.test_acme -*-
+# -*- test-case-name: tests.e2e.test_acme_storage, tests.e2e.test_acme -*-
 """Answers to pending ACME challenges, served by the edge's own listeners.
 
 An HTTP-01 token exists only while its order is pending; a TLS-ALPN-01

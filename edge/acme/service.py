@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme, tests.test_acme_resilience, tests.test_acme_shared -*-
+# -*- test-case-name: tests.e2e.test_acme, tests.e2e.test_acme_resilience, tests.e2e.test_acme_shared -*-
 """The issuing service: checks, obtains, renews and swaps ACME certificates.
 
 At start-up it loads what ``state_dir`` holds into the live certificate

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme_storage, tests.test_acme_resilience, tests.test_acme_shared -*-
+# -*- test-case-name: tests.e2e.test_acme_storage, tests.e2e.test_acme_resilience, tests.e2e.test_acme_shared -*-
 """ACME state: the account key, the certificates, unfinished orders, challenge answers and locks.
 
 Kept in a :class:`edge.acme.kv.Storage` (files under ``state_dir``, or

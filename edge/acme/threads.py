@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme_resilience -*-
+# -*- test-case-name: tests.e2e.test_acme_resilience -*-
 """Blocking ACME work in daemon threads that a stop never waits for.
 
 Twisted's thread pool is joined at reactor shutdown: an order polling a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acme_timing, tests.test_acme -*-
+# -*- test-case-name: tests.unit.acme.test_timing, tests.e2e.test_acme -*-
 """When a certificate is due for renewal, and when to check next.  Pure functions, no I/O, no clock.
 
 Without renewal information a certificate is due when a third of its

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_observability -*-
+# -*- test-case-name: tests.e2e.test_observability -*-
 """The admin listener's status page: routes, backends, certificates at a glance.
 
 Served by twisted.web on ``[admin] listen`` (loopback by default, off when

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_passthrough, tests.test_ssh, tests.test_proxy_protocol, tests.test_redirect -*-
+# -*- test-case-name: tests.e2e.test_passthrough, tests.e2e.test_ssh, tests.e2e.test_proxy_protocol -*-
 """The dispatcher: the protocol every listener starts a connection with.
 
 It buffers a bounded prefix (at most 16 KiB, for at most

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reload -*-
+# -*- test-case-name: tests.e2e.test_reload -*-
 """A config snapshot made live: the route table, backends and handler builders.
 
 The dispatcher asks the runtime it started with for handlers, so a reload

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_observability, tests.test_reload -*-
+# -*- test-case-name: tests.e2e.test_observability, tests.e2e.test_reload -*-
 """The edge's service tree: listeners, the live runtime, ACME; reload and drain.
 
 ``SIGHUP`` (or a changed file with ``[edge] watch = true``) re-reads the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.unit.config.test_parsing -*-
 """The configuration layer, below everything that reads it.
 
 :mod:`~edge.config.model` holds the snapshot's frozen dataclasses, :mod:`~edge.config.parsing` turns a TOML

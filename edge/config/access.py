@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_access_rules, tests.test_access -*-
+# -*- test-case-name: tests.unit.config.test_access, tests.e2e.test_access -*-
 """Who may come in: address rules, users files (basic auth) and token buckets.
 
 Sans-IO: plain values in, plain values out, the time passed in by the

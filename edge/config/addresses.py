@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.acme.test_dns01_core, tests.test_config -*-
+# -*- test-case-name: tests.unit.acme.test_dns01, tests.unit.config.test_parsing -*-
 """Listen addresses and backend server addresses as the config file writes them.
 
 ``"0.0.0.0:443"``, ``"[::]:443"``, ``"localhost:8443"`` for listeners;

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_transform, tests.test_transform_e2e -*-
+# -*- test-case-name: tests.unit.http.test_transform, tests.e2e.test_transform_e2e -*-
 """A route's header rules as values: what the config snapshot holds and the HTTP layer applies
 (:mod:`edge.http.transform`).  Below both, so the config does not import the HTTP package."""
 

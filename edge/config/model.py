@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config, tests.test_routes -*-
+# -*- test-case-name: tests.unit.config.test_parsing, tests.unit.config.test_routes -*-
 """The configuration snapshot: frozen dataclasses every other module reads, never the file.
 
 Built only by :mod:`edge.config.parsing`, which checks every value first; the allowed values of the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config, tests.test_access_rules, tests.test_routes, tests.discovery.test_labels -*-
+# -*- test-case-name: tests.unit.config.test_parsing, tests.unit.config.test_access, tests.unit.config.test_routes -*-
 """The edge's configuration: a TOML file turned into an immutable, validated snapshot.
 
 Loading either returns a complete :class:`~edge.config.model.Config` or raises :class:`ConfigError`,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routes, tests.http.test_policy -*-
+# -*- test-case-name: tests.unit.config.test_routes, tests.unit.http.test_policy -*-
 """Host-name lookup over the configured routes, most specific first.
 
 An exact name beats the longest ``*.suffix`` wildcard, which beats ``*``.

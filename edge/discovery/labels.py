@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.discovery.test_labels, tests.test_discovery -*-
+# -*- test-case-name: tests.unit.discovery.test_labels, tests.e2e.test_discovery -*-
 """Routes from container labels (sans-IO): the Docker API's container list in, config tables out.
 
 A container declares its route the way Traefik and caddy-docker-proxy users expect:

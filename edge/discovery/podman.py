@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_discovery -*-
+# -*- test-case-name: tests.e2e.test_discovery -*-
 """Podman's Docker-compatible API, watched for labelled containers (the Twisted shell of discovery).
 
 It lists the running containers (``GET /containers/json``) at start, whenever the event stream

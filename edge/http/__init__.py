@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_h1, tests.http.test_h2, tests.test_http1_proxy, tests.test_h2_server -*-
+# -*- test-case-name: tests.unit.http.test_h1, tests.unit.http.test_h2, tests.e2e.test_http1_proxy -*-
 """Everything HTTP the edge speaks, in the manner of h11 and h2.
 
 Codecs and policy take bytes or values and return events or decisions

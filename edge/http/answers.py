@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_redirect, tests.test_http1_proxy, tests.test_hostile_http, tests.test_error_pages -*-
+# -*- test-case-name: tests.e2e.test_redirect, tests.e2e.test_http1_proxy, tests.e2e.test_hostile_http -*-
 """The short answers the edge gives itself, for HTTP/1.1 and HTTP/2: errors, redirects, ACME tokens.
 
 One text/plain body, its length, ``Connection: close`` when the edge closes

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_h2, tests.test_h2_server -*-
+# -*- test-case-name: tests.unit.http.test_h2, tests.e2e.test_h2_server -*-
 """The events an HTTP codec reports to the relay: a request began, body bytes, its end, an abort.
 
 Plain tuples, the way h11 and h2 report theirs, so that the relay does not

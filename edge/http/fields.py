@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_fields, tests.test_h1_to_h2, tests.test_h2_server -*-
+# -*- test-case-name: tests.unit.http.test_fields, tests.e2e.test_h1_to_h2, tests.e2e.test_h2_server -*-
 """Request and response fields across protocols: one place for what passes a hop and what edge redoes.
 
 Used by both client codecs on their way to an HTTP/2 backend (and by the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_access_rules, tests.test_access -*-
+# -*- test-case-name: tests.unit.config.test_access, tests.e2e.test_access -*-
 """Forward auth: ask an auth server (Authelia, Authentik, oauth2-proxy) whether a request may go on.
 
 The contract they implement for Traefik's ForwardAuth and Caddy's

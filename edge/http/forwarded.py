@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_forwarded, tests.test_http1_proxy, tests.test_h2_server -*-
+# -*- test-case-name: tests.unit.http.test_forwarded, tests.e2e.test_http1_proxy, tests.e2e.test_h2_server -*-
 """The forwarding headers edge adds to every request it relays (one builder for HTTP/1.1 and HTTP/2 clients).
 
 ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and

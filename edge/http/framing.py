@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_framing, tests.test_http1_proxy -*-
+# -*- test-case-name: tests.unit.http.test_framing, tests.e2e.test_http1_proxy -*-
 """HTTP/1.1 message framing (RFC 9112), sans-I/O: response heads and body readers.
 
 The HTTP/1.1 proxy relays bodies as the bytes they arrived as (a chunked

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_h1, tests.test_http1_proxy, tests.test_hostile_http -*-
+# -*- test-case-name: tests.unit.http.test_h1, tests.e2e.test_http1_proxy, tests.e2e.test_hostile_http -*-
 """Recognise and read a plain HTTP/1.x request head (RFC 9112).
 
 Just enough HTTP for the port-80 redirector and for plain HTTP that lands

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_http1_proxy, tests.test_http_proxy, tests.test_error_pages -*-
+# -*- test-case-name: tests.e2e.test_http1_proxy, tests.e2e.test_http_proxy, tests.e2e.test_error_pages -*-
 """HTTP/1.1 connections to a backend's servers, kept alive in a pool per server.
 
 The HTTP/1.1 proxy (:mod:`edge.http.h1_server`) writes a request head and body

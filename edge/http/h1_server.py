@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_http1_proxy, tests.test_hostile_http, tests.test_http_proxy, tests.test_error_pages -*-
+# -*- test-case-name: tests.e2e.test_http1_proxy, tests.e2e.test_hostile_http, tests.e2e.test_http_proxy -*-
 """The HTTP/1.1 reverse proxy for terminated routes (and ``http = "allow"`` on port 80).
 
 A lean relay in the manner of HAProxy's HTTP mode rather than a web

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_fields, tests.test_h1_to_h2 -*-
+# -*- test-case-name: tests.unit.http.test_fields, tests.e2e.test_h1_to_h2 -*-
 """HTTP/1.1 clients of an HTTP/2 backend (``protocol = "h2"``): one request on one backend stream.
 
 Two parts, as everywhere in :mod:`edge.http`:

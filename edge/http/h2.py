@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_h2, tests.test_h2_server, tests.test_hostile_h2 -*-
+# -*- test-case-name: tests.unit.http.test_h2, tests.e2e.test_h2_server, tests.e2e.test_hostile_h2 -*-
 """The HTTP/2 server codec: h2's ``H2Connection`` behind edge's events, with edge's defences.
 
 Sans-IO like h2 itself: :meth:`H2Codec.receive` takes bytes (and the time)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_h1_to_h2, tests.test_grpc -*-
+# -*- test-case-name: tests.e2e.test_h1_to_h2, tests.e2e.test_grpc -*-
 """HTTP/2 to a backend's servers (``protocol = "h2"``): a few connections per server, streams multiplexed.
 
 The Twisted shell around :class:`edge.http.h2.H2ClientCodec`.  An

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_h2_server, tests.test_hostile_h2, tests.test_grpc, tests.test_error_pages -*-
+# -*- test-case-name: tests.e2e.test_h2_server, tests.e2e.test_hostile_h2, tests.e2e.test_grpc -*-
 """HTTP/2 clients of terminated routes: the Twisted shell around :class:`edge.http.h2.H2Codec`.
 
 :class:`H2Server` moves bytes between the TLS connection and the codec and

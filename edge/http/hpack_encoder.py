@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_hpack_encoder, tests.test_h2_server -*-
+# -*- test-case-name: tests.unit.http.test_hpack_encoder, tests.e2e.test_h2_server -*-
 """An HPACK encoder for edge's responses that never uses the dynamic table (as HAProxy's does not).
 
 h2 encodes headers with ``hpack.Encoder``, which indexes every field into

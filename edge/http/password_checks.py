@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_access -*-
+# -*- test-case-name: tests.e2e.test_access -*-
 """Password hashing off the reactor: the Twisted shell of :class:`edge.http.policy.PasswordCheck`.
 
 bcrypt at cost 12 takes half a second.  Done in the reactor thread, four clients guessing were enough

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_policy, tests.test_access_rules, tests.test_http_proxy -*-
+# -*- test-case-name: tests.unit.http.test_policy, tests.unit.config.test_access, tests.e2e.test_http_proxy -*-
 """What to do with a request: the one routing decision for HTTP/1.1, HTTP/2 and port 80.
 
 Given the Host (or ``:authority``), the path and how the request arrived,

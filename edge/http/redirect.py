@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_redirect -*-
+# -*- test-case-name: tests.e2e.test_redirect -*-
 """Port 80 (and plain HTTP arriving on 443): redirect to HTTPS.
 
 Every request gets a 308 to ``https://`` on the same host and path, except

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_transform, tests.test_transform_e2e -*-
+# -*- test-case-name: tests.unit.http.test_transform, tests.e2e.test_transform_e2e -*-
 """What a route changes in the requests and responses it relays (sans-IO): header rules, ``hsts``,
 ``strip_prefix`` and compression.
 

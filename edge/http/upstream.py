@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_http1_proxy, tests.test_terminate, tests.test_h1_to_h2 -*-
+# -*- test-case-name: tests.e2e.test_http1_proxy, tests.e2e.test_terminate, tests.e2e.test_h1_to_h2 -*-
 """HTTP(S) backends: a keep-alive pool per backend, over TLS (:mod:`edge.tls.backend`) to https:// servers.
 
 Requests from HTTP/1.1 and HTTP/2 clients alike go to the backend over

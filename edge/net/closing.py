@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transports, tests.test_hostile_h2 -*-
+# -*- test-case-name: tests.e2e.test_transports, tests.e2e.test_hostile_h2 -*-
 """Bounded and lingering closes, on Twisted's public API.
 
 :class:`CloseWatch` bounds every close: ``loseConnection`` waits until the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fastpath, tests.test_fastpath_off -*-
+# -*- test-case-name: tests.unit.net.test_fastpath, tests.e2e.test_fastpath_off -*-
 """Writing to a TCP socket at once when nothing is queued before it.
 
 Twisted's ``transport.write`` only queues: the bytes go out on the next

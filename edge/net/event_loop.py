@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fastpath, tests.test_fastpath_off -*-
+# -*- test-case-name: tests.unit.net.test_fastpath, tests.e2e.test_fastpath_off -*-
 """The event loop made lighter: epoll events without a logging context, fewer epoll calls, a calmer collector.
 
 Twisted's epoll reactor wraps every readiness event in

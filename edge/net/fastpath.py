@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fastpath, tests.test_transports, tests.test_fastpath_off -*-
+# -*- test-case-name: tests.unit.net.test_fastpath, tests.e2e.test_transports, tests.e2e.test_fastpath_off -*-
 """Every use edge makes of Twisted's private internals: each probed at import, each with a public fallback and a switch.
 
 Edge saves system calls and Python calls per connection by reaching into

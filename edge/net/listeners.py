@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_socket_activation, tests.test_doors -*-
+# -*- test-case-name: tests.e2e.test_socket_activation, tests.e2e.test_doors -*-
 """Listening sockets for the front doors.
 
 The edge makes its own listening socket so it can set what Twisted's

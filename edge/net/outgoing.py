@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_passthrough, tests.test_backends -*-
+# -*- test-case-name: tests.e2e.test_passthrough, tests.e2e.test_backends -*-
 """Outgoing TCP connections to backend servers named by an IP address, without a connector.
 
 Twisted's ``connectTCP`` (and the endpoints over it) builds a connector and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fastpath, tests.test_observability -*-
+# -*- test-case-name: tests.unit.net.test_fastpath, tests.e2e.test_observability -*-
 """Zero-copy forwarding on Linux: ``os.splice`` through a pipe per direction.
 
 Once a forwarded TCP connection has written its replayed prefix (and PROXY

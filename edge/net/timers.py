@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_timers -*-
+# -*- test-case-name: tests.unit.net.test_timers -*-
 """Coarse timers for per-connection timeouts counted in seconds.
 
 Every forwarded connection has a few deadlines (the first bytes, the

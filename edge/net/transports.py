@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transports, tests.test_fastpath_off -*-
+# -*- test-case-name: tests.e2e.test_transports, tests.e2e.test_fastpath_off -*-
 """Twisted's TCP transports, with less system-call work per connection.
 
 A proxy closes two sockets per forwarded connection.  Twisted's

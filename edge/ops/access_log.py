@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_observability, tests.test_accounting -*-
+# -*- test-case-name: tests.e2e.test_observability, tests.e2e.test_accounting -*-
 """What the edge knows about one client connection, and its access-log line.
 
 The dispatcher fills this in as it learns (real client address after a

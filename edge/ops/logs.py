@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logs -*-
+# -*- test-case-name: tests.e2e.test_logs -*-
 """What edge's log output looks like: one readable text line, or one clean JSON object, per event.
 
 ``twist`` writes Twisted's own serialisation with ``--log-format json`` (its default when the output

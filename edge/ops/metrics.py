@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_observability -*-
+# -*- test-case-name: tests.e2e.test_observability -*-
 """Prometheus metrics: counters fed by the access log's events, gauges read at scrape time.
 
 One registry per process.  Connection and request counts are updated where

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.e2e.test_workers -*-
 """``[edge] workers = N``: N processes accept on the same ports (SO_REUSEPORT).
 
 The process started by ``twist edge`` is worker 0: it runs ACME, the admin

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.sniff.test_http, tests.sniff.test_tls, tests.sniff.test_proxy -*-
+# -*- test-case-name: tests.unit.sniff.test_http, tests.unit.sniff.test_tls, tests.unit.sniff.test_proxy -*-
 """Pure parsers over the first bytes of a connection (sans-I/O, no sockets).
 
 Each sniffer returns a result, :data:`NEED_MORE` when the bytes so far are a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.sniff.test_http, tests.test_redirect -*-
+# -*- test-case-name: tests.unit.sniff.test_http, tests.e2e.test_redirect -*-
 """Recognise plain HTTP among the first bytes on 443: a known method and a space.
 
 Only the sniffer lives here; reading requests is :mod:`edge.http.h1`'s.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.sniff.test_proxy, tests.test_proxy_protocol -*-
+# -*- test-case-name: tests.unit.sniff.test_proxy, tests.e2e.test_proxy_protocol -*-
 """The PROXY protocol, versions 1 and 2: parse a received header, build one to send.
 
 Specification: HAProxy's ``proxy-protocol.txt``.  Twisted ships private

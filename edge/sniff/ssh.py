@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.sniff.test_http, tests.test_ssh -*-
+# -*- test-case-name: tests.unit.sniff.test_http, tests.e2e.test_ssh -*-
 """Recognise an SSH identification string (RFC 4253 section 4.2)."""
 
 from __future__ import annotations

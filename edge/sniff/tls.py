@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.sniff.test_tls, tests.test_passthrough -*-
+# -*- test-case-name: tests.unit.sniff.test_tls, tests.e2e.test_passthrough -*-
 """Read SNI and ALPN out of a TLS ClientHello (RFC 8446 section 4.1.2).
 
 The hello may be split over several TCP segments and over several TLS

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_backends, tests.test_health -*-
+# -*- test-case-name: tests.e2e.test_backends, tests.e2e.test_health -*-
 """Backends own server selection: balance, max_conn and passive health.
 
 A connection asks its backend for a server; the backend tries servers in

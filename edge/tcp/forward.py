@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_passthrough, tests.test_flow, tests.test_ssh -*-
+# -*- test-case-name: tests.e2e.test_passthrough, tests.e2e.test_flow, tests.e2e.test_ssh -*-
 """The TCP forwarder: a client transport paired with a backend connection.
 
 Each transport is registered as the producer for the other, so a slow

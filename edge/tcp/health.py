@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_health -*-
+# -*- test-case-name: tests.e2e.test_health -*-
 """Active health checks: each server of a backend with ``check`` is probed every ``check_interval``.
 
 ``check = "tcp"`` connects, ``"tls"`` completes a TLS handshake, and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fastpath, tests.test_terminate -*-
+# -*- test-case-name: tests.unit.net.test_fastpath, tests.e2e.test_terminate -*-
 """The TLS layer: termination, the certificate store and its sources (PEM files, the local CA), private
 files, and the policy for TLS to backends.
 

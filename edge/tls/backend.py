@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_terminate, tests.test_health, tests.test_http1_proxy -*-
+# -*- test-case-name: tests.e2e.test_terminate, tests.e2e.test_health, tests.e2e.test_http1_proxy -*-
 """TLS to a backend's ``https://`` servers: verified with service_identity against the system CAs or the
 backend's ``ca``, or (``verify = false``) encrypted without checking anything.
 

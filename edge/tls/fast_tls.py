@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fastpath, tests.test_fastpath_off -*-
+# -*- test-case-name: tests.unit.net.test_fastpath, tests.e2e.test_fastpath_off -*-
 """Every use edge makes of pyOpenSSL's and Twisted's TLS internals: each probed at import, each switchable.
 
 Twisted's ``TLSMemoryBIOProtocol`` learns that a memory BIO is empty by

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_terminate, tests.test_reload -*-
+# -*- test-case-name: tests.e2e.test_terminate, tests.e2e.test_reload -*-
 """Static certificates from PEM files in ``[edge].certs_dir``, HAProxy style.
 
 Each ``*.pem`` file holds a chain and its key; or ``name.crt`` sits beside

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.certs.test_local_ca, tests.test_terminate -*-
+# -*- test-case-name: tests.unit.tls.test_local_ca, tests.e2e.test_terminate -*-
 """A local certificate authority, like Caddy's ``tls internal``.
 
 Created once in ``state_dir`` (key file mode 0600) and then reused, it

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.certs.test_local_ca, tests.test_acme_resilience -*-
+# -*- test-case-name: tests.unit.tls.test_local_ca, tests.e2e.test_acme_resilience -*-
 """Files under ``state_dir``: private directories and atomic, durable writes.
 
 Directories are 0700 whatever the umask (``mkdir``'s mode is masked by it,

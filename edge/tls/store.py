@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_terminate, tests.test_reload -*-
+# -*- test-case-name: tests.e2e.test_terminate, tests.e2e.test_reload -*-
 """The certificate store: host name → certificate, swappable while running.
 
 Sources (PEM files, the local CA, later ACME) put :class:`Certificate`

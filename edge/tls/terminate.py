@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_terminate -*-
+# -*- test-case-name: tests.e2e.test_terminate -*-
 """TLS termination at the dispatcher's hand-over point.
 
 The dispatcher already has the ClientHello and its SNI; it picks the
