@@ -60,6 +60,8 @@ class BackendProtocol(StrEnum):
     H2 = "h2"
 
 
+STATE_DIR = "/var/lib/edge"  # [edge] state_dir when the file names none
+
 # The values a key may take, as the config file spells them (StrEnum members compare equal to them).
 TLS_MODES = tuple(TlsMode)
 HTTP_MODES = tuple(HttpMode)
@@ -202,10 +204,10 @@ ROUTE_NAME = re.compile(r"[A-Za-z0-9*][A-Za-z0-9_.:/*-]{0,99}")
 @dataclass(frozen=True)
 class Route:
     hosts: tuple[str, ...]
-    tls: str
+    tls: TlsMode
     backend: str
     acme_backend: str | None = None
-    http: str = "redirect"
+    http: HttpMode = HttpMode.REDIRECT
     index: int = 0
     paths: tuple[str, ...] = ("/",)
     max_body: int | None = None
@@ -327,7 +329,7 @@ BUILTIN_DOORS = ("ssh", "http", "https", "admin")
 @dataclass(frozen=True)
 class Config:
     path: str
-    state_dir: str
+    state_dir: str  # [edge] state_dir, default STATE_DIR
     certs_dir: str | None
     issuer: str | None
     admin: Address | None

@@ -25,7 +25,8 @@ from edge.config.model import (
     BUILTIN_DOORS, BackendConfig, BasicAuth, Config, ConfigError, DEFAULT_LISTEN,
     DNS_PROVIDERS, DOOR_NAME, Discovery, Door, ForwardAuth, HTTP_MODES,
     Listen, MAX_ERROR_PAGE, PROXY_PROTOCOLS, ROUTE_NAME, Route, Server,
-    StorageConfig, TLS_MODES, TRANSFORM_KEYS, TSIG_ALGORITHMS, Timeouts, BackendProtocol, HealthCheck, Scheme,
+    STATE_DIR, StorageConfig, TLS_MODES, TRANSFORM_KEYS, TSIG_ALGORITHMS, Timeouts, BackendProtocol, HealthCheck,
+    Scheme,
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w|y)?\s*$")
@@ -222,7 +223,7 @@ class _Parser:
         watch = edge.get("watch", False)
         if not isinstance(watch, bool):
             raise self.fail("edge.watch", "must be true or false")
-        state_dir = self.path_in(edge.get("state_dir", "/var/lib/edge"), "edge.state_dir")
+        state_dir = self.path_in(edge.get("state_dir", STATE_DIR), "edge.state_dir")
         certs_dir = self.path_in(edge["certs_dir"], "edge.certs_dir") if "certs_dir" in edge else None
         tls = self.table(data.get("tls", {}), "tls", ("issuer",))
         issuer = self.choice(tls["issuer"], "tls.issuer", ("local",)) if "issuer" in tls else None
@@ -327,7 +328,8 @@ class _Parser:
         if not isinstance(socket, str) or not socket.startswith("unix:///"):
             raise self.fail("discovery.podman", "must be the API socket as \"unix:///run/podman/podman.sock\" "
                                                 "(rootless: unix://$XDG_RUNTIME_DIR/podman/podman.sock)")
-        return Discovery(socket[len("unix://"):], self.duration(data.get("interval", "30s"), "discovery.interval"))
+        interval = self.duration(data.get("interval", Discovery.interval), "discovery.interval")
+        return Discovery(socket[len("unix://"):], interval)
 
     def acme(self, data: Any) -> AcmeConfig:
         data = self.table(data, "acme", ("email", "directory", "ca_bundle", "eab_kid", "eab_hmac_key", "challenge",
@@ -344,7 +346,7 @@ class _Parser:
         if ("eab_kid" in data) != ("eab_hmac_key" in data):
             raise self.fail("acme.eab_kid" if "eab_kid" not in data else "acme.eab_hmac_key",
                             "external account binding needs both eab_kid and eab_hmac_key")
-        challenge = self.choice(data.get("challenge", "http-01"), "acme.challenge", ACME_CHALLENGES)
+        challenge = self.choice(data.get("challenge", AcmeConfig.challenge), "acme.challenge", ACME_CHALLENGES)
         dns = self.acme_dns(data["dns"]) if "dns" in data else None
         if challenge == "dns-01" and dns is None:
             raise self.fail("acme.challenge", "\"dns-01\" needs a DNS provider in [acme.dns]")
@@ -357,8 +359,8 @@ class _Parser:
             challenge=challenge,
             dns=dns,
             profile=data.get("profile"),
-            retry=self.duration(data.get("retry", "1m"), "acme.retry"),
-            check_interval=self.duration(data.get("check_interval", "1h"), "acme.check_interval"),
+            retry=self.duration(data.get("retry", AcmeConfig.retry), "acme.retry"),
+            check_interval=self.duration(data.get("check_interval", AcmeConfig.check_interval), "acme.check_interval"),
         )
 
     def acme_dns(self, data: Any) -> AcmeDnsConfig:
@@ -390,7 +392,7 @@ class _Parser:
             if not isinstance(data["tsig_key_name"], str) or not data["tsig_key_name"]:
                 raise self.fail("acme.dns.tsig_key_name", "must be the name of a TSIG key")
             options["tsig_key_name"] = data["tsig_key_name"]
-            options["tsig_algorithm"] = self.choice(data.get("tsig_algorithm", "hmac-sha256"),
+            options["tsig_algorithm"] = self.choice(data.get("tsig_algorithm", AcmeDnsConfig.tsig_algorithm),
                                                     "acme.dns.tsig_algorithm", TSIG_ALGORITHMS)
             secret_file = self.path_in(data["tsig_secret_file"], "acme.dns.tsig_secret_file")
             secret = self.read_file(secret_file, "acme.dns.tsig_secret_file").strip()
@@ -773,7 +775,7 @@ class _Parser:
                 if required not in item:
                     raise self.fail(f"{key}.{required}", "missing")
             tls = self.choice(item["tls"], f"{key}.tls", TLS_MODES)
-            paths = tuple(self.string_list(item.get("paths", ["/"]), f"{key}.paths"))
+            paths = tuple(self.string_list(item.get("paths", list(Route.paths)), f"{key}.paths"))
             if not paths or any(not p.startswith("/") for p in paths):
                 raise self.fail(f"{key}.paths", "must be a list of path prefixes starting with \"/\"")
             if tls == "passthrough" and "paths" in item:
@@ -781,7 +783,7 @@ class _Parser:
                                 "a passthrough route cannot see paths; use tls = \"edge\" or \"reencrypt\"")
             if tls == "passthrough" and "max_body" in item:
                 raise self.fail(f"{key}.max_body", "a passthrough route cannot see request bodies")
-            route_doors = tuple(self.string_list(item.get("doors", ["https"]), f"{key}.doors"))
+            route_doors = tuple(self.string_list(item.get("doors", list(Route.doors)), f"{key}.doors"))
             if not route_doors:
                 raise self.fail(f"{key}.doors", "must name at least one door (\"https\" is port 443)")
             for door in route_doors:
@@ -830,7 +832,7 @@ class _Parser:
             acme_backend = item.get("acme_backend")
             if acme_backend is not None:
                 self.backend_ref(acme_backend, f"{key}.acme_backend", backends, "tcp")
-            http = self.choice(item.get("http", "redirect"), f"{key}.http", HTTP_MODES)
+            http = self.choice(item.get("http", Route.http), f"{key}.http", HTTP_MODES)
             if http == "allow" and tls == "passthrough":
                 raise self.fail(f"{key}.http",
                                 "\"allow\" serves the route over plain HTTP, which needs an HTTP backend")
