@@ -63,7 +63,7 @@ class Exchange:
     """One request, from its head to the end of its response (or edge's answer)."""
 
     __slots__ = ("method", "host", "target", "protocol", "started", "route", "limit", "has_body", "user",
-                 "received", "request_done", "response_started", "retried", "status", "sent", "outcome",
+                 "received", "response_started", "retried", "status", "sent", "outcome",
                  "server", "upstream_time")
 
     def __init__(self, method: bytes, host: str, target: str, protocol: str, started: float) -> None:
@@ -77,7 +77,6 @@ class Exchange:
         self.has_body = False  # the request announced a body
         self.user: str | None = None  # who basic auth (or the auth server) admitted
         self.received = 0  # request body bytes (payload) counted against the limit
-        self.request_done = True
         self.response_started = False  # the backend's response head went to the client
         self.retried = False
         self.status = 0
@@ -90,7 +89,6 @@ class Exchange:
         """The request goes to ``route``'s backend; ``has_body``: a body follows its head."""
         self.route = route
         self.has_body = has_body
-        self.request_done = not has_body
         self.limit = limit
 
     # -- the client's side ------------------------------------------------------------------------
@@ -105,9 +103,6 @@ class Exchange:
         if self.response_started:
             return Cut(BODY_TOO_LARGE, 413)
         return Reply(413, REASON_TEXT[413], BODY_TOO_LARGE)
-
-    def body_end(self) -> None:
-        self.request_done = True
 
     def client_gone(self, outcome: str) -> None:
         """The client reset the request or left (``client_aborted``, ``client_closed``, ...)."""
@@ -126,6 +121,13 @@ class Exchange:
         self.response_started = True
         self.status = status
         return None
+
+    def not_upgraded(self, status: int, now: float) -> Reply:
+        """A WebSocket request's backend answered with a success that is no 101: it would look like an open
+        tunnel, so 502."""
+        self.upstream_time = now - self.started
+        return Reply(502, PUBLIC_TEXT[502], "backend_failed",
+                     f"502 backend {self.route.backend} answered a WebSocket upgrade with {status}")
 
     def failed(self, reason: str, again: bool = True, unprocessed: bool = False) -> Action:
         """The backend failed this request: ``again``: a new connection may do better (a kept-alive

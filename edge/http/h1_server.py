@@ -469,7 +469,6 @@ class Http1Proxy(Protocol):
 
     def _body_done(self) -> None:
         self.body = None
-        self.ex.body_end()
         if self.relay is not None and self.paused and len(self.buffer) <= MAX_HEAD and not self.closed:
             self.paused = False  # read on: a pipelined request, or the client's close
             self.transport.resumeProducing()
