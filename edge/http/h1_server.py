@@ -211,8 +211,8 @@ class Http1Proxy(Protocol):
 
     def _start(self, head: RequestHead) -> None:
         self.head = head
-        self.ex = ex = Exchange(head.method.encode("latin-1"), "-", head.target, f"HTTP/{head.version}",
-                                time.monotonic())
+        self.ex = ex = Exchange(head.method.encode("latin-1"), "-", head.target,
+                                "HTTP/1.1" if head.version == "1.1" else f"HTTP/{head.version}", time.monotonic())
         self.admitted = self.policy = None
         self.transform = self.body = self.upgrade = None
         self.close_after = not head.keep_alive
