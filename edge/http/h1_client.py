@@ -22,8 +22,7 @@ from typing import Any, Callable, Protocol as TypingProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from edge.tcp.backends import Backend, ServerState, describe_error
-from edge.net.outgoing import open_endpoint
+from edge.tcp.backends import Backend, ServerAttempt, ServerState, unavailable
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.framing import ResponseHead, UntilClose, parse_response_head, response_reader
 
@@ -155,47 +154,7 @@ class Http1Pool:
 
         May call back before it returns (an idle connection was at hand).
         """
-        self._try(owner, self.backend.ordered(), 0, None, fresh)  # it skips servers at max_conn
-
-    def _try(self, owner: Owner, candidates: list[ServerState], index: int, last: Exception | None,
-             fresh: bool) -> None:
-        backend = self.backend
-        while index < len(candidates) and not backend.has_room(candidates[index]):
-            index += 1
-        if index >= len(candidates):
-            if last is None:
-                owner.upstream_unavailable(503, f"no server available in backend {backend.name}")
-            else:
-                owner.upstream_unavailable(
-                    502, f"backend {backend.name} refused the connection: {describe_error(last)}")
-            return
-        state = candidates[index]
-        state.active += 1
-        idle = self.idle.get(state)
-        while idle and not fresh:
-            connection = idle.pop()
-            if not connection.lost and connection.transport.connected:
-                connection.reused = True
-                owner.upstream_ready(connection)
-                return
-        def build() -> UpstreamConnection:
-            return UpstreamConnection(self, state)
-
-        def connected(connection: UpstreamConnection) -> None:
-            backend.succeeded(state)
-            if owner.closed:  # the client left while we connected: keep it for the next one
-                self.release(connection, reusable=True)
-                return
-            owner.upstream_ready(connection)
-
-        def failed(error: Exception) -> None:
-            state.active -= 1
-            backend.failed(state, error)
-            if owner.closed:
-                return
-            self._try(owner, candidates, index + 1, error, fresh)
-
-        open_endpoint(self.endpoint_for(state), build, connected, failed)
+        _Acquire(self, owner, fresh).start()  # the backend's failover loop; it skips servers at max_conn
 
     def release(self, connection: UpstreamConnection, reusable: bool) -> None:
         """The request on ``connection`` is over: keep the connection for the next one, or close it."""
@@ -224,6 +183,44 @@ class Http1Pool:
                 connection.transport.loseConnection()
         self.idle.clear()
 
+
+
+class _Acquire(ServerAttempt):
+    """A connection for one request: an idle one of the chosen server (unless ``fresh``), else a new one."""
+
+    __slots__ = ("pool", "owner", "fresh")
+
+    def __init__(self, pool: Http1Pool, owner: Owner, fresh: bool) -> None:
+        super().__init__(pool.backend)
+        self.pool, self.owner, self.fresh = pool, owner, fresh
+
+    def serve(self, state: ServerState) -> bool:
+        idle = None if self.fresh else self.pool.idle.get(state)
+        while idle:
+            connection = idle.pop()
+            if not connection.lost and connection.transport.connected:
+                connection.reused = True
+                self.owner.upstream_ready(connection)
+                return True
+        return False
+
+    def build(self, state: ServerState) -> UpstreamConnection:
+        return UpstreamConnection(self.pool, state)
+
+    def endpoint(self, state: ServerState) -> Any:
+        return self.pool.endpoint_for(state)
+
+    def opened(self, state: ServerState, connection: UpstreamConnection) -> None:
+        if self.owner.closed:  # the client left while we connected: keep it for the next one
+            self.pool.release(connection, reusable=True)
+            return
+        self.owner.upstream_ready(connection)
+
+    def go_on(self) -> bool:
+        return not self.owner.closed
+
+    def given_up(self, last_error: Exception | None) -> None:
+        self.owner.upstream_unavailable(*unavailable(self.backend, last_error))
 
 
 class Discard:

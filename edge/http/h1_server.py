@@ -30,9 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.http.answers import (DISCARD_LIMIT, PUBLIC_TEXT, REASON_TEXT, error_response, failure_hint, h1_message,
-                               intercepts, own_answer)
-from edge.ops.access_log import ConnectionInfo, log_request
+from edge.http.answers import DISCARD_LIMIT, REASON_TEXT, error_response, h1_message, own_answer
+from edge.ops.access_log import ConnectionInfo
 from edge.net.eager import write_now
 from edge.net.transports import QUEUE_KNOWN, queued_for_peer
 from edge.http.h1_client import Discard, UpstreamConnection
@@ -41,15 +40,16 @@ from edge.http.fields import (admitted_fields, block_fields, edit_fields, h2_req
 from edge.http.forwarded import forwarded_block
 from edge.http.forward_auth import Passed, Refusal, auth_head, relay_response
 from edge.http.h1_to_h2 import H1Response, H2Relay
-from edge.http.policy import (IDEMPOTENT, Admitted, Answer, PasswordCheck, body_limit, decide, host_entry,
-                              one_authorization,
-                              is_websocket)
+from edge.http.exchange import Cut, Exchange, Reply, Retry
+from edge.http.policy import (Admitted, Answer, PasswordCheck, body_limit, decide, host_entry, is_websocket,
+                              one_authorization)
+from edge.http.relay import log_exchange, warn
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
     HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_list,
     field_pattern, field_values, parse_request_head,
 )
-from edge.http.framing import BodyTooLarge, ChunkedReader, LengthReader, ResponseHead
+from edge.http.framing import ChunkedReader, LengthReader, ResponseHead
 from edge.http.transform import BodyCoder, ResponsePolicy, edits_request, forwarding, response_policy
 
 log = Logger()
@@ -133,33 +133,23 @@ class Http1Proxy(Protocol):
         self.timer_at = 0.0
         # the request in progress
         self.head: RequestHead | None = None
-        self.host = "-"
+        self.ex = Exchange(b"-", "-", "-", "HTTP/1.1", 0.0)  # the request's exchange (its decisions, its log line)
         # Keep-alive requests repeat their Host: its checks, route lookup and forwarding headers are kept.
         self.last_host: bytes | None = None
         self.last_host_value = self.last_host_name = ""
         self.last_entry: Any = None
         self.forwarded_host: bytes | None = None
         self.forwarded_tail = b""
-        self.route: Any = None
         self.admitted: Admitted | None = None  # what a guarded route's access rules said
-        self.user: str | None = None
         self.auth: Any = None  # the forward_auth question in flight
         self.pool: Any = None
         self.upstream: UpstreamConnection | None = None
         self.upstream_head = b""
         self.relay: H2Relay | None = None  # the request's stream to an HTTP/2 backend (instead of ``upstream``)
         self.body: Any = None  # framing of the request body still to come from the client
-        self.body_sent = 0
-        self.response_started = False
         self.transform: BodyCoder | None = None  # the response body's way to the client, when not as it came
         self.policy: ResponsePolicy | None = None  # what the route does to this request's responses
         self.close_after = False
-        self.status = 0
-        self.sent = 0
-        self.started = 0.0
-        self.upstream_time: float | None = None
-        self.retried = False
-        self.outcome: str | None = None  # who ended the request, when not the usual complete exchange
         self.producing = False  # the client feeds the upstream connection (request body)
         self.streaming = False  # the upstream connection feeds the client (response body)
         self.looping = False
@@ -221,11 +211,9 @@ class Http1Proxy(Protocol):
 
     def _start(self, head: RequestHead) -> None:
         self.head = head
-        self.started = time.monotonic()
-        self.status = self.sent = self.body_sent = 0
-        self.route = self.upstream_time = self.admitted = self.user = self.policy = None
-        self.response_started = self.retried = False
-        self.outcome = None
+        self.ex = ex = Exchange(head.method.encode("latin-1"), "-", head.target,
+                                "HTTP/1.1" if head.version == "1.1" else f"HTTP/{head.version}", time.monotonic())
+        self.admitted = self.policy = None
         self.transform = self.body = self.upgrade = None
         self.close_after = not head.keep_alive
         raw_host = head.get(b"host")
@@ -243,14 +231,14 @@ class Http1Proxy(Protocol):
                 return
             self.last_host, self.last_host_value, self.last_host_name, self.last_entry = \
                 raw_host, host_value, host, entry
-        self.host = host_value
+        ex.host = host_value
         path = head.path
         runtime = self.runtime
         route = decide(entry, host, host_value, path, self.scheme, self.info.sni, runtime.https_port)
         if type(route) is Answer:
             self._answer(route.status, route.text, close=head.has_body, location=route.location)
             return
-        self.route = route
+        ex.route = route
         self.policy = response_policy(route, self.scheme, head.method.encode("latin-1"),
                                       field_values(head.fields, head.lower, b"accept-encoding")
                                       if route.compress else ())
@@ -262,7 +250,7 @@ class Http1Proxy(Protocol):
                 self._answer(verdict.status, verdict.text, close=head.has_body, location=verdict.location,
                              headers=verdict.headers)
                 return
-            self.admitted, self.user = verdict, verdict.user
+            self.admitted, ex.user = verdict, verdict.user
             if verdict.ask is not None:
                 question = verdict.ask if type(verdict.ask) is PasswordCheck else auth_head(
                     verdict.ask, head.method, self.scheme, host_value, path, self.info.client[0],
@@ -279,23 +267,25 @@ class Http1Proxy(Protocol):
         self.auth = None
         if self.closed or self.head is not head:
             return
+        ex = self.ex
         if result is None:
-            self.outcome = "auth_failed"
-            self._answer(503, "the authentication service did not answer", close=head.has_body)
+            reply = ex.auth_failed()
+            ex.outcome = reply.outcome
+            self._answer(reply.status, reply.text, close=head.has_body)
         elif type(result) is Refusal:
             close = head.has_body or self.close_after
-            self.status = result.status
+            ex.status = result.status
             message = relay_response(result, close, head.method == "HEAD")
-            self.sent = len(message)
+            ex.sent = len(message)
             self._write(message)
-            self.outcome = "answered"
+            ex.outcome = "answered"
             self._log()
             if close:
                 self._close()
             else:
                 self._await_next()
         else:
-            self.admitted, self.user = self.admitted._replace(add=result.add), result.user
+            self.admitted, ex.user = self.admitted._replace(add=result.add), result.user
             self._proceed(head, route, raw_host, path)
 
     def _proceed(self, head: RequestHead, route: Any, raw_host: bytes, path: str) -> None:
@@ -303,15 +293,17 @@ class Http1Proxy(Protocol):
         runtime = self.runtime
         lower = head.lower
         upstream = runtime.upstreams[route.backend]
+        limit = route.max_body
         if lower.find(b"\r\ntransfer-encoding:") >= 0 or lower.find(b"\r\ncontent-length:") >= 0:
             try:
                 length = head.get(b"content-length")
-                # DATA frames carry the payload only: a chunked body is de-chunked for an HTTP/2 backend.
-                self.body = self._request_framing(head, body_limit(route, int(length) if length is not None else None),
-                                                  collect=upstream.h2 is not None)
+                limit = body_limit(route, int(length) if length is not None else None)
             except BadRequest as e:
                 self._answer_and_close(e.status, str(e))
                 return
+            # DATA frames carry the payload only: a chunked body is de-chunked for an HTTP/2 backend.
+            self.body = self._request_framing(head, collect=upstream.h2 is not None)
+        self.ex.forward(route, self.body is not None, limit)
         if upstream.h2 is not None:
             self._proceed_h2(head, route, raw_host, path, upstream)
             return
@@ -352,7 +344,7 @@ class Http1Proxy(Protocol):
                                     path.encode("latin-1"), self.info.client[0], self.scheme)
         if rules:  # after edge's forwarding headers: a rule may change those too
             request = rules.apply(request)
-        self.relay = H2Relay(self, upstream.h2, request, self.body is not None, method in IDEMPOTENT,
+        self.relay = H2Relay(self, upstream.h2, request, self.body is not None,
                              H1Response(head.method, head.version, sorted_.te_trailers, self.policy))
         if self.body is not None and not self.paused:  # read no body until a stream is there to take it
             self.paused = True
@@ -361,9 +353,10 @@ class Http1Proxy(Protocol):
         upstream.h2.acquire(self.relay)
 
     @staticmethod
-    def _request_framing(head: RequestHead, limit: int | None, collect: bool = False) -> Any:
+    def _request_framing(head: RequestHead, collect: bool = False) -> Any:
+        """The request body's reader (the exchange counts it against ``max_body``), or None without a body."""
         if head.lower.find(b"\r\ntransfer-encoding:") >= 0:  # chunked, last and once: parse_request_head checked
-            return ChunkedReader(limit, collect)
+            return ChunkedReader(None, collect)
         length = head.get(b"content-length")  # ASCII digits: parse_request_head checked them
         if length is None or length == b"0":
             return None
@@ -379,8 +372,9 @@ class Http1Proxy(Protocol):
         if admitted is not None and (admitted.drop or admitted.add):
             fields = edit_fields(fields, admitted.drop, admitted.add)
         rules = None
-        if edits_request(self.route):
-            path, rules = forwarding(self.route, path)
+        route = self.ex.route
+        if edits_request(route):
+            path, rules = forwarding(route, path)
         line = head.line if path is head.target else b"%s %s" % (head.method.encode("latin-1"),
                                                                   path.encode("latin-1"))
         if not removed or (len(removed) == 1 and removed[0][0] == b"connection" and removed[0][1] in _PLAIN_CONNECTION):
@@ -437,21 +431,24 @@ class Http1Proxy(Protocol):
     def _take_body(self, out: list[bytes]) -> bool:
         """Move the request body bytes in the buffer to ``out``; False if the request was refused."""
         data = self.buffer
+        body = self.body
+        counted = body.total if type(body) is ChunkedReader else 0
         try:
-            used, done = self.body.feed(data)
-        except BodyTooLarge:
-            self._refuse_body(413, REASON_TEXT[413])
-            return False
+            used, done = body.feed(data)
         except Malformed as e:
             self._refuse_body(400, str(e))
             return False
+        # counted against max_body: a chunked body's payload (as its size lines announce it), else the bytes
+        action = self.ex.body(body.total - counted if type(body) is ChunkedReader else used)
+        if action is not None:
+            self._act(action)
+            return False
         self.buffer = data[used:]
-        self.body_sent += used
         relay = self.relay
         if relay is None:
             out.append(data if used == len(data) else data[:used])
         else:
-            pieces = getattr(self.body, "pieces", None)  # a chunked body's payload
+            pieces = getattr(body, "pieces", None)  # a chunked body's payload
             if pieces is not None:
                 payload = b"".join(pieces)
                 pieces.clear()
@@ -482,7 +479,7 @@ class Http1Proxy(Protocol):
             if not self.paused and not self.closed:
                 self.transport.resumeProducing()  # the server may have paused us just before the end
         if self.deadline_kind == "body" and (self.upstream is not None or self.relay is not None) \
-                and not self.response_started:
+                and not self.ex.response_started:
             self._arm(self.runtime.config.timeouts.response, "response")
 
     def _drop_upstream(self, reusable: bool = False) -> None:
@@ -507,25 +504,50 @@ class Http1Proxy(Protocol):
         self.body = None
         self._answer_and_close(status, reason)
 
-    def upstream_unavailable(self, status: int, reason: str) -> None:
-        if self.closed:
+    def _act(self, action: Reply | Cut | Retry) -> None:
+        """Carry out what the exchange decided: the request again (on a stream or connection of the same
+        backend), edge's answer instead of the backend's, or the response cut short."""
+        warn(self.info, action)
+        kind = type(action)
+        if kind is Retry:
+            relay = self.relay
+            if relay is not None:
+                relay.again(action.fresh)
+            else:
+                self._drop_upstream()
+                self.pool.acquire(self, fresh=action.fresh)
             return
         self._drop_upstream()
-        log.warn("{client}: {status} {reason}", client=self.info.client[0], status=status, reason=reason)
-        self.outcome = "backend_failed"
-        self._answer(status, PUBLIC_TEXT[status], close=self.body is not None)
+        if self.closed:
+            return
+        ex = self.ex
+        if kind is Reply:
+            ex.outcome = action.outcome
+            self._answer(action.status, action.text, close=self.body is not None)
+            return
+        # Cut: the client sees the response end early
+        ex.end(action.outcome, action.status)
+        timeout = action.outcome == "timeout"
+        self.info.ended = "timeout: idle" if timeout else self.info.ended or (
+            "error: backend response cut short" if action.outcome == "backend_failed" else f"error: {action.outcome}")
+        self._log()
+        self._close(abort=timeout)  # what is queued for a client that took nothing all this time is not waited for
+
+    def upstream_unavailable(self, status: int, reason: str) -> None:
+        if not self.closed:
+            self._act(self.ex.unavailable(status, reason))
 
     def upstream_response(self, connection: UpstreamConnection, head: ResponseHead, body: bytes, done: bool) -> None:
         self._cancel_response_timer()
-        self.upstream_time = time.monotonic() - self.started
-        self.response_started = True
-        self.status = head.status
-        self.info.server = str(connection.state)
+        ex = self.ex
+        ex.connected(str(connection.state))
+        self.info.server = ex.server
+        reply = ex.response(head.status, time.monotonic(), self.runtime.config.error_pages)
+        if reply is not None:
+            self._intercept(reply, connection, done)
+            return
         if head.status == 101:  # only ever reported for a request that asked to upgrade
             self._open_tunnel(connection, head, body)
-            return
-        if intercepts(self.route.intercept_errors, head.status, self.runtime.config.error_pages):
-            self._intercept(head.status, connection, done)
             return
         out = self._response_head(head, connection, done)
         if body or done:
@@ -542,13 +564,12 @@ class Http1Proxy(Protocol):
             # client waiting: either way nothing moves, and the idle timeout ends it.
             self._arm(self.runtime.config.timeouts.idle, "idle")
 
-    def _intercept(self, status: int, connection: UpstreamConnection | None, done: bool) -> None:
+    def _intercept(self, reply: Reply, connection: UpstreamConnection | None, done: bool) -> None:
         """The backend answered an error edge has a page for, on a route with ``intercept_errors``: the client
         gets edge's answer with that page (only the status is kept, as nginx's ``proxy_intercept_errors``).
         The rest of the backend's body is read and dropped, bounded (:class:`Discard`); an HTTP/2 backend's
         stream is reset unless it ended."""
-        self.outcome = "intercepted"
-        self.response_started = False
+        self.ex.outcome = reply.outcome
         if connection is not None:
             self.upstream = None
             if self.producing:  # the request body was still going: that connection cannot be reused
@@ -564,7 +585,7 @@ class Http1Proxy(Protocol):
         if self.body is not None:  # the rest of the request body is unread: this connection cannot go on
             self.body = None
             self.close_after = True
-        self._answer(status, PUBLIC_TEXT.get(status) or REASON_TEXT.get(status) or "error", close=self.close_after)
+        self._answer(reply.status, reply.text, close=self.close_after)
 
     def upstream_body(self, data: bytes, done: bool) -> None:
         if self.deadline_kind == "idle":  # a streamed response or a tunnel: it moves
@@ -582,33 +603,11 @@ class Http1Proxy(Protocol):
             self.transport.unregisterProducer()
 
     def upstream_failed(self, connection: UpstreamConnection, reason: str) -> None:
-        self._drop_upstream()
         if self.closed:
+            self._drop_upstream()
             return
-        if self.response_started:
-            self._cut_short(reason)
-            return
-        if connection.reused and not self.retried and self.body_sent == 0 and self.body is None:
-            self.retried = True  # a kept-alive connection the server had just closed: once more on a new one
-            self.pool.acquire(self, fresh=True)
-            return
-        self._backend_failed(reason)
-
-    def _cut_short(self, reason: str) -> None:
-        """The backend failed in the middle of its response: the client sees it end early."""
-        log.warn("backend response cut short: {reason}", reason=reason)
-        self.info.ended = "error: backend response cut short"
-        self.outcome = "backend_failed"
-        self._log()
-        self._close()
-
-    def _backend_failed(self, reason: str) -> None:
-        """The backend failed before any response: 502 with edge's public text, the detail to the log."""
-        backend = self.route.backend if self.route is not None else "-"
-        self.outcome = "backend_failed"
-        log.warn("{client}: 502 backend {backend} failed: {reason}{hint}", client=self.info.client[0],
-                 backend=backend, reason=reason, hint=failure_hint(reason))
-        self._answer(502, PUBLIC_TEXT[502], close=self.body is not None)
+        # a kept-alive connection the server had just closed: the request may go once more on a new one
+        self._act(self.ex.failed(reason, again=connection.reused))
 
     # -- an HTTP/2 backend's stream (edge.http.h1_to_h2) -------------------------------------
 
@@ -617,7 +616,7 @@ class Http1Proxy(Protocol):
         if self.closed or self.relay is not relay:
             return
         runtime = self.runtime
-        self.info.server = str(relay.connection.state)
+        self.info.server = self.ex.server = str(relay.connection.state)
         if self.body is None:
             self._arm(runtime.config.timeouts.response, "response")
             if self.paused and len(self.buffer) <= MAX_HEAD:
@@ -648,13 +647,10 @@ class Http1Proxy(Protocol):
         """The backend's response head, written as HTTP/1.1; its body streams with the client's socket as
         the producer's pace (the relay acknowledges the backend only what that socket took)."""
         self._cancel_response_timer()
-        if intercepts(self.route.intercept_errors, status, self.runtime.config.error_pages):
-            self.upstream_time = time.monotonic() - self.started
-            self._intercept(status, None, ended)
+        reply = self.ex.response(status, time.monotonic(), self.runtime.config.error_pages)
+        if reply is not None:
+            self._intercept(reply, None, ended)
             return
-        self.upstream_time = time.monotonic() - self.started
-        self.response_started = True
-        self.status = status
         if relay.response.close:
             self.close_after = True
         self._write(head)
@@ -669,39 +665,32 @@ class Http1Proxy(Protocol):
         if self.deadline_kind == "idle":
             self.deadline = time.monotonic() + self.runtime.config.timeouts.idle
         if data:
-            self.sent += len(data)
+            self.ex.sent += len(data)
             self._write(data)
 
     def relay_end(self, tail: bytes) -> None:
         """The backend's response is complete (``tail``: the last chunk and trailers, if chunked)."""
         if tail:
-            self.sent += len(tail)
+            self.ex.sent += len(tail)
             self._write(tail)
         self._stop_streaming()
         self._finish(False)
 
-    def relay_cut_short(self, reason: str) -> None:
-        self._drop_upstream()
-        if not self.closed:
-            self._cut_short(reason)
-
-    def relay_failed(self, reason: str) -> None:
-        self._drop_upstream()
-        if not self.closed:
-            self._backend_failed(reason)
+    def relay_failed(self, reason: str, again: bool, unprocessed: bool) -> None:
+        """The backend's stream failed (before its response: ``again``; unprocessed by the server: ``unprocessed``)."""
+        if self.closed:
+            self._drop_upstream()
+            return
+        self._act(self.ex.failed(reason, again, unprocessed))
 
     def _response_timeout(self) -> None:
         relay = self.relay
         if relay is not None and relay.connection is not None:
             relay.connection.check()  # a connection gone silent is dropped, not kept for the next request
-        self._drop_upstream()
-        if self.closed or self.response_started:
+        if self.closed or self.ex.response_started:
+            self._drop_upstream()
             return
-        seconds = self.runtime.config.timeouts.response
-        reason = f"backend {self.route.backend} did not answer within {seconds:g}s"
-        self.outcome = "timeout"
-        log.warn("{client}: 504 {reason}", client=self.info.client[0], reason=reason)
-        self._answer(504, PUBLIC_TEXT[504], close=self.body is not None)
+        self._act(self.ex.expired("response", self.runtime.config.timeouts.response))
 
     def _cancel_response_timer(self) -> None:
         if self.deadline_kind == "response":
@@ -746,10 +735,10 @@ class Http1Proxy(Protocol):
     def _encode(self, data: bytes, done: bool) -> bytes:
         transform = self.transform
         if transform is None:
-            self.sent += len(data)
+            self.ex.sent += len(data)
             return data
         out = transform.feed(data, done)
-        self.sent += len(out)
+        self.ex.sent += len(out)
         return out
 
     def _finish(self, reusable: bool) -> None:
@@ -825,15 +814,15 @@ class Http1Proxy(Protocol):
                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         head = self.head
         close = close or self.close_after
-        self.status = status
         fields, payload = own_answer(status, f"{text}\n", self.runtime.config.error_pages, location, headers)
         if self.policy is not None:  # an answer on a route: its response rules and HSTS
             fields = self.policy.fields(fields)
         message = h1_message(status, fields, payload, close, head is not None and head.method == "HEAD")
-        self.sent = len(message)
         self._write(message)
         if head is not None:
-            self.outcome = self.outcome or "answered"
+            ex = self.ex
+            ex.status, ex.sent = status, len(message)
+            ex.outcome = ex.outcome or "answered"
             self._log()
         if close:
             self.info.ended = self.info.ended or f"error: {text}" if status >= 400 else self.info.ended
@@ -858,15 +847,8 @@ class Http1Proxy(Protocol):
             self.transport.loseConnection()
 
     def _log(self) -> None:
-        head = self.head
-        if head is None:
-            return
-        route = self.route
-        log_request(self.info, head.method, self.host, head.target, self.status, self.sent,
-                    route.name if route is not None else None, route.backend if route is not None else None,
-                    self.info.server if self.upstream_time is not None else None, self.upstream_time,
-                    time.monotonic() - self.started, f"HTTP/{head.version}", self.outcome or "completed",
-                    user=self.user)
+        if self.head is not None:
+            log_exchange(self.info, self.ex)
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -900,25 +882,20 @@ class Http1Proxy(Protocol):
             self._response_timeout()
             return
         if kind == "body":
-            self._drop_upstream()
             self.info.ended = "timeout: request body"
-            self.outcome = "timeout"
-            self._answer(408, "request body took too long", close=True)
+            self._act(self.ex.expired("body", self.runtime.config.timeouts.idle))
             return
         if kind == "head":
             self.info.ended = "timeout: request head"
             self._write(error_response(408, self.runtime.config.error_pages))
             self._close()
             return
+        if self.head is not None:  # idle in the middle of a response or a tunnel
+            self._act(self.ex.expired(kind, self.runtime.config.timeouts.idle))
+            return
         self.info.ended = "timeout: idle"
-        # Idle in the middle of a response (or behind on its answers): what is queued for a client that
-        # took nothing all this time is not waited for.
-        stalled = self.head is not None or self.drain_call is not None
-        if stalled and self.head is not None:
-            self.status = self.status or 504
-            self.outcome = "timeout"
-            self._log()
-        self._close(abort=stalled)
+        # Behind on its answers: what is queued for a client that took nothing all this time is not waited for.
+        self._close(abort=self.drain_call is not None)
 
     def _cancel_wait(self) -> None:
         self.deadline = None
@@ -941,7 +918,7 @@ class Http1Proxy(Protocol):
         self.tunnel = True
         self.close_after = True
         self.info.protocol = "websocket"
-        self.sent += len(body)
+        self.ex.sent += len(body)
         self._write(b"HTTP/1.1 101 %s%s\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n%s"
                              % (head.reason, fields, upgrade, body))
         if self.closed:
@@ -974,8 +951,7 @@ class Http1Proxy(Protocol):
             # (a complete request in the buffer would have been started already).
             self.info.ended = self.info.ended or "client closed"
             if self.head is not None:
-                self.status = self.status or 499
-                self.outcome = "client_closed"
+                self.ex.client_gone("client_closed")
                 self._log()
             self._close()
         # else: the requests it sent are answered, then the connection closes (_go_on)
@@ -989,7 +965,6 @@ class Http1Proxy(Protocol):
         self.streaming = False
         self._drop_upstream()
         if not was_closed and self.head is not None:
-            self.status = self.status or 499
-            self.outcome = self.outcome or "client_closed"
+            self.ex.client_gone("client_closed")
             self._log()
         self.info.finish(self.info.ended or "closed")

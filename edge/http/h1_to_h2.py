@@ -54,9 +54,7 @@ class RelayOwner(TypingProtocol):
 
     def relay_end(self, tail: bytes) -> None: ...
 
-    def relay_cut_short(self, reason: str) -> None: ...
-
-    def relay_failed(self, reason: str) -> None: ...
+    def relay_failed(self, reason: str, again: bool, unprocessed: bool) -> None: ...
 
     def body_room(self, room: bool) -> None: ...
 
@@ -143,12 +141,11 @@ class H2Relay:
     """One HTTP/1.1 request on a stream of an HTTP/2 backend connection."""
 
     def __init__(self, proxy: RelayOwner, pool: Any, fields: list[tuple[bytes, bytes]], has_body: bool,
-                 retriable: bool, response: H1Response) -> None:
+                 response: H1Response) -> None:
         self.proxy = proxy
         self.pool = pool
         self.fields = fields
         self.has_body = has_body
-        self.retriable = retriable  # idempotent: may go again on another connection after a failure
         self.response = response
         self.closed = False  # released: the request is over for this stream
         self.connection: H2BackendConnection | None = None  # while the connection reports this stream to us
@@ -163,7 +160,6 @@ class H2Relay:
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.write_paused = False  # the client's socket is full: acknowledge nothing more to the backend
         self.unacked = 0
-        self.retried = False
 
     # -- the backend stream (StreamOwner) --------------------------------------------------------
 
@@ -223,19 +219,15 @@ class H2Relay:
 
     def stream_failed(self, reason: str, before_response: bool, unprocessed: bool = False) -> None:
         """The stream failed; ``unprocessed``: the server did nothing with it (REFUSED_STREAM, GOAWAY
-        below it), so a request without a body goes again whatever its method."""
+        below it).  The exchange decides: :meth:`again`, or edge's answer, or the response cut short."""
         self.connection = None
-        if self.closed:
-            return
-        if self.started:
-            self.proxy.relay_cut_short(reason)
-            return
-        if before_response and not self.retried and not self.has_body and (unprocessed or self.retriable):
-            self.retried = True
-            self.request_ended = False
-            self.pool.acquire(self, fresh=not unprocessed)
-            return
-        self.proxy.relay_failed(reason)
+        if not self.closed:
+            self.proxy.relay_failed(reason, before_response and not self.started, unprocessed)
+
+    def again(self, fresh: bool) -> None:
+        """The request goes once more, on another stream (``fresh``: of a new connection)."""
+        self.request_ended = False
+        self.pool.acquire(self, fresh=fresh)
 
     # -- the request body ------------------------------------------------------------------------
 

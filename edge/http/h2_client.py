@@ -22,11 +22,10 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edge.tcp.backends import Backend, ServerState, describe_error
+from edge.tcp.backends import Backend, ServerAttempt, ServerState, unavailable
 from edge.net.event_loop import after_events
 from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Response, Trailers, WindowOpened
 from edge.http.h2 import H2ClientCodec
-from edge.net.outgoing import open_endpoint
 from edge.net.timers import coarse
 
 log = Logger()
@@ -211,6 +210,67 @@ class H2BackendConnection(Protocol):
         self._drop(f"connection closed ({reason.getErrorMessage() if reason is not None else 'closed'})")
 
 
+class _StreamAcquire(ServerAttempt):
+    """A stream for one request: on a connection of the chosen server with room, or on one being opened
+    (waiting for it), else on a new connection (``fresh``: always a new one).  The server's ``active``
+    counts streams, not connects (``hold`` off)."""
+
+    __slots__ = ("pool", "owner", "fresh")
+
+    def __init__(self, pool: "H2Pool", owner: StreamOwner, fresh: bool) -> None:
+        super().__init__(pool.backend, hold=False)
+        self.pool, self.owner, self.fresh = pool, owner, fresh
+
+    def serve(self, state: ServerState) -> bool:
+        pool, owner = self.pool, self.owner
+        connections = pool.connections.setdefault(state, [])
+        if not self.fresh:
+            for connection in connections:
+                if connection.has_room():
+                    owner.stream_ready(connection)
+                    return True
+            if pool.opening and len(pool.waiting) < MAX_WAITING:
+                pool.waiting.append(owner)  # a connection on its way takes it
+                return True
+            if len(connections) >= MAX_CONNECTIONS_PER_SERVER:
+                if len(pool.waiting) < MAX_WAITING:
+                    pool.waiting.append(owner)
+                else:
+                    owner.upstream_unavailable(503, f"backend {pool.backend.name}: every HTTP/2 stream is busy")
+                return True
+        pool.opening += 1
+        return False
+
+    def build(self, state: ServerState) -> "H2BackendConnection":
+        return H2BackendConnection(self.pool, state, self.pool.tls)
+
+    def endpoint(self, state: ServerState) -> Any:
+        return self.pool.endpoint_for(state)
+
+    def opened(self, state: ServerState, connection: "H2BackendConnection") -> None:
+        pool, owner = self.pool, self.owner
+        pool.opening -= 1
+        if pool.closed:
+            connection.transport.loseConnection()
+            if not owner.closed:
+                owner.upstream_unavailable(503, f"backend {pool.backend.name} was reloaded")
+            return
+        pool.connections.setdefault(state, []).append(connection)
+        if not owner.closed:
+            owner.stream_ready(connection)
+        pool.freed(connection)
+
+    def go_on(self) -> bool:
+        self.pool.opening -= 1
+        return not self.owner.closed
+
+    def settled(self) -> None:
+        self.pool._serve_waiting()
+
+    def given_up(self, last_error: Exception | None) -> None:
+        self.owner.upstream_unavailable(*unavailable(self.backend, last_error))
+
+
 class H2Pool:
     """The HTTP/2 connections to each server of one backend."""
 
@@ -228,62 +288,7 @@ class H2Pool:
 
     def acquire(self, owner: StreamOwner, fresh: bool = False) -> None:
         """``owner.stream_ready(connection)`` (then it opens its stream) or ``owner.upstream_unavailable``."""
-        self._try(owner, self.backend.ordered(), 0, None, fresh)
-
-    def _try(self, owner: StreamOwner, candidates: list[ServerState], index: int, last: Exception | None,
-             fresh: bool) -> None:
-        backend = self.backend
-        while index < len(candidates) and not backend.has_room(candidates[index]):
-            index += 1
-        if index >= len(candidates):
-            if last is None:
-                owner.upstream_unavailable(503, f"no server available in backend {backend.name}")
-            else:
-                owner.upstream_unavailable(
-                    502, f"backend {backend.name} refused the connection: {describe_error(last)}")
-            return
-        state = candidates[index]
-        connections = self.connections.setdefault(state, [])
-        if not fresh:
-            for connection in connections:
-                if connection.has_room():
-                    owner.stream_ready(connection)
-                    return
-            if self.opening and len(self.waiting) < MAX_WAITING:
-                self.waiting.append(owner)  # a connection on its way takes it
-                return
-        if len(connections) >= MAX_CONNECTIONS_PER_SERVER and not fresh:
-            if len(self.waiting) < MAX_WAITING:
-                self.waiting.append(owner)
-            else:
-                owner.upstream_unavailable(503, f"backend {backend.name}: every HTTP/2 stream is busy")
-            return
-        self.opening += 1
-
-        def build() -> H2BackendConnection:
-            return H2BackendConnection(self, state, self.tls)
-
-        def connected(connection: H2BackendConnection) -> None:
-            self.opening -= 1
-            backend.succeeded(state)
-            if self.closed:
-                connection.transport.loseConnection()
-                if not owner.closed:
-                    owner.upstream_unavailable(503, f"backend {backend.name} was reloaded")
-                return
-            connections.append(connection)
-            if not owner.closed:
-                owner.stream_ready(connection)
-            self.freed(connection)
-
-        def failed(error: Exception) -> None:
-            self.opening -= 1
-            backend.failed(state, error)
-            if not owner.closed:
-                self._try(owner, candidates, index + 1, error, fresh)
-            self._serve_waiting()
-
-        open_endpoint(self.endpoint_for(state), build, connected, failed)
+        _StreamAcquire(self, owner, fresh).start()  # the backend's failover loop
 
     def freed(self, connection: H2BackendConnection) -> None:
         """``connection`` may take more streams: give them to waiting requests."""

@@ -43,10 +43,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.ops.access_log import ConnectionInfo, log_request
+from edge.ops.access_log import ConnectionInfo
 from edge.net.eager import write_now
 from edge.net.event_loop import after_events
-from edge.http.answers import DISCARD_LIMIT, PUBLIC_TEXT, REASON_TEXT, failure_hint, intercepts, own_answer
+from edge.http.answers import DISCARD_LIMIT, REASON_TEXT, own_answer
 from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Request, Trailers, WindowOpened
 from edge.http.fields import RESPONSE_SKIP, admitted_fields, edit_fields, h2_request_fields, sort_fields
 from edge.http.forwarded import forwarded_block
@@ -56,8 +56,9 @@ from edge.http.h1_client import Discard, UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
 from edge.http.forward_auth import Passed, Refusal, auth_head
-from edge.http.policy import (IDEMPOTENT, Admitted, Answer, PasswordCheck, body_limit, decide, host_entry,
-                              one_authorization)
+from edge.http.exchange import Cut, Exchange, Reply, Retry
+from edge.http.policy import Admitted, Answer, PasswordCheck, body_limit, decide, host_entry, one_authorization
+from edge.http.relay import log_exchange, warn
 from edge.http.transform import BodyCoder, HeaderRules, ResponsePolicy, edits_request, forwarding, response_policy
 from edge.net.timers import coarse
 
@@ -212,7 +213,7 @@ class H2Server(Protocol):
         self.head_since = None
         self.last_activity = started = time.monotonic()  # requests, not PINGs, keep a connection
         if stream in self.aborted:
-            self._log(event, 499, 0, None, None, None, started, "client_aborted")
+            self._log(event, 499, 0, None, started, "client_aborted")
             return
         if event.oversized:
             self.answer(stream, event, 431, REASON_TEXT[431], started=started)
@@ -308,10 +309,11 @@ class H2Server(Protocol):
         except BadRequest as e:
             self.answer(stream, event, e.status, str(e), route=route, started=started, policy=policy)
             return
-        exchange = H2Exchange(self, stream, event, route, head, chunked, None if tunnel else limit, tunnel, expect,
-                              started)
+        ex = request_exchange(event, started)
+        ex.forward(route, not event.ended, None if tunnel else limit)
+        ex.user = admitted.user if admitted is not None else None
+        exchange = H2Exchange(self, stream, event, ex, head, chunked, tunnel, expect)
         exchange.policy = policy
-        exchange.user = admitted.user if admitted is not None else None
         if admitted is not None and admitted.ask is not None:  # the auth server first; the body waits in the exchange
             question = admitted.ask if type(admitted.ask) is PasswordCheck else auth_head(
                 admitted.ask, method.decode("latin-1"), self.scheme, authority.decode("latin-1"),
@@ -380,7 +382,7 @@ class H2Server(Protocol):
             self.stop_reading(stream)
         self.flush()
         if exchange is None:
-            self._log(event, status, len(body), route, None, None, started, "answered")
+            self._log(event, status, len(body), route, started, "answered")
         return 0 if head_only else len(body)
 
     def relay(self, stream: int, event: Request, refusal: Refusal, exchange: "H2Exchange") -> int:
@@ -413,12 +415,13 @@ class H2Server(Protocol):
         then reset the stream (RFC 9113 8.1)."""
         self.discarding[stream] = DISCARD_BODY
 
-    def _log(self, event: Request, status: int, sent: int, route: Any, server: str | None,
-             upstream_time: float | None, started: float, outcome: str, user: str | None = None) -> None:
-        log_request(self.info, event.method.decode("latin-1"), (event.authority or b"-").decode("latin-1"),
-                    event.target.decode("latin-1"), status, sent, route.name if route is not None else None,
-                    route.backend if route is not None else None, server, upstream_time,
-                    time.monotonic() - started if started else 0.0, "HTTP/2", outcome, user=user)
+    def _log(self, event: Request, status: int, sent: int, route: Any, started: float, outcome: str) -> None:
+        """The access-log line of a request edge answered itself, before any exchange."""
+        exchange = request_exchange(event, started)
+        exchange.route = route
+        exchange.sent = sent
+        exchange.end(outcome, status)
+        log_exchange(self.info, exchange)
 
     def finished(self, stream: int) -> None:
         self.exchanges.pop(stream, None)
@@ -499,38 +502,36 @@ class H2Server(Protocol):
         self.info.finish(self.info.ended or "closed")
 
 
+def request_exchange(event: Request, started: float) -> Exchange:
+    """The :class:`Exchange` of an HTTP/2 request."""
+    return Exchange(event.method, (event.authority or b"-").decode("latin-1"), event.target.decode("latin-1"),
+                    "HTTP/2", started)
+
+
 @implementer(IPushProducer)
 class H2Exchange:
     """One HTTP/2 request relayed to an HTTP/1.1 backend: the owner its upstream connection reports to
     (:class:`edge.http.h1_client.Owner`), and the producer of the request body for that connection."""
 
-    def __init__(self, server: H2Server, stream: int, event: Request, route: Any, head: bytes, chunked: bool,
-                 limit: int | None, tunnel: bool, expect: bool, started: float) -> None:
+    def __init__(self, server: H2Server, stream: int, event: Request, ex: Exchange, head: bytes, chunked: bool,
+                 tunnel: bool, expect: bool) -> None:
         self.server = server
         self.codec = server.codec
         self.stream = stream
         self.event = event
-        self.route = route
+        self.ex = ex  # the exchange's decisions and what the access log says of it
         self.head = head
         self.chunked = chunked
-        self.limit = limit
         self.tunnel = tunnel
         self.expect = expect
-        self.started = started
         self.closed = False  # the stream is over for edge (answered, reset, or the client left)
         self.pool: Any = None
         self.upstream: UpstreamConnection | None = None
         self.client_done = event.ended  # the client's side (its body) is complete
         self.body_in: list[bytes] = []  # body bytes that came before the backend connection
-        self.received = 0
         self.unacked = 0  # flow-controlled bytes passed on but not yet given back to the client
         self.backend_full = False  # the backend connection's send buffer is full: acknowledge nothing
         self.producing = False
-        self.response_started = False
-        self.status = 0
-        self.sent = 0
-        self.server_name: str | None = None
-        self.upstream_time: float | None = None
         self.policy: ResponsePolicy | None = None  # what the route does to the response
         self.coder: BodyCoder | None = None  # the response body de-chunked and/or compressed
         self.pending: list[bytes] = []  # response bytes the client's windows could not take yet
@@ -540,7 +541,6 @@ class H2Exchange:
         self.upstream_done = False  # the backend's response is complete (all of it is in pending or sent)
         self.backend_paused = False
         self.stream_ended = False  # END_STREAM went out with the last DATA frame
-        self.retried = False
         self.deadline_kind = ""
         self.deadline_at = 0.0
         self.timer: Any = None
@@ -556,7 +556,6 @@ class H2Exchange:
         self.trailers_out: list[tuple[bytes, bytes]] | None = None
         self.request_ended = False  # END_STREAM went to the HTTP/2 backend
         self.h2_backend = False
-        self.user: str | None = None  # who basic auth admitted, for the access log
         self.auth: Any = None  # the forward_auth question in flight
         self.held: list[tuple[bytes, int]] | None = None  # body pieces (and the end: size -1) while it is asked
 
@@ -577,11 +576,11 @@ class H2Exchange:
         if self.closed:
             return
         self.backend_conn = self.ack_conn = connection
-        self.server_name = str(connection.state)
+        self.ex.connected(str(connection.state))
         end = self.client_done and not self.out_pending and self.trailers_in is None
         self.backend_stream = connection.open_stream(self, self.head, end)
         self.request_ended = end
-        if self.expect and not self.client_done and not self.received:
+        if self.expect and not self.client_done and not self.ex.received:
             self.codec.respond(self.stream, 100, [], end=False)
         self._send_backend()
         self._arm("response" if self.client_done else "body")
@@ -625,12 +624,10 @@ class H2Exchange:
     def stream_response(self, status: int, fields: list[tuple[bytes, bytes]], ended: bool) -> None:
         if self.closed:
             return
-        self.upstream_time = time.monotonic() - self.started
-        if intercepts(self.route.intercept_errors, status, self.server.runtime.config.error_pages):
-            self._intercept(status, None, ended)
+        reply = self.ex.response(status, time.monotonic(), self.server.runtime.config.error_pages)
+        if reply is not None:
+            self._intercept(reply, None, ended)
             return
-        self.response_started = True
-        self.status = status
         fields = [(name, value) for name, value in fields if name not in RESPONSE_SKIP]
         policy = self.policy
         if policy is not None:
@@ -691,27 +688,15 @@ class H2Exchange:
         """The backend stream failed; ``unprocessed``: the server said it did nothing with it (GOAWAY
         below it, REFUSED_STREAM), so it may go again whatever its method."""
         self.backend_conn = None
-        if self.closed:
-            return
-        if self.response_started:
-            log.warn("{client}: backend response cut short: {reason}", client=self.server.info.client[0], reason=reason)
-            self._reset(ErrorCodes.INTERNAL_ERROR, "backend_failed")
-            return
-        if before_response and not self.retried and self.received == 0 and self.client_done \
-                and (unprocessed or self.event.method in IDEMPOTENT):
-            self.retried = True  # once more, on another connection
-            self.request_ended = False
-            self.pool.acquire(self, fresh=not unprocessed)
-            return
-        log.warn("{client}: 502 backend {backend} failed: {reason}", client=self.server.info.client[0],
-                 backend=self.route.backend, reason=reason)
-        self._answer(502, "backend_failed")
+        if not self.closed:
+            self._act(self.ex.failed(reason, before_response, unprocessed))
 
     def upstream_ready(self, connection: UpstreamConnection) -> None:
         if self.closed:
             self.pool.release(connection, reusable=True)  # nothing was sent on it
             return
         self.upstream = connection
+        self.ex.connected(str(connection.state))
         connection.start(self, b"GET" if self.tunnel else self.event.method, self.tunnel)
         out = self.head
         if self.body_in:
@@ -725,7 +710,7 @@ class H2Exchange:
         if not self.client_done or self.tunnel:
             self.producing = True
             connection.transport.registerProducer(self, True)
-            if self.expect and not self.received:
+            if self.expect and not self.ex.received:
                 self.codec.respond(self.stream, 100, [], end=False)
             self._ack()
             self._arm("response" if self.tunnel else "body")
@@ -734,31 +719,25 @@ class H2Exchange:
         self.server.flush()
 
     def upstream_unavailable(self, status: int, reason: str) -> None:
-        if self.closed:
-            return
-        log.warn("{client}: {status} {reason}", client=self.server.info.client[0], status=status, reason=reason)
-        self._answer(status, "backend_failed")
+        if not self.closed:
+            self._act(self.ex.unavailable(status, reason))
 
     def upstream_response(self, connection: UpstreamConnection, head: ResponseHead, body: bytes, done: bool) -> None:
-        self.response_started = True
-        self.status = status = head.status
-        self.server_name = str(connection.state)
-        self.upstream_time = time.monotonic() - self.started
+        ex = self.ex
+        status = head.status
         skip = RESPONSE_SKIP
         if head.lower.find(b"\r\nconnection:") >= 0:  # the fields it names are hop-by-hop too
             skip = skip | {token.strip(b" \t").lower() for name, value in field_list(head.fields, head.lower)
                            if name == b"connection" for token in value.split(b",")}
         if status == 101:  # the backend took the WebSocket: a 200 on this stream (RFC 8441)
-            status = self.status = 200
+            status = 200
             skip = skip | _TUNNEL_SKIP
         elif self.tunnel and 200 <= status < 300:  # a success that is no upgrade would look like an open tunnel
-            self.response_started = False
-            log.warn("{client}: 502 backend {backend} answered a WebSocket upgrade with {status}",
-                     client=self.server.info.client[0], backend=self.route.backend, status=status)
-            self._answer(502, "backend_failed")
+            self._act(ex.not_upgraded(status, time.monotonic()))
             return
-        if intercepts(self.route.intercept_errors, status, self.server.runtime.config.error_pages):
-            self._intercept(status, connection, done)
+        reply = ex.response(status, time.monotonic(), self.server.runtime.config.error_pages)
+        if reply is not None:
+            self._intercept(reply, connection, done)
             return
         fields = []
         for line in head.fields.split(b"\r\n")[1:]:  # one pass; names lower-cased one by one
@@ -778,7 +757,6 @@ class H2Exchange:
             self.coder = BodyCoder(chunked, encoding, False)
         self.codec.respond(self.stream, status, fields, end=done and not body)
         if done and not body:
-            self.sent = 0
             self.upstream_done = True
             self._release(connection.reusable)
             self._complete()
@@ -816,7 +794,7 @@ class H2Exchange:
                     pending.clear()
                     self.credits.clear()  # _end gives the backend its window back
                     break
-                self.sent += sent
+                self.ex.sent += sent
                 if self.ack_conn is not None and sent and self.coder is None:  # an HTTP/2 backend may send as much more
                     self.backend_unacked -= sent
                     self.ack_conn.ack(self.backend_stream, sent)
@@ -851,22 +829,13 @@ class H2Exchange:
         self._release(False)
         if self.closed:
             return
-        if self.response_started:
-            if self.tunnel:  # the backend closed the WebSocket: end the stream once the client has the rest
-                self.upstream_done = True
-                self.push()
-                return
-            log.warn("{client}: backend response cut short: {reason}", client=self.server.info.client[0], reason=reason)
-            self._reset(ErrorCodes.INTERNAL_ERROR, "backend_failed")
+        if self.tunnel and self.ex.response_started:
+            # the backend closed the WebSocket: end the stream once the client has the rest
+            self.upstream_done = True
+            self.push()
             return
-        if connection.reused and not self.retried and self.received == 0 and self.client_done \
-                and self.event.method in IDEMPOTENT:
-            self.retried = True  # a kept-alive connection the server had just closed: once more on a new one
-            self.pool.acquire(self, fresh=True)
-            return
-        log.warn("{client}: 502 backend {backend} failed: {reason}{hint}", client=self.server.info.client[0],
-                 backend=self.route.backend, reason=reason, hint=failure_hint(reason))
-        self._answer(502, "backend_failed")
+        # a kept-alive connection the server had just closed: the request may go once more on a new one
+        self._act(self.ex.failed(reason, again=connection.reused))
 
     def _release(self, reusable: bool) -> None:
         backend = self.backend_conn
@@ -899,12 +868,9 @@ class H2Exchange:
         if self.held is not None:  # forward_auth is asked: kept, unacknowledged (so the stream window bounds it)
             self.held.append((data, size))
             return
-        self.received += len(data)
-        if self.limit is not None and self.received > self.limit:
-            if self.response_started:
-                self._reset(ErrorCodes.CANCEL, "body_too_large")
-            else:
-                self._answer(413, "body_too_large")
+        action = self.ex.body(len(data))
+        if action is not None:  # past max_body
+            self._act(action)
             self.codec.ack(self.stream, size)
             return
         if self.h2_backend:
@@ -935,7 +901,7 @@ class H2Exchange:
         self.client_done = True
         if self.backend_conn is not None:
             self._send_backend()
-            if not self.response_started:
+            if not self.ex.response_started:
                 self._arm("response")
             return
         upstream = self.upstream
@@ -952,7 +918,7 @@ class H2Exchange:
         if self.producing:
             self.producing = False
             upstream.transport.unregisterProducer()
-        if not self.response_started:
+        if not self.ex.response_started:
             self._arm("response")
 
     def _ack(self) -> None:
@@ -978,7 +944,7 @@ class H2Exchange:
         if self.closed:
             return
         self._release(False)
-        self._end(outcome, self.status or 499)
+        self._end(outcome, 499)
 
     def auth_answered(self, result: Passed | Refusal | None, upstream: Any) -> None:
         """The forward_auth server's word: go on with its headers, relay its answer, or 503 (fail closed)."""
@@ -990,11 +956,12 @@ class H2Exchange:
             acked = sum(size for _, size in held if size > 0)
             if acked:
                 self.codec.ack(self.stream, acked)
+        ex = self.ex
         if result is None:
-            self._answer(503, "auth_failed", "the authentication service did not answer")
+            self._act(ex.auth_failed())
         elif type(result) is Refusal:
-            self.status = result.status
-            self.sent = self.server.relay(self.stream, self.event, result, self)
+            ex.status = result.status
+            ex.sent = self.server.relay(self.stream, self.event, result, self)
             self._end("answered", result.status)
         else:
             if result.add:
@@ -1002,7 +969,7 @@ class H2Exchange:
                     self.head = self.head[:-4] + b"".join(b"\r\n%s: %s" % field for field in result.add) + b"\r\n\r\n"
                 else:
                     self.head = self.head + list(result.add)
-            self.user = result.user
+            ex.user = result.user
             self.start(upstream)
             for data, size in held:  # what the client sent meanwhile, in order
                 if size < 0:
@@ -1012,12 +979,26 @@ class H2Exchange:
 
     # -- endings ---------------------------------------------------------------------------------
 
-    def _intercept(self, status: int, connection: UpstreamConnection | None, done: bool) -> None:
+    def _act(self, action: Reply | Cut | Retry) -> None:
+        """Carry out what the exchange decided: the request again (on another backend connection or
+        stream), edge's answer instead of the backend's, or the response cut short (a reset)."""
+        warn(self.server.info, action)
+        kind = type(action)
+        if kind is Retry:
+            self._release(False)
+            self.request_ended = False
+            self.pool.acquire(self, fresh=action.fresh)
+        elif kind is Reply:
+            self._answer(action.status, action.outcome, action.text)
+        else:
+            self._reset(ErrorCodes.INTERNAL_ERROR if action.outcome == "backend_failed" else ErrorCodes.CANCEL,
+                        action.outcome, action.status)
+
+    def _intercept(self, reply: Reply, connection: UpstreamConnection | None, done: bool) -> None:
         """The backend answered an error edge has a page for, on a route with ``intercept_errors``: edge's
         answer with that page instead (only the status is kept, as nginx's ``proxy_intercept_errors``).  An
         HTTP/1.1 backend's body is read and dropped, bounded (:class:`Discard`); an HTTP/2 backend's stream is
         reset unless it ended."""
-        self.response_started = False
         if connection is not None and connection is self.upstream:
             self.upstream = None
             self._detach(connection)
@@ -1026,27 +1007,26 @@ class H2Exchange:
             else:
                 runtime = self.server.runtime
                 Discard(self.pool, connection, DISCARD_LIMIT, runtime.reactor, runtime.config.timeouts.response)
-        self._answer(status, "intercepted", PUBLIC_TEXT.get(status) or REASON_TEXT.get(status) or "error")
+        self._answer(reply.status, reply.outcome, reply.text)
 
-    def _answer(self, status: int, outcome: str, text: str | None = None) -> None:
+    def _answer(self, status: int, outcome: str, text: str) -> None:
         """Edge's answer instead of the backend's (nothing of a response was sent yet)."""
         self._release(False)
         if self.closed:
             return
-        self.sent = self.server.answer(self.stream, self.event, status,
-                                       text or PUBLIC_TEXT.get(status) or REASON_TEXT[status], exchange=self)
+        self.ex.sent = self.server.answer(self.stream, self.event, status, text, exchange=self)
         self._end(outcome, status)
 
-    def _reset(self, code: int, outcome: str) -> None:
+    def _reset(self, code: int, outcome: str, status: int) -> None:
         self._release(False)
         self.codec.reset(self.stream, code)
         self.server.flush()
-        self._end(outcome, self.status or 502)
+        self._end(outcome, status)
 
     def _complete(self) -> None:
         if not self.client_done and not self.tunnel:
             self.server.stop_reading(self.stream)
-        self._end("completed", self.status)
+        self._end("completed", 0)
 
     def _end(self, outcome: str, status: int) -> None:
         self.closed = True
@@ -1069,9 +1049,8 @@ class H2Exchange:
             self.timer.cancel()
             self.timer = None
         self.server.finished(self.stream)
-        self.status = status
-        self.server._log(self.event, status, self.sent, self.route, self.server_name, self.upstream_time,
-                         self.started, outcome, self.user)
+        self.ex.end(outcome, status)
+        log_exchange(self.server.info, self.ex)
         self.server.flush()
 
     # -- timers ----------------------------------------------------------------------------------
@@ -1098,14 +1077,7 @@ class H2Exchange:
             self.timer_at = self.deadline_at
             return
         kind = self.deadline_kind
-        if kind == "response" and not self.response_started:
-            if self.backend_conn is not None:
-                self.backend_conn.check()  # a connection gone silent is dropped, not kept for the next request
-            seconds = self.server.runtime.config.timeouts.response
-            log.warn("{client}: 504 backend {backend} did not answer within {seconds:g}s",
-                     client=self.server.info.client[0], backend=self.route.backend, seconds=seconds)
-            self._answer(504, "timeout")
-        elif kind == "body" and not self.response_started:
-            self._answer(408, "timeout", "request body took too long")
-        else:
-            self._reset(ErrorCodes.CANCEL, "timeout")
+        timeouts = self.server.runtime.config.timeouts
+        if kind == "response" and not self.ex.response_started and self.backend_conn is not None:
+            self.backend_conn.check()  # a connection gone silent is dropped, not kept for the next request
+        self._act(self.ex.expired(kind, timeouts.response if kind == "response" else timeouts.idle))

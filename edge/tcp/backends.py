@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_backends, tests.e2e.test_health -*-
+# -*- test-case-name: tests.e2e.test_backends, tests.e2e.test_health, tests.unit.tcp.test_backends -*-
 """Backends own server selection: balance, max_conn and passive health.
 
 A connection asks its backend for a server; the backend tries servers in
@@ -43,7 +43,7 @@ class ServerState:
         self.active = 0
         self.fails = 0  # passive health: failed connects in a row
         self.down_until = 0.0
-        self.checked_up = True  # active health (edge.tcp.health); servers start up, as in HAProxy
+        self.checked_up = True  # active health (edge.health); servers start up, as in HAProxy
         self.check_fails = 0
         self.check_passes = 0
         self.checking = False
@@ -102,7 +102,7 @@ class Backend:
         forwarded connection.  ``cancel()`` on the result stops the attempt
         and reports nothing more.
         """
-        return ServerAttempt(self, build, on_open, on_fail, endpoint_for)
+        return _Connect(self, build, on_open, on_fail, endpoint_for).start()
 
     def succeeded(self, state: ServerState) -> None:
         if state.fails or state.down_until:
@@ -126,63 +126,117 @@ class Backend:
                 )
 
 
+def next_server(candidates: list[ServerState], index: int, max_conn: int | None) -> int:
+    """Which server to try next: the first of ``candidates`` (in :meth:`Backend.ordered`'s order) from
+    ``index`` on with room under ``max_conn``; ``len(candidates)`` when none is left."""
+    if max_conn is not None:
+        while index < len(candidates) and candidates[index].active >= max_conn:
+            index += 1
+    return index
+
+
 class ServerAttempt:
-    """Trying a backend's servers in turn until one accepts the connection."""
+    """The one failover loop: a backend's servers tried in turn until one serves or accepts a connection.
 
-    __slots__ = ("backend", "build", "on_open", "on_fail", "endpoint_for", "candidates", "index", "tried",
-                 "state", "attempt", "serial", "finished")
+    For each server :func:`next_server` picks, :meth:`serve` may take the request on what is at hand
+    (an idle keep-alive connection, an HTTP/2 connection with a free stream); otherwise a connection is
+    opened, and a server that refuses or times out is marked (passive health) and the next one tried, since
+    nothing was sent yet.  When none is left, :meth:`given_up` hears the last error (None: no server was
+    tried, every one at ``max_conn`` or down).  ``hold``: a server's ``active`` counts this attempt from
+    the moment it is chosen (connections, requests); an HTTP/2 pool counts streams instead.
 
-    def __init__(self, backend: Backend, build: Callable[[], Any], on_open: Callable[[ServerState, Any], None],
-                 on_fail: Callable[[Exception], None], endpoint_for: Any) -> None:
-        self.backend, self.build, self.on_open, self.on_fail = backend, build, on_open, on_fail
-        self.endpoint_for = endpoint_for
+    The TCP forwarder (:meth:`Backend.connect`), the HTTP/1.1 pool and the HTTP/2 pool each fill in the
+    hooks; ``cancel()`` stops an attempt and reports nothing more.
+    """
+
+    __slots__ = ("backend", "candidates", "index", "tried", "state", "attempt", "serial", "finished", "hold")
+
+    def __init__(self, backend: Backend, hold: bool = True) -> None:
+        self.backend = backend
+        self.hold = hold
         self.candidates = backend.ordered()
         self.index = self.tried = self.serial = 0
         self.state: ServerState | None = None
         self.attempt: Any = None
         self.finished = False
+
+    def start(self) -> "ServerAttempt":
         self._try(None)
+        return self
+
+    # -- the hooks -------------------------------------------------------------------------------
+
+    def serve(self, state: ServerState) -> bool:
+        """Whether ``state`` takes the request without a new connection (then the attempt is over)."""
+        return False
+
+    def build(self, state: ServerState) -> Any:
+        """The protocol of a new connection to ``state``."""
+        raise NotImplementedError
+
+    def endpoint(self, state: ServerState) -> Any:
+        return state.endpoint
+
+    def opened(self, state: ServerState, protocol: Any) -> None:
+        """A new connection to ``state`` is up."""
+
+    def go_on(self) -> bool:
+        """After a server failed: whether the next one is tried (False: whoever asked is gone)."""
+        return True
+
+    def settled(self) -> None:
+        """After a failed server was dealt with (the next one tried, or the attempt given up)."""
+
+    def given_up(self, last_error: Exception | None) -> None:
+        """No server is left: ``last_error`` from the last one tried, None if none was."""
+
+    # -- the loop ----------------------------------------------------------------------------------
 
     def _try(self, last_error: Exception | None) -> None:
-        backend, candidates, index = self.backend, self.candidates, self.index
-        while index < len(candidates) and not backend.has_room(candidates[index]):
-            index += 1
-        self.index = index
+        backend, candidates = self.backend, self.candidates
+        index = self.index = next_server(candidates, self.index, backend.config.max_conn)
         if index >= len(candidates):
             self.finished = True
-            if not self.tried:
-                self.on_fail(NoServerAvailable(f"all servers of backend {backend.name!r} are at max_conn"))
-            else:
-                self.on_fail(BackendUnavailable(
-                    f"no server of backend {backend.name!r} accepted the connection: {describe_error(last_error)}"))
+            self.given_up(last_error if self.tried else None)
             return
         state = self.state = candidates[index]
-        state.active += 1
+        if self.hold:
+            state.active += 1
+        if self.serve(state):
+            self.finished = True
+            return
         self.serial += 1
         serial = self.serial
         try:
-            endpoint = state.endpoint if self.endpoint_for is None else self.endpoint_for(state)
-            attempt = open_endpoint(endpoint, self.build, self._opened, self._failed)
+            attempt = open_endpoint(self.endpoint(state), self._build, self._opened, self._failed)
         except Exception as e:
             self._failed(e)
             return
         if self.serial == serial and not self.finished:  # it did not report already (an immediate failure)
             self.attempt = attempt
 
+    def _build(self) -> Any:
+        return self.build(self.state)
+
     def _opened(self, protocol: Any) -> None:
         self.attempt = None
         self.finished = True
         self.backend.succeeded(self.state)
-        self.on_open(self.state, protocol)
+        self.opened(self.state, protocol)
 
     def _failed(self, error: Exception) -> None:
         self.attempt = None
         state = self.state
-        state.active -= 1
+        if self.hold:
+            state.active -= 1
         self.backend.failed(state, error)
         self.index += 1
         self.tried += 1
-        self._try(error)
+        if self.go_on():
+            self._try(error)
+        else:
+            self.finished = True
+        self.settled()
 
     def cancel(self) -> None:
         if self.finished:
@@ -191,7 +245,44 @@ class ServerAttempt:
         attempt, self.attempt = self.attempt, None
         if attempt is not None:
             attempt.cancel()
-            self.state.active -= 1
+            if self.hold:
+                self.state.active -= 1
+
+
+class _Connect(ServerAttempt):
+    """:meth:`Backend.connect`'s attempt: one connection for the TCP forwarder, reported by callbacks."""
+
+    __slots__ = ("build_protocol", "on_open", "on_fail", "endpoint_for")
+
+    def __init__(self, backend: Backend, build: Callable[[], Any], on_open: Callable[[ServerState, Any], None],
+                 on_fail: Callable[[Exception], None], endpoint_for: Any) -> None:
+        super().__init__(backend)
+        self.build_protocol, self.on_open, self.on_fail, self.endpoint_for = build, on_open, on_fail, endpoint_for
+
+    def build(self, state: ServerState) -> Any:
+        return self.build_protocol()
+
+    def endpoint(self, state: ServerState) -> Any:
+        return state.endpoint if self.endpoint_for is None else self.endpoint_for(state)
+
+    def opened(self, state: ServerState, protocol: Any) -> None:
+        self.on_open(state, protocol)
+
+    def given_up(self, last_error: Exception | None) -> None:
+        name = self.backend.name
+        if last_error is None:
+            self.on_fail(NoServerAvailable(f"all servers of backend {name!r} are at max_conn"))
+        else:
+            self.on_fail(BackendUnavailable(
+                f"no server of backend {name!r} accepted the connection: {describe_error(last_error)}"))
+
+
+def unavailable(backend: Backend, last_error: Exception | None) -> tuple[int, str]:
+    """An HTTP request's status and log reason when no server of ``backend`` took it: 503 when none was
+    tried (all at ``max_conn`` or down), 502 when every one tried refused or timed out."""
+    if last_error is None:
+        return 503, f"no server available in backend {backend.name}"
+    return 502, f"backend {backend.name} refused the connection: {describe_error(last_error)}"
 
 
 def describe_error(error: Exception | None) -> str:
