@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_exchange, tests.e2e.test_http1_proxy, tests.e2e.test_h2_server -*-
+# -*- test-case-name: tests.unit.http.test_exchange, tests.e2e.test_http1_proxy, tests.e2e.test_h2_server -*-
 """One request relayed to a backend, for HTTP/1.1 and HTTP/2 clients alike: the exchange's decisions.
 
 An :class:`Exchange` is told what happens to its request (body bytes and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.http.test_exchange, tests.e2e.test_http1_proxy, tests.e2e.test_h2_server -*-
+# -*- test-case-name: tests.unit.http.test_exchange, tests.e2e.test_http1_proxy, tests.e2e.test_h2_server -*-
 """The thin driver of :class:`edge.http.exchange.Exchange`: its log lines.
 
 Both servers carry out an exchange's actions on their own codec; what they
