@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 from edge.access import AddressRule, Rate, Users, UsersFileError, parse_networks, parse_users
 from edge.headers import HeaderRules, hsts_value
-from edge.addresses import Address, parse_address, parse_addresses, parse_host_port, parse_server
+from edge.addresses import ListenAddress, parse_address, parse_addresses, parse_host_port, parse_server
 
 TLS_MODES = ("passthrough", "edge", "reencrypt")
 BALANCES = ("roundrobin", "leastconn")
@@ -64,9 +64,9 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class Listen:
-    ssh: tuple[Address, ...]
-    http: tuple[Address, ...]
-    https: tuple[Address, ...]
+    ssh: tuple[ListenAddress, ...]
+    http: tuple[ListenAddress, ...]
+    https: tuple[ListenAddress, ...]
     accept_proxy: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     deny: AddressRule = AddressRule()  # [listen] deny: addresses refused on every door
 
@@ -284,7 +284,7 @@ class Door:
     """
 
     name: str
-    listen: tuple[Address, ...]
+    listen: tuple[ListenAddress, ...]
     backend: str | None
     sni: bool = False
     addresses: AddressRule = AddressRule()  # allow / deny, for every connection to this door
@@ -301,7 +301,7 @@ class Config:
     state_dir: str
     certs_dir: str | None
     issuer: str | None
-    admin: Address | None
+    admin: ListenAddress | None
     acme: AcmeConfig | None
     watch: bool
     workers: int
@@ -978,7 +978,7 @@ class _Parser:
             raise self.fail(key, f"backend {name!r} has host:port servers, but this needs http:// or https:// servers")
 
     def doors(self, data: Any, backends: Mapping[str, BackendConfig], listen: Listen,
-              admin: Address | None) -> tuple[Door, ...]:
+              admin: ListenAddress | None) -> tuple[Door, ...]:
         if not isinstance(data, list):
             raise self.fail("doors", "must be an array of tables: [[doors]]")
         seen: dict[Any, str] = {a: f"listen.{d}" for d in ("ssh", "http", "https") for a in getattr(listen, d)}
@@ -1139,8 +1139,8 @@ class _Parser:
             routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index, paths, max_body, label,
                                 http_backend, route_doors, acme_challenge, **self.route_access(item, key, tls, label),
                                 **self.route_transform(item, key, tls, paths)))
-        for name, door in doors.items():
-            if door.sni and door.backend is None and not any(name in route.doors for route in routes):
+        for name, named_door in doors.items():
+            if named_door.sni and named_door.backend is None and not any(name in route.doors for route in routes):
                 raise self.fail("doors", f"door {name!r} has sni = true but no route lists it in doors "
                                          "and it has no backend")
         return tuple(routes)

@@ -168,9 +168,10 @@ class AuthCheck:
             self._finish(None, reusable=False, reason=f"answer larger than {MAX_AUTH_BODY} bytes")
             return
         self.body.append(data)
-        if done:
+        response = self.response  # set by upstream_response, which comes first
+        if done and response is not None:
             reusable = self.connection is not None and self.connection.reusable
-            self._finish(verdict(self.config, self.response, b"".join(self.body)), reusable)
+            self._finish(verdict(self.config, response, b"".join(self.body)), reusable)
 
     def upstream_failed(self, connection: Any, reason: str) -> None:
         if self.closed:

@@ -18,7 +18,7 @@ import binascii
 import math
 from typing import NamedTuple
 
-from edge.access import Limiter, Rate, limit_key
+from edge.access import Limiter, Rate, Users, limit_key
 from edge.config import ForwardAuth, Route
 from edge.http.answers import REASON_TEXT
 from edge.http.h1 import BadRequest, split_host
@@ -190,7 +190,7 @@ class Guard:
             return Answer(429, REASON_TEXT[429], None, (("retry-after", str(max(1, math.ceil(wait)))),))
         known = basic.users.known(*credentials)
         if known is None:  # to be hashed off the reactor: the caller asks, as it asks a forward_auth server
-            return Admitted(None, self.drop, (), PasswordCheck(self, key, *credentials))
+            return Admitted(None, self.drop, (), PasswordCheck(self, basic.users, key, *credentials))
         return self.judged(key, credentials[0], known, now)
 
     def judged(self, key: str, user: str, right: bool, now: float) -> Answer | Admitted:
@@ -208,6 +208,7 @@ class PasswordCheck(NamedTuple):
     of guesses does not stall every other connection (``Admitted.ask``, answered by the runtime)."""
 
     guard: Guard
+    users: Users  # the route's basic_auth users
     key: str  # the client, as limits count it
     user: str
     password: bytes
