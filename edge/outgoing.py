@@ -26,10 +26,11 @@ import _socket
 from errno import ECONNREFUSED, EINPROGRESS, EWOULDBLOCK
 from typing import Any, Callable
 
-from twisted.internet import error
+from twisted.internet import error, tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, ITransport
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -50,7 +51,10 @@ class Connecting:
 
     def __init__(self, reactor: Any, peer: tuple[str, int], family: int, timeout: float,
                  build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> None:
-        self.reactor, self.peer, self.build, self.on_open, self.on_fail = reactor, peer, build, on_open, on_fail
+        self.reactor, self.peer = reactor, peer
+        self.build: Callable[[], Protocol] | None = build  # the three are dropped once one of the ends is reported
+        self.on_open: Opened | None = on_open
+        self.on_fail: Failed | None = on_fail
         self.timer: Any = None
         self.sock: _socket.socket | None = None
         try:  # the C-level socket type: the Python wrapper class adds nothing a transport uses, and costs a call
@@ -85,8 +89,8 @@ class Connecting:
         self.doWrite()
 
     def doWrite(self) -> None:
-        sock = self.sock
-        if sock is None:
+        sock, build, on_open = self.sock, self.build, self.on_open
+        if sock is None or build is None or on_open is None:  # all set while connecting
             return
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
@@ -99,8 +103,9 @@ class Connecting:
         if timer is not None and timer.active():
             timer.cancel()
         try:
-            protocol = self.build()
-            transport = BackendTransport(sock, protocol, self.reactor, self.peer)
+            protocol = build()
+            # Twisted types a transport's socket as socket.socket; it calls only what the C-level one has
+            transport = BackendTransport(sock, protocol, self.reactor, self.peer)  # type: ignore[arg-type]
             under_tls(transport, protocol)
             writer_to_reader(self.reactor, self, transport)
             protocol.makeConnection(transport)
@@ -110,7 +115,7 @@ class Connecting:
             sock.close()
             self._report(e)
             return
-        on_open, self.on_open, self.on_fail, self.build = self.on_open, None, None, None
+        self.on_open = self.on_fail = self.build = None
         on_open(protocol)
 
     def connectionLost(self, reason: Failure) -> None:
@@ -183,7 +188,12 @@ class TCPEndpoint:
 
         attempt: list[Connecting] = []
         result: Deferred = Deferred(lambda _: attempt[0].cancel() if attempt else None)
-        attempt.append(self.open(build, result.callback, lambda e: result.called or result.errback(e)))
+
+        def failed(e: Exception) -> None:
+            if not result.called:
+                result.errback(e)
+
+        attempt.append(self.open(build, result.callback, failed))
         return result
 
 
@@ -214,15 +224,19 @@ class _Attempt(Factory):
         return build() if build is not None else _Surplus()
 
     def _opened(self, protocol: Protocol, on_open: Opened) -> None:
+        transport = protocol.transport  # connected: a TCP transport, or a TLS wrapper that passes calls down
         if self.cancelled:
-            protocol.transport.loseConnection()
-        else:
-            protocol.transport.setTcpNoDelay(True)  # as on our own connections (a TLS wrapper passes it down)
-            on_open(protocol)
+            if transport is not None:
+                transport.loseConnection()
+            return
+        if isinstance(transport, (tcp.Connection, ProtocolWrapper)):  # a TLS wrapper passes it down
+            transport.setTcpNoDelay(True)  # as on our own connections
+        on_open(protocol)
 
     def _failed(self, failure: Failure, on_fail: Failed) -> None:
         if not self.cancelled:
-            on_fail(failure.value)
+            reason = failure.value
+            on_fail(reason if isinstance(reason, Exception) else error.ConnectError(string=repr(reason)))
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -231,6 +245,8 @@ class _Attempt(Factory):
 
 class _Surplus(Protocol):
     """A second connection from a racing connect attempt (several addresses for one name): not wanted."""
+
+    transport: ITransport  # connected
 
     def connectionMade(self) -> None:
         self.transport.loseConnection()
