@@ -131,6 +131,7 @@ class ServerAttempt:
 
     __slots__ = ("backend", "build", "on_open", "on_fail", "endpoint_for", "candidates", "index", "tried",
                  "state", "attempt", "serial", "finished")
+    state: ServerState  # the server being tried: set by _try before anything can report on it
 
     def __init__(self, backend: Backend, build: Callable[[], Any], on_open: Callable[[ServerState, Any], None],
                  on_fail: Callable[[Exception], None], endpoint_for: Any) -> None:
@@ -138,7 +139,6 @@ class ServerAttempt:
         self.endpoint_for = endpoint_for
         self.candidates = backend.ordered()
         self.index = self.tried = self.serial = 0
-        self.state: ServerState | None = None
         self.attempt: Any = None
         self.finished = False
         self._try(None)

@@ -24,7 +24,7 @@ import os
 import socket
 import _socket
 from errno import ECONNREFUSED, EINPROGRESS, EWOULDBLOCK
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 from twisted.internet import error, tcp
 from twisted.internet.defer import Deferred
@@ -38,22 +38,22 @@ from edge.net.fastpath import BackendTransport, backend_address, writer_to_reade
 from edge.timers import coarse
 from edge.transports import under_tls
 
-Opened = Callable[[Protocol], None]
+P = TypeVar("P", bound=Protocol)  # the protocol a connect builds, and hands to its on_open
 Failed = Callable[[Exception], None]
 
 __all__ = ["BackendTransport", "Connecting", "TCPEndpoint", "open_endpoint"]
 
 
-class Connecting:
+class Connecting(Generic[P]):
     """One connect in progress: registered with the reactor until the socket is writable."""
 
     __slots__ = ("reactor", "sock", "fd", "peer", "build", "on_open", "on_fail", "timer")
 
     def __init__(self, reactor: Any, peer: tuple[str, int], family: int, timeout: float,
-                 build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> None:
+                 build: Callable[[], P], on_open: Callable[[P], None], on_fail: Failed) -> None:
         self.reactor, self.peer = reactor, peer
-        self.build: Callable[[], Protocol] | None = build  # the three are dropped once one of the ends is reported
-        self.on_open: Opened | None = on_open
+        self.build: Callable[[], P] | None = build  # the three are dropped once one of the ends is reported
+        self.on_open: Callable[[P], None] | None = on_open
         self.on_fail: Failed | None = on_fail
         self.timer: Any = None
         self.sock: _socket.socket | None = None
@@ -169,7 +169,7 @@ class TCPEndpoint:
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.timeout = timeout
 
-    def open(self, build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> Connecting:
+    def open(self, build: Callable[[], P], on_open: Callable[[P], None], on_fail: Failed) -> Connecting[P]:
         """Connect; ``on_open(protocol)`` once ``build()``'s protocol is connected, or ``on_fail(error)``.
 
         Either may be called before this returns (an immediate failure).
@@ -186,7 +186,7 @@ class TCPEndpoint:
                 raise error.ConnectError(string="the factory built no protocol")
             return protocol
 
-        attempt: list[Connecting] = []
+        attempt: list[Connecting[Protocol]] = []
         result: Deferred = Deferred(lambda _: attempt[0].cancel() if attempt else None)
 
         def failed(e: Exception) -> None:
@@ -197,7 +197,7 @@ class TCPEndpoint:
         return result
 
 
-def open_endpoint(endpoint: Any, build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> Any:
+def open_endpoint(endpoint: Any, build: Callable[[], P], on_open: Callable[[P], None], on_fail: Failed) -> Any:
     """Connect through any endpoint with plain callbacks; returns something with ``cancel()``.
 
     :class:`TCPEndpoint` does it without a Deferred; other endpoints (host
@@ -208,13 +208,13 @@ def open_endpoint(endpoint: Any, build: Callable[[], Protocol], on_open: Opened,
     return _Attempt(endpoint, build, on_open, on_fail)
 
 
-class _Attempt(Factory):
+class _Attempt(Factory[Protocol], Generic[P]):
     """A connect through another endpoint, reported like :class:`Connecting` (nothing after ``cancel``)."""
 
     noisy = False
 
-    def __init__(self, endpoint: Any, build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> None:
-        self.build: Callable[[], Protocol] | None = build
+    def __init__(self, endpoint: Any, build: Callable[[], P], on_open: Callable[[P], None], on_fail: Failed) -> None:
+        self.build: Callable[[], P] | None = build
         self.cancelled = False
         self.attempt = endpoint.connect(self)
         self.attempt.addCallbacks(self._opened, self._failed, callbackArgs=(on_open,), errbackArgs=(on_fail,))
@@ -223,7 +223,7 @@ class _Attempt(Factory):
         build, self.build = self.build, None  # the connector keeps this factory as long as the connection
         return build() if build is not None else _Surplus()
 
-    def _opened(self, protocol: Protocol, on_open: Opened) -> None:
+    def _opened(self, protocol: P, on_open: Callable[[P], None]) -> None:
         transport = protocol.transport  # connected: a TCP transport, or a TLS wrapper that passes calls down
         if self.cancelled:
             if transport is not None:
