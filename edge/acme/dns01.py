@@ -118,9 +118,12 @@ class Propagation:
 
 
 class _Route(Protocol):
-    hosts: tuple[str, ...]
-    terminated: bool
-    acme_challenge: str | None
+    @property
+    def hosts(self) -> tuple[str, ...]: ...
+    @property
+    def terminated(self) -> bool: ...
+    @property
+    def acme_challenge(self) -> str | None: ...
 
 
 def plan_certificates(routes: Iterable[_Route], challenge: str, dns: bool,

@@ -48,7 +48,7 @@ PEER_ERRORS = {dns.tsig.PeerBadSignature: "BADSIG", dns.tsig.PeerBadKey: "BADKEY
 def _address(host: str) -> str:
     """An IP address for ``host`` (dnspython sends to addresses only)."""
     try:
-        return socket.getaddrinfo(host, 53, type=socket.SOCK_DGRAM)[0][4][0]
+        return str(socket.getaddrinfo(host, 53, type=socket.SOCK_DGRAM)[0][4][0])  # an IP (v4 or v6) sockaddr
     except OSError as e:
         raise DnsProblem(f"cannot resolve DNS server {host}: {e.strerror or e}") from None
 
@@ -160,7 +160,7 @@ class Rfc2136:
 
     def _update(self, record: Record, add: bool) -> None:
         zone = self.zone_of(record.target)
-        update = dns.update.UpdateMessage(zone, keyring=self.keyring, keyname=self.key_name,
+        update = dns.update.UpdateMessage(zone, keyring=self.keyring, keyname=dns.name.from_text(self.key_name),
                                           keyalgorithm=self.algorithm)
         rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, json.dumps(record.value))
         owner = dns.name.from_text(record.target)

@@ -101,7 +101,7 @@ class AcmeSession:
         directory = client.ClientV2.get_directory(config.directory, net)
         self.client = client.ClientV2(directory, net)
         eab = None
-        if config.eab_kid:
+        if config.eab_kid and config.eab_hmac_key is not None:  # both or neither (the config checks)
             eab = messages.ExternalAccountBinding.from_data(
                 account_public_key=self.key.public_key(), kid=config.eab_kid,
                 hmac_key=config.eab_hmac_key, directory=directory)

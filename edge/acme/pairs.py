@@ -18,9 +18,8 @@ import re
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from edge.tls.store import names_of
+from edge.tls.store import ServingKey, key_matches, names_of
 
 _KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----\r?\n?", re.S)
 
@@ -60,27 +59,26 @@ def parse_chain(chain_pem: bytes) -> list[x509.Certificate]:
     return chain
 
 
-def parse_key(key_pem: bytes) -> PrivateKeyTypes:
+def parse_key(key_pem: bytes) -> ServingKey:
     if not key_pem.strip():
         raise PairProblem("key", "empty")
     try:
-        return serialization.load_pem_private_key(key_pem, None)
+        key = serialization.load_pem_private_key(key_pem, None)
     except (ValueError, TypeError) as e:
         raise PairProblem("key", f"does not parse ({str(e).rsplit(' ', 1)[-1]})") from None
+    if not isinstance(key, ServingKey):
+        raise PairProblem("key", f"a {type(key).__name__} cannot sign a TLS handshake")
+    return key
 
 
-def _public(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def check_pair(host: str, chain_pem: bytes, key_pem: bytes) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
+def check_pair(host: str, chain_pem: bytes, key_pem: bytes) -> tuple[list[x509.Certificate], ServingKey]:
     """The parsed (chain, key) if fit to serve for ``host``; else PairProblem.
 
     An expired leaf is not a problem here: it is whole, and due for renewal (that is the scheduler's call).
     """
     chain = parse_chain(chain_pem)
     key = parse_key(key_pem)
-    if _public(key.public_key()) != _public(chain[0].public_key()):
+    if not key_matches(key, chain[0]):
         raise PairProblem("key", "does not match the certificate")
     for subject, issuer in zip(chain, chain[1:]):
         if subject.issuer != issuer.subject:

@@ -46,7 +46,7 @@ from edge.acme.storage import AcmeStorage, Loaded, RecordedOrder
 from edge.acme.timing import RenewalInfo, due_at, next_check, pick_in_window
 from edge.acme.threads import Cancelled, run_in_daemon_thread
 from edge.tls.store import Certificate, CertificateStore
-from edge.config import Config
+from edge.config import AcmeConfig, Config
 
 log = Logger()
 
@@ -54,9 +54,17 @@ MAX_BACKOFF = 86400.0
 SYNC_INTERVAL = 30.0  # how often the shared storage is read for certificates another edge obtained
 
 
+def acme_of(config: Config) -> AcmeConfig:
+    """The ``[acme]`` table of a config the ACME service runs for (it is started only when there is one)."""
+    if config.acme is None:
+        raise ValueError(f"{config.path}: no [acme] table")
+    return config.acme
+
+
 def managed_hosts(config: Config, store: CertificateStore) -> list[str]:
     """Terminated host names that no static certificate covers; ``*.suffix`` too with [acme.dns] (DNS-01)."""
-    return list(plan_certificates(config.routes, config.acme.challenge, config.acme.dns is not None, store.covered))
+    acme = acme_of(config)
+    return list(plan_certificates(config.routes, acme.challenge, acme.dns is not None, store.covered))
 
 
 class AcmeService(Service):
@@ -67,7 +75,7 @@ class AcmeService(Service):
         self.orders = orders  # False in workers other than the first: they only load what it stored
         self.on_issued = on_issued
         self.config = config
-        self.acme = config.acme
+        self.acme = acme_of(config)
         self.store = store
         self.responders = responders
         self.reactor = reactor
@@ -92,13 +100,13 @@ class AcmeService(Service):
         responders.shared = self._shared_answer
 
     def _open_storage(self, config: Config) -> AcmeStorage:
-        storage = AcmeStorage(config.state_dir, config.acme.directory, open_storage(config))
+        storage = AcmeStorage(config.state_dir, acme_of(config).directory, open_storage(config))
         storage.report = lambda *args, **kwargs: self.reactor.callFromThread(log.error, *args, **kwargs)
         return storage
 
     @staticmethod
     def _storage_key(config: Config) -> tuple:
-        return config.state_dir, config.acme.directory, config.storage
+        return config.state_dir, acme_of(config).directory, config.storage
 
     def _plan(self, config: Config, store: CertificateStore) -> None:
         """Which names each certificate covers and how each is proved (DNS-01 for wildcards)."""
@@ -202,15 +210,15 @@ class AcmeService(Service):
         successor (two TLS-ALPN-01 validations for one host fail each other) and the back-off is kept.
         The managed hosts are worked out again; the certificates held are put in the new store; a
         changed ACME server or account starts a new session (and storage, for another server)."""
-        old = self.acme
+        old, new = self.acme, acme_of(config)
         self.config_storage = self.config.storage
-        self.config, self.acme, self.store = config, config.acme, store
+        self.config, self.acme, self.store = config, new, store
         if self._storage_key(config) != (self.storage.state_dir, old.directory, self.config_storage):
             self.storage = self._open_storage(config)
             self.current.clear()
             self.session = None
         elif (old.email, old.ca_bundle, old.eab_kid, old.eab_hmac_key) != \
-                (config.acme.email, config.acme.ca_bundle, config.acme.eab_kid, config.acme.eab_hmac_key):
+                (new.email, new.ca_bundle, new.eab_kid, new.eab_hmac_key):
             self.session = None
         self.hosts = managed_hosts(config, store)  # before the ACME certificates are in it
         self._plan(config, store)

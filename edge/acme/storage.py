@@ -132,7 +132,10 @@ class AcmeStorage:
         if data is None:
             return None
         try:
-            return parse_key(data)
+            key = parse_key(data)
+            if not (isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)):
+                raise PairProblem("key", f"a {type(key).__name__}, not the P-256 key that ES256 signs with")
+            return key
         except PairProblem as e:
             moved = self._move_aside(name, data)
             self.report("ACME account key {path}: {reason}; moved aside to {moved}, creating a new account",

@@ -18,11 +18,12 @@ import time
 import types
 from typing import Any, Callable
 
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import ErrorPage, Resource
 from twisted.web.server import Request, Site
+from zope.interface import provider
 
 from edge import __version__
 from edge.ops import metrics
@@ -51,6 +52,7 @@ def note_reload(outcome: str) -> None:
     LAST_RELOAD[:] = [(datetime.datetime.now(datetime.timezone.utc), outcome)]
 
 
+@provider(ILogObserver)
 def _remember_errors(event: dict) -> None:
     """Keep the last warnings and errors of edge's own loggers for the status page."""
     level = event.get("log_level")
@@ -214,8 +216,9 @@ class _NoBody(Request):
     def gotLength(self, length: int | None) -> None:
         if length or self.requestHeaders.hasHeader(b"transfer-encoding"):
             transport = self.channel.transport
-            transport.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            transport.loseConnection()
+            if transport is not None:  # None only once the connection is gone
+                transport.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                transport.loseConnection()
             address = getattr(self.getClientAddress(), "host", "-")
             log_request(None, self.method.decode("latin-1"), (self.getHeader(b"host") or b"-").decode("latin-1"),
                         self.uri.decode("latin-1"), 413, 0, None, None, None, None, 0.0,

@@ -29,8 +29,8 @@ from edge.sniff.proxy import ProxyHeader, sniff_proxy
 from edge.sniff.ssh import sniff_ssh
 from edge.sniff.tls import ClientHello, sniff_tls
 from edge.tls.terminate import UNRECOGNIZED_NAME_ALERT
-from edge.net.timers import coarse
-from edge.net.transports import under_tls
+from edge.net.timers import Deadline, coarse
+from edge.net.transports import AcceptedTransport, under_tls
 
 
 
@@ -62,6 +62,9 @@ MAX_PREFIX = 16384
 
 @implementer(IHalfCloseableProtocol)
 class Dispatcher(Protocol):
+    transport: AcceptedTransport  # from makeConnection on
+    factory: DispatchFactory
+
     def __init__(self, runtime: DispatchRuntime, listener: str) -> None:
         self.runtime = runtime
         self.listener = listener  # "ssh", "http", "https" or a [[doors]] name
@@ -69,7 +72,7 @@ class Dispatcher(Protocol):
         self.sniffing = listener == "https" or (door is not None and door.sni)  # else the door says what comes
         self.handler: Protocol | None = None
         self.buffer = b""
-        self.timer = None
+        self.timer: Deadline | None = None
         self.proxy_pending = False
         self.looking_up = False  # a TLS-ALPN-01 answer is being looked up in the shared ACME storage
 
@@ -111,7 +114,7 @@ class Dispatcher(Protocol):
             self.proxy_pending = False
             if isinstance(header, ProxyHeader):
                 self.buffer = self.buffer[header.length :]
-                if header.source is not None:
+                if header.source is not None and header.destination is not None:  # both, or neither (LOCAL)
                     self.info.client = header.source
                     self.info.local = header.destination
                     self.info.proxied = True
@@ -208,7 +211,7 @@ class Dispatcher(Protocol):
             return
         route = entry.passthrough
         why = self.runtime.refused(f"route:{route.name}", info.client[0]) if route is not None else None
-        if why is not None:
+        if route is not None and why is not None:
             info.route, info.tls_mode = route.name, route.tls
             self._reject(why)
             return
@@ -303,7 +306,7 @@ class Dispatcher(Protocol):
             self.info.finish(self.info.ended or "client closed")
 
 
-class DispatchFactory(Factory):
+class DispatchFactory(Factory[Dispatcher]):
     """Builds a :class:`Dispatcher` per connection for one front door."""
 
     noisy = False

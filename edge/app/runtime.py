@@ -61,16 +61,17 @@ class Runtime:
         self.doors = {door.name: door for door in config.doors}
         self.door_routes = {door.name: RouteTable(r for r in config.routes if door.name in r.doors)
                             for door in config.doors if door.sni}
-        same_timeouts = previous is not None and previous.config.timeouts == config.timeouts
+        # the runtime whose backends and pools carry over: the previous one, if its timeouts are the same
+        kept = previous if previous is not None and previous.config.timeouts == config.timeouts else None
         self.backends: dict[str, Backend] = {}
         self.upstreams: dict[str, Upstream] = {}
         for name, backend_config in config.backends.items():
             # An unchanged backend keeps its counters, health and connection pool across a reload.
-            old = previous.backends.get(name) if same_timeouts else None
-            if old is not None and old.config == backend_config:
+            old = kept.backends.get(name) if kept is not None else None
+            if kept is not None and old is not None and old.config == backend_config:
                 self.backends[name] = old
-                if name in previous.upstreams:
-                    self.upstreams[name] = previous.upstreams[name]
+                if name in kept.upstreams:
+                    self.upstreams[name] = kept.upstreams[name]
                 continue
             backend = self.backends[name] = Backend(backend_config, reactor, config.timeouts.connect)
             if backend_config.servers[0].scheme == "https" and not backend_config.verify:
@@ -106,13 +107,13 @@ class Runtime:
             if auth is None or (auth.host, auth.port) in self.auth_upstreams:
                 continue
             key = (auth.host, auth.port)
-            old = previous.auth_upstreams.get(key) if same_timeouts else None
-            if old is None:
+            pool = kept.auth_upstreams.get(key) if kept is not None else None
+            if pool is None:
                 server = BackendConfig(f"forward_auth {auth.host}:{auth.port}",
                                        (Server(auth.host, auth.port, Scheme.HTTP),), fail_timeout=1.0)
-                old = Upstream(Backend(server, reactor, config.timeouts.connect), reactor, config.timeouts.connect,
-                               auth.timeout)
-            self.auth_upstreams[key] = old
+                pool = Upstream(Backend(server, reactor, config.timeouts.connect), reactor, config.timeouts.connect,
+                                auth.timeout)
+            self.auth_upstreams[key] = pool
         self.https_port = next((a.port for a in config.listen.https if hasattr(a, "port")), 443)
         self.certificates = certificates if certificates is not None else self.load_certificates(config)
         self.http_factory = Factory.forProtocol(Protocol)  # TLS factories wrap one; edge builds the protocols

@@ -15,10 +15,11 @@ import errno
 import ipaddress
 import os
 import signal
-from typing import Any
+from typing import Any, Generator
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger, LogLevel
 
@@ -104,8 +105,8 @@ class EdgeService(MultiService):
         self.discovery_routes: set[str] = set()  # containers routed now
         self.discovery_noted: set[tuple[str, str]] = set()  # problems logged once
         self.runtime = build_runtime(config, reactor, self.responders)
-        self.factories = {door: DispatchFactory(lambda: self.runtime, door, self.connections)
-                          for door in ("ssh", "http", "https")}
+        self.factories: dict[str, IProtocolFactory] = {
+            door: DispatchFactory(lambda: self.runtime, door, self.connections) for door in ("ssh", "http", "https")}
         self.factories["admin"] = admin_site(lambda: self.runtime, lambda: [
             (door, str(address)) for door, address in self.listeners])
         if config.admin is not None and not _loopback(getattr(config.admin, "host", "localhost")) \
@@ -117,12 +118,12 @@ class EdgeService(MultiService):
         self.acme: AcmeService | None = None
         self.health: HealthService | None = None
         self.watcher: LoopingCall | None = None
+        self.supervisor: WorkerSupervisor | None = None  # worker 0 of several: starts the others (below)
         self._mtime = self._config_mtime()
         self._bind_all(config)
         self._start_acme(config)
         self._start_health()
         self._start_discovery(config)
-        self.supervisor: WorkerSupervisor | None = None
         if worker == 0 and config.workers > 1:
             self.supervisor = WorkerSupervisor(reactor, config.workers, config.timeouts.drain)
             self.supervisor.setServiceParent(self)
@@ -261,7 +262,7 @@ class EdgeService(MultiService):
 
     def _certificate_issued(self) -> None:
         """Other workers read new certificates from state_dir on reload."""
-        if getattr(self, "supervisor", None) is not None:
+        if self.supervisor is not None:
             self.supervisor.signal(signal.SIGHUP)
 
     def startService(self) -> None:
@@ -325,7 +326,7 @@ class EdgeService(MultiService):
             return False
         self.file_config = file_config
         self._swap(config, runtime, reload=True)
-        if getattr(self, "supervisor", None) is not None:
+        if self.supervisor is not None:
             self.supervisor.signal(signal.SIGHUP)
         self._use_listeners(config, new)
         self._start_discovery(config)
@@ -338,7 +339,7 @@ class EdgeService(MultiService):
         return True
 
     @inlineCallbacks
-    def stopService(self) -> Deferred:
+    def stopService(self) -> Generator[Deferred[object], object, None]:
         """Stop accepting, give open connections ``timeouts.drain``, then close the rest."""
         if self.watcher is not None and self.watcher.running:
             self.watcher.stop()

@@ -340,7 +340,9 @@ class Users:
         """The slow part, touching no shared state (so a worker thread may run it)."""
         stored = self.users.get(user)
         if stored is None:
-            hash_checker(self._dummy)(self._dummy, password)  # the same work; the answer is no
+            dummy = hash_checker(self._dummy)
+            if dummy is not None:  # always, for users that parse_users read
+                dummy(self._dummy, password)  # the same work; the answer is no
             return False
         checker = hash_checker(stored)
         return checker is not None and checker(stored, password)

@@ -40,6 +40,9 @@ class SystemdAddress:
         return f"systemd:{self.name}"
 
 
+ListenAddress = Address | SystemdAddress  # where a door listens
+
+
 def _split_host_port(value: str, default_port: int | None) -> tuple[str, int]:
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")
@@ -70,7 +73,7 @@ def _split_host_port(value: str, default_port: int | None) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def parse_address(value: str) -> Address | SystemdAddress:
+def parse_address(value: str) -> ListenAddress:
     """Parse a listen address ``host:port``, ``[v6]:port`` or ``systemd:NAME``."""
     value = value.strip()
     if value.startswith("systemd:"):
@@ -81,7 +84,7 @@ def parse_address(value: str) -> Address | SystemdAddress:
     return Address(*_split_host_port(value, None))
 
 
-def parse_addresses(value: str) -> list[Address | SystemdAddress]:
+def parse_addresses(value: str) -> list[ListenAddress]:
     """Parse a listen entry: one address, or HAProxy's ``"*:80"`` and ``":80"`` for every address of
     both families (``0.0.0.0:80`` and ``[::]:80``)."""
     text = value.strip()

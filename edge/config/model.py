@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from edge.config.access import AddressRule, Rate, Users
 from edge.config.headers import HeaderRules
-from edge.config.addresses import Address
+from edge.config.addresses import ListenAddress
 
 class TlsMode(StrEnum):
     """A route's ``tls``: relay TLS untouched, terminate it (plain HTTP behind), or terminate and re-encrypt."""
@@ -96,9 +96,9 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class Listen:
-    ssh: tuple[Address, ...]
-    http: tuple[Address, ...]
-    https: tuple[Address, ...]
+    ssh: tuple[ListenAddress, ...]
+    http: tuple[ListenAddress, ...]
+    https: tuple[ListenAddress, ...]
     accept_proxy: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     deny: AddressRule = AddressRule()  # [listen] deny: addresses refused on every door
 
@@ -315,7 +315,7 @@ class Door:
     """
 
     name: str
-    listen: tuple[Address, ...]
+    listen: tuple[ListenAddress, ...]
     backend: str | None
     sni: bool = False
     addresses: AddressRule = AddressRule()  # allow / deny, for every connection to this door
@@ -332,7 +332,7 @@ class Config:
     state_dir: str  # [edge] state_dir, default STATE_DIR
     certs_dir: str | None
     issuer: str | None
-    admin: Address | None
+    admin: ListenAddress | None
     acme: AcmeConfig | None
     watch: bool
     workers: int

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from edge.config.access import AddressRule, Rate, Users, UsersFileError, parse_networks, parse_users
 from edge.config.headers import HeaderRules, hsts_value
-from edge.config.addresses import Address, parse_address, parse_addresses, parse_host_port, parse_server
+from edge.config.addresses import ListenAddress, parse_address, parse_addresses, parse_host_port, parse_server
 from edge.config.model import (
     ACCESS_KEYS, ACME_CHALLENGES, ACME_DIRECTORIES, AcmeConfig, AcmeDnsConfig, BALANCES,
     BUILTIN_DOORS, BackendConfig, BasicAuth, Config, ConfigError, DEFAULT_LISTEN,
@@ -711,7 +711,7 @@ class _Parser:
             raise self.fail(key, f"backend {name!r} has host:port servers, but this needs http:// or https:// servers")
 
     def doors(self, data: Any, backends: Mapping[str, BackendConfig], listen: Listen,
-              admin: Address | None) -> tuple[Door, ...]:
+              admin: ListenAddress | None) -> tuple[Door, ...]:
         if not isinstance(data, list):
             raise self.fail("doors", "must be an array of tables: [[doors]]")
         seen: dict[Any, str] = {a: f"listen.{d}" for d in ("ssh", "http", "https") for a in getattr(listen, d)}
@@ -872,8 +872,8 @@ class _Parser:
             routes.append(Route(tuple(hosts), tls, item["backend"], acme_backend, http, index, paths, max_body, label,
                                 http_backend, route_doors, acme_challenge, **self.route_access(item, key, tls, label),
                                 **self.route_transform(item, key, tls, paths)))
-        for name, door in doors.items():
-            if door.sni and door.backend is None and not any(name in route.doors for route in routes):
+        for name, named_door in doors.items():
+            if named_door.sni and named_door.backend is None and not any(name in route.doors for route in routes):
                 raise self.fail("doors", f"door {name!r} has sni = true but no route lists it in doors "
                                          "and it has no backend")
         return tuple(routes)

@@ -122,7 +122,7 @@ class Problem:
 
 
 def _routed(routes: list[Mapping[str, Any]]) -> set[str]:
-    hosts = set()
+    hosts: set[str] = set()
     for route in routes:
         if "https" in route.get("doors", ["https"]):
             hosts.update(normalise_host(h) for h in route.get("hosts", ()) if isinstance(h, str))

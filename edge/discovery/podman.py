@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -59,10 +60,15 @@ class _EventLines(LineOnlyReceiver):
         if isinstance(event, dict):
             self.on_event(event)
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.transport.stopProducing()
+    @property
+    def producer(self) -> IPushProducer:
+        """What ``Response.deliverBody`` connected this protocol to: a push producer, not a transport."""
+        return IPushProducer(self.transport)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.producer.stopProducing()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.on_end(reason.getErrorMessage() if reason is not None else "closed")
 
 
@@ -82,7 +88,7 @@ class PodmanDiscovery(Service):
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.agent = Agent.usingEndpointFactory(reactor, _UnixSocket(reactor, socket_path), pool=self.pool)
         self.known: tuple | None = None
-        self.stream: Any = None  # the event stream's transport, while open
+        self.stream: IPushProducer | None = None  # the event stream's producer, while open
         self.backoff = 0.0
         self.retry: Any = None
         self.soon: Any = None
@@ -119,7 +125,7 @@ class PodmanDiscovery(Service):
                 raise RuntimeError(f"GET /events answered {response.code}")
             lines = _EventLines(self._event, self._stream_ended)
             response.deliverBody(lines)
-            self.stream = lines.transport
+            self.stream = lines.producer
             self.refresh()
 
         d.addCallback(streaming)

@@ -71,7 +71,7 @@ def own_answer(status: int, text: str, pages: ErrorPages | None = None, location
 def intercepts(enabled: bool, status: int, pages: ErrorPages | None) -> bool:
     """Whether a backend's answer ``status`` is replaced by edge's page: the route has ``intercept_errors``
     (``enabled``) and ``pages`` has one for that error."""
-    return enabled and status >= 400 and bool(pages) and status in pages
+    return enabled and status >= 400 and pages is not None and status in pages
 
 
 def reason_phrase(status: int) -> str:

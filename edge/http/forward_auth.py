@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, final
 
 from twisted.logger import Logger
 
@@ -46,6 +46,7 @@ _RESPONSE_SKIP = HOP_BY_HOP | {b"content-length"}
 USER_FIELDS = (b"remote-user", b"x-auth-request-user", b"x-authentik-username")
 
 
+@final  # no subclasses: ``type(x) is Passed`` (cheaper than isinstance) narrows both ways
 class Passed(NamedTuple):
     """The auth server admitted the request: the headers to add to it, and who it is (if it says)."""
 
@@ -53,6 +54,7 @@ class Passed(NamedTuple):
     user: str | None
 
 
+@final  # no subclasses: ``type(x) is Refusal`` (cheaper than isinstance) narrows both ways
 class Refusal(NamedTuple):
     """The auth server's answer, to be sent to the client as it is."""
 
@@ -168,9 +170,10 @@ class AuthCheck:
             self._finish(None, reusable=False, reason=f"answer larger than {MAX_AUTH_BODY} bytes")
             return
         self.body.append(data)
-        if done:
+        response = self.response  # set by upstream_response, which comes first
+        if done and response is not None:
             reusable = self.connection is not None and self.connection.reusable
-            self._finish(verdict(self.config, self.response, b"".join(self.body)), reusable)
+            self._finish(verdict(self.config, response, b"".join(self.body)), reusable)
 
     def upstream_failed(self, connection: Any, reason: str) -> None:
         if self.closed:

@@ -12,7 +12,7 @@ conflicting lengths) raises :class:`Malformed` rather than being guessed.
 
 from __future__ import annotations
 
-from edge.sniff import NEED_MORE, Malformed, Verdict
+from edge.sniff import NEED_MORE, Malformed, NeedMore
 from edge.http.h1 import CONTROLS, check_fields, field_values
 
 MAX_LINE = 4096  # a chunk-size or trailer line
@@ -56,7 +56,7 @@ class ResponseHead:
                 or b"close" not in self.tokens(b"connection"))
 
 
-def parse_response_head(data: bytes, limit: int = 65536) -> ResponseHead | Verdict:
+def parse_response_head(data: bytes, limit: int = 65536) -> ResponseHead | NeedMore:
     """Parse one response head; NEED_MORE until its blank line has arrived."""
     end = data.find(b"\r\n\r\n", 0, limit)
     if end < 0:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from edge.sniff import NEED_MORE, Malformed, Verdict
+from edge.sniff import NEED_MORE, Malformed, NeedMore
 
 _REQUEST_LINE = re.compile(rb"([A-Z]+) ([^\s\x00-\x1f\x7f]+) HTTP/(1\.[01])\Z")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -208,7 +208,7 @@ def _split_host(value: str) -> tuple[str, int | None]:
     return name.lower().rstrip("."), (int(port) if port else None)
 
 
-def parse_request_head(data: bytes, limit: int = 65536) -> RequestHead | Verdict:
+def parse_request_head(data: bytes, limit: int = 65536) -> RequestHead | NeedMore:
     """Parse one request head; NEED_MORE until the blank line arrives."""
     end = data.find(b"\r\n\r\n", 0, limit)
     if end < 0:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol as TypingProtocol
 
+from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from edge.tcp.backends import Backend, ServerAttempt, ServerState, unavailable
@@ -45,6 +47,8 @@ class Owner(TypingProtocol):
 
 class UpstreamConnection(Protocol):
     """One connection to one server; serves one request at a time."""
+
+    transport: tcp.Connection | TLSMemoryBIOProtocol  # connected (TLS to an https:// server)
 
     def __init__(self, pool: "Http1Pool", state: ServerState) -> None:
         self.pool = pool
@@ -125,7 +129,7 @@ class UpstreamConnection(Protocol):
         if owner is not None:
             owner.upstream_failed(self, reason)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
         owner, self.owner = self.owner, None
         if owner is None:

@@ -24,9 +24,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -118,6 +120,7 @@ class Http1Proxy(Protocol):
     """
 
     backlog: Backlog | None = None  # set when connected, if the transport cannot count what it holds
+    transport: tcp.Connection | TLSMemoryBIOProtocol  # the client's (plain, or TLS terminated here)
 
     def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str) -> None:
         self.runtime = runtime
@@ -285,6 +288,7 @@ class Http1Proxy(Protocol):
             else:
                 self._await_next()
         else:
+            assert self.admitted is not None  # what the route's rules said, set before the question was asked
             self.admitted, ex.user = self.admitted._replace(add=result.add), result.user
             self._proceed(head, route, raw_host, path)
 
@@ -465,6 +469,7 @@ class Http1Proxy(Protocol):
         self.buffer = data
         out: list[bytes] = []
         if self._take_body(out) and out and out[0]:
+            assert self.upstream is not None  # the body goes to the upstream connection: no relay took it
             self.upstream.transport.write(out[0])
 
     def _body_done(self) -> None:
@@ -616,6 +621,7 @@ class Http1Proxy(Protocol):
         if self.closed or self.relay is not relay:
             return
         runtime = self.runtime
+        assert relay.connection is not None and self.head is not None  # a stream is open for this request
         self.info.server = self.ex.server = str(relay.connection.state)
         if self.body is None:
             self._arm(runtime.config.timeouts.response, "response")
@@ -697,6 +703,7 @@ class Http1Proxy(Protocol):
             self.deadline = None
 
     def _response_head(self, head: ResponseHead, connection: UpstreamConnection, done: bool) -> bytes:
+        assert self.head is not None  # the request this answers
         http10 = self.head.version == "1.0"
         fields, removed = drop_fields(head.fields, head.lower, RESPONSE_DROP_TE if http10 else RESPONSE_DROP)
         for name, value in removed:
@@ -939,6 +946,7 @@ class Http1Proxy(Protocol):
 
     def _tunnel_out(self, data: bytes) -> None:
         self.deadline = time.monotonic() + self.runtime.config.timeouts.idle
+        assert self.upstream is not None  # the tunnel's other end
         self.upstream.transport.write(data)
 
     def readConnectionLost(self) -> None:
@@ -959,7 +967,7 @@ class Http1Proxy(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         was_closed, self.closed = self.closed, True
         self._cancel_wait()
         self.streaming = False

@@ -242,7 +242,7 @@ class H2Codec(_Streams):
 
     def __init__(self) -> None:
         conn = self.conn = _Connection(config=_CONFIG)
-        conn.encoder = StaticEncoder()
+        conn.encoder = StaticEncoder()  # type: ignore[assignment]  # h2 types it hpack's Encoder; uses encode() and header_table_size
         S = h2.settings.SettingCodes
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             S.MAX_CONCURRENT_STREAMS: MAX_STREAMS, S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
@@ -287,40 +287,39 @@ class H2Codec(_Streams):
         out: list[Any] = []
         counts = self.counts
         for event in events:
-            kind = type(event)
-            if kind is h2.events.RequestReceived:
+            if type(event) is h2.events.RequestReceived:
                 out.append(self._request(event))
-            elif kind is h2.events.DataReceived:
+            elif type(event) is h2.events.DataReceived:
                 out.append(Body(event.stream_id, event.data, event.flow_controlled_length))
                 if not event.data and event.stream_ended is None:
                     counts["empty data"] += 1
-            elif kind is h2.events.StreamEnded:
+            elif type(event) is h2.events.StreamEnded:
                 out.append(BodyEnd(event.stream_id))
-            elif kind is h2.events.WindowUpdated:
+            elif type(event) is h2.events.WindowUpdated:
                 out.append(WindowOpened(event.stream_id))
                 counts["window update"] += 1
-            elif kind is h2.events.StreamReset:
+            elif type(event) is h2.events.StreamReset:
                 if event.remote_reset:
                     counts["reset"] += 1
                 out.append(Aborted(event.stream_id, event.error_code))
-            elif kind is h2.events.RemoteSettingsChanged:
+            elif type(event) is h2.events.RemoteSettingsChanged:
                 counts["settings"] += 1
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     out.append(WindowOpened(0))
-            elif kind is h2.events.PingReceived:
+            elif type(event) is h2.events.PingReceived:
                 counts["ping"] += 1
-            elif kind is h2.events.PriorityUpdated:
+            elif type(event) is h2.events.PriorityUpdated:
                 counts["priority"] += 1
-            elif kind is h2.events.ConnectionTerminated:
+            elif type(event) is h2.events.ConnectionTerminated:
                 self.ended = True
                 code = event.error_code
                 out.append(Ended(f"client sent GOAWAY ({getattr(code, 'name', code)})", code != 0))
                 return out
-            elif kind is h2.events.UnknownFrameReceived:
+            elif type(event) is h2.events.UnknownFrameReceived:
                 counts["unknown"] += 1
-            elif kind is h2.events.SettingsAcknowledged:
+            elif type(event) is h2.events.SettingsAcknowledged:
                 self.conn.decoder.max_header_list_size = HARD_HEADER_LIST
-            elif kind is h2.events.TrailersReceived:  # a StreamEnded follows
+            elif type(event) is h2.events.TrailersReceived:  # a StreamEnded follows
                 trailers = list(event.headers)
                 if any(name[:1] == b":" for name, _ in trailers) or _malformed_fields(trailers) is not None:
                     self.reset(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
@@ -443,7 +442,7 @@ class H2ClientCodec(_Streams):
 
     def __init__(self) -> None:
         conn = self.conn = _Connection(config=_CLIENT_CONFIG)
-        conn.encoder = StaticEncoder()
+        conn.encoder = StaticEncoder()  # type: ignore[assignment]  # h2 types it hpack's Encoder; uses encode() and header_table_size
         S = h2.settings.SettingCodes
         conn.local_settings = h2.settings.Settings(client=True, initial_values={
             S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST, S.INITIAL_WINDOW_SIZE: STREAM_WINDOW, S.ENABLE_PUSH: 0})
@@ -496,10 +495,9 @@ class H2ClientCodec(_Streams):
                 self.conn.close_connection()
                 return [Ended(f"the server sent GOAWAY (error {draining.code})", True)]
         for event in events:
-            kind = type(event)
-            if kind is h2.events.DataReceived:
+            if type(event) is h2.events.DataReceived:
                 out.append(Body(event.stream_id, event.data, event.flow_controlled_length))
-            elif kind is h2.events.ResponseReceived:
+            elif type(event) is h2.events.ResponseReceived:
                 status, fields = 0, []
                 for name, value in event.headers:
                     if name == b":status":
@@ -507,20 +505,20 @@ class H2ClientCodec(_Streams):
                     elif name[0] != 58:
                         fields.append((name, value))
                 out.append(Response(event.stream_id, status, fields, event.stream_ended is not None))
-            elif kind is h2.events.TrailersReceived:
+            elif type(event) is h2.events.TrailersReceived:
                 out.append(Trailers(event.stream_id, list(event.headers)))
-            elif kind is h2.events.StreamEnded:
+            elif type(event) is h2.events.StreamEnded:
                 out.append(BodyEnd(event.stream_id))
-            elif kind is h2.events.WindowUpdated:
+            elif type(event) is h2.events.WindowUpdated:
                 out.append(WindowOpened(event.stream_id))
-            elif kind is h2.events.StreamReset:
+            elif type(event) is h2.events.StreamReset:
                 out.append(Aborted(event.stream_id, event.error_code))
-            elif kind is h2.events.RemoteSettingsChanged:
+            elif type(event) is h2.events.RemoteSettingsChanged:
                 self.settings_seen = True
                 out.append(WindowOpened(0))  # more streams or larger windows may be allowed
-            elif kind is h2.events.PingAckReceived:
+            elif type(event) is h2.events.PingAckReceived:
                 self.pinged = False
-            elif kind is h2.events.ConnectionTerminated:
+            elif type(event) is h2.events.ConnectionTerminated:
                 self.ended = True
                 code = event.error_code
                 out.append(Ended(f"the server sent GOAWAY ({getattr(code, 'name', code)})", code != 0))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol as TypingProtocol
 
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,6 +52,8 @@ class StreamOwner(TypingProtocol):
 
 class H2BackendConnection(Protocol):
     """One HTTP/2 connection to one server."""
+
+    transport: ITransport  # connected (a TCP connection, or TLS over one)
 
     def __init__(self, pool: "H2Pool", state: ServerState, tls: bool) -> None:
         self.pool = pool
@@ -206,7 +209,7 @@ class H2BackendConnection(Protocol):
             self.pool.backend.release(self.state)
             owner.stream_failed(reason, True)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._drop(f"connection closed ({reason.getErrorMessage() if reason is not None else 'closed'})")
 
 

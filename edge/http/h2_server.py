@@ -37,8 +37,10 @@ import time
 from typing import Any
 
 from h2.errors import ErrorCodes
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -73,6 +75,8 @@ _TUNNEL_SKIP = HOP_BY_HOP | {b"sec-websocket-accept"}
 @implementer(IPushProducer)
 class H2Server(Protocol):
     """One HTTP/2 client connection (ALPN ``h2``)."""
+
+    transport: TLSMemoryBIOProtocol | tcp.Connection  # the client's: TLS terminated here (or plain)
 
     def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str = "https") -> None:
         self.runtime = runtime
@@ -222,8 +226,7 @@ class H2Server(Protocol):
             self.answer(stream, event, 400, f"malformed request: {event.malformed}", started=started)
             return
         method, target, authority = event.method, event.target, event.authority
-        tunnel = event.protocol is not None
-        if tunnel:
+        if event.protocol is not None:  # a tunnel (extended CONNECT)
             if method != b"CONNECT" or event.protocol.lower() != b"websocket":
                 self.answer(stream, event, 501, "only WebSocket is tunnelled", started=started)
                 return
@@ -234,8 +237,8 @@ class H2Server(Protocol):
             self.answer(stream, event, 400, "malformed :method or :path", started=started)
             return
         host_header = None
-        for name, value in event.fields:
-            if name == b"host":
+        for field, value in event.fields:
+            if field == b"host":
                 if host_header is not None:
                     self.answer(stream, event, 400, "more than one Host header", started=started)
                     return
@@ -290,6 +293,7 @@ class H2Server(Protocol):
             path, rules = forwarding(route, target.decode("latin-1"))
             target = path.encode("latin-1")
         upstream = runtime.upstreams[route.backend]
+        head: bytes | list[tuple[bytes, bytes]]  # the request head: HTTP/2 fields, or an HTTP/1.1 head
         try:
             if upstream.h2 is not None:
                 if tunnel:
@@ -490,7 +494,7 @@ class H2Server(Protocol):
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         was_closed, self.closed = self.closed, True
         if self.timer is not None:
             self.timer.cancel()
@@ -513,8 +517,8 @@ class H2Exchange:
     """One HTTP/2 request relayed to an HTTP/1.1 backend: the owner its upstream connection reports to
     (:class:`edge.http.h1_client.Owner`), and the producer of the request body for that connection."""
 
-    def __init__(self, server: H2Server, stream: int, event: Request, ex: Exchange, head: bytes, chunked: bool,
-                 tunnel: bool, expect: bool) -> None:
+    def __init__(self, server: H2Server, stream: int, event: Request, ex: Exchange,
+                 head: bytes | list[tuple[bytes, bytes]], chunked: bool, tunnel: bool, expect: bool) -> None:
         self.server = server
         self.codec = server.codec
         self.stream = stream
@@ -578,6 +582,7 @@ class H2Exchange:
         self.backend_conn = self.ack_conn = connection
         self.ex.connected(str(connection.state))
         end = self.client_done and not self.out_pending and self.trailers_in is None
+        assert not isinstance(self.head, bytes)  # an HTTP/2 backend's: fields
         self.backend_stream = connection.open_stream(self, self.head, end)
         self.request_ended = end
         if self.expect and not self.client_done and not self.ex.received:
@@ -648,6 +653,7 @@ class H2Exchange:
                 self.ack_conn.ack(self.backend_stream, size)
             return
         if size > len(data):  # padding: acknowledged at once
+            assert self.ack_conn is not None  # the stream's connection
             self.ack_conn.ack(self.backend_stream, size - len(data))
         if data:
             self.backend_unacked += len(data)
@@ -699,6 +705,7 @@ class H2Exchange:
         self.ex.connected(str(connection.state))
         connection.start(self, b"GET" if self.tunnel else self.event.method, self.tunnel)
         out = self.head
+        assert isinstance(out, bytes)  # an HTTP/1.1 backend's head
         if self.body_in:
             out += b"".join(self.body_in)
             self.body_in = []

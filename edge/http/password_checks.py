@@ -46,8 +46,7 @@ class PasswordJob:
             reactor.callLater(0, self._finish, None)
             return
         _RUNNING[0] += 1
-        users = check.guard.route.basic_auth.users
-        d = deferToThreadPool(reactor, _pool(reactor), users.compute, check.user, check.password)
+        d = deferToThreadPool(reactor, _pool(reactor), check.users.compute, check.user, check.password)
         d.addBoth(self._hashed)
 
     def _hashed(self, right: Any) -> None:
@@ -55,9 +54,9 @@ class PasswordJob:
         check = self.check
         if not isinstance(right, bool):  # the hashing failed (a malformed hash): a no
             right = False
-        check.guard.route.basic_auth.users.remember(check.user, check.password, right)
+        check.users.remember(check.user, check.password, right)
         verdict = check.guard.judged(check.key, check.user, right, self.reactor.seconds())
-        if type(verdict) is Answer:
+        if isinstance(verdict, Answer):
             body = f"{verdict.text}\n".encode("utf-8")
             fields = [(b"content-type", b"text/plain; charset=utf-8")]
             fields += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in verdict.headers]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol as TypingProtocol
 
+from twisted.internet import tcp
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
@@ -48,6 +50,8 @@ MAX_REQUESTS = 100
 
 
 class Redirector(Protocol):
+    transport: tcp.Connection  # the client's, handed over by the dispatcher
+
     def __init__(
         self, runtime: RedirectRuntime, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]
     ) -> None:
@@ -56,7 +60,7 @@ class Redirector(Protocol):
         self.hand_over = hand_over
         self.buffer = b""
         self.served = 0
-        self.timer = None
+        self.timer: IDelayedCall | None = None
         self.closing = False
         self.looking_up = False  # an HTTP-01 answer is being looked up in the shared ACME storage
         self.looked_up: tuple[tuple[str, str], str | None] | None = None  # ((host, token), answer)
@@ -124,7 +128,8 @@ class Redirector(Protocol):
             self.info.bytes_in -= len(self.buffer)  # counted again by the proxy it is handed to
             self.hand_over(self.runtime.plain_http(self.info, self.hand_over), self.buffer)
             return True
-        if route is not None and route.http == "forward" and self.info.listener == "http":
+        # http = "forward" (the config sets http_backend with it, and only with it)
+        if route is not None and route.http_backend is not None and self.info.listener == "http":
             why = self.runtime.refused(f"route:{route.name}", self.info.client[0])
             if why is not None:  # the route's allow/deny and conn_limit hold on port 80 too
                 self.info.ended = why
@@ -172,7 +177,8 @@ class Redirector(Protocol):
 
     def _respond(
         self, status: int, body: str, location: str | None, close: bool, head: RequestHead | None = None
-    ) -> None:
+    ) -> int:
+        """Send edge's answer; the bytes sent."""
         head_only = head is not None and head.method == "HEAD"
         answer = plain_response(status, body, close, head_only, location, pages=self.runtime.config.error_pages)
         self._write(answer)

@@ -251,8 +251,10 @@ class BodyCoder:
         reader = self.reader
         if reader is not None:
             reader.feed(data)
-            data = b"".join(reader.pieces)
-            reader.pieces.clear()
+            pieces, data = reader.pieces, b""  # a list: the reader collects
+            if pieces:
+                data = b"".join(pieces)
+                pieces.clear()
         z = self.compressor
         if z is not None:
             data = (z.feed(data) if data else b"") + (z.finish() if done else b"")

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from twisted.internet import main
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 DONE = Failure(main.CONNECTION_DONE)  # one instance for every clean close, as Twisted's reactor does
@@ -102,21 +103,24 @@ class Linger(FileDescriptor):
 
     def __init__(self, sock: socket.socket, reactor: Any, queued: Callable[[], int] | None = None) -> None:
         FileDescriptor.__init__(self, reactor)
+        self.clock: IReactorTime = reactor
         self.socket = sock
-        self.fileno = sock.fileno
         self.connected = 1
         self.queued = queued or (lambda: queued_output(sock))
         self.left = self.queued()
         self.since = reactor.seconds()
-        self.timer: Any = reactor.callLater(LINGER, self._check)
+        self.timer: IDelayedCall | None = reactor.callLater(LINGER, self._check)
         self.startReading()
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
 
     def _check(self) -> None:
         self.timer = None
         left = self.queued()
-        if keep_lingering(self.left, left, self.reactor.seconds() - self.since):
+        if keep_lingering(self.left, left, self.clock.seconds() - self.since):
             self.left = left
-            self.timer = self.reactor.callLater(LINGER, self._check)
+            self.timer = self.clock.callLater(LINGER, self._check)
             return
         self.connectionLost(DONE)
 

@@ -54,10 +54,11 @@ import os
 import select
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, cast
 
 from twisted.internet import address, error, tcp
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -154,7 +155,7 @@ def takes(function: Any, label: str, parameters: tuple[str, ...]) -> list[str]:
 
 def _probe_write_buffer() -> list[str]:
     probe = FileDescriptor.__new__(FileDescriptor)
-    FileDescriptor.__init__(probe, reactor=object())
+    FileDescriptor.__init__(probe, reactor=cast(IReactorFDSet, object()))  # not a reactor: __init__ only keeps it
     return has(probe, "dataBuffer", kind=bytes) + has(probe, "offset", "_tempDataLen", kind=int)
 
 
@@ -188,9 +189,10 @@ CONNECT = decide("connect", lambda: takes(tcp.Connection.__init__, "tcp.Connecti
                                           ("self", "skt", "protocol", "reactor")))
 
 
-class QuickClose:
+class QuickClose(tcp.Connection):
     """``loseConnection`` that closes in this turn when the write buffer is empty (fast path ``quick_close``);
-    every close bounded by a :class:`CloseWatch`."""
+    every close bounded by a :class:`CloseWatch`.  A mixin of Twisted's TCP transports: first in the bases of
+    :class:`AcceptedTransport` (before ``tcp.Server``) and :class:`BackendTransport`."""
 
     if QUICK_CLOSE:
         _shouldShutdown = False  # close() alone ends the connection: no other process holds the socket
@@ -243,11 +245,13 @@ class QuickClose:
             if self.close_watch is not None:
                 self.close_watch.cancel()
                 self.close_watch = None
-            super().connectionLost(reason)  # type: ignore[misc]  # Twisted's tcp.Connection, next in the MRO
+            super().connectionLost(reason)  # Twisted's tcp.Connection's (tcp.Server's), next in the MRO
 
 
 class AcceptedTransport(QuickClose, tcp.Server):
     """A client connection accepted on one of edge's doors."""
+
+    client: tuple[str, int] | tuple[str, int, int, int]  # accept()'s address: IPv4, or IPv6 with flow and scope
 
     def __init__(self, sock: socket.socket, protocol: Any, client: tuple, server: Any, sessionno: int,
                  reactor: Any) -> None:
@@ -419,7 +423,8 @@ def lighten(reactor: Any) -> bool:
                 except Exception:
                     log.failure("after the events of this turn")
 
-    reactor.doPoll = reactor.doIteration = do_poll
+    setattr(reactor, "doPoll", do_poll)  # this reactor's own poll step, in place of its class's
+    setattr(reactor, "doIteration", do_poll)
     _LIGHTENED.add(id(reactor))
     return True
 

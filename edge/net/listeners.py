@@ -15,12 +15,12 @@ import socket
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 
 from edge.net import transports
-from edge.config.addresses import Address, SystemdAddress
+from edge.config.addresses import ListenAddress, SystemdAddress
 from edge.net.fastpath import systemd_descriptors
 
 log = Logger()
@@ -50,7 +50,7 @@ def _no_delay(sock: socket.socket) -> None:
         pass  # not a TCP socket (a systemd socket unit may pass anything)
 
 
-def bind(address: Address | SystemdAddress, backlog: int = 1024, reuse_port: bool = False) -> socket.socket:
+def bind(address: ListenAddress, backlog: int = 1024, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket on ``address`` (resolving a host name once)."""
     if isinstance(address, SystemdAddress):
         return systemd_socket(address)
@@ -77,7 +77,8 @@ def bind(address: Address | SystemdAddress, backlog: int = 1024, reuse_port: boo
 class ListenerService(Service):
     """Listens on one address for one front door while running."""
 
-    def __init__(self, reactor: Any, door: str, address: Address, factory: Factory, reuse_port: bool = False) -> None:
+    def __init__(self, reactor: Any, door: str, address: ListenAddress, factory: IProtocolFactory,
+                 reuse_port: bool = False) -> None:
         """Bind at once, so a port in use fails start-up before the reactor runs."""
         self.reuse_port = reuse_port
         self.reactor = reactor
@@ -104,8 +105,9 @@ class ListenerService(Service):
             sock.close()  # the reactor holds its own duplicate
         transports.use_for(self.port)
         host = self.port.getHost()
+        port = host.port if isinstance(host, (IPv4Address, IPv6Address)) else host  # systemd may pass a UNIX socket
         log.info("listening for {door} on {address} (port {port})", door=self.door, address=str(self.address),
-                 port=host.port)
+                 port=port)
         super().startService()
 
     def stopService(self):

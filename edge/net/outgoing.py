@@ -24,12 +24,13 @@ import os
 import socket
 import _socket
 from errno import ECONNREFUSED, EINPROGRESS, EWOULDBLOCK
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
-from twisted.internet import error
+from twisted.internet import error, tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, ITransport
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -37,20 +38,23 @@ from edge.net.fastpath import BackendTransport, backend_address, writer_to_reade
 from edge.net.timers import coarse
 from edge.net.transports import under_tls
 
-Opened = Callable[[Protocol], None]
+P = TypeVar("P", bound=Protocol)  # the protocol a connect builds, and hands to its on_open
 Failed = Callable[[Exception], None]
 
 __all__ = ["BackendTransport", "Connecting", "TCPEndpoint", "open_endpoint"]
 
 
-class Connecting:
+class Connecting(Generic[P]):
     """One connect in progress: registered with the reactor until the socket is writable."""
 
     __slots__ = ("reactor", "sock", "fd", "peer", "build", "on_open", "on_fail", "timer")
 
     def __init__(self, reactor: Any, peer: tuple[str, int], family: int, timeout: float,
-                 build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> None:
-        self.reactor, self.peer, self.build, self.on_open, self.on_fail = reactor, peer, build, on_open, on_fail
+                 build: Callable[[], P], on_open: Callable[[P], None], on_fail: Failed) -> None:
+        self.reactor, self.peer = reactor, peer
+        self.build: Callable[[], P] | None = build  # the three are dropped once one of the ends is reported
+        self.on_open: Callable[[P], None] | None = on_open
+        self.on_fail: Failed | None = on_fail
         self.timer: Any = None
         self.sock: _socket.socket | None = None
         try:  # the C-level socket type: the Python wrapper class adds nothing a transport uses, and costs a call
@@ -85,8 +89,8 @@ class Connecting:
         self.doWrite()
 
     def doWrite(self) -> None:
-        sock = self.sock
-        if sock is None:
+        sock, build, on_open = self.sock, self.build, self.on_open
+        if sock is None or build is None or on_open is None:  # all set while connecting
             return
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
@@ -99,8 +103,9 @@ class Connecting:
         if timer is not None and timer.active():
             timer.cancel()
         try:
-            protocol = self.build()
-            transport = BackendTransport(sock, protocol, self.reactor, self.peer)
+            protocol = build()
+            # Twisted types a transport's socket as socket.socket; it calls only what the C-level one has
+            transport = BackendTransport(sock, protocol, self.reactor, self.peer)  # type: ignore[arg-type]
             under_tls(transport, protocol)
             writer_to_reader(self.reactor, self, transport)
             protocol.makeConnection(transport)
@@ -110,7 +115,7 @@ class Connecting:
             sock.close()
             self._report(e)
             return
-        on_open, self.on_open, self.on_fail, self.build = self.on_open, None, None, None
+        self.on_open = self.on_fail = self.build = None
         on_open(protocol)
 
     def connectionLost(self, reason: Failure) -> None:
@@ -164,7 +169,7 @@ class TCPEndpoint:
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.timeout = timeout
 
-    def open(self, build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> Connecting:
+    def open(self, build: Callable[[], P], on_open: Callable[[P], None], on_fail: Failed) -> Connecting[P]:
         """Connect; ``on_open(protocol)`` once ``build()``'s protocol is connected, or ``on_fail(error)``.
 
         Either may be called before this returns (an immediate failure).
@@ -181,13 +186,18 @@ class TCPEndpoint:
                 raise error.ConnectError(string="the factory built no protocol")
             return protocol
 
-        attempt: list[Connecting] = []
+        attempt: list[Connecting[Protocol]] = []
         result: Deferred = Deferred(lambda _: attempt[0].cancel() if attempt else None)
-        attempt.append(self.open(build, result.callback, lambda e: result.called or result.errback(e)))
+
+        def failed(e: Exception) -> None:
+            if not result.called:
+                result.errback(e)
+
+        attempt.append(self.open(build, result.callback, failed))
         return result
 
 
-def open_endpoint(endpoint: Any, build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> Any:
+def open_endpoint(endpoint: Any, build: Callable[[], P], on_open: Callable[[P], None], on_fail: Failed) -> Any:
     """Connect through any endpoint with plain callbacks; returns something with ``cancel()``.
 
     :class:`TCPEndpoint` does it without a Deferred; other endpoints (host
@@ -198,13 +208,13 @@ def open_endpoint(endpoint: Any, build: Callable[[], Protocol], on_open: Opened,
     return _Attempt(endpoint, build, on_open, on_fail)
 
 
-class _Attempt(Factory):
+class _Attempt(Factory[Protocol], Generic[P]):
     """A connect through another endpoint, reported like :class:`Connecting` (nothing after ``cancel``)."""
 
     noisy = False
 
-    def __init__(self, endpoint: Any, build: Callable[[], Protocol], on_open: Opened, on_fail: Failed) -> None:
-        self.build: Callable[[], Protocol] | None = build
+    def __init__(self, endpoint: Any, build: Callable[[], P], on_open: Callable[[P], None], on_fail: Failed) -> None:
+        self.build: Callable[[], P] | None = build
         self.cancelled = False
         self.attempt = endpoint.connect(self)
         self.attempt.addCallbacks(self._opened, self._failed, callbackArgs=(on_open,), errbackArgs=(on_fail,))
@@ -213,16 +223,20 @@ class _Attempt(Factory):
         build, self.build = self.build, None  # the connector keeps this factory as long as the connection
         return build() if build is not None else _Surplus()
 
-    def _opened(self, protocol: Protocol, on_open: Opened) -> None:
+    def _opened(self, protocol: P, on_open: Callable[[P], None]) -> None:
+        transport = protocol.transport  # connected: a TCP transport, or a TLS wrapper that passes calls down
         if self.cancelled:
-            protocol.transport.loseConnection()
-        else:
-            protocol.transport.setTcpNoDelay(True)  # as on our own connections (a TLS wrapper passes it down)
-            on_open(protocol)
+            if transport is not None:
+                transport.loseConnection()
+            return
+        if isinstance(transport, (tcp.Connection, ProtocolWrapper)):  # a TLS wrapper passes it down
+            transport.setTcpNoDelay(True)  # as on our own connections
+        on_open(protocol)
 
     def _failed(self, failure: Failure, on_fail: Failed) -> None:
         if not self.cancelled:
-            on_fail(failure.value)
+            reason = failure.value
+            on_fail(reason if isinstance(reason, Exception) else error.ConnectError(string=repr(reason)))
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -231,6 +245,8 @@ class _Attempt(Factory):
 
 class _Surplus(Protocol):
     """A second connection from a racing connect attempt (several addresses for one name): not wanted."""
+
+    transport: ITransport  # connected
 
     def connectionMade(self) -> None:
         self.transport.loseConnection()

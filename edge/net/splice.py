@@ -33,14 +33,20 @@ CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 FLAGS = (getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)) if HAVE_SPLICE else 0
-_splice = getattr(os, "splice", None)
+
+
+def _no_splice(*args: object) -> int:
+    raise OSError(errno.ENOSYS, "os.splice is missing")  # never called: HAVE_SPLICE is False
+
+
+_splice = getattr(os, "splice", _no_splice)
 EPOLLIN, EPOLLOUT = getattr(select, "EPOLLIN", 1), getattr(select, "EPOLLOUT", 4)
 _TROUBLE = getattr(select, "EPOLLERR", 8) | getattr(select, "EPOLLHUP", 16)
 
 
 def eligible(transport: Any) -> bool:
     """A plain TCP transport of Twisted's whose socket we can take (not TLS: wrappers delegate attributes)."""
-    return HAVE_SPLICE and isinstance(transport, tcp.Connection) and transport.connected \
+    return HAVE_SPLICE and isinstance(transport, tcp.Connection) and bool(transport.connected) \
         and not transport.disconnecting
 
 
@@ -150,14 +156,14 @@ class _End:
     """One socket as the reactor sees it while spliced: readable feeds out, writable drains in."""
 
     __slots__ = ("splicer", "transport", "sock", "fd", "outgoing", "incoming", "reading", "writing")
+    outgoing: _Pipe  # what this socket sends, and what it receives: set by the Splicer that made both ends
+    incoming: _Pipe
 
     def __init__(self, splicer: "Splicer", transport: Any) -> None:
         self.splicer = splicer
         self.transport = transport
         self.sock = transport.socket
         self.fd = self.sock.fileno()
-        self.outgoing: _Pipe | None = None
-        self.incoming: _Pipe | None = None
         self.reading = False
         self.writing = False
 

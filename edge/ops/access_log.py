@@ -39,14 +39,14 @@ class ConnectionInfo:
     __slots__ = (
         "client", "listener", "protocol", "sni", "alpn", "route", "tls_mode",
         "backend", "server", "bytes_in", "bytes_out", "started", "ended", "proxied", "logged", "spliced",
-        "_local", "_socket",
+        "_local",
     )
 
     def __init__(self, client: tuple[str, int], sock: socket.socket, listener: str) -> None:
         """``sock`` is the client's socket, asked for the edge address only when a PROXY header needs it."""
         self.client = client  # the real client: replaced by a trusted PROXY header
-        self._local: tuple[str, int] | None = None
-        self._socket: socket.socket | None = sock
+        # the edge address, or until it is asked for the client's socket that knows it
+        self._local: tuple[str, int] | socket.socket = sock
         self.listener = listener  # "ssh", "http" or "https"
         self.protocol: str | None = None  # "tls", "ssh", "http" once recognised
         self.sni: str | None = None
@@ -66,14 +66,15 @@ class ConnectionInfo:
     @property
     def local(self) -> tuple[str, int]:
         """The edge address the client reached (after a trusted PROXY header: the one it names)."""
-        if self._local is None:
-            host, port = self._socket.getsockname()[:2]
-            self._local, self._socket = (host, port), None
-        return self._local
+        local = self._local
+        if isinstance(local, socket.socket):
+            host, port = local.getsockname()[:2]
+            local = self._local = (host, port)
+        return local
 
     @local.setter
     def local(self, address: tuple[str, int]) -> None:
-        self._local, self._socket = address, None
+        self._local = address
 
     def finish(self, ended: str) -> None:
         """Emit the access-log event once, with how the connection ended."""

@@ -9,7 +9,7 @@ from the live runtime when ``/metrics`` is scraped.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from bisect import bisect_left
 
@@ -67,16 +67,28 @@ def outcome(ended: str | None) -> str:
     return head if head in ("timeout", "refused", "error") else "closed"
 
 
-def connection_finished(info: Any, duration: float) -> None:
+class FinishedConnection(Protocol):
+    """What the connection metrics read of a finished connection (``edge.connection.ConnectionInfo``)."""
+
+    listener: str
+    protocol: str | None
+    route: str | None
+    backend: str | None
+    ended: str | None
+    bytes_in: int
+    bytes_out: int
+
+
+def connection_finished(info: FinishedConnection, duration: float) -> None:
     listener, protocol = info.listener, info.protocol or "none"
     key = (listener, protocol, info.route or "", info.backend or "", outcome(info.ended))
     _CONNECTIONS[key] = _CONNECTIONS.get(key, 0) + 1
     if info.bytes_in:
-        key = (listener, "in")
-        _CONNECTION_BYTES[key] = _CONNECTION_BYTES.get(key, 0) + info.bytes_in
+        direction = (listener, "in")
+        _CONNECTION_BYTES[direction] = _CONNECTION_BYTES.get(direction, 0) + info.bytes_in
     if info.bytes_out:
-        key = (listener, "out")
-        _CONNECTION_BYTES[key] = _CONNECTION_BYTES.get(key, 0) + info.bytes_out
+        direction = (listener, "out")
+        _CONNECTION_BYTES[direction] = _CONNECTION_BYTES.get(direction, 0) + info.bytes_out
     histogram = _CONNECTION_SECONDS.get((listener, protocol))
     if histogram is None:
         histogram = _CONNECTION_SECONDS[(listener, protocol)] = _Histogram(CONNECTION_BUCKETS)

@@ -10,6 +10,7 @@ protocol but break its rules.  The dispatcher owns buffering and timeouts.
 from __future__ import annotations
 
 import enum
+from typing import Final, Literal
 
 
 class Verdict(enum.Enum):
@@ -17,8 +18,9 @@ class Verdict(enum.Enum):
     NO_MATCH = "not this protocol"
 
 
-NEED_MORE = Verdict.NEED_MORE
-NO_MATCH = Verdict.NO_MATCH
+NEED_MORE: Final = Verdict.NEED_MORE  # Final: ``x is NEED_MORE`` narrows a result's type
+NO_MATCH: Final = Verdict.NO_MATCH
+NeedMore = Literal[Verdict.NEED_MORE]  # the result of a parser that never says NO_MATCH
 
 
 class Malformed(ValueError):

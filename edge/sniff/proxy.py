@@ -13,6 +13,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from edge.config.access import IPAddress
 from edge.sniff import NEED_MORE, NO_MATCH, Malformed, Verdict
 
 V1_PREFIX = b"PROXY "
@@ -129,7 +130,7 @@ def _authority(tlvs: bytes) -> str | None:
     return authority
 
 
-def _same_family(src: str, dst: str) -> tuple[ipaddress._BaseAddress, ipaddress._BaseAddress]:
+def _same_family(src: str, dst: str) -> tuple[IPAddress, IPAddress]:
     a, b = ipaddress.ip_address(src.split("%")[0]), ipaddress.ip_address(dst.split("%")[0])
     if a.version != b.version:
         a, b = (ipaddress.IPv6Address(f"::ffff:{x}") if x.version == 4 else x for x in (a, b))

@@ -144,6 +144,9 @@ class ServerAttempt:
     nothing was sent yet.  When none is left, :meth:`given_up` hears the last error (None: no server was
     tried, every one at ``max_conn`` or down).  ``hold``: a server's ``active`` counts this attempt from
     the moment it is chosen (connections, requests); an HTTP/2 pool counts streams instead.
+    __slots__ = ("backend", "build", "on_open", "on_fail", "endpoint_for", "candidates", "index", "tried",
+                 "state", "attempt", "serial", "finished")
+    state: ServerState  # the server being tried: set by _try before anything can report on it
 
     The TCP forwarder (:meth:`Backend.connect`), the HTTP/1.1 pool and the HTTP/2 pool each fill in the
     hooks; ``cancel()`` stops an attempt and reports nothing more.
@@ -156,7 +159,6 @@ class ServerAttempt:
         self.hold = hold
         self.candidates = backend.ordered()
         self.index = self.tried = self.serial = 0
-        self.state: ServerState | None = None
         self.attempt: Any = None
         self.finished = False
 

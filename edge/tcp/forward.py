@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -37,6 +38,8 @@ MAX_PENDING = 65536  # bytes a client may send ahead while its backend connectio
 @implementer(IHalfCloseableProtocol)
 class TcpForward(Protocol):
     """Client-side protocol: connects a backend server and splices the two."""
+
+    transport: tcp.Connection  # the client's, handed over by the dispatcher
 
     def __init__(
         self,
@@ -157,10 +160,11 @@ class TcpForward(Protocol):
         self.info.spliced = True
 
     def _splice_done(self, failed: bool) -> None:
-        moved_in, moved_out = self.splicer.moved()
-        self.info.bytes_in += moved_in
-        self.info.bytes_out += moved_out
-        self.splicer = None
+        splicer, self.splicer = self.splicer, None
+        if splicer is not None:  # always: the splicer calls this from a later event, never while being made
+            moved_in, moved_out = splicer.moved()
+            self.info.bytes_in += moved_in
+            self.info.bytes_out += moved_out
         if self.info.ended is None:
             self.info.ended = "error: connection reset" if failed else "closed"
 
@@ -234,6 +238,8 @@ class TcpForward(Protocol):
 @implementer(IHalfCloseableProtocol)
 class _BackendSide(Protocol):
     """Backend-side protocol: reports everything to its :class:`TcpForward`."""
+
+    transport: tcp.Connection  # edge.outgoing's BackendTransport, or Twisted's tcp.Client for a host name
 
     def __init__(self, client: TcpForward) -> None:
         self.client = client

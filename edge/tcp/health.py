@@ -15,14 +15,16 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IHandshakeListener, ITransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from edge.config.model import HealthCheck
 from edge.tcp.backends import Backend, ServerState
 from edge.tls.backend import BackendTLSPolicy, Unverified
 
@@ -31,6 +33,8 @@ log = Logger()
 
 @implementer(IHandshakeListener)
 class _HandshakeProbe(Protocol):
+    transport: ITransport  # connected: the handshake is on it
+
     def __init__(self, done: Deferred) -> None:
         self.done = done
 
@@ -39,7 +43,7 @@ class _HandshakeProbe(Protocol):
             self.done.callback(None)
         self.transport.loseConnection()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.done.called:
             self.done.errback(reason)
 
@@ -47,13 +51,12 @@ class _HandshakeProbe(Protocol):
 class BackendChecker:
     """Probes the servers of one backend and keeps their ``checked_up`` flags."""
 
-    def __init__(self, backend: Backend, reactor: Any, timeout: float) -> None:
+    def __init__(self, backend: Backend, check: HealthCheck, reactor: Any, timeout: float) -> None:
+        """``check`` is the backend's, parsed by the config."""
         self.backend = backend
         self.config = backend.config
         self.reactor = reactor
         self.timeout = timeout
-        check = self.config.check
-        assert check is not None  # only backends with a check get a checker
         self.kind, self.method, self.path = check.kind, check.method, check.path
         if self.kind == "http":
             policy = BackendTLSPolicy(self.config) if self.config.servers[0].scheme == "https" else None
@@ -144,7 +147,7 @@ class HealthService(Service):
     name = "health"
 
     def __init__(self, backends: dict[str, Backend], reactor: Any, timeout: float) -> None:
-        self.checkers = [BackendChecker(b, reactor, min(timeout, b.config.check_interval))
+        self.checkers = [BackendChecker(b, b.config.check, reactor, min(timeout, b.config.check_interval))
                          for b in backends.values() if b.config.check]
 
     def startService(self) -> None:

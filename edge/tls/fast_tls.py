@@ -37,6 +37,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -179,5 +180,6 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
     if TLS_CLOSE:
         def _shutdownTLS(self) -> None:
             super()._shutdownTLS()
-            if not self.transport.disconnecting:  # close_notify is on its way: the peer's is not awaited
-                self.transport.loseConnection()
+            transport = self.transport  # a TCP connection (a FileDescriptor), or gone
+            if transport is not None and not (isinstance(transport, FileDescriptor) and transport.disconnecting):
+                transport.loseConnection()  # close_notify is on its way: the peer's is not awaited

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_terminate, tests.e2e.test_reload -*-
+# -*- test-case-name: tests.unit.tls.test_files, tests.e2e.test_terminate, tests.e2e.test_reload -*-
 """Static certificates from PEM files in ``[edge].certs_dir``, HAProxy style.
 
 Each ``*.pem`` file holds a chain and its key; or ``name.crt`` sits beside
@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from edge.tls.store import Certificate
+from edge.tls.store import Certificate, ServingKey, key_matches
 
 
 class CertificateFileError(Exception):
@@ -28,7 +28,9 @@ def load_pem(chain_pem: bytes, key_pem: bytes, where: str) -> Certificate:
         key = load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as e:
         raise CertificateFileError(f"{where}: no usable unencrypted private key ({e})") from None
-    if chain[0].public_key().public_numbers() != key.public_key().public_numbers():
+    if not isinstance(key, ServingKey):
+        raise CertificateFileError(f"{where}: a {type(key).__name__} cannot sign a TLS handshake")
+    if not key_matches(key, chain[0]):
         raise CertificateFileError(f"{where}: the private key does not match the certificate")
     cert = Certificate(chain, key, "file")
     cert.path = where

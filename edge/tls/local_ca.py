@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.tls.store import Certificate
+from edge.tls.store import Certificate, ServingKey
 from edge.tls.private_files import private_dir, write_private  # noqa: F401 (write_private: its old home)
 
 LEAF_LIFETIME = datetime.timedelta(days=7)
@@ -34,7 +34,10 @@ class LocalIssuer:
         key_path = self.dir / "ca.key"
         if key_path.exists() and self.ca_cert_path.exists():
             os.chmod(self.ca_cert_path, 0o644)  # written 0600 under a strict umask by earlier versions
-            self.key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+            key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+            if not isinstance(key, ServingKey):
+                raise ValueError(f"{key_path}: a {type(key).__name__} cannot sign certificates")
+            self.key: ServingKey = key
             self.cert = x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
         else:
             self.key, self.cert = self._create()
@@ -44,7 +47,7 @@ class LocalIssuer:
         self.issued: dict[str, Certificate] = {}
 
     @staticmethod
-    def _create():
+    def _create() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edge local CA {now:%Y-%m-%d}")])

@@ -13,7 +13,8 @@ import datetime
 from typing import Callable, Iterable
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -23,11 +24,16 @@ CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA
           "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 ALPN = [b"h2", b"http/1.1", b"http/1.0"]  # http/1.0 too: such clients (curl --http1.0) would get an alert otherwise
 
+# The private keys a TLS server can sign its handshakes with (those pyOpenSSL takes); a parsed key of another
+# kind (X25519, DH, ML-KEM, ...) is refused where it is read.  ``isinstance(key, ServingKey)`` checks one.
+ServingKey = (rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+              | dsa.DSAPrivateKey)
+
 
 class Certificate:
     """A chain and its key, the names it covers, and where it came from."""
 
-    def __init__(self, chain: list[x509.Certificate], key: PrivateKeyTypes, source: str) -> None:
+    def __init__(self, chain: list[x509.Certificate], key: ServingKey, source: str) -> None:
         self.chain = chain
         self.key = key
         self.source = source
@@ -64,13 +70,20 @@ class Certificate:
         return self._tls_factory
 
 
+def key_matches(key: ServingKey, cert: x509.Certificate) -> bool:
+    """Whether ``key`` is the private key of ``cert`` (compared as SubjectPublicKeyInfo: any kind of key)."""
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)
+
+
 def names_of(cert: x509.Certificate) -> tuple[str, ...]:
     """DNS names (wildcards included) from the SAN, else the common name."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = san.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
-        names = [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        names = [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+                 if isinstance(a.value, str)]  # a common name is a string (bytes are for bit-string types)
     return tuple(str(n).lower().rstrip(".") for n in names)
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -45,6 +47,7 @@ class EdgeTLSProtocol(FastTLSProtocol):
     """
 
     close_watch: CloseWatch | None = None
+    transport: tcp.Connection  # the client's, handed over by the dispatcher
 
     def __init__(self, factory: Any, wrapped: Any, info: ConnectionInfo, reactor: Any) -> None:
         super().__init__(factory, wrapped)
@@ -73,7 +76,7 @@ class EdgeTLSProtocol(FastTLSProtocol):
         if not self.transport.disconnecting:  # the TLS close never began
             self.abortConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.close_watch is not None:
             self.close_watch.cancel()
             self.close_watch = None
@@ -90,6 +93,8 @@ class AlpnSwitch(Protocol):
     ``choose(negotiated)`` builds it (HTTP/2 for ``h2``, HTTP/1.1 otherwise).
     A handshake not done within ``timeout`` seconds is cut.
     """
+
+    transport: TLSMemoryBIOProtocol  # the TLS connection whose handshake this waits for
 
     def __init__(self, choose: Callable[[bytes | None], Protocol], info: ConnectionInfo,
                  reactor: Any, timeout: float) -> None:
@@ -113,7 +118,7 @@ class AlpnSwitch(Protocol):
         self.transport.wrappedProtocol = protocol
         protocol.makeConnection(self.transport)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel()
 
     def _cancel(self) -> None:

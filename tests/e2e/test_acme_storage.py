@@ -183,6 +183,29 @@ def test_the_account_key_is_created_once_whoever_asks_first(backend, tmp_path):
     assert len({key.private_numbers().private_value for key in keys}) == 1
 
 
+def test_an_account_key_es256_cannot_sign_with_is_moved_aside_and_replaced(tmp_path):
+    """ACME signs with ES256 (jose.JWKEC): a stored RSA or P-384 account key was returned as it was and failed
+    every order; it is a bad key like one that does not parse."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    pem = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    for wrong in (rsa.generate_private_key(65537, 2048), ec.generate_private_key(ec.SECP384R1())):
+        storage = AcmeStorage(str(tmp_path / type(wrong).__name__), "https://ca.test/dir")
+        reports: list[dict] = []
+        storage.report = lambda text, **fields: reports.append(fields)
+        stored = storage.dir / "account.key"
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        stored.write_bytes(wrong.private_bytes(*pem))
+        key = storage.account_key()
+        assert isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+        assert [r["reason"] for r in reports] == [f"a {type(wrong).__name__}, not the P-256 key that ES256 "
+                                                  "signs with"]
+        moved = [p.name for p in stored.parent.iterdir() if p.name.startswith("account.key.bad-")]
+        assert len(moved) == 1 and (stored.parent / moved[0]).read_bytes() == wrong.private_bytes(*pem)
+        assert storage.account_key().private_numbers() == key.private_numbers()  # kept from now on
+
+
 # -- answers another edge keeps --------------------------------------------------------------------------
 
 

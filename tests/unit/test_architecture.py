@@ -1,5 +1,5 @@
-"""The code's own rules: import-linter's contracts (.importlinter), ruff's checks (pyproject.toml), and a
-``test-case-name`` header on every edge module naming test modules that exist."""
+"""The code's own rules: import-linter's contracts (.importlinter), ruff's checks (pyproject.toml), mypy's
+(setup.cfg's [mypy]), and a ``test-case-name`` header on every edge module naming test modules that exist."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def test_import_contracts() -> None:
 
 def test_ruff() -> None:
     done = run(sys.executable, "-m", "ruff", "check", "edge", "twisted")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy() -> None:
+    """edge/ type-checks under setup.cfg's [mypy] (with the mypy-zope plugin for Twisted's interfaces)."""
+    done = run(sys.executable, "-m", "mypy", "edge")
     assert done.returncode == 0, done.stdout + done.stderr
 
 

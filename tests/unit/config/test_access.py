@@ -188,7 +188,7 @@ def decided(guard, verdict, now: float = 0.0):
     check = getattr(verdict, "ask", None)
     if type(check).__name__ != "PasswordCheck":
         return verdict
-    users = check.guard.route.basic_auth.users
+    users = check.users
     right = users.compute(check.user, check.password)
     users.remember(check.user, check.password, right)
     return guard.judged(check.key, check.user, right, now)
