@@ -513,8 +513,7 @@ class Http1Proxy(Protocol):
         """Carry out what the exchange decided: the request again (on a stream or connection of the same
         backend), edge's answer instead of the backend's, or the response cut short."""
         warn(self.info, action)
-        kind = type(action)
-        if kind is Retry:
+        if isinstance(action, Retry):
             relay = self.relay
             if relay is not None:
                 relay.again(action.fresh)
@@ -526,7 +525,7 @@ class Http1Proxy(Protocol):
         if self.closed:
             return
         ex = self.ex
-        if kind is Reply:
+        if isinstance(action, Reply):
             ex.outcome = action.outcome
             self._answer(action.status, action.text, close=self.body is not None)
             return

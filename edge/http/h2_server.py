@@ -990,12 +990,11 @@ class H2Exchange:
         """Carry out what the exchange decided: the request again (on another backend connection or
         stream), edge's answer instead of the backend's, or the response cut short (a reset)."""
         warn(self.server.info, action)
-        kind = type(action)
-        if kind is Retry:
+        if isinstance(action, Retry):
             self._release(False)
             self.request_ended = False
             self.pool.acquire(self, fresh=action.fresh)
-        elif kind is Reply:
+        elif isinstance(action, Reply):
             self._answer(action.status, action.outcome, action.text)
         else:
             self._reset(ErrorCodes.INTERNAL_ERROR if action.outcome == "backend_failed" else ErrorCodes.CANCEL,
