@@ -9,8 +9,10 @@ counts; when the connection ends one structured log event is emitted, so
 
 from __future__ import annotations
 
+import enum
 import socket
 import time
+from dataclasses import dataclass
 
 from twisted.logger import Logger, LogLevel
 
@@ -26,6 +28,35 @@ ACCESS_LOG = [True]
 def set_access_log(level: LogLevel) -> None:
     """Build access-log events only if ``level`` (the lowest level logged) lets them through."""
     ACCESS_LOG[0] = level <= LogLevel.info
+
+
+class Outcome(enum.StrEnum):
+    """How a connection ended, in one word: the ``outcome`` label of ``edge_connections_total``."""
+
+    CLOSED = "closed"  # a side closed it (or edge did, at shutdown)
+    TIMEOUT = "timeout"
+    REFUSED = "refused"  # turned away: an address rule, a limit, no route, no certificate, no server
+    ERROR = "error"
+
+    def because(self, detail: str) -> Ending:
+        """This outcome with what caused it: ``Outcome.TIMEOUT.because("idle")`` logs ``timeout: idle``."""
+        return Ending(self, f"{self}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How one connection ended: the outcome metrics count, and the text the access log's ``ended`` shows."""
+
+    outcome: Outcome
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+CLOSED = Ending(Outcome.CLOSED, "closed")
+CLIENT_CLOSED = Ending(Outcome.CLOSED, "client closed")
+SERVER_CLOSED = Ending(Outcome.CLOSED, "server closed")
 
 
 def _format_address(address: tuple[str, int] | None) -> str:
@@ -58,7 +89,7 @@ class ConnectionInfo:
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = time.monotonic()
-        self.ended: str | None = None
+        self.ended: Ending | None = None  # set by the dispatcher or the handler that owns the connection
         self.proxied = False
         self.logged = False
         self.spliced = False  # moved by os.splice in the kernel (edge.splice)
@@ -75,7 +106,7 @@ class ConnectionInfo:
     def local(self, address: tuple[str, int]) -> None:
         self._local, self._socket = address, None
 
-    def finish(self, ended: str) -> None:
+    def finish(self, ended: Ending) -> None:
         """Emit the access-log event once, with how the connection ended."""
         if self.logged:
             return
@@ -103,7 +134,7 @@ class ConnectionInfo:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             duration=duration,
-            ended=ended,
+            ended=ended.text,
             proxied=self.proxied,
             spliced=self.spliced,
             worker=WORKER[0],

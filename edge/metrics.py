@@ -59,17 +59,9 @@ _REQUEST_SECONDS: dict[str, _Histogram] = {}  # route
 _UPSTREAM_SECONDS: dict[str, _Histogram] = {}  # backend
 
 
-def outcome(ended: str | None) -> str:
-    """The kind of ending: closed, timeout, refused or error."""
-    if not ended:
-        return "closed"
-    head = ended.split(":", 1)[0].split(" ", 1)[0]
-    return head if head in ("timeout", "refused", "error") else "closed"
-
-
 def connection_finished(info: Any, duration: float) -> None:
     listener, protocol = info.listener, info.protocol or "none"
-    key = (listener, protocol, info.route or "", info.backend or "", outcome(info.ended))
+    key = (listener, protocol, info.route or "", info.backend or "", info.ended.outcome.value)
     _CONNECTIONS[key] = _CONNECTIONS.get(key, 0) + 1
     if info.bytes_in:
         key = (listener, "in")

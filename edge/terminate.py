@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.connection import ConnectionInfo
+from edge.connection import CLOSED, ConnectionInfo, Outcome
 from edge.tls.fast_tls import FastTLSProtocol
 from edge.transports import CloseWatch, QuickClose, queued_for_peer
 
@@ -80,7 +80,7 @@ class EdgeTLSProtocol(FastTLSProtocol):
         try:
             super().connectionLost(reason)
         finally:
-            self.info.finish(self.info.ended or "closed")
+            self.info.finish(self.info.ended or CLOSED)
 
 
 @implementer(IHandshakeListener)
@@ -104,7 +104,7 @@ class AlpnSwitch(Protocol):
 
     def _too_slow(self) -> None:
         self.timer = None
-        self.info.ended = "timeout: TLS handshake"
+        self.info.ended = Outcome.TIMEOUT.because("TLS handshake")
         self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:

@@ -320,3 +320,37 @@ def test_the_status_page_takes_no_request_body(edge):
         assert answer.startswith(b"HTTP/1.1 413 " if head else b"HTTP/1.1 200 "), answer[:100]
     statuses = [ev["status"] for ev in e.events() if ev.get("listener") == "admin"]
     assert statuses[:2] == [413, 413] and statuses[2] == 200, statuses
+
+
+@pytest.mark.parametrize("ending, outcome, text", [
+    ("CLIENT_CLOSED", "closed", "client closed"),
+    ("SERVER_CLOSED", "closed", "server closed"),
+    (("CLOSED", "shutdown"), "closed", "closed: shutdown"),
+    (("TIMEOUT", "idle"), "timeout", "timeout: idle"),
+    (("REFUSED", "no route for SNI"), "refused", "refused: no route for SNI"),
+    (("ERROR", "connect failed"), "error", "error: connect failed"),
+])
+def test_connection_outcome_is_counted_from_the_enum_and_logged_as_text(ending, outcome, text):
+    """The metric's outcome label comes from the ending's enum, the access log's ``ended`` from its text."""
+    from twisted.logger import globalLogPublisher
+
+    from edge import connection, metrics
+
+    value = getattr(connection, ending) if isinstance(ending, str) \
+        else getattr(connection.Outcome, ending[0]).because(ending[1])
+    a, b = socket.socketpair()
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        info = connection.ConnectionInfo(("127.0.0.1", 40000), a, "outcome-test")
+        info.finish(value)
+        info.finish(connection.CLOSED)  # once only
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+        a.close()
+        b.close()
+    logged = [event for event in seen if event.get("listener") == "outcome-test"]
+    assert len(logged) == 1 and logged[0]["ended"] == text and type(logged[0]["ended"]) is str, logged
+    counted = [key for key in metrics._CONNECTIONS if key[0] == "outcome-test"]
+    assert [key[-1] for key in counted] == [outcome] and type(counted[0][-1]) is str, counted
+    metrics._CONNECTIONS.pop(counted[0])

@@ -199,6 +199,22 @@ def test_sigterm_drains_a_slow_download(edge, origins):
     assert "draining 1 open connections" in e.log()
 
 
+def test_sigterm_cuts_what_outlives_the_drain_and_logs_it_as_a_shutdown(edge, origins, ca):
+    """A connection still open when ``timeouts.drain`` is over is cut, and its access-log line says
+    ``closed: shutdown`` (counted as outcome ``closed``)."""
+    e = edge(body(origins, "web1", "tls1"), timeouts='inspect = "2s"\nconnect = "2s"\nidle = "60s"\ndrain = "1s"',
+             log_format="json")
+    held = open_tls(e.https_port, "pass.example.test", str(ca.ca_pem))  # through to nginx, which keeps it 120 s
+    try:
+        e.proc.send_signal(signal.SIGTERM)
+        e.wait_log("draining 1 open connections")
+        assert e.proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        held.close()
+    ended = [event["ended"] for event in e.events() if event.get("kind") == "connection"]
+    assert ended == ["closed: shutdown"], e.log()
+
+
 def test_watch_notices_a_replaced_certificate_file(edge, origins, tmp_path):
     """A certbot renewal replaces the file in certs_dir: with watch = true the new certificate is served
     without a SIGHUP (the deploy hook a user would otherwise write)."""

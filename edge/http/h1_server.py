@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from edge.http.answers import (DISCARD_LIMIT, PUBLIC_TEXT, REASON_TEXT, error_response, failure_hint, h1_message,
                                intercepts, own_answer)
-from edge.connection import ConnectionInfo, log_request
+from edge.connection import CLIENT_CLOSED, CLOSED, ConnectionInfo, Outcome, log_request
 from edge.eager import write_now
 from edge.transports import QUEUE_KNOWN, queued_for_peer
 from edge.http.h1_client import Discard, UpstreamConnection
@@ -597,7 +597,7 @@ class Http1Proxy(Protocol):
     def _cut_short(self, reason: str) -> None:
         """The backend failed in the middle of its response: the client sees it end early."""
         log.warn("backend response cut short: {reason}", reason=reason)
-        self.info.ended = "error: backend response cut short"
+        self.info.ended = Outcome.ERROR.because("backend response cut short")
         self.outcome = "backend_failed"
         self._log()
         self._close()
@@ -836,13 +836,13 @@ class Http1Proxy(Protocol):
             self.outcome = self.outcome or "answered"
             self._log()
         if close:
-            self.info.ended = self.info.ended or f"error: {text}" if status >= 400 else self.info.ended
+            self.info.ended = self.info.ended or Outcome.ERROR.because(text) if status >= 400 else self.info.ended
             self._close()
             return
         self._await_next()
 
     def _answer_and_close(self, status: int, text: str) -> None:
-        self.info.ended = f"error: {REASON_TEXT.get(status, text)}"
+        self.info.ended = Outcome.ERROR.because(REASON_TEXT.get(status, text))
         self._answer(status, text, close=True)
 
     def _close(self, abort: bool = False) -> None:
@@ -901,16 +901,16 @@ class Http1Proxy(Protocol):
             return
         if kind == "body":
             self._drop_upstream()
-            self.info.ended = "timeout: request body"
+            self.info.ended = Outcome.TIMEOUT.because("request body")
             self.outcome = "timeout"
             self._answer(408, "request body took too long", close=True)
             return
         if kind == "head":
-            self.info.ended = "timeout: request head"
+            self.info.ended = Outcome.TIMEOUT.because("request head")
             self._write(error_response(408, self.runtime.config.error_pages))
             self._close()
             return
-        self.info.ended = "timeout: idle"
+        self.info.ended = Outcome.TIMEOUT.because("idle")
         # Idle in the middle of a response (or behind on its answers): what is queued for a client that
         # took nothing all this time is not waited for.
         stalled = self.head is not None or self.drain_call is not None
@@ -972,7 +972,7 @@ class Http1Proxy(Protocol):
         if self.body is not None or self.tunnel or (self.head is None and self.drain_call is None):
             # A body that can no longer arrive, a tunnel's client that left, or nothing complete to answer
             # (a complete request in the buffer would have been started already).
-            self.info.ended = self.info.ended or "client closed"
+            self.info.ended = self.info.ended or CLIENT_CLOSED
             if self.head is not None:
                 self.status = self.status or 499
                 self.outcome = "client_closed"
@@ -992,4 +992,4 @@ class Http1Proxy(Protocol):
             self.status = self.status or 499
             self.outcome = self.outcome or "client_closed"
             self._log()
-        self.info.finish(self.info.ended or "closed")
+        self.info.finish(self.info.ended or CLOSED)

@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edge.connection import ConnectionInfo, log_request
+from edge.connection import CLIENT_CLOSED, CLOSED, ConnectionInfo, Outcome, log_request
 from edge.eager import write_now
 from edge.event_loop import after_events
 from edge.http.answers import DISCARD_LIMIT, PUBLIC_TEXT, REASON_TEXT, failure_hint, intercepts, own_answer
@@ -179,15 +179,15 @@ class H2Server(Protocol):
                 if self.answers:
                     self.answers.pop(event.stream, None)
         elif kind is Draining:  # the client's graceful GOAWAY: its streams finish, then the connection closes
-            self.info.ended = "client closed"
+            self.info.ended = CLIENT_CLOSED
             if not self.exchanges and not self.answers:
                 self._close()
         elif kind is Ended:
             if event.error:
                 log.warn("{client}: {reason}", client=self.info.client[0], reason=event.reason)
-                self.info.ended = f"error: {event.reason}"
+                self.info.ended = Outcome.ERROR.because(event.reason)
             else:
-                self.info.ended = "client closed"
+                self.info.ended = CLIENT_CLOSED
             self._close()
 
     def flush(self) -> None:
@@ -460,11 +460,11 @@ class H2Server(Protocol):
         timeouts = self.runtime.config.timeouts
         now = time.monotonic()
         if self.head_since is not None and now - self.head_since >= timeouts.inspect:
-            self.info.ended = "timeout: request head"
+            self.info.ended = Outcome.TIMEOUT.because("request head")
             self._goaway()
             return
         if not self.exchanges and now - self.last_activity >= timeouts.idle:
-            self.info.ended = "timeout: idle"
+            self.info.ended = Outcome.TIMEOUT.because("idle")
             self._goaway()
             return
         wait = timeouts.idle - (now - self.last_activity) if not self.exchanges else timeouts.idle
@@ -480,7 +480,7 @@ class H2Server(Protocol):
         if self.closed:
             return
         for exchange in list(self.exchanges.values()):
-            exchange.client_gone("client_closed" if self.info.ended == "client closed" else "connection_closed")
+            exchange.client_gone("client_closed" if self.info.ended is CLIENT_CLOSED else "connection_closed")
         self.closed = True
         self.receiving = False
         self.flush_now()
@@ -495,8 +495,8 @@ class H2Server(Protocol):
         for exchange in list(self.exchanges.values()):
             exchange.client_gone("client_closed")
         if not was_closed and self.info.ended is None:
-            self.info.ended = "client closed"
-        self.info.finish(self.info.ended or "closed")
+            self.info.ended = CLIENT_CLOSED
+        self.info.finish(self.info.ended or CLOSED)
 
 
 @implementer(IPushProducer)
