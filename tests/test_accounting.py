@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.support.config import site
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import Nginx
 from tests.test_terminate import curl, local_ca
@@ -36,16 +37,7 @@ def exchange(port: int, request: bytes) -> bytes:
 
 
 def test_port_80_redirects_count_their_bytes(edge):
-    e = edge("""
-        [tls]
-        issuer = "local"
-        [backends.web]
-        servers = ["http://127.0.0.1:1"]
-        [[routes]]
-        hosts = ["app.example.test"]
-        tls = "edge"
-        backend = "web"
-        """)
+    e = edge(site("http://127.0.0.1:1"))
     request = b"GET /a HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n"
     answer = exchange(e.http_port, request)
     assert answer.startswith(b"HTTP/1.1 308")
@@ -56,17 +48,7 @@ def test_plain_http_allow_counts_its_bytes(edge, start, tmp_path):
     port = free_port()
     nginx = start(Nginx, tmp_path, f"server {{ listen 127.0.0.1:{port}; return 200 'hello'; }}")
     wait_listening(port, proc=nginx.proc)
-    e = edge(f"""
-        [tls]
-        issuer = "local"
-        [backends.web]
-        servers = ["http://127.0.0.1:{port}"]
-        [[routes]]
-        hosts = ["app.example.test"]
-        tls = "edge"
-        http = "allow"
-        backend = "web"
-        """)
+    e = edge(site(f"http://127.0.0.1:{port}", http="allow"))
     request = b"GET /a HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n"
     answer = exchange(e.http_port, request)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello")
@@ -85,16 +67,7 @@ def test_terminated_tls_counts_its_bytes(edge, start, tmp_path, monkeypatch, fas
     (www / "big").write_bytes(b"x" * 300_000)
     nginx = start(Nginx, tmp_path, f"server {{ listen 127.0.0.1:{port}; root {www}; }}")
     wait_listening(port, proc=nginx.proc)
-    e = edge(f"""
-        [tls]
-        issuer = "local"
-        [backends.web]
-        servers = ["http://127.0.0.1:{port}"]
-        [[routes]]
-        hosts = ["app.example.test"]
-        tls = "edge"
-        backend = "web"
-        """)
+    e = edge(site(f"http://127.0.0.1:{port}"))
     result = curl(e.https_port, "app.example.test", "/big", version, "-o", "/dev/null", cafile=local_ca(e))
     assert result.returncode == 0
     bytes_in, bytes_out = connection_line(e, marker)

@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.config import route, site
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import Nginx
 from tests.test_ssh import run_ssh
@@ -23,26 +24,9 @@ def busy_edge(edge, start, tmp_path, sshd, tls_origin):
     nginx = start(Nginx, tmp_path, f'server {{ listen 127.0.0.1:{web}; return 200 "web\\n"; }}')
     wait_listening(web, proc=nginx.proc)
     origin = tls_origin("pass.example.test")
-    e = edge(f"""
-    [tls]
-    issuer = "local"
-    [ssh]
-    backend = "git"
-    [backends.git]
-    servers = ["127.0.0.1:{sshd.port}"]
-    [backends.web]
-    servers = ["http://127.0.0.1:{web}"]
-    [backends.pass]
-    servers = ["127.0.0.1:{origin.port}"]
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "edge"
-    backend = "web"
-    [[routes]]
-    hosts = ["pass.example.test"]
-    tls = "passthrough"
-    backend = "pass"
-    """, log_format="json", admin=True)
+    e = edge(site(f"http://127.0.0.1:{web}", tables={"ssh": {"backend": "git"}},
+                  backends={"git": f"127.0.0.1:{sshd.port}", "pass": f"127.0.0.1:{origin.port}"},
+                  routes=[route("pass.example.test", "pass", tls="passthrough")]), log_format="json", admin=True)
     e.origin = origin
     return e
 
@@ -136,22 +120,8 @@ def test_quiet_log_level_still_counts(edge, start, tmp_path):
     web = free_port()
     nginx = start(Nginx, tmp_path, f'server {{ listen 127.0.0.1:{web}; return 200 "web\\n"; }}')
     wait_listening(web, proc=nginx.proc)
-    e = edge(f"""
-    [tls]
-    issuer = "local"
-    [backends.web]
-    servers = ["http://127.0.0.1:{web}"]
-    [backends.gone]
-    servers = ["http://127.0.0.1:{free_port()}"]
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "edge"
-    backend = "web"
-    [[routes]]
-    hosts = ["gone.example.test"]
-    tls = "edge"
-    backend = "gone"
-    """, log_format="json", admin=True, log_level="warn")
+    e = edge(site(f"http://127.0.0.1:{web}", backends={"gone": f"http://127.0.0.1:{free_port()}"},
+                  routes=[route("gone.example.test", "gone")]), log_format="json", admin=True, log_level="warn")
     for _ in range(3):
         assert split(curl(e.https_port, "app.example.test", "/", "--http1.1", cafile=local_ca(e)).stdout)[0] == 200
     assert split(curl(e.https_port, "gone.example.test", "/", "--http1.1", cafile=local_ca(e)).stdout)[0] == 502
