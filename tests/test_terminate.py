@@ -176,14 +176,7 @@ def test_static_certificates_from_certs_dir(edge, origin, ca, tmp_path, layout):
     else:
         (certs / "static.crt").write_bytes(cert.read_bytes())
         (certs / "static.key").write_bytes(key.read_bytes())
-    e = edge(f"""
-    [backends.web]
-    servers = ["http://127.0.0.1:{origin.http}"]
-    [[routes]]
-    hosts = ["static.example.test"]
-    tls = "edge"
-    backend = "web"
-    """, certs_dir=str(certs))
+    e = edge(site(f"http://127.0.0.1:{origin.http}", host="static.example.test", issuer=None), certs_dir=str(certs))
     result = curl(e.https_port, "static.example.test", "/", cafile=ca.ca_pem)
     assert result.returncode == 0 and split(result.stdout)[0] == 200, result.stderr
 

@@ -10,6 +10,7 @@ table (``ssh``, ``acme``, ``admin``, ...) is passed by name::
     site(f"http://127.0.0.1:{port}", routes=[route("pass.example.test", "pass", tls="passthrough")],
          backends={"pass": f"127.0.0.1:{tls_port}"})
     config(backends={"git": f"127.0.0.1:{sshd.port}"}, ssh={"backend": "git"})
+    passthrough(f"127.0.0.1:{origin.port}")  # no certificates: TLS passed through to the origin
 
 ``[edge]``, ``[listen]`` and ``[timeouts]`` are written by :class:`tests.support.edge.Edge`
 (its keyword arguments), so these builders write the rest.
@@ -80,3 +81,10 @@ def site(server: str | Sequence[str] | Mapping[str, Any], *, host: str | Sequenc
     ``tls`` says otherwise) with ``route_keys``; then ``routes`` and ``backends``, and ``tables`` by name."""
     return config(backends={"web": server, **(backends or {})}, routes=[route(host, tls=tls, **route_keys), *routes],
                   issuer=issuer, **(tables or {}))
+
+
+def passthrough(server: str | Sequence[str] | Mapping[str, Any], *, host: str | Sequence[str] = "pass.example.test",
+                backend: str = "pass", **route_keys: Any) -> str:
+    """No certificates of edge's: backend ``pass`` at ``server``, and ``host``'s TLS passed through to it."""
+    return config(issuer=None, backends={backend: server},
+                  routes=[route(host, backend, tls="passthrough", **route_keys)])
