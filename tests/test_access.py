@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.config import route, site
+from tests.support.config import passthrough, route, site
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import Nginx
 from tests.test_terminate import local_ca
@@ -88,21 +88,9 @@ def test_terminated_deny_beats_allow(edge, echo, protocol):
     assert curl(e, protocol, source="::1")[0] == 403
 
 
-def passthrough(origin_port: int, extra: str) -> str:
-    return f"""
-    [backends.tls]
-    servers = ["127.0.0.1:{origin_port}"]
-    [[routes]]
-    hosts = ["{HOST}"]
-    tls = "passthrough"
-    backend = "tls"
-    {extra}
-    """
-
-
 def test_passthrough_allow_list_closes_before_a_byte_reaches_the_backend(edge, tls_origin, ca):
     origin = tls_origin(HOST)
-    e = edge(passthrough(origin.port, 'allow = ["::1/128"]'), ipv6=True, log_format="json")
+    e = edge(passthrough(f"127.0.0.1:{origin.port}", host=HOST, allow=["::1/128"]), ipv6=True, log_format="json")
     ok = subprocess.run(["curl", "-sS", "--max-time", "20", "--cacert", str(ca.ca_pem), "--resolve",
                          f"{HOST}:{e.https_port6}:[::1]", f"https://{HOST}:{e.https_port6}/"],
                         capture_output=True, text=True, timeout=40)
@@ -421,7 +409,7 @@ def test_rules_match_the_client_a_trusted_proxy_header_names(edge, tls_origin, c
     import ssl
 
     origin = tls_origin(HOST)
-    e = edge(passthrough(origin.port, 'deny = ["192.0.2.0/24"]'), accept_proxy=["127.0.0.1"], log_format="json")
+    e = edge(passthrough(f"127.0.0.1:{origin.port}", host=HOST, deny=["192.0.2.0/24"]), accept_proxy=["127.0.0.1"], log_format="json")
     context = ssl.create_default_context(cafile=str(ca.ca_pem))
 
     def through_proxy(client: str) -> bytes:
