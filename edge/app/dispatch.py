@@ -22,6 +22,7 @@ from zope.interface import implementer
 from edge.acme.responders import ACME_TLS_ALPN, ChallengeResponders
 from edge.config import Config, Door
 from edge.ops.access_log import ConnectionInfo
+from edge.ops.outcomes import CLIENT_CLOSED, Ending, Outcome
 from edge.config.routes import HostEntry, RouteTable
 from edge.sniff import NEED_MORE, NO_MATCH, Malformed
 from edge.sniff.http import sniff_http
@@ -51,7 +52,7 @@ class DispatchRuntime(TypingProtocol):
 
     def tls_handler(self, entry: HostEntry, info: ConnectionInfo) -> Protocol | None: ...
 
-    def refused(self, gate: str, client: str) -> str | None: ...
+    def refused(self, gate: str, client: str) -> Ending | None: ...
 
     def acme_tls_handler(self, options: Any, info: ConnectionInfo) -> Protocol: ...
 
@@ -101,10 +102,10 @@ class Dispatcher(Protocol):
         try:
             self._decide()
         except Malformed as e:
-            self._reject(f"error: {e}")
+            self._reject(Outcome.ERROR.because(str(e)))
             return
         if self.handler is None and len(self.buffer) >= MAX_PREFIX and self.transport.connected:
-            self._reject("error: no protocol recognised in the first 16 KiB")
+            self._reject(Outcome.ERROR.because("no protocol recognised in the first 16 KiB"))
 
     def _decide(self) -> None:
         if self.proxy_pending:
@@ -135,7 +136,7 @@ class Dispatcher(Protocol):
         client = self.info.client[0]
         why = None
         if self.runtime.config.listen.deny and not self.runtime.config.listen.deny.permits(client):
-            why = "refused: address denied"
+            why = Outcome.REFUSED.because("address denied")
         elif self.listener in self.runtime.doors:
             why = self.runtime.refused(f"door:{self.listener}", client)
         if why is None:
@@ -157,7 +158,8 @@ class Dispatcher(Protocol):
         """A ``[[doors]]`` connection for the door's own backend (no ``sni``, or nothing else matched)."""
         backend = self.runtime.doors[self.listener].backend
         if backend is None:
-            self._reject("refused: no route for SNI" if self.info.protocol == "tls" else "error: not TLS",
+            self._reject(Outcome.REFUSED.because("no route for SNI") if self.info.protocol == "tls"
+                         else Outcome.ERROR.because("not TLS"),
                          UNRECOGNIZED_NAME_ALERT if self.info.protocol == "tls" else b"")
             return
         self.info.route = self.info.route or self.listener
@@ -199,14 +201,14 @@ class Dispatcher(Protocol):
             self.info.protocol = "http"
             self.hand_over(self.runtime.redirector(self.info, self.hand_over), data)
         elif ssh is NO_MATCH and http is NO_MATCH:
-            self._reject("error: not TLS, SSH or HTTP")
+            self._reject(Outcome.ERROR.because("not TLS, SSH or HTTP"))
 
     def _route_tls(self, hello: ClientHello) -> None:
         info = self.info
         info.protocol, info.sni, info.alpn = "tls", hello.sni, hello.alpn
         entry = self.runtime.routes.lookup(hello.sni)
         if entry is None:
-            self._reject("refused: no SNI" if hello.sni is None else "refused: no route for SNI",
+            self._reject(Outcome.REFUSED.because("no SNI" if hello.sni is None else "no route for SNI"),
                          UNRECOGNIZED_NAME_ALERT)
             return
         route = entry.passthrough
@@ -223,7 +225,7 @@ class Dispatcher(Protocol):
                 lookup.addCallback(self._tls_alpn_answer)
                 return
         if handler is None:
-            self._reject("refused: no certificate for SNI", UNRECOGNIZED_NAME_ALERT)
+            self._reject(Outcome.REFUSED.because("no certificate for SNI"), UNRECOGNIZED_NAME_ALERT)
             return
         self.hand_over(handler, self.buffer)
 
@@ -232,14 +234,14 @@ class Dispatcher(Protocol):
         if self.handler is not None or self.info.ended is not None or not self.transport.connected:
             return
         if options is None:
-            self._reject("refused: no certificate for SNI", UNRECOGNIZED_NAME_ALERT)
+            self._reject(Outcome.REFUSED.because("no certificate for SNI"), UNRECOGNIZED_NAME_ALERT)
             return
         self.hand_over(self.runtime.acme_tls_handler(options, self.info), self.buffer)
 
     def _to_ssh(self) -> None:
         self.info.protocol = "ssh"
         if self.runtime.config.ssh_backend is None:
-            self._reject("refused: no [ssh] backend")
+            self._reject(Outcome.REFUSED.because("no [ssh] backend"))
             return
         why = self.runtime.refused("ssh", self.info.client[0])
         if why is not None:
@@ -272,9 +274,9 @@ class Dispatcher(Protocol):
         elif not self.buffer and self.listener in self.runtime.doors and self.runtime.doors[self.listener].backend:
             self._to_door_backend()  # a client that waits for the server to speak first
         else:
-            self._reject("timeout: inspect" if self.buffer else "timeout: silent client")
+            self._reject(Outcome.TIMEOUT.because("inspect" if self.buffer else "silent client"))
 
-    def _reject(self, why: str, answer: bytes = b"") -> None:
+    def _reject(self, why: Ending, answer: bytes = b"") -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -283,10 +285,15 @@ class Dispatcher(Protocol):
             self.transport.write(answer)
         self.transport.loseConnection()
 
+    def shut_down(self) -> None:
+        """edge is stopping and the connection outlived the drain time: cut it."""
+        self.info.ended = Outcome.CLOSED.because("shutdown")
+        self.transport.abortConnection()
+
     def readConnectionLost(self) -> None:
         handler = self.handler
         if handler is None:
-            self._reject("client closed before it was recognised")
+            self._reject(Ending(Outcome.CLOSED, "client closed before it was recognised"))
         elif IHalfCloseableProtocol.providedBy(handler):
             handler.readConnectionLost()
         else:
@@ -303,7 +310,7 @@ class Dispatcher(Protocol):
         if self.handler is not None:
             self.handler.connectionLost(reason)
         else:
-            self.info.finish(self.info.ended or "client closed")
+            self.info.finish(self.info.ended or CLIENT_CLOSED)
 
 
 class DispatchFactory(Factory[Dispatcher]):

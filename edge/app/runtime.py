@@ -23,6 +23,7 @@ from edge.tls.store import CertificateStore
 from edge.config import BackendConfig, Config, Server
 from edge.config.model import Scheme
 from edge.ops.access_log import ConnectionInfo
+from edge.ops.outcomes import Ending, Outcome
 from edge.tcp.forward import TcpForward
 from edge.http.h1_server import Http1Proxy
 from edge.http.h2_server import H2Server
@@ -118,13 +119,13 @@ class Runtime:
         self.certificates = certificates if certificates is not None else self.load_certificates(config)
         self.http_factory = Factory.forProtocol(Protocol)  # TLS factories wrap one; edge builds the protocols
 
-    def refused(self, gate: str, client: str) -> str | None:
+    def refused(self, gate: str, client: str) -> Ending | None:
         """Why a connection from ``client`` may not pass ``gate`` ("route:NAME", "ssh", "door:NAME"); None if it may."""
         rule, limiter = self.gates.get(gate, (None, None))
         if rule and not rule.permits(client):
-            return "refused: address not allowed"
+            return Outcome.REFUSED.because("address not allowed")
         if limiter is not None and limiter.take(limit_key(client), self.reactor.seconds()) > 0:
-            return "refused: too many connections"
+            return Outcome.REFUSED.because("too many connections")
         return None
 
     def ask_auth(self, route: Any, head: Any, done: Callable[[Any], None]) -> Any:

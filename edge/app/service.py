@@ -352,8 +352,7 @@ class EdgeService(MultiService):
             yield deferLater(self.reactor, 0.1, lambda: None)
             waited += 0.1
         for client in list(self.connections):
-            client.info.ended = "closed: shutdown"
-            client.transport.abortConnection()
+            client.shut_down()
         if waited:
             log.info("drained after {waited:.1f}s", waited=waited)
 

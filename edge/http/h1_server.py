@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from edge.http.answers import DISCARD_LIMIT, REASON_TEXT, error_response, h1_message, own_answer
 from edge.ops.access_log import ConnectionInfo
+from edge.ops.outcomes import CLIENT_CLOSED, CLOSED, Outcome
 from edge.net.eager import write_now
 from edge.net.transports import QUEUE_KNOWN, queued_for_peer
 from edge.http.h1_client import Discard, UpstreamConnection
@@ -532,8 +533,8 @@ class Http1Proxy(Protocol):
         # Cut: the client sees the response end early
         ex.end(action.outcome, action.status)
         timeout = action.outcome == "timeout"
-        self.info.ended = "timeout: idle" if timeout else self.info.ended or (
-            "error: backend response cut short" if action.outcome == "backend_failed" else f"error: {action.outcome}")
+        self.info.ended = Outcome.TIMEOUT.because("idle") if timeout else self.info.ended or Outcome.ERROR.because(
+            "backend response cut short" if action.outcome == "backend_failed" else action.outcome)
         self._log()
         self._close(abort=timeout)  # what is queued for a client that took nothing all this time is not waited for
 
@@ -831,13 +832,13 @@ class Http1Proxy(Protocol):
             ex.outcome = ex.outcome or "answered"
             self._log()
         if close:
-            self.info.ended = self.info.ended or f"error: {text}" if status >= 400 else self.info.ended
+            self.info.ended = self.info.ended or Outcome.ERROR.because(text) if status >= 400 else self.info.ended
             self._close()
             return
         self._await_next()
 
     def _answer_and_close(self, status: int, text: str) -> None:
-        self.info.ended = f"error: {REASON_TEXT.get(status, text)}"
+        self.info.ended = Outcome.ERROR.because(REASON_TEXT.get(status, text))
         self._answer(status, text, close=True)
 
     def _close(self, abort: bool = False) -> None:
@@ -888,18 +889,18 @@ class Http1Proxy(Protocol):
             self._response_timeout()
             return
         if kind == "body":
-            self.info.ended = "timeout: request body"
+            self.info.ended = Outcome.TIMEOUT.because("request body")
             self._act(self.ex.expired("body", self.runtime.config.timeouts.idle))
             return
         if kind == "head":
-            self.info.ended = "timeout: request head"
+            self.info.ended = Outcome.TIMEOUT.because("request head")
             self._write(error_response(408, self.runtime.config.error_pages))
             self._close()
             return
         if self.head is not None:  # idle in the middle of a response or a tunnel
             self._act(self.ex.expired(kind, self.runtime.config.timeouts.idle))
             return
-        self.info.ended = "timeout: idle"
+        self.info.ended = Outcome.TIMEOUT.because("idle")
         # Behind on its answers: what is queued for a client that took nothing all this time is not waited for.
         self._close(abort=self.drain_call is not None)
 
@@ -956,7 +957,7 @@ class Http1Proxy(Protocol):
         if self.body is not None or self.tunnel or (self.head is None and self.drain_call is None):
             # A body that can no longer arrive, a tunnel's client that left, or nothing complete to answer
             # (a complete request in the buffer would have been started already).
-            self.info.ended = self.info.ended or "client closed"
+            self.info.ended = self.info.ended or CLIENT_CLOSED
             if self.head is not None:
                 self.ex.client_gone("client_closed")
                 self._log()
@@ -974,4 +975,4 @@ class Http1Proxy(Protocol):
         if not was_closed and self.head is not None:
             self.ex.client_gone("client_closed")
             self._log()
-        self.info.finish(self.info.ended or "closed")
+        self.info.finish(self.info.ended or CLOSED)

@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edge.ops.access_log import ConnectionInfo
+from edge.ops.outcomes import CLIENT_CLOSED, CLOSED, Outcome
 from edge.net.eager import write_now
 from edge.net.event_loop import after_events
 from edge.http.answers import DISCARD_LIMIT, REASON_TEXT, own_answer
@@ -184,15 +185,15 @@ class H2Server(Protocol):
                 if self.answers:
                     self.answers.pop(event.stream, None)
         elif kind is Draining:  # the client's graceful GOAWAY: its streams finish, then the connection closes
-            self.info.ended = "client closed"
+            self.info.ended = CLIENT_CLOSED
             if not self.exchanges and not self.answers:
                 self._close()
         elif kind is Ended:
             if event.error:
                 log.warn("{client}: {reason}", client=self.info.client[0], reason=event.reason)
-                self.info.ended = f"error: {event.reason}"
+                self.info.ended = Outcome.ERROR.because(event.reason)
             else:
-                self.info.ended = "client closed"
+                self.info.ended = CLIENT_CLOSED
             self._close()
 
     def flush(self) -> None:
@@ -467,11 +468,11 @@ class H2Server(Protocol):
         timeouts = self.runtime.config.timeouts
         now = time.monotonic()
         if self.head_since is not None and now - self.head_since >= timeouts.inspect:
-            self.info.ended = "timeout: request head"
+            self.info.ended = Outcome.TIMEOUT.because("request head")
             self._goaway()
             return
         if not self.exchanges and now - self.last_activity >= timeouts.idle:
-            self.info.ended = "timeout: idle"
+            self.info.ended = Outcome.TIMEOUT.because("idle")
             self._goaway()
             return
         wait = timeouts.idle - (now - self.last_activity) if not self.exchanges else timeouts.idle
@@ -487,7 +488,7 @@ class H2Server(Protocol):
         if self.closed:
             return
         for exchange in list(self.exchanges.values()):
-            exchange.client_gone("client_closed" if self.info.ended == "client closed" else "connection_closed")
+            exchange.client_gone("client_closed" if self.info.ended is CLIENT_CLOSED else "connection_closed")
         self.closed = True
         self.receiving = False
         self.flush_now()
@@ -502,8 +503,8 @@ class H2Server(Protocol):
         for exchange in list(self.exchanges.values()):
             exchange.client_gone("client_closed")
         if not was_closed and self.info.ended is None:
-            self.info.ended = "client closed"
-        self.info.finish(self.info.ended or "closed")
+            self.info.ended = CLIENT_CLOSED
+        self.info.finish(self.info.ended or CLOSED)
 
 
 def request_exchange(event: Request, started: float) -> Exchange:

@@ -22,6 +22,7 @@ from edge.config import Config
 from edge.http.answers import error_response, plain_response
 from edge.config.routes import RouteTable
 from edge.ops.access_log import ConnectionInfo, log_request
+from edge.ops.outcomes import CLIENT_CLOSED, Ending, Outcome
 from edge.sniff import NEED_MORE
 from edge.http.h1 import BadRequest, RequestHead, parse_request_head
 from edge.http.policy import https_location
@@ -42,7 +43,7 @@ class RedirectRuntime(TypingProtocol):
 
     def plain_http(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Protocol: ...
 
-    def refused(self, gate: str, client: str) -> str | None: ...
+    def refused(self, gate: str, client: str) -> Ending | None: ...
 
 ACME_PREFIX = "/.well-known/acme-challenge/"
 MAX_HEAD = 65536
@@ -75,7 +76,7 @@ class Redirector(Protocol):
 
     def _timeout(self) -> None:
         self.timer = None
-        self.info.ended = "timeout: request head" if self.buffer else "timeout: idle"
+        self.info.ended = Outcome.TIMEOUT.because("request head" if self.buffer else "idle")
         if self.buffer:  # a head begun and never finished gets its 408, as on 443
             self._write(error_response(408, self.runtime.config.error_pages))
         self.transport.loseConnection()
@@ -98,7 +99,7 @@ class Redirector(Protocol):
                     raise BadRequest(400, "missing Host header")
             except BadRequest as e:
                 self._respond(e.status, f"{e}\n", None, close=True)
-                self.info.ended = f"error: {e}"
+                self.info.ended = Outcome.ERROR.because(str(e))
                 return
             if self._answer(head, host):
                 return
@@ -213,4 +214,4 @@ class Redirector(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timer()
-        self.info.finish(self.info.ended or "client closed")
+        self.info.finish(self.info.ended or CLIENT_CLOSED)

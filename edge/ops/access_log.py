@@ -15,6 +15,7 @@ import time
 from twisted.logger import Logger, LogLevel
 
 from edge.ops import metrics
+from edge.ops.outcomes import Ending
 
 access_log = Logger(namespace="edge.access")
 WORKER = [0]  # this process's worker number ([edge] workers), set at start-up
@@ -26,6 +27,8 @@ ACCESS_LOG = [True]
 def set_access_log(level: LogLevel) -> None:
     """Build access-log events only if ``level`` (the lowest level logged) lets them through."""
     ACCESS_LOG[0] = level <= LogLevel.info
+
+
 
 
 def _format_address(address: tuple[str, int] | None) -> str:
@@ -58,7 +61,7 @@ class ConnectionInfo:
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = time.monotonic()
-        self.ended: str | None = None
+        self.ended: Ending | None = None  # set by the dispatcher or the handler that owns the connection
         self.proxied = False
         self.logged = False
         self.spliced = False  # moved by os.splice in the kernel (edge.net.splice)
@@ -76,7 +79,7 @@ class ConnectionInfo:
     def local(self, address: tuple[str, int]) -> None:
         self._local = address
 
-    def finish(self, ended: str) -> None:
+    def finish(self, ended: Ending) -> None:
         """Emit the access-log event once, with how the connection ended."""
         if self.logged:
             return
@@ -104,7 +107,7 @@ class ConnectionInfo:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             duration=duration,
-            ended=ended,
+            ended=ended.text,
             proxied=self.proxied,
             spliced=self.spliced,
             worker=WORKER[0],

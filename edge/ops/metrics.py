@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from edge.ops.outcomes import Ending
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 ACME_ORDERS = Counter("edge_acme_orders", "ACME orders by host and result", ["host", "result"], registry=REGISTRY)
@@ -59,29 +61,22 @@ _REQUEST_SECONDS: dict[str, _Histogram] = {}  # route
 _UPSTREAM_SECONDS: dict[str, _Histogram] = {}  # backend
 
 
-def outcome(ended: str | None) -> str:
-    """The kind of ending: closed, timeout, refused or error."""
-    if not ended:
-        return "closed"
-    head = ended.split(":", 1)[0].split(" ", 1)[0]
-    return head if head in ("timeout", "refused", "error") else "closed"
-
-
 class FinishedConnection(Protocol):
-    """What the connection metrics read of a finished connection (``edge.connection.ConnectionInfo``)."""
+    """What the connection metrics read of a finished connection (:class:`edge.ops.access_log.ConnectionInfo`)."""
 
     listener: str
     protocol: str | None
     route: str | None
     backend: str | None
-    ended: str | None
+    ended: Ending | None  # set before the metrics read it
     bytes_in: int
     bytes_out: int
 
 
 def connection_finished(info: FinishedConnection, duration: float) -> None:
     listener, protocol = info.listener, info.protocol or "none"
-    key = (listener, protocol, info.route or "", info.backend or "", outcome(info.ended))
+    outcome = info.ended.outcome.value if info.ended is not None else "closed"
+    key = (listener, protocol, info.route or "", info.backend or "", outcome)
     _CONNECTIONS[key] = _CONNECTIONS.get(key, 0) + 1
     if info.bytes_in:
         direction = (listener, "in")

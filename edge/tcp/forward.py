@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from edge.tcp.backends import Backend, BackendUnavailable, NoServerAvailable, ServerState, describe_error
 from edge.ops.access_log import ConnectionInfo
+from edge.ops.outcomes import CLIENT_CLOSED, CLOSED, SERVER_CLOSED, Outcome
 from edge.net import splice
 from edge.net.eager import write_now
 from edge.net.timers import coarse
@@ -105,7 +106,7 @@ class TcpForward(Protocol):
         if self.connecting is not None:
             self.connecting.cancel()
         if self.info.ended is None:
-            self.info.ended = "client closed"
+            self.info.ended = CLIENT_CLOSED
         if self.peer is not None:
             self.peer.transport.loseConnection()
         self._finish_if_both_gone()
@@ -166,18 +167,18 @@ class TcpForward(Protocol):
             self.info.bytes_in += moved_in
             self.info.bytes_out += moved_out
         if self.info.ended is None:
-            self.info.ended = "error: connection reset" if failed else "closed"
+            self.info.ended = Outcome.ERROR.because("connection reset") if failed else CLOSED
 
     def _failed(self, error: Exception) -> None:
         self.connecting = None
         if isinstance(error, NoServerAvailable):
-            ended = "refused: no server available"
+            ended = Outcome.REFUSED.because("no server available")
         elif isinstance(error, BackendUnavailable):
-            ended = "error: backend unavailable"
+            ended = Outcome.ERROR.because("backend unavailable")
         else:
             if not self.closed:
                 log.failure("connecting to backend {backend}", Failure(error), backend=self.backend.name)
-            ended = "error: connect failed"
+            ended = Outcome.ERROR.because("connect failed")
         if not self.closed:
             log.warn("{client}: {why}", client=self.info.client[0], why=describe_error(error))
         self.info.ended = ended
@@ -205,13 +206,13 @@ class TcpForward(Protocol):
         if self.idle_call is not None and self.idle_call.active():
             self.idle_call.cancel()
         if self.info.ended is None:
-            self.info.ended = "server closed"
+            self.info.ended = SERVER_CLOSED
         self.transport.loseConnection()
         self._finish_if_both_gone()
 
     def _maybe_done(self) -> None:
         if self.client_eof_seen and self.backend_eof_seen:
-            self.info.ended = "closed"
+            self.info.ended = CLOSED
             self.transport.loseConnection()
             if self.peer is not None:
                 self.peer.transport.loseConnection()
@@ -225,14 +226,14 @@ class TcpForward(Protocol):
             self.idle_call = coarse(self.reactor).later(self.idle_timeout, self._check_idle)
             return
         self.idle_call = None
-        self.info.ended = "timeout: idle"
+        self.info.ended = Outcome.TIMEOUT.because("idle")
         self.transport.loseConnection()
         if self.peer is not None:
             self.peer.transport.loseConnection()
 
     def _finish_if_both_gone(self) -> None:
         if self.closed and (self.peer is None or self.peer.lost):
-            self.info.finish(self.info.ended or "closed")
+            self.info.finish(self.info.ended or CLOSED)
 
 
 @implementer(IHalfCloseableProtocol)

@@ -27,7 +27,9 @@ code runs), and switched off by ``EDGE_FASTPATH=off`` or
     counts the application bytes queued behind a handshake (``_appSendBuffer``), for the pipelining
     bound and close watches; off, they count as unknown (0).
 
-The counts of bytes in and out go to ``self.info`` (an ``edge.ops.access_log.ConnectionInfo``).
+The counts of bytes in and out go to ``self.info`` (an ``edge.connection.ConnectionInfo``): in, as they
+arrive; out, as the TLS records are written to the socket's transport (by ``_flushSendBIO`` with
+``tls_io``, through :class:`CountingTransport` without it), so the access log is the same either way.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
 
 from edge.net.fastpath import decide, has, takes, write_now
 
@@ -101,6 +104,31 @@ else:
         return -1
 
 
+class CountingTransport:
+    """The transport below a TLS layer, counting into ``info.bytes_out`` what the layer writes to it.
+
+    Without ``tls_io``, Twisted's own ``_flushSendBIO`` writes the records; this counts them on the
+    public side, the transport's ``write``.  Everything else is the transport's own (and so are the
+    interfaces it provides)."""
+
+    def __init__(self, below: Any, info: Any) -> None:
+        self._below = below
+        self._info = info
+        directlyProvides(self, providedBy(below))
+
+    def write(self, data: bytes) -> None:
+        self._info.bytes_out += len(data)
+        self._below.write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        data = list(data)
+        self._info.bytes_out += sum(map(len, data))
+        self._below.writeSequence(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._below, name)
+
+
 class FastTLSProtocol(TLSMemoryBIOProtocol):
     """Twisted's TLS protocol with the fast paths above; counts bytes into ``self.info``."""
 
@@ -118,6 +146,9 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
         def dataReceived(self, data: bytes) -> None:
             self.info.bytes_in += len(data)
             super().dataReceived(data)
+
+        def makeConnection(self, transport: Any) -> None:
+            super().makeConnection(CountingTransport(transport, self.info))
 
     def queued_tls(self) -> int:
         """Application bytes written and queued behind the handshake (0 when that cannot be known)."""

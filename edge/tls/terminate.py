@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edge.ops.access_log import ConnectionInfo
+from edge.ops.outcomes import CLOSED, Outcome
 from edge.tls.fast_tls import FastTLSProtocol
 from edge.net.transports import CloseWatch, QuickClose, queued_for_peer
 
@@ -83,7 +84,7 @@ class EdgeTLSProtocol(FastTLSProtocol):
         try:
             super().connectionLost(reason)
         finally:
-            self.info.finish(self.info.ended or "closed")
+            self.info.finish(self.info.ended or CLOSED)
 
 
 @implementer(IHandshakeListener)
@@ -109,7 +110,7 @@ class AlpnSwitch(Protocol):
 
     def _too_slow(self) -> None:
         self.timer = None
-        self.info.ended = "timeout: TLS handshake"
+        self.info.ended = Outcome.TIMEOUT.because("TLS handshake")
         self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:

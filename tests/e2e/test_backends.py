@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.support.config import config, route
 from tests.support.procs import free_port, process_sockets, wait_listening
 from tests.support.servers import Nginx
 
@@ -166,20 +167,8 @@ def test_ipv6_servers_for_tcp_and_http_backends(edge, start, tmp_path):
     port = free_port("::1")
     server = start(Nginx, tmp_path, f'server {{ listen [::1]:{port}; return 200 "six $remote_addr\\n"; }}')
     wait_listening(port, host="::1", proc=server.proc)
-    e = edge(f"""
-    [tls]
-    issuer = "local"
-    [ssh]
-    backend = "tcp6"
-    [backends.tcp6]
-    servers = ["[::1]:{port}"]
-    [backends.web6]
-    servers = ["http://[::1]:{port}"]
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "edge"
-    backend = "web6"
-    """)
+    e = edge(config(ssh={"backend": "tcp6"}, backends={"tcp6": f"[::1]:{port}", "web6": f"http://[::1]:{port}"},
+                    routes=[route(backend="web6")]))
     assert ask_text(e.ssh_port).endswith("six ::1\n")
     result = subprocess.run(
         ["curl", "-sS", "--max-time", "10", "--resolve", f"app.example.test:{e.https_port}:127.0.0.1", "--cacert",

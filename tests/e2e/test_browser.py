@@ -12,6 +12,7 @@ import base64
 import subprocess
 import sys
 
+from tests.support.config import config, route
 from tests.support.procs import Program, free_port, wait_listening
 from tests.support.servers import Nginx
 from tests.e2e.test_http_proxy import ECHO_SERVER
@@ -46,23 +47,8 @@ def test_chromium_loads_a_page_and_opens_a_websocket_over_http2(edge, start, tmp
     script.write_text(ECHO_SERVER)
     echo = start(Program, [sys.executable, str(script), str(echo_port)], tmp_path / "echo.log")
     wait_listening(echo_port, proc=echo.proc)
-    e = edge(f"""
-        [tls]
-        issuer = "local"
-        [backends.files]
-        servers = ["http://127.0.0.1:{files}"]
-        [backends.chat]
-        servers = ["http://127.0.0.1:{echo_port}"]
-        [[routes]]
-        hosts = ["app.example.test"]
-        tls = "edge"
-        backend = "files"
-        [[routes]]
-        hosts = ["app.example.test"]
-        paths = ["/ws"]
-        tls = "edge"
-        backend = "chat"
-        """, log_format="json")
+    e = edge(config(backends={"files": f"http://127.0.0.1:{files}", "chat": f"http://127.0.0.1:{echo_port}"},
+                    routes=[route(backend="files"), route(backend="chat", paths=["/ws"])]), log_format="json")
     # No --dump-dom with a virtual-time budget: on a busy machine the budget ran out before the WebSocket
     # answered. The page reports its result with a request of its own, which the test waits for.
     browser = subprocess.Popen(

@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from tests.support.config import config, route
 from tests.support.podman import OPENSSL_MOUNTS, Containers, PodmanAPI, build_image
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import Nginx
@@ -33,15 +34,10 @@ def api(start, tmp_path):
     return start(PodmanAPI, tmp_path, tmp_path / "podman.sock")
 
 
-def discovery_edge(edge, api, extra: str = "", **kwargs):
-    return edge(f"""
-        [tls]
-        issuer = "local"
-        [discovery]
-        podman = "unix://{api.socket}"
-        interval = "2s"
-        {extra}
-    """, **kwargs)
+def discovery_edge(edge, api, backends: dict | None = None, routes: list | None = None, **kwargs):
+    """A local CA, label discovery from ``api`` every 2 s, and the file's own ``backends`` and ``routes``."""
+    return edge(config(discovery={"podman": f"unix://{api.socket}", "interval": "2s"}, backends=backends,
+                       routes=routes or []), **kwargs)
 
 
 def get(e, host: str, path: str = "/") -> subprocess.CompletedProcess:
@@ -101,14 +97,7 @@ def test_the_file_wins_and_bad_labels_are_logged_once_and_ignored(edge, api, con
     web = free_port()
     nginx = start(Nginx, tmp_path, f'server {{ listen 127.0.0.1:{web}; return 200 "from the file\\n"; }}')
     wait_listening(web, proc=nginx.proc)
-    e = discovery_edge(edge, api, f"""
-        [backends.file]
-        servers = ["http://127.0.0.1:{web}"]
-        [[routes]]
-        hosts = ["file.disc.test"]
-        tls = "edge"
-        backend = "file"
-    """)
+    e = discovery_edge(edge, api, {"file": f"http://127.0.0.1:{web}"}, [route("file.disc.test", "file")])
     clash, _ = httpd(containers, {"edge.host": "file.disc.test,own.disc.test", "edge.port": "8080"})
     bad, _ = httpd(containers, {"edge.host": "bad.disc.test", "edge.tls": "sometimes"})
     unknown, _ = httpd(containers, {"edge.host": "x.disc.test", "edge.prot": "8080"})

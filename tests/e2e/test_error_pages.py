@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import ConfigError, load
+from tests.support.config import route, site
 from tests.support.edge import run_edge_command
 from tests.support.procs import free_port, rss_kib, wait_listening
 from tests.support.servers import Nginx
@@ -82,63 +83,18 @@ def write_pages(directory: Path, pages: dict[int, str] = PAGES) -> None:
 
 
 def edge_config(backends: Backends, users: Path) -> str:
-    dead = free_port()
-    return f"""
-    [tls]
-    issuer = "local"
-    [backends.web]
-    servers = ["http://127.0.0.1:{backends.port}"]
-    [backends.web2]
-    servers = ["http://127.0.0.1:{backends.h2_port}"]
-    protocol = "h2"
-    [backends.down]
-    servers = ["http://127.0.0.1:{dead}"]
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "edge"
-    backend = "web"
-    intercept_errors = true
-    hsts = "1y"
-    headers = {{ response = {{ set = {{ X-Edge = "page" }} }} }}
-    [[routes]]
-    hosts = ["h2.example.test"]
-    tls = "edge"
-    backend = "web2"
-    intercept_errors = true
-    [[routes]]
-    hosts = ["plain.example.test"]
-    tls = "edge"
-    backend = "web"
-    [[routes]]
-    hosts = ["down.example.test"]
-    tls = "edge"
-    backend = "down"
-    [[routes]]
-    hosts = ["closed.example.test"]
-    tls = "edge"
-    backend = "web"
-    allow = ["10.0.0.0/8"]
-    [[routes]]
-    hosts = ["auth.example.test"]
-    tls = "edge"
-    backend = "web"
-    basic_auth = {{ file = "{users}", realm = "Home lab" }}
-    [[routes]]
-    hosts = ["rate.example.test"]
-    tls = "edge"
-    backend = "web"
-    rate_limit = {{ requests = 1, per = "1m", burst = 1 }}
-    [[routes]]
-    hosts = ["plain-http.example.test"]
-    tls = "edge"
-    backend = "web"
-    http = "deny"
-    [[routes]]
-    hosts = ["paths.example.test"]
-    tls = "edge"
-    backend = "web"
-    paths = ["/only"]
-    """
+    return site(f"http://127.0.0.1:{backends.port}", intercept_errors=True, hsts="1y",
+                headers={"response": {"set": {"X-Edge": "page"}}},
+                backends={"web2": {"servers": [f"http://127.0.0.1:{backends.h2_port}"], "protocol": "h2"},
+                          "down": f"http://127.0.0.1:{free_port()}"},
+                routes=[route("h2.example.test", "web2", intercept_errors=True),
+                        route("plain.example.test"),
+                        route("down.example.test", "down"),
+                        route("closed.example.test", allow=["10.0.0.0/8"]),
+                        route("auth.example.test", basic_auth={"file": str(users), "realm": "Home lab"}),
+                        route("rate.example.test", rate_limit={"requests": 1, "per": "1m", "burst": 1}),
+                        route("plain-http.example.test", http="deny"),
+                        route("paths.example.test", paths=["/only"])])
 
 
 @pytest.fixture

@@ -1,10 +1,13 @@
-"""The forwarding and termination suites on Twisted's public path alone: every fast path switched off.
+"""The forwarding and termination tests once more, with every fast path off: Twisted's public path alone.
 
-tests/support/edge.py starts edge with the test process's environment, so
-``EDGE_FASTPATH=off`` reaches every edge these suites start (and the
-in-process parts of the suites too).  The pipelining bound, which reads
-the write buffer on the fast path, holds here through Twisted's producer
-calls (edge.http.h1_server.Backlog): test_hostile_http runs too.
+Each module of ``tests.support.suites.FORWARDING`` (passthrough, termination,
+the HTTP/1.1 proxy, the HTTP/2 server, SSH, the hostile HTTP/1.1 and HTTP/2
+clients) runs in a child pytest with ``EDGE_FASTPATH=off`` in its
+environment; tests/support/edge.py starts edge with that environment, so
+every edge those tests start runs without any of edge.net.fastpath's and
+edge.tls.fast_tls's optimisations (and so do the in-process parts).  This
+is the CI step the architecture issue asks for, kept inside the one pytest
+command the README gives; together these take about five minutes.
 """
 
 from __future__ import annotations
@@ -12,17 +15,28 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SUITES = ["tests/e2e/test_passthrough.py", "tests/e2e/test_terminate.py", "tests/e2e/test_http1_proxy.py",
-          "tests/e2e/test_ssh.py", "tests/e2e/test_hostile_http.py"]
+import pytest
+
+from tests.support.suites import FORWARDING, ROOT, run_pytest
 
 
-def test_forwarding_and_termination_pass_with_every_fast_path_off():
-    env = {k: v for k, v in os.environ.items() if k != "EDGE_FAST_PATHS"}
+def off_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGE_FAST_PATHS", "EDGE_FASTPATH")}
     env["EDGE_FASTPATH"] = "off"
-    done = subprocess.run([sys.executable, "-m", "pytest", *SUITES, "-q", "-p", "no:cacheprovider"],
-                          capture_output=True, text=True, timeout=1500, env=env, cwd=ROOT)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout.splitlines()[-1]
+    return env
+
+
+def test_the_switch_turns_every_fast_path_off():
+    """What the suites below rely on: in their environment, no fast path of either module is on."""
+    check = ("import edge.net.fastpath as f, edge.tls.fast_tls, edge.transports\n"
+             "on = [name for name, path in f.PATHS.items() if path.on or not path.switched_off]\n"
+             "assert len(f.PATHS) >= 10 and not on, on\n")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
+                          env=off_environment(), cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("suite", FORWARDING)
+def test_passes_with_every_fast_path_off(suite):
+    run_pytest([suite], env=off_environment())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+from tests.support.config import passthrough
 from tests.support.procs import free_port, wait_listening
 from tests.support.streams import slow_download
 from tests.support.servers import Nginx
@@ -32,14 +33,7 @@ def test_200_mb_to_a_slow_reader_keeps_edge_memory_flat(edge, start, ca, tmp_pat
         }}
         """)
     wait_listening(port, proc=origin.proc)
-    e = edge(f"""
-    [backends.bulk]
-    servers = ["127.0.0.1:{port}"]
-    [[routes]]
-    hosts = ["bulk.example.test"]
-    tls = "passthrough"
-    backend = "bulk"
-    """)
+    e = edge(passthrough(f"127.0.0.1:{port}", host="bulk.example.test", backend="bulk"))
     received, digest, growth_mib = slow_download(e.https_port, "bulk.example.test", str(ca.ca_pem), "/blob", SIZE, e.pid)
     assert received == SIZE
     assert digest == expected

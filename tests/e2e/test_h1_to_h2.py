@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from tests.support.config import route, site
 from tests.support.h2origin import H2Origin
 from tests.support.procs import free_port, rss_kib, wait_listening
 from tests.support.servers import Nginx
@@ -30,17 +31,12 @@ WAIT = 20.0
 
 
 def h2_edge(edge, port: int, **kwargs):
-    return edge(f"""
-        [tls]
-        issuer = "local"
-        [backends.web]
-        servers = ["http://127.0.0.1:{port}"]
-        protocol = "h2"
-        [[routes]]
-        hosts = ["{HOST}"]
-        tls = "edge"
-        backend = "web"
-        """, timeouts=TIMEOUTS, log_format="json", **kwargs)
+    return edge(h2_site(port), timeouts=TIMEOUTS, log_format="json", **kwargs)
+
+
+def h2_site(port: int, **more) -> str:
+    """Backend ``web`` speaks HTTP/2 (``protocol = "h2"``), for the route to ``HOST``."""
+    return site({"servers": [f"http://127.0.0.1:{port}"], "protocol": "h2"}, host=HOST, **more)
 
 
 @pytest.fixture
@@ -202,24 +198,8 @@ def test_client_leaving_mid_download_cancels_the_backend_stream(edge, origin):
 
 def test_backend_down_is_502_and_silent_backend_504(edge, origin):
     down = free_port()
-    e = edge(f"""
-        [tls]
-        issuer = "local"
-        [backends.down]
-        servers = ["http://127.0.0.1:{down}"]
-        protocol = "h2"
-        [backends.web]
-        servers = ["http://127.0.0.1:{origin.port}"]
-        protocol = "h2"
-        [[routes]]
-        hosts = ["down.example.test"]
-        tls = "edge"
-        backend = "down"
-        [[routes]]
-        hosts = ["{HOST}"]
-        tls = "edge"
-        backend = "web"
-        """, timeouts=TIMEOUTS, log_format="json")
+    e = edge(h2_site(origin.port, backends={"down": {"servers": [f"http://127.0.0.1:{down}"], "protocol": "h2"}},
+                     routes=[route("down.example.test", "down")]), timeouts=TIMEOUTS, log_format="json")
     refused = curl(e.https_port, "down.example.test", "/x", "--http1.1", cafile=local_ca(e))
     status, _, body = split(refused.stdout)
     assert (status, body) == (502, "the service did not answer\n"), refused
@@ -271,17 +251,8 @@ def test_an_upload_waits_for_the_backend_window_not_in_edge(edge, origin):
     """A backend that acknowledges nothing: edge sends its stream's window, then stops reading the client
     (what the client got out sits in socket buffers).  A body that stops moving for ``timeouts.idle`` is a
     408, and the stream is reset (a client that leaves meanwhile is not read, so it is noticed then too)."""
-    e = edge(f"""
-        [tls]
-        issuer = "local"
-        [backends.web]
-        servers = ["http://127.0.0.1:{origin.port}"]
-        protocol = "h2"
-        [[routes]]
-        hosts = ["{HOST}"]
-        tls = "edge"
-        backend = "web"
-        """, timeouts='inspect = "2s"\nconnect = "2s"\nidle = "3s"\nresponse = "3s"', log_format="json")
+    e = edge(h2_site(origin.port), timeouts='inspect = "2s"\nconnect = "2s"\nidle = "3s"\nresponse = "3s"',
+             log_format="json")
     before = rss_kib(e.pid)
     size = 64 * 1024 * 1024
     block = b"u" * 65536

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.config import config, route
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import Nginx
 from tests.e2e.test_terminate import curl, local_ca, split
@@ -21,20 +22,8 @@ def nginx_on(start, tmp_path, port: int, name: str) -> Nginx:
 def test_backend_marked_down_and_up_by_checks(edge, start, tmp_path, check):
     port = free_port()
     server = nginx_on(start, tmp_path, port, "web")
-    e = edge(f"""
-    [tls]
-    issuer = "local"
-    [backends.b]
-    servers = ["http://127.0.0.1:{port}"]
-    check = "{check}"
-    check_interval = "300ms"
-    rise = 2
-    fall = 2
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "edge"
-    backend = "b"
-    """)
+    e = edge(config(backends={"b": {"servers": [f"http://127.0.0.1:{port}"], "check": check, "check_interval": "300ms",
+                                    "rise": 2, "fall": 2}}, routes=[route(backend="b")]))
     ca = local_ca(e)
     assert split(curl(e.https_port, "app.example.test", "/", cafile=ca).stdout)[0] == 200
     server.stop()

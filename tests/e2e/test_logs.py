@@ -19,6 +19,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from edge.ops import logs
+from tests.support.config import site
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import Nginx
 from tests.e2e.test_terminate import local_ca
@@ -118,16 +119,7 @@ def fail2ban(log: Path) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("log_format", ["json", "text"])
 def test_fail2ban_filter_counts_the_scanner_not_the_user(edge, web, log_format):
-    e = edge(f"""
-        [tls]
-        issuer = "local"
-        [backends.web]
-        servers = ["http://127.0.0.1:{web}"]
-        [[routes]]
-        hosts = ["app.example.test", "other.example.test"]
-        tls = "edge"
-        backend = "web"
-    """, log_format=log_format)
+    e = edge(site(f"http://127.0.0.1:{web}", host=["app.example.test", "other.example.test"]), log_format=log_format)
     failures = scanner_and_user(e, web)
     log_file = e.config.parent / "edge.log"
     e.wait_log("error: invalid Content-Length")  # the last connection's line: written when it closed

@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.config import route, site
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import Nginx
 from tests.e2e.test_ssh import run_ssh
@@ -23,26 +24,9 @@ def busy_edge(edge, start, tmp_path, sshd, tls_origin):
     nginx = start(Nginx, tmp_path, f'server {{ listen 127.0.0.1:{web}; return 200 "web\\n"; }}')
     wait_listening(web, proc=nginx.proc)
     origin = tls_origin("pass.example.test")
-    e = edge(f"""
-    [tls]
-    issuer = "local"
-    [ssh]
-    backend = "git"
-    [backends.git]
-    servers = ["127.0.0.1:{sshd.port}"]
-    [backends.web]
-    servers = ["http://127.0.0.1:{web}"]
-    [backends.pass]
-    servers = ["127.0.0.1:{origin.port}"]
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "edge"
-    backend = "web"
-    [[routes]]
-    hosts = ["pass.example.test"]
-    tls = "passthrough"
-    backend = "pass"
-    """, log_format="json", admin=True)
+    e = edge(site(f"http://127.0.0.1:{web}", tables={"ssh": {"backend": "git"}},
+                  backends={"git": f"127.0.0.1:{sshd.port}", "pass": f"127.0.0.1:{origin.port}"},
+                  routes=[route("pass.example.test", "pass", tls="passthrough")]), log_format="json", admin=True)
     e.origin = origin
     return e
 
@@ -136,22 +120,8 @@ def test_quiet_log_level_still_counts(edge, start, tmp_path):
     web = free_port()
     nginx = start(Nginx, tmp_path, f'server {{ listen 127.0.0.1:{web}; return 200 "web\\n"; }}')
     wait_listening(web, proc=nginx.proc)
-    e = edge(f"""
-    [tls]
-    issuer = "local"
-    [backends.web]
-    servers = ["http://127.0.0.1:{web}"]
-    [backends.gone]
-    servers = ["http://127.0.0.1:{free_port()}"]
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "edge"
-    backend = "web"
-    [[routes]]
-    hosts = ["gone.example.test"]
-    tls = "edge"
-    backend = "gone"
-    """, log_format="json", admin=True, log_level="warn")
+    e = edge(site(f"http://127.0.0.1:{web}", backends={"gone": f"http://127.0.0.1:{free_port()}"},
+                  routes=[route("gone.example.test", "gone")]), log_format="json", admin=True, log_level="warn")
     for _ in range(3):
         assert split(curl(e.https_port, "app.example.test", "/", "--http1.1", cafile=local_ca(e)).stdout)[0] == 200
     assert split(curl(e.https_port, "gone.example.test", "/", "--http1.1", cafile=local_ca(e)).stdout)[0] == 502
@@ -320,3 +290,38 @@ def test_the_status_page_takes_no_request_body(edge):
         assert answer.startswith(b"HTTP/1.1 413 " if head else b"HTTP/1.1 200 "), answer[:100]
     statuses = [ev["status"] for ev in e.events() if ev.get("listener") == "admin"]
     assert statuses[:2] == [413, 413] and statuses[2] == 200, statuses
+
+
+@pytest.mark.parametrize("ending, outcome, text", [
+    ("CLIENT_CLOSED", "closed", "client closed"),
+    ("SERVER_CLOSED", "closed", "server closed"),
+    (("CLOSED", "shutdown"), "closed", "closed: shutdown"),
+    (("TIMEOUT", "idle"), "timeout", "timeout: idle"),
+    (("REFUSED", "no route for SNI"), "refused", "refused: no route for SNI"),
+    (("ERROR", "connect failed"), "error", "error: connect failed"),
+])
+def test_connection_outcome_is_counted_from_the_enum_and_logged_as_text(ending, outcome, text):
+    """The metric's outcome label comes from the ending's enum, the access log's ``ended`` from its text."""
+    from twisted.logger import globalLogPublisher
+
+    from edge.ops import access_log as connection
+    from edge.ops import metrics
+
+    value = getattr(connection, ending) if isinstance(ending, str) \
+        else getattr(connection.Outcome, ending[0]).because(ending[1])
+    a, b = socket.socketpair()
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        info = connection.ConnectionInfo(("127.0.0.1", 40000), a, "outcome-test")
+        info.finish(value)
+        info.finish(connection.CLOSED)  # once only
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+        a.close()
+        b.close()
+    logged = [event for event in seen if event.get("listener") == "outcome-test"]
+    assert len(logged) == 1 and logged[0]["ended"] == text and type(logged[0]["ended"]) is str, logged
+    counted = [key for key in metrics._CONNECTIONS if key[0] == "outcome-test"]
+    assert [key[-1] for key in counted] == [outcome] and type(counted[0][-1]) is str, counted
+    metrics._CONNECTIONS.pop(counted[0])

@@ -10,6 +10,7 @@ import pytest
 
 from tests.unit.sniff.test_tls import openssl_hello
 from edge.sniff.proxy import build_v2
+from tests.support.config import passthrough
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import HAProxy, Nginx
 
@@ -48,15 +49,8 @@ def reporting_nginx(start, ca, tmp_path):
 
 
 def routed_body(port: int, version: str) -> str:
-    return f"""
-    [backends.app]
-    servers = ["127.0.0.1:{port}"]
-    proxy_protocol = "{version}"
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "passthrough"
-    backend = "app"
-    """
+    return passthrough({"servers": [f"127.0.0.1:{port}"], "proxy_protocol": version}, host="app.example.test",
+                       backend="app")
 
 
 def curl_report(edge_port: int, ca, *extra: str) -> tuple[str, str]:

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from tests.support.config import config, route
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import Nginx
 
@@ -41,26 +42,10 @@ def cluster(start, tmp_path):
 
 @pytest.fixture
 def web_edge(edge, cluster):
-    return edge(f"""
-    [tls]
-    issuer = "local"
-    [backends.kube]
-    servers = ["127.0.0.1:9"]
-    [backends.kube-http]
-    servers = ["127.0.0.1:{cluster.port}"]
-    [backends.site]
-    servers = ["http://127.0.0.1:9"]
-    [[routes]]
-    hosts = ["*.kube.example.test"]
-    tls = "passthrough"
-    backend = "kube"
-    acme_backend = "kube-http"
-    [[routes]]
-    hosts = ["private.example.test"]
-    tls = "edge"
-    backend = "site"
-    http = "deny"
-    """)
+    return edge(config(backends={"kube": "127.0.0.1:9", "kube-http": f"127.0.0.1:{cluster.port}",
+                                 "site": "http://127.0.0.1:9"},
+                       routes=[route("*.kube.example.test", "kube", tls="passthrough", acme_backend="kube-http"),
+                               route("private.example.test", "site", http="deny")]))
 
 
 def test_port_80_redirects_with_308_keeping_host_path_and_query(web_edge):

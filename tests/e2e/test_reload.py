@@ -13,6 +13,7 @@ import time
 import pytest
 from websockets.sync.client import connect as ws_connect
 
+from tests.support.config import route, site
 from tests.support.procs import Program, free_port, wait_listening
 from tests.support.servers import Nginx
 from tests.e2e.test_acme import read_response
@@ -46,29 +47,10 @@ def origins(start, tmp_path, ca):
     return ports
 
 
-def body(ports: dict, web: str, tls: str) -> str:
-    return f"""
-    [tls]
-    issuer = "local"
-    [backends.web]
-    servers = ["http://127.0.0.1:{ports[web]}"]
-    [backends.pass]
-    servers = ["127.0.0.1:{ports[tls]}"]
-    [backends.echo]
-    servers = ["http://127.0.0.1:{ports['echo']}"]
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "edge"
-    backend = "web"
-    [[routes]]
-    hosts = ["pass.example.test"]
-    tls = "passthrough"
-    backend = "pass"
-    [[routes]]
-    hosts = ["ws.example.test"]
-    tls = "edge"
-    backend = "echo"
-    """
+def body(ports: dict, web: str, tls: str, issuer: str | None = "local") -> str:
+    return site(f"http://127.0.0.1:{ports[web]}", issuer=issuer,
+                backends={"pass": f"127.0.0.1:{ports[tls]}", "echo": f"http://127.0.0.1:{ports['echo']}"},
+                routes=[route("pass.example.test", "pass", tls="passthrough"), route("ws.example.test", "echo")])
 
 
 def open_tls(port: int, host: str, cafile: str) -> ssl.SSLSocket:
@@ -199,6 +181,22 @@ def test_sigterm_drains_a_slow_download(edge, origins):
     assert "draining 1 open connections" in e.log()
 
 
+def test_sigterm_cuts_what_outlives_the_drain_and_logs_it_as_a_shutdown(edge, origins, ca):
+    """A connection still open when ``timeouts.drain`` is over is cut, and its access-log line says
+    ``closed: shutdown`` (counted as outcome ``closed``)."""
+    e = edge(body(origins, "web1", "tls1"), timeouts='inspect = "2s"\nconnect = "2s"\nidle = "60s"\ndrain = "1s"',
+             log_format="json")
+    held = open_tls(e.https_port, "pass.example.test", str(ca.ca_pem))  # through to nginx, which keeps it 120 s
+    try:
+        e.proc.send_signal(signal.SIGTERM)
+        e.wait_log("draining 1 open connections")
+        assert e.proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        held.close()
+    ended = [event["ended"] for event in e.events() if event.get("kind") == "connection"]
+    assert ended == ["closed: shutdown"], e.log()
+
+
 def test_watch_notices_a_replaced_certificate_file(edge, origins, tmp_path):
     """A certbot renewal replaces the file in certs_dir: with watch = true the new certificate is served
     without a SIGHUP (the deploy hook a user would otherwise write)."""
@@ -224,7 +222,7 @@ def test_watch_notices_a_replaced_certificate_file(edge, origins, tmp_path):
             return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
 
     first = install()
-    e = edge(body(origins, "web1", "tls1").replace('[tls]\n    issuer = "local"\n', ""), certs_dir=str(certs))
+    e = edge(body(origins, "web1", "tls1", issuer=None), certs_dir=str(certs))
     e.config.write_text(e.config.read_text().replace("[edge]\n", "[edge]\nwatch = true\n"))
     os.kill(e.pid, signal.SIGHUP)
     e.wait_log("reloaded")

@@ -12,6 +12,7 @@ import pytest
 import trustme
 
 from edge.sniff.proxy import build_v2
+from tests.support.config import route, site
 from tests.support.procs import free_port, wait_listening
 from tests.support.servers import Nginx
 
@@ -82,24 +83,9 @@ def local_ca(edge) -> str:
 
 @pytest.fixture
 def web_edge(edge, origin):
-    return edge(f"""
-    [tls]
-    issuer = "local"
-    [backends.web]
-    servers = ["http://127.0.0.1:{origin.http}"]
-    [backends.api]
-    servers = ["http://127.0.0.1:{origin.http2}"]
-    [[routes]]
-    hosts = ["app.example.test", "*.apps.example.test"]
-    tls = "edge"
-    backend = "web"
-    [[routes]]
-    hosts = ["app.example.test"]
-    paths = ["/api/"]
-    tls = "edge"
-    backend = "api"
-    max_body = "1M"
-    """)
+    return edge(site(f"http://127.0.0.1:{origin.http}", host=["app.example.test", "*.apps.example.test"],
+                     backends={"api": f"http://127.0.0.1:{origin.http2}"},
+                     routes=[route("app.example.test", "api", paths=["/api/"], max_body="1M")]))
 
 
 @pytest.mark.parametrize("version", ["--http1.1", "--http2"])
@@ -136,16 +122,7 @@ def test_forwarding_headers_as_the_backend_sees_them(web_edge):
 
 
 def test_real_client_address_from_an_accepted_proxy_header(edge, origin):
-    e = edge(f"""
-    [tls]
-    issuer = "local"
-    [backends.web]
-    servers = ["http://127.0.0.1:{origin.http}"]
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "edge"
-    backend = "web"
-    """, accept_proxy=["127.0.0.0/8"])
+    e = edge(site(f"http://127.0.0.1:{origin.http}"), accept_proxy=["127.0.0.0/8"])
     context = ssl.create_default_context(cafile=local_ca(e))
     with socket.create_connection(("127.0.0.1", e.https_port), timeout=10) as raw:
         raw.sendall(build_v2(("2001:db8::7", 4000), ("127.0.0.1", 443)))
@@ -181,22 +158,8 @@ def test_wildcard_host_gets_a_certificate_for_its_own_name(web_edge):
 
 def test_passthrough_and_terminated_routes_share_the_port(edge, origin, tls_origin, ca):
     passthrough = tls_origin("pass.example.test")
-    e = edge(f"""
-    [tls]
-    issuer = "local"
-    [backends.web]
-    servers = ["http://127.0.0.1:{origin.http}"]
-    [backends.pass]
-    servers = ["127.0.0.1:{passthrough.port}"]
-    [[routes]]
-    hosts = ["app.example.test"]
-    tls = "edge"
-    backend = "web"
-    [[routes]]
-    hosts = ["pass.example.test"]
-    tls = "passthrough"
-    backend = "pass"
-    """)
+    e = edge(site(f"http://127.0.0.1:{origin.http}", backends={"pass": f"127.0.0.1:{passthrough.port}"},
+                  routes=[route("pass.example.test", "pass", tls="passthrough")]))
     terminated = curl(e.https_port, "app.example.test", "/", cafile=local_ca(e))
     assert split(terminated.stdout)[0] == 200
     passed = curl(e.https_port, "pass.example.test", "/", cafile=ca.ca_pem)
@@ -213,14 +176,7 @@ def test_static_certificates_from_certs_dir(edge, origin, ca, tmp_path, layout):
     else:
         (certs / "static.crt").write_bytes(cert.read_bytes())
         (certs / "static.key").write_bytes(key.read_bytes())
-    e = edge(f"""
-    [backends.web]
-    servers = ["http://127.0.0.1:{origin.http}"]
-    [[routes]]
-    hosts = ["static.example.test"]
-    tls = "edge"
-    backend = "web"
-    """, certs_dir=str(certs))
+    e = edge(site(f"http://127.0.0.1:{origin.http}", host="static.example.test", issuer=None), certs_dir=str(certs))
     result = curl(e.https_port, "static.example.test", "/", cafile=ca.ca_pem)
     assert result.returncode == 0 and split(result.stdout)[0] == 200, result.stderr
 
@@ -311,21 +267,8 @@ def test_start_up_says_which_certificate_serves_each_terminated_host(edge, tmp_p
     certs.mkdir()
     wildcard = ca.issue_cert("*.example.test")
     (certs / "wild.pem").write_bytes(wildcard.cert_chain_pems[0].bytes() + wildcard.private_key_pem.bytes())
-    e = edge("""
-        [tls]
-        issuer = "local"
-        [backends.web]
-        servers = ["http://127.0.0.1:1"]
-        [[routes]]
-        name = "apps"
-        hosts = ["*.example.test"]
-        tls = "edge"
-        backend = "web"
-        [[routes]]
-        hosts = ["other.test"]
-        tls = "edge"
-        backend = "web"
-        """, certs_dir=str(certs))
+    e = edge(site("http://127.0.0.1:1", host="*.example.test", name="apps", routes=[route("other.test")]),
+             certs_dir=str(certs))
     log = e.log()
     assert f"*.example.test (apps): certificate {certs / 'wild.pem'}, for *.example.test, expires " in log
     assert "*.example.test (apps) matches names at any depth below example.test, its certificate one level " \

@@ -22,6 +22,8 @@ import h2.events
 import pytest
 import zstandard
 
+from tests.support import config
+from tests.support.config import route
 from tests.support.procs import free_port, rss_kib, wait_listening
 from tests.support.servers import Nginx
 from tests.e2e.test_h2_server import H2Client, get
@@ -84,55 +86,23 @@ def site(start, tmp_path, files):
     return nginx_site(start, tmp_path, files)
 
 
-ROUTE_RULES = """
-        compress = true
-        hsts = "1y"
-        headers = {{ request = {{ set = {{ X-Added = "yes" }}, remove = ["X-Secret"] }}, response = {{ set = {{ X-Frame-Options = "DENY" }}, remove = ["X-Remove-Me", "Server"] }} }}
-"""
+ROUTE_RULES = {
+    "compress": True,
+    "hsts": "1y",
+    "headers": {"request": {"set": {"X-Added": "yes"}, "remove": ["X-Secret"]},
+                "response": {"set": {"X-Frame-Options": "DENY"}, "remove": ["X-Remove-Me", "Server"]}},
+}
 
 
 def transform_edge(edge, port: int, h2_port: int | None = None):
-    h2_backend = f"""
-        [backends.web2]
-        servers = ["http://127.0.0.1:{h2_port}"]
-        protocol = "h2"
-        [[routes]]
-        hosts = ["{H2HOST}"]
-        tls = "edge"
-        backend = "web2"
-        """ + ROUTE_RULES + """
-        [[routes]]
-        hosts = ["{H2HOST}"]
-        paths = ["/app"]
-        strip_prefix = "/app"
-        tls = "edge"
-        backend = "web2"
-        """ if h2_port else ""
-    return edge((f"""
-        [tls]
-        issuer = "local"
-        [backends.web]
-        servers = ["http://127.0.0.1:{port}"]
-        [[routes]]
-        hosts = ["{HOST}"]
-        tls = "edge"
-        http = "allow"
-        backend = "web"
-        """ + ROUTE_RULES + """
-        [[routes]]
-        hosts = ["{HOST}"]
-        paths = ["/app"]
-        strip_prefix = "/app"
-        tls = "edge"
-        backend = "web"
-        headers = {{ request = {{ set = {{ X-Added = "prefixed" }} }} }}
-        [[routes]]
-        hosts = ["{HOST}"]
-        paths = ["/private"]
-        tls = "edge"
-        backend = "web"
-        allow = ["192.0.2.0/24"]
-        """ + ROUTE_RULES + h2_backend).format(HOST=HOST, H2HOST=H2HOST), timeouts=TIMEOUTS, log_format="json")
+    routes = [route(HOST, paths=["/app"], strip_prefix="/app", headers={"request": {"set": {"X-Added": "prefixed"}}}),
+              route(HOST, paths=["/private"], allow=["192.0.2.0/24"], **ROUTE_RULES)]
+    backends = {}
+    if h2_port:
+        backends["web2"] = {"servers": [f"http://127.0.0.1:{h2_port}"], "protocol": "h2"}
+        routes += [route(H2HOST, "web2", **ROUTE_RULES), route(H2HOST, "web2", paths=["/app"], strip_prefix="/app")]
+    return edge(config.site(f"http://127.0.0.1:{port}", host=HOST, http="allow", **ROUTE_RULES, routes=routes,
+                            backends=backends), timeouts=TIMEOUTS, log_format="json")
 
 
 def curl(e, path: str, *extra: str, host: str = HOST, out: Path | None = None) -> subprocess.CompletedProcess:
@@ -485,17 +455,8 @@ class ResettingBackend:
 
 def test_backend_that_resets_mid_compressed_stream(edge, start):
     backend = start(ResettingBackend)
-    e = edge(f"""
-        [tls]
-        issuer = "local"
-        [backends.web]
-        servers = ["http://127.0.0.1:{backend.port}"]
-        [[routes]]
-        hosts = ["{HOST}"]
-        tls = "edge"
-        backend = "web"
-        compress = true
-        """, timeouts=TIMEOUTS, log_format="json")
+    e = edge(config.site(f"http://127.0.0.1:{backend.port}", host=HOST, compress=True), timeouts=TIMEOUTS,
+             log_format="json")
     with tls_socket(e) as tls:
         tls.sendall(f"GET /cut HTTP/1.1\r\nHost: {HOST}\r\nAccept-Encoding: gzip\r\n\r\n".encode())
         head, body = read_head(tls)

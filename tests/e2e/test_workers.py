@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+from tests.support.config import passthrough
+
 
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
@@ -23,14 +25,7 @@ def wait_for(predicate, timeout: float = 20) -> None:
 
 def test_two_workers_share_the_ports_and_follow_reload_and_stop(edge, tls_origin, ca):
     origin = tls_origin("pass.example.test")
-    e = edge(f"""
-    [backends.pass]
-    servers = ["127.0.0.1:{origin.port}"]
-    [[routes]]
-    hosts = ["pass.example.test"]
-    tls = "passthrough"
-    backend = "pass"
-    """, log_format="json", workers=2)
+    e = edge(passthrough(f"127.0.0.1:{origin.port}"), log_format="json", workers=2)
     wait_for(lambda: len(children(e.pid)) == 1)
     wait_for(lambda: e.log().count("Starting reactor") == 2)
     served = set()

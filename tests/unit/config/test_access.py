@@ -13,6 +13,7 @@ from edge.config import access
 from edge.config.access import AddressRule, Limiter, Rate, TokenBucket, Users, parse_networks, parse_users, sha512_crypt
 from edge.config import ConfigError, load
 from edge.http.policy import Admitted, Answer, Guard
+from tests.support.config import site
 from tests.support.edge import run_edge_command
 
 
@@ -259,15 +260,7 @@ def test_config_refusals(tmp_path, extra, tls, message):
 def test_bad_users_file_stops_start_up_in_one_line(tmp_path):
     (tmp_path / "users.htpasswd").write_text("alice:$apr1$x$y\n")
     config = tmp_path / "edge.toml"
-    config.write_text(textwrap.dedent("""
-        [backends.web]
-        servers = ["http://127.0.0.1:8000"]
-        [[routes]]
-        hosts = ["app.example.test"]
-        tls = "edge"
-        backend = "web"
-        basic_auth = "users.htpasswd"
-        """))
+    config.write_text(site("http://127.0.0.1:8000", issuer=None, basic_auth="users.htpasswd"))
     result = run_edge_command(config)
     assert result.returncode == 2
     line = f"{config}: routes[0].basic_auth: {tmp_path}/users.htpasswd: line 1 (alice): not a bcrypt"

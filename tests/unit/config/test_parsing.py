@@ -332,3 +332,27 @@ def test_storage_names_redis_and_reads_its_password_from_a_file(tmp_path):
     (tmp_path / "empty.pw").write_text("\n")
     with pytest.raises(ConfigError, match="storage.password_file: .*empty.pw is empty"):
         load(write(tmp_path, GOOD + '[storage]\nredis = "redis://10.0.0.5:6379/2"\npassword_file = "empty.pw"\n'))
+
+
+def test_the_config_builder_writes_what_its_arguments_say():
+    """tests/support/config.py, which most end-to-end tests write their config with."""
+    import tomllib
+
+    from edge.config import parse
+    from tests.support.config import config, route, site
+
+    text = site("http://127.0.0.1:8000", http="allow", headers={"request": {"set": {"X-Added": "a b"}}},
+                routes=[route("pass.example.test", "pass", tls="passthrough")],
+                backends={"pass": "127.0.0.1:9443", "two": {"servers": ["127.0.0.1:1", "127.0.0.1:2"], "max_fails": 3}},
+                tables={"ssh": {"backend": "pass"}})
+    data = tomllib.loads(text)
+    assert data["tls"] == {"issuer": "local"} and data["ssh"] == {"backend": "pass"}
+    assert data["backends"] == {"web": {"servers": ["http://127.0.0.1:8000"]}, "pass": {"servers": ["127.0.0.1:9443"]},
+                                "two": {"servers": ["127.0.0.1:1", "127.0.0.1:2"], "max_fails": 3}}
+    assert data["routes"] == [
+        {"hosts": ["app.example.test"], "tls": "edge", "backend": "web", "http": "allow",
+         "headers": {"request": {"set": {"X-Added": "a b"}}}},
+        {"hosts": ["pass.example.test"], "tls": "passthrough", "backend": "pass"}]
+    parsed = parse(data)
+    assert [r.backend for r in parsed.routes] == ["web", "pass"]
+    assert tomllib.loads(config(issuer=None, backends={"w": ["x:1"]})) == {"backends": {"w": {"servers": ["x:1"]}}}
