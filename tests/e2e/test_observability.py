@@ -305,17 +305,17 @@ def test_connection_outcome_is_counted_from_the_enum_and_logged_as_text(ending, 
     from twisted.logger import globalLogPublisher
 
     from edge.ops import access_log as connection
-    from edge.ops import metrics
+    from edge.ops import metrics, outcomes
 
-    value = getattr(connection, ending) if isinstance(ending, str) \
-        else getattr(connection.Outcome, ending[0]).because(ending[1])
+    value = getattr(outcomes, ending) if isinstance(ending, str) \
+        else getattr(outcomes.Outcome, ending[0]).because(ending[1])
     a, b = socket.socketpair()
     seen: list[dict] = []
     globalLogPublisher.addObserver(seen.append)
     try:
         info = connection.ConnectionInfo(("127.0.0.1", 40000), a, "outcome-test")
         info.finish(value)
-        info.finish(connection.CLOSED)  # once only
+        info.finish(outcomes.CLOSED)  # once only
     finally:
         globalLogPublisher.removeObserver(seen.append)
         a.close()
