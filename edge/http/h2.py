@@ -57,9 +57,10 @@ FLOOD_LIMITS = {"reset": 500, "settings": 100, "ping": 100, "priority": 1000, "e
 MAX_CLOSED_STREAMS = 1000
 
 # Header blocks of plain requests a connection keeps decoded (a client repeating a request sends the same
-# block, its fields all from the HPACK table): how many, and the largest kept.
-BLOCKS = 64
-BLOCK_SIZE = 1024
+# block, its fields all from the HPACK table): how many, and the largest kept; at most about 16 x 1.5 KiB
+# per connection (the block and its fields), then the cache starts again empty.
+BLOCKS = 16
+BLOCK_SIZE = 512
 
 STATUS = {code: str(code).encode("ascii") for code in range(100, 600)}
 _CONFIG = h2.config.H2Configuration(

@@ -22,7 +22,8 @@ from hypothesis import given, settings, strategies as st
 
 from edge.http import h2_lean
 from edge.http.events import Aborted, BodyEnd, Ended, Request
-from edge.http.h2 import BLOCKS, H2Codec
+from edge.http.h2 import BLOCK_SIZE, BLOCKS, H2Codec
+from edge.http.hpack_encoder import field
 
 ROOT = Path(__file__).resolve().parents[2]
 PATHS = [b"/", b"/1k", b"/a/b?c=d", b"/" + b"x" * 300]
@@ -155,6 +156,20 @@ def test_a_block_seen_before_is_decoded_again_once_the_table_changed():
     assert request(9, indexed).authority == b"b.test"
     assert request(11, b"\x20").malformed == "missing :method"  # a table size update to 0: the table is empty
     assert isinstance(codec.receive(b"\x00\x00\x04\x01\x05\x00\x00\x00\x0d" + indexed, 0.0)[0], Ended)
+
+
+def test_the_cache_of_header_blocks_stays_small():
+    codec = H2Codec()
+    codec.receive(client().data_to_send(), 0.0)
+    stream = 1
+    for size in [*range(1, 3 * BLOCKS), BLOCK_SIZE]:  # :path literals never indexed: the table never changes
+        path = b"/" + b"p" * size
+        block = b"\x82\x87" + field(b":authority", b"a") + field(b":path", path)
+        frame = len(block).to_bytes(3, "big") + b"\x01\x05" + stream.to_bytes(4, "big") + block
+        assert codec.receive(frame, 0.0)[-2].target == path
+        assert 1 <= len(codec.blocks) <= BLOCKS or len(block) > BLOCK_SIZE
+        stream += 2
+    assert block not in codec.blocks  # larger than BLOCK_SIZE: decoded, not kept
 
 
 def test_a_reset_stream_gets_no_lean_frames():
