@@ -321,9 +321,9 @@ class H2Codec(_Streams):
         progress = draining is not None
         for piece in self._split(data) if self.lean else (data,) if data else ():
             if type(piece) is tuple:  # a plain request's HEADERS frame
-                stream, block, frame = piece
+                stream, block, frame, depends = piece
                 try:
-                    request = self._lean_request(stream, block)
+                    request = self._lean_request(stream, block, depends)
                 except h2.exceptions.ProtocolError as e:  # as below
                     self.ended = True
                     return [Ended(f"HTTP/2 protocol error: {e}", True)]
@@ -355,9 +355,10 @@ class H2Codec(_Streams):
         return out
 
     def _split(self, data: bytes) -> list[Any]:
-        """``data`` as pieces, in order: bytes of whole frames for h2, and (stream, header block, frame) for a
-        HEADERS frame that may be a plain request (it ends its stream and its header block, no padding, no
-        priority, outside any other header block); the rest of a frame cut short is kept for the next data."""
+        """``data`` as pieces, in order: bytes of whole frames for h2, and (stream, header block, frame, the
+        stream it depends on or -1) for a HEADERS frame that may be a plain request (it ends its stream and
+        its header block, no padding, outside any other header block); the rest of a frame cut short is kept
+        for the next data."""
         if self.rest:
             data = self.rest + data
         size = len(data)
@@ -373,11 +374,14 @@ class H2Codec(_Streams):
                 break
             kind, flags = data[pos + 3], data[pos + 4]
             if kind == 0x1 and not in_block:
-                if flags & 0x2D == 0x05:  # END_STREAM and END_HEADERS, not PADDED nor PRIORITY
+                # END_STREAM and END_HEADERS, not PADDED; PRIORITY's five bytes (a browser's) are passed over
+                skip = 5 if flags & 0x20 else 0
+                if flags & 0x0D == 0x05 and end - pos >= 9 + skip:
                     if start < pos:
                         pieces.append(data[start:pos])
-                    pieces.append((int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF, data[pos + 9 : end],
-                                   data[pos:end]))
+                    depends = int.from_bytes(data[pos + 9 : pos + 13], "big") & 0x7FFFFFFF if skip else -1
+                    pieces.append((int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF,
+                                   data[pos + 9 + skip : end], data[pos:end], depends))
                     start = end
                 elif not flags & 0x4:
                     in_block = True
@@ -390,12 +394,13 @@ class H2Codec(_Streams):
         self.rest = data[pos:] if pos < size else b""
         return pieces
 
-    def _lean_request(self, stream: int, block: bytes) -> Request | None:
+    def _lean_request(self, stream: int, block: bytes, depends: int) -> Request | None:
         """The request of a plain HEADERS frame, its stream opened in h2 as h2 would; None if h2 must take the
-        frame (not a new stream h2 would open without a word).  A header block seen before on this connection,
-        with the HPACK table as it was then and left as it was, is not decoded again."""
+        frame (not a new stream h2 would open without a word, or one that depends on itself: h2's error).
+        A header block seen before on this connection, with the HPACK table as it was then and left as it
+        was, is not decoded again.  Priority information counts as h2's PriorityUpdated does, nothing more."""
         conn = self.conn
-        if not h2_lean.can_open(conn, stream):
+        if depends == stream or not h2_lean.can_open(conn, stream):
             return None
         mark = h2_lean.table_mark(conn)
         known = self.blocks.get(block)
@@ -408,6 +413,8 @@ class H2Codec(_Streams):
                     self.blocks.clear()
                 self.blocks[block] = (mark, head)
         h2_lean.open_stream(conn, stream)
+        if depends >= 0:
+            self.counts["priority"] += 1
         method, target, authority, fields, protocol, oversized, malformed = head
         return Request(stream, method, target, authority, list(fields), True, protocol, oversized, malformed)
 

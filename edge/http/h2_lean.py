@@ -5,7 +5,7 @@ h2 turns every frame into objects, walks them through two state machines
 with events for each step, and logs (an eager ``repr`` of each frame) on
 the way: most of what an HTTP/2 request cost edge.  For the frames of a
 plain request (a HEADERS frame that ends its stream and its header block
-in, a HEADERS and DATA frames out) :class:`edge.http.h2.H2Codec` does the
+in, with or without priority fields, a HEADERS and DATA frames out) :class:`edge.http.h2.H2Codec` does the
 frame work itself and uses these functions to keep h2's own state exactly
 as h2 would have left it: h2's stream object in h2's table, its state
 machine's attributes, flow-control windows, the bytes queued in h2's output

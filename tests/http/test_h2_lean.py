@@ -49,7 +49,7 @@ def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 action = st.one_of(
-    st.tuples(st.just("get"), st.integers(0, len(PATHS) - 1), st.integers(0, len(EXTRA) - 1)),
+    st.tuples(st.just("get"), st.integers(0, len(PATHS) - 1), st.integers(0, len(EXTRA) - 1), st.booleans()),
     st.tuples(st.just("post"), st.integers(0, 3)),
     st.tuples(st.just("respond"), st.integers(0, 7), st.integers(0, 70000), st.booleans()),
     st.tuples(st.just("reset"), st.integers(0, 7)),
@@ -60,6 +60,9 @@ action = st.one_of(
         b"\x00\x00\x00\x01\x05\x00\x00\x00\x02",  # HEADERS on an even stream: a protocol error
         b"\x00\x00\x01\x01\x05\x00\x00\x00\x63\xff",  # a block that does not decode
         b"\x00\x00\x00\x01\x04\x00\x00\x00\x61",  # no END_STREAM: a request with a body, through h2
+        b"\x00\x00\x06\x01\x25\x00\x00\x00\x65\x00\x00\x00\x65\x10\x82",  # depends on itself: an error
+        b"\x00\x00\x03\x01\x25\x00\x00\x00\x67\x00\x00\x00",  # PRIORITY flag, shorter than its 5 bytes
+        b"\x00\x00\x06\x01\x25\x00\x00\x00\x69\x80\x00\x00\x01\xff\x82",  # PRIORITY, exclusive on 1
     ])),
 )
 
@@ -77,8 +80,10 @@ def test_lean_and_public_paths_agree(actions, cuts):
         kind = act[0]
         if kind == "get":
             stream = peer.get_next_available_stream_id()
+            priority = {"priority_weight": 42, "priority_depends_on": streams[-1] if streams else 0,
+                        "priority_exclusive": True} if act[3] else {}  # as browsers send it
             peer.send_headers(stream, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test"),
-                                       (b":path", PATHS[act[1]]), *EXTRA[act[2]]], end_stream=True)
+                                       (b":path", PATHS[act[1]]), *EXTRA[act[2]]], end_stream=True, **priority)
             streams.append(stream)
         elif kind == "post":
             stream = peer.get_next_available_stream_id()
@@ -114,6 +119,7 @@ def test_lean_and_public_paths_agree(actions, cuts):
         assert lean.data_to_send() == out
         if any(isinstance(event, Ended) for event in expected):
             return
+        assert lean.counts == public.counts  # what the flood limits count
         try:
             events = peer.receive_data(out)
         except h2.exceptions.ProtocolError:
