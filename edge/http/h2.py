@@ -37,6 +37,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from edge.http.events import Aborted, Body, BodyEnd, Draining, Ended, Request, Response, Trailers, WindowOpened
+from edge.http import h2_lean
 from edge.http.h1 import CONTROLS
 from edge.http.hpack_encoder import StaticEncoder
 
@@ -54,6 +55,12 @@ FLOOD_LIMITS = {"reset": 500, "settings": 100, "ping": 100, "priority": 1000, "e
 # about 100 bytes each: a connection that lives for hours would grow by 6 MB.  A thousand is plenty for
 # frames still in flight; a frame for a stream forgotten earlier is answered with RST_STREAM.
 MAX_CLOSED_STREAMS = 1000
+
+# Header blocks of plain requests a connection keeps decoded (a client repeating a request sends the same
+# block, its fields all from the HPACK table): how many, and the largest kept; at most about 16 x 1.5 KiB
+# per connection (the block and its fields), then the cache starts again empty.
+BLOCKS = 16
+BLOCK_SIZE = 512
 
 STATUS = {code: str(code).encode("ascii") for code in range(100, 600)}
 _CONFIG = h2.config.H2Configuration(
@@ -160,6 +167,7 @@ class _Streams:
     conn: h2.connection.H2Connection
     ended: bool
     data_frames_sent: int
+    lean = False  # plain frames sent by edge itself (edge.http.h2_lean)
 
     # -- output -----------------------------------------------------------------------------
 
@@ -170,6 +178,11 @@ class _Streams:
         """Send a response head (or a 1xx one) on ``stream``; ``end`` if no body follows.  False if the
         stream is closed already (the client reset it in the same read: its Aborted event follows)."""
         fields.insert(0, (b":status", STATUS[status]))
+        if self.lean and status >= 200:
+            conn = self.conn
+            state = h2_lean.sending(conn, stream)
+            if state is not None and h2_lean.send_head(conn, state, conn.encoder.encode(fields), end):
+                return True
         try:
             self.conn.send_headers(stream, fields, end_stream=end)
         except h2.exceptions.ProtocolError:  # StreamClosedError is one
@@ -187,6 +200,24 @@ class _Streams:
         """Send as much of ``data`` as the windows allow, in frames of the client's size, ending the stream
         with the last one if ``end`` and all of it went.  Returns the bytes sent; -1 if the stream is closed."""
         conn = self.conn
+        if self.lean:
+            state = h2_lean.sending(conn, stream)
+            if state is not None:
+                size = len(data)
+                room = min(conn.outbound_flow_control_window, state.outbound_flow_control_window)
+                frame = conn.max_outbound_frame_size
+                if size <= room and size <= frame:  # the usual case: one frame
+                    h2_lean.send_data(conn, state, data, end)
+                    self.data_frames_sent += 1
+                    return size
+                sent = 0
+                while sent < size and room > 0:
+                    piece = data[sent : sent + min(frame, room)]
+                    sent += len(piece)
+                    room -= len(piece)
+                    h2_lean.send_data(conn, state, piece, end and sent == size)
+                    self.data_frames_sent += 1
+                return sent
         try:
             room = conn.local_flow_control_window(stream)
         except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
@@ -257,6 +288,14 @@ class H2Codec(_Streams):
         self.data_frames_sent = 0
         self.frames = FrameScanner(24, MAX_FRAME)
         self.draining = False  # the client said GOAWAY: its streams finish, no new one is taken
+        # The lean path (edge.http.h2_lean): frames whole (the rest of one cut short is held here until it is
+        # in), the preface's bytes still to come, inside a header block (CONTINUATION frames follow), and the
+        # requests of recent header blocks with the HPACK table they were decoded with.
+        self.lean = h2_lean.ON
+        self.rest = b""
+        self.preface_left = 24
+        self.in_block = False
+        self.blocks: dict[bytes, tuple[tuple[int, int, int, Any], tuple]] = {}
 
     # -- input ------------------------------------------------------------------------------
 
@@ -278,13 +317,109 @@ class H2Codec(_Streams):
         if draining is not None and draining.code:
             self.ended = True
             return [Ended(f"client sent GOAWAY (error {draining.code})", True)]
-        try:
-            events = self.conn.receive_data(data) if data else []
-        except h2.exceptions.ProtocolError as e:
-            self.ended = True
-            return [Ended(f"HTTP/2 protocol error: {e}", True)]
-        self.progress = bool(events) or draining is not None
         out: list[Any] = []
+        progress = draining is not None
+        for piece in self._split(data) if self.lean else (data,) if data else ():
+            if type(piece) is tuple:  # a plain request's HEADERS frame
+                stream, block, frame, depends = piece
+                try:
+                    request = self._lean_request(stream, block, depends)
+                except h2.exceptions.ProtocolError as e:  # as below
+                    self.ended = True
+                    return [Ended(f"HTTP/2 protocol error: {e}", True)]
+                if request is not None:
+                    out.append(request)
+                    out.append(BodyEnd(stream))  # as h2's StreamEnded
+                    progress = True
+                    continue
+                piece = frame  # not the plain case after all: h2 takes it
+            try:
+                events = self.conn.receive_data(piece)
+            except h2.exceptions.ProtocolError as e:  # nothing else of this read is served: the connection ends
+                self.ended = True
+                return [Ended(f"HTTP/2 protocol error: {e}", True)]
+            if events:
+                progress = True
+                if self._events(events, out):
+                    return out
+        self.progress = progress
+        if draining is not None:
+            self.draining = True
+            out.append(draining)
+        flood = self._flood()
+        if flood is not None:
+            self.ended = True
+            self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+            out.append(Ended(f"HTTP/2 flood: more than {FLOOD_LIMITS[flood]} {flood} frames in {FLOOD_PERIOD:g}s",
+                             True))
+        return out
+
+    def _split(self, data: bytes) -> list[Any]:
+        """``data`` as pieces, in order: bytes of whole frames for h2, and (stream, header block, frame, the
+        stream it depends on or -1) for a HEADERS frame that may be a plain request (it ends its stream and
+        its header block, no padding, outside any other header block); the rest of a frame cut short is kept
+        for the next data."""
+        if self.rest:
+            data = self.rest + data
+        size = len(data)
+        pos = start = 0
+        if self.preface_left:
+            pos = min(self.preface_left, size)
+            self.preface_left -= pos
+        pieces: list[Any] = []
+        in_block = self.in_block
+        while size - pos >= 9:
+            end = pos + 9 + ((data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2])
+            if end > size:
+                break
+            kind, flags = data[pos + 3], data[pos + 4]
+            if kind == 0x1 and not in_block:
+                # END_STREAM and END_HEADERS, not PADDED; PRIORITY's five bytes (a browser's) are passed over
+                skip = 5 if flags & 0x20 else 0
+                if flags & 0x0D == 0x05 and end - pos >= 9 + skip:
+                    if start < pos:
+                        pieces.append(data[start:pos])
+                    depends = int.from_bytes(data[pos + 9 : pos + 13], "big") & 0x7FFFFFFF if skip else -1
+                    pieces.append((int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF,
+                                   data[pos + 9 + skip : end], data[pos:end], depends))
+                    start = end
+                elif not flags & 0x4:
+                    in_block = True
+            elif kind == 0x9 and flags & 0x4 or kind == 0x5 and not flags & 0x4:  # a block's end, or a PUSH_PROMISE's
+                in_block = kind == 0x5
+            pos = end
+        self.in_block = in_block
+        if start < pos:
+            pieces.append(data[start:pos])
+        self.rest = data[pos:] if pos < size else b""
+        return pieces
+
+    def _lean_request(self, stream: int, block: bytes, depends: int) -> Request | None:
+        """The request of a plain HEADERS frame, its stream opened in h2 as h2 would; None if h2 must take the
+        frame (not a new stream h2 would open without a word, or one that depends on itself: h2's error).
+        A header block seen before on this connection, with the HPACK table as it was then and left as it
+        was, is not decoded again.  Priority information counts as h2's PriorityUpdated does, nothing more."""
+        conn = self.conn
+        if depends == stream or not h2_lean.can_open(conn, stream):
+            return None
+        mark = h2_lean.table_mark(conn)
+        known = self.blocks.get(block)
+        if known is not None and h2_lean.same_table(known[0], mark):
+            head = known[1]
+        else:
+            head = self._head(h2_lean.decode(conn, block))
+            if len(block) <= BLOCK_SIZE and h2_lean.same_table(mark, h2_lean.table_mark(conn)):
+                if len(self.blocks) >= BLOCKS:
+                    self.blocks.clear()
+                self.blocks[block] = (mark, head)
+        h2_lean.open_stream(conn, stream)
+        if depends >= 0:
+            self.counts["priority"] += 1
+        method, target, authority, fields, protocol, oversized, malformed = head
+        return Request(stream, method, target, authority, list(fields), True, protocol, oversized, malformed)
+
+    def _events(self, events: list[Any], out: list[Any]) -> bool:
+        """h2's ``events`` as edge's, appended to ``out``; True if the connection ended."""
         counts = self.counts
         for event in events:
             if type(event) is h2.events.RequestReceived:
@@ -314,7 +449,7 @@ class H2Codec(_Streams):
                 self.ended = True
                 code = event.error_code
                 out.append(Ended(f"client sent GOAWAY ({getattr(code, 'name', code)})", code != 0))
-                return out
+                return True
             elif type(event) is h2.events.UnknownFrameReceived:
                 counts["unknown"] += 1
             elif type(event) is h2.events.SettingsAcknowledged:
@@ -326,16 +461,7 @@ class H2Codec(_Streams):
                     out.append(Aborted(event.stream_id, ErrorCodes.PROTOCOL_ERROR))
                 else:
                     out.append(Trailers(event.stream_id, trailers))
-        if draining is not None:
-            self.draining = True
-            out.append(draining)
-        flood = self._flood()
-        if flood is not None:
-            self.ended = True
-            self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
-            out.append(Ended(f"HTTP/2 flood: more than {FLOOD_LIMITS[flood]} {flood} frames in {FLOOD_PERIOD:g}s",
-                             True))
-        return out
+        return False
 
     def _flood(self) -> str | None:
         counts = self.counts
@@ -346,14 +472,21 @@ class H2Codec(_Streams):
                 return kind
         return None
 
+    def _request(self, event: Any) -> Request:
+        method, target, authority, fields, protocol, oversized, malformed = self._head(event.headers)
+        return Request(event.stream_id, method, target, authority, fields, event.stream_ended is not None, protocol,
+                       oversized, malformed)
+
     @staticmethod
-    def _request(event: Any) -> Request:
+    def _head(headers: Any) -> tuple[bytes, bytes, bytes | None, list[tuple[bytes, bytes]], bytes | None, bool,
+                                     str | None]:
+        """A request's header list as (method, target, authority, fields, protocol, oversized, malformed)."""
         method = target = authority = protocol = scheme = None
         fields = []
         size = 0
         malformed = None
         pseudo_done = False
-        for name, value in event.headers:
+        for name, value in headers:
             size += len(name) + len(value) + 32
             if name[:1] == b":":
                 if pseudo_done:
@@ -375,8 +508,7 @@ class H2Codec(_Streams):
                 fields.append((name, value))
         if malformed is None:
             malformed = _malformed_request(method, scheme, target, protocol, fields, authority)
-        return Request(event.stream_id, method or b"", target or b"", authority, fields,
-                       event.stream_ended is not None, protocol, size > MAX_HEADER_LIST, malformed)
+        return method or b"", target or b"", authority, fields, protocol, size > MAX_HEADER_LIST, malformed
 
 
 # RFC 9113 8.2.1, 8.2.2: a field name is a lower-case token; a value holds no control character but HTAB

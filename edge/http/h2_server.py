@@ -57,15 +57,18 @@ from edge.http.framing import LAST_CHUNK, ResponseHead, chunk
 from edge.http.h1 import HOP_BY_HOP, BadRequest, field_list, request_line_ok
 from edge.http.h1_client import Discard, UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
+from edge.http import h2_lean
 from edge.http.h2 import H2Codec
 from edge.http.forward_auth import Passed, Refusal, auth_head
 from edge.http.exchange import Cut, Exchange, Reply, Retry
 from edge.http.policy import Admitted, Answer, PasswordCheck, body_limit, decide, host_entry, one_authorization
 from edge.http.relay import log_exchange, warn
 from edge.http.transform import BodyCoder, HeaderRules, ResponsePolicy, edits_request, forwarding, response_policy
+from edge.net import fastpath
 from edge.net.timers import coarse
 
 log = Logger()
+fastpath.adopt(h2_lean.NAME, h2_lean.ON, h2_lean.SWITCHED_OFF, h2_lean.MISSING)  # the codec's fast path
 
 DISCARD_BODY = 4 * 1024 * 1024
 _NONE: frozenset[int] = frozenset()

@@ -41,6 +41,9 @@ The fast paths (:data:`PATHS` says which are on):
 ``epoll``
     the epoll reactor's poll step without ``callWithLogger``, one ``epoll_ctl`` where Twisted makes two
     when a connecting socket becomes a connected one, and work queued for the end of a turn.
+``h2_lean``
+    decided in :mod:`edge.http.h2_lean` (a sans-IO core: no Twisted, no log) and recorded here by the HTTP/2
+    server: a plain HTTP/2 request's frames handled by edge, h2's state kept as h2 keeps it; off, h2 takes them.
 ``systemd``
     the listening sockets systemd passed, from the record Twisted made at import
     (``_SystemdParser._sddaemon``); off, read again from the environment (``ListenFDs.fromEnvironment``).
@@ -54,7 +57,7 @@ import os
 import select
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, cast
+from typing import Any, Callable, Iterable, cast
 
 from twisted.internet import address, error, tcp
 from twisted.internet.abstract import FileDescriptor
@@ -63,23 +66,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edge.net.closing import CLOSE_STALL, DONE, CloseWatch, Linger, queued_output, unread_bytes
+from edge.net.switches import parse_switch
 
 log = Logger()
 
 
 # -- the switches ------------------------------------------------------------------------------
-
-def parse_switch(environ: Mapping[str, str]) -> tuple[bool, frozenset[str]]:
-    """(every fast path off?, the names switched off) from ``EDGE_FASTPATH`` / ``EDGE_FAST_PATHS``."""
-    if environ.get("EDGE_FAST_PATHS", "1").strip() == "0":
-        return True, frozenset()
-    value = environ.get("EDGE_FASTPATH", "").strip().lower()
-    if value in ("off", "0", "none"):
-        return True, frozenset()
-    if value.startswith("off:"):
-        return False, frozenset(name.strip() for name in value[4:].split(",") if name.strip())
-    return False, frozenset()
-
 
 ALL_OFF, SWITCHED_OFF = parse_switch(os.environ)
 
@@ -123,13 +115,21 @@ def demote(name: str, missing: Iterable[str]) -> None:
         _warn(name, PATHS[name].missing)
 
 
+def adopt(name: str, on: bool, switched_off: bool, missing: tuple[str, ...]) -> None:
+    """Record fast path ``name`` as decided by a sans-IO core that has no log of its own (the HTTP/2 codec's
+    ``h2_lean``, :mod:`edge.http.h2_lean`); one warning if it is off because internals are missing."""
+    PATHS[name] = FastPath(name, on, switched_off, missing)
+    if missing:
+        _warn(name, missing)
+
+
 def enabled(name: str) -> bool:
     path = PATHS.get(name)
     return path is not None and path.on
 
 
 def _warn(name: str, missing: Iterable[str]) -> None:
-    log.warn("edge fast path {name} is off: the Twisted or pyOpenSSL internals it relies on are not as expected "
+    log.warn("edge fast path {name} is off: the Twisted, pyOpenSSL or h2 internals it relies on are not as expected "
              "({missing}); edge uses the public API instead", name=name, missing=", ".join(missing))
 
 

@@ -93,6 +93,19 @@ def test_a_changed_signature_turns_off_only_its_path():
     assert "accept" not in report["on"] and "write_buffer" in report["on"]
 
 
+def test_h2_without_an_internal_of_the_lean_path_falls_back_with_one_warning():
+    """An h2 without ``_decode_headers``: the HTTP/2 codec's lean path (decided in the sans-IO edge.http.h2_lean,
+    recorded by the HTTP/2 server) is off, one warning names it, a codec then takes every frame through h2."""
+    hide = ("import h2.connection\ndel h2.connection._decode_headers\nimport edge.http.h2_server\n"
+            "from edge.http.h2 import H2Codec\nassert H2Codec().lean is False\n")
+    report = _run(_REPORT.format(hide=hide))
+    assert len(report["warnings"]) == 1, report["warnings"]
+    assert "h2_lean" in report["warnings"][0] and "_decode_headers" in report["warnings"][0]
+    assert "h2_lean" not in report["on"] and "write_buffer" in report["on"]
+    assert "h2_lean" in _run(_REPORT.format(hide="import edge.http.h2_server\n"))["on"]
+    assert _run(_REPORT.format(hide="import edge.http.h2_server\n"), EDGE_FASTPATH="off:h2_lean")["warnings"] == []
+
+
 def test_everything_off_says_so_once_and_warns_of_nothing_missing():
     report = _run(_REPORT.format(hide=""), EDGE_FASTPATH="off")
     assert report["warnings"] == [] and report["on"] == []
