@@ -239,7 +239,7 @@ class Http1Proxy(Protocol):
             self._answer(route.status, route.text, close=head.has_body, location=route.location)
             return
         ex.route = route
-        self.policy = response_policy(route, self.scheme, head.method.encode("latin-1"),
+        self.policy = response_policy(route, self.scheme, ex.method,
                                       field_values(head.fields, head.lower, b"accept-encoding")
                                       if route.compress else ())
         if route.guarded:
@@ -336,7 +336,7 @@ class Http1Proxy(Protocol):
         if admitted is not None and (admitted.drop or admitted.add):
             fields = admitted_fields(fields, admitted.drop, admitted.add)
         sorted_ = sort_fields(fields, tokens)  # Content-Length was checked by parse_request_head
-        method = head.method.encode("latin-1")
+        method = self.ex.method
         rules = None
         if edits_request(route):
             path, rules = forwarding(route, path)
@@ -375,7 +375,7 @@ class Http1Proxy(Protocol):
         route = self.ex.route
         if edits_request(route):
             path, rules = forwarding(route, path)
-        line = head.line if path is head.target else b"%s %s" % (head.method.encode("latin-1"),
+        line = head.line if path is head.target else b"%s %s" % (self.ex.method,
                                                                   path.encode("latin-1"))
         if not removed or (len(removed) == 1 and removed[0][0] == b"connection" and removed[0][1] in _PLAIN_CONNECTION):
             # The usual request: no forwarding headers of its own, so the ones we add depend on the Host only.
@@ -408,7 +408,7 @@ class Http1Proxy(Protocol):
             self.pool.release(connection, reusable=True)  # nothing was sent on it
             return
         self.upstream = connection
-        connection.start(self, self.head.method.encode("latin-1"), self.upgrade is not None)
+        connection.start(self, self.ex.method, self.upgrade is not None)
         out = [self.upstream_head]
         body = self.body
         if body is not None:
@@ -540,7 +540,7 @@ class Http1Proxy(Protocol):
     def upstream_response(self, connection: UpstreamConnection, head: ResponseHead, body: bytes, done: bool) -> None:
         self._cancel_response_timer()
         ex = self.ex
-        ex.connected(str(connection.state))
+        ex.connected(connection.state.name)
         self.info.server = ex.server
         reply = ex.response(head.status, time.monotonic(), self.runtime.config.error_pages)
         if reply is not None:
@@ -616,7 +616,7 @@ class Http1Proxy(Protocol):
         if self.closed or self.relay is not relay:
             return
         runtime = self.runtime
-        self.info.server = self.ex.server = str(relay.connection.state)
+        self.info.server = self.ex.server = relay.connection.state.name
         if self.body is None:
             self._arm(runtime.config.timeouts.response, "response")
             if self.paused and len(self.buffer) <= MAX_HEAD:

@@ -576,7 +576,7 @@ class H2Exchange:
         if self.closed:
             return
         self.backend_conn = self.ack_conn = connection
-        self.ex.connected(str(connection.state))
+        self.ex.connected(connection.state.name)
         end = self.client_done and not self.out_pending and self.trailers_in is None
         self.backend_stream = connection.open_stream(self, self.head, end)
         self.request_ended = end
@@ -696,7 +696,7 @@ class H2Exchange:
             self.pool.release(connection, reusable=True)  # nothing was sent on it
             return
         self.upstream = connection
-        self.ex.connected(str(connection.state))
+        self.ex.connected(connection.state.name)
         connection.start(self, b"GET" if self.tunnel else self.event.method, self.tunnel)
         out = self.head
         if self.body_in:
