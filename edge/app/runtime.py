@@ -126,19 +126,19 @@ class Runtime:
             return "refused: too many connections"
         return None
 
-    def ask_auth(self, route: Any, head: Any, done: Callable[[Any], None]) -> Any:
-        """Ask ``route``'s forward_auth server about a request (``head``: the question,
-        :class:`edge.http.forward_auth.AuthCheck`), or have a password hashed off the reactor (``head``: a
+    def ask_auth(self, route: Any, question: Any, done: Callable[[Any], None]) -> Any:
+        """Carry out an :class:`edge.http.policy.Ask`: ask ``route``'s forward_auth server (``question``: an
+        :class:`edge.http.policy.AuthQuestion`), or have a password hashed off the reactor (a
         :class:`edge.http.policy.PasswordCheck`).  The answer goes to ``done``; the result has ``cancel()``."""
-        from edge.http.forward_auth import AuthCheck
+        from edge.http.forward_auth import AuthCheck, auth_head
         from edge.http.password_checks import PasswordJob
         from edge.http.policy import PasswordCheck
 
-        if type(head) is PasswordCheck:
-            return PasswordJob(self.reactor, head, done)
+        if type(question) is PasswordCheck:
+            return PasswordJob(self.reactor, question, done)
 
         auth = route.forward_auth
-        check = AuthCheck(self.auth_upstreams[auth.host, auth.port], self.reactor, auth, head, done)
+        check = AuthCheck(self.auth_upstreams[auth.host, auth.port], self.reactor, auth, auth_head(*question), done)
         check.start()
         return check
 

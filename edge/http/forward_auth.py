@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from twisted.logger import Logger
 
@@ -27,6 +27,7 @@ from edge.config import ForwardAuth
 from edge.http.framing import ResponseHead
 from edge.http.framing import ChunkedReader
 from edge.http.h1 import HOP_BY_HOP, connection_tokens, field_list
+from edge.http.policy import Passed, Refusal
 
 log = Logger()
 
@@ -44,21 +45,6 @@ _RESPONSE_SKIP = HOP_BY_HOP | {b"content-length"}
 
 # Where the auth servers name the user they admitted (Authelia, oauth2-proxy, Authentik): for the access log.
 USER_FIELDS = (b"remote-user", b"x-auth-request-user", b"x-authentik-username")
-
-
-class Passed(NamedTuple):
-    """The auth server admitted the request: the headers to add to it, and who it is (if it says)."""
-
-    add: tuple[tuple[bytes, bytes], ...]
-    user: str | None
-
-
-class Refusal(NamedTuple):
-    """The auth server's answer, to be sent to the client as it is."""
-
-    status: int
-    fields: list[tuple[bytes, bytes]]  # lower-case names, framing and hop-by-hop headers removed
-    body: bytes
 
 
 def auth_head(config: ForwardAuth, method: str, scheme: str, host: str, uri: str, client: str,

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edge.config import Route
 from edge.http.answers import DISCARD_LIMIT, REASON_TEXT, error_response, h1_message, own_answer
 from edge.ops.access_log import ConnectionInfo
 from edge.net.eager import write_now
@@ -38,11 +39,11 @@ from edge.http.h1_client import Discard, UpstreamConnection
 from edge.http.fields import (admitted_fields, block_fields, edit_fields, h2_request_fields, names_pattern,
                               sort_fields)
 from edge.http.forwarded import forwarded_block
-from edge.http.forward_auth import Passed, Refusal, auth_head, relay_response
+from edge.http.forward_auth import relay_response
 from edge.http.h1_to_h2 import H1Response, H2Relay
 from edge.http.exchange import Cut, Exchange, Reply, Retry
-from edge.http.policy import (Admitted, Answer, PasswordCheck, body_limit, decide, host_entry, is_websocket,
-                              one_authorization)
+from edge.http.policy import (Admission, Admitted, Answer, Ask, Forward, Passed, Refusal, body_limit,
+                              is_websocket)
 from edge.http.relay import log_exchange, warn
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
@@ -134,10 +135,9 @@ class Http1Proxy(Protocol):
         # the request in progress
         self.head: RequestHead | None = None
         self.ex = Exchange(b"-", "-", "-", "HTTP/1.1", 0.0)  # the request's exchange (its decisions, its log line)
-        # Keep-alive requests repeat their Host: its checks, route lookup and forwarding headers are kept.
-        self.last_host: bytes | None = None
-        self.last_host_value = self.last_host_name = ""
-        self.last_entry: Any = None
+        # The admission step (Host, route, access rules); it keeps the last Host: keep-alive requests repeat it.
+        self.admission = Admission(runtime.routes, runtime.guards, scheme, info.sni, info.client[0],
+                                   runtime.https_port, runtime.reactor.seconds)
         self.forwarded_host: bytes | None = None
         self.forwarded_tail = b""
         self.admitted: Admitted | None = None  # what a guarded route's access rules said
@@ -217,50 +217,49 @@ class Http1Proxy(Protocol):
         self.transform = self.body = self.upgrade = None
         self.close_after = not head.keep_alive
         raw_host = head.get(b"host")
-        if raw_host is None:
-            self._answer_and_close(400, "missing Host header")
-            return
-        if raw_host == self.last_host:  # keep-alive: the same Host as the last request, already checked
-            host_value, host, entry = self.last_host_value, self.last_host_name, self.last_entry
-        else:
-            host_value = raw_host.decode("latin-1")
-            try:
-                host, entry = host_entry(self.runtime.routes, host_value)
-            except BadRequest as e:
-                self._answer_and_close(e.status, str(e))
-                return
-            self.last_host, self.last_host_value, self.last_host_name, self.last_entry = \
-                raw_host, host_value, host, entry
-        ex.host = host_value
         path = head.path
-        runtime = self.runtime
-        route = decide(entry, host, host_value, path, self.scheme, self.info.sni, runtime.https_port)
-        if type(route) is Answer:
-            self._answer(route.status, route.text, close=head.has_body, location=route.location)
+        admission = self.admission
+        decision = admission.admit(raw_host, ex.method, path, head.pairs)
+        if raw_host is not None and raw_host == admission.last_host:
+            ex.host = admission.host
+        kind = type(decision)
+        if kind is Answer:
+            self._refuse(head, decision)
             return
-        ex.route = route
-        self.policy = response_policy(route, self.scheme, ex.method,
+        if kind is Ask:  # the auth server (or the password hashing) first
+            ask = decision
+            self._ready(ask.route)
+            self.admitted, ex.user = ask.admitted, ask.admitted.user
+            self.auth = self.runtime.ask_auth(ask.route, ask.question,
+                                              lambda result: self._auth_answered(result, head, ask, raw_host, path))
+            return
+        if kind is Forward:
+            self._ready(decision.route)
+            self.admitted, ex.user = decision.admitted, decision.admitted.user
+            self._proceed(head, decision.route, raw_host, path)
+            return
+        self._ready(decision)
+        self._proceed(head, decision, raw_host, path)
+
+    def _ready(self, route: Route) -> None:
+        """The request is for ``route``: its response rules apply from here on (to edge's answers too)."""
+        self.ex.route = route
+        head = self.head
+        self.policy = response_policy(route, self.scheme, self.ex.method,
                                       field_values(head.fields, head.lower, b"accept-encoding")
                                       if route.compress else ())
-        if route.guarded:
-            verdict = runtime.guards[route.name].check(self.info.client[0], one_authorization(
-                                                           field_values(head.fields, head.lower, b"authorization")),
-                                                       runtime.reactor.seconds())
-            if type(verdict) is Answer:
-                self._answer(verdict.status, verdict.text, close=head.has_body, location=verdict.location,
-                             headers=verdict.headers)
-                return
-            self.admitted, ex.user = verdict, verdict.user
-            if verdict.ask is not None:
-                question = verdict.ask if type(verdict.ask) is PasswordCheck else auth_head(
-                    verdict.ask, head.method, self.scheme, host_value, path, self.info.client[0],
-                    field_list(head.fields, head.lower))
-                self.auth = runtime.ask_auth(
-                    route, question, lambda result: self._auth_answered(result, head, route, raw_host, path))
-                return
-        self._proceed(head, route, raw_host, path)
 
-    def _auth_answered(self, result: Passed | Refusal | None, head: RequestHead, route: Any, raw_host: bytes,
+    def _refuse(self, head: RequestHead, answer: Answer) -> None:
+        """Edge's own answer of the admission step: 404, 421, 308, an access rule's 401 / 403 / 429, or a 400."""
+        if answer.close:
+            self._answer_and_close(answer.status, answer.text)
+            return
+        if answer.route is not None:
+            self._ready(answer.route)
+        self._answer(answer.status, answer.text, close=head.has_body, location=answer.location,
+                     headers=answer.headers)
+
+    def _auth_answered(self, result: Passed | Refusal | None, head: RequestHead, ask: Ask, raw_host: bytes,
                        path: str) -> None:
         """The forward_auth server's word (or the password's, hashed off the reactor): go on with its headers,
         relay its answer, or 503 (fail closed)."""
@@ -268,14 +267,15 @@ class Http1Proxy(Protocol):
         if self.closed or self.head is not head:
             return
         ex = self.ex
-        if result is None:
+        decision = ask.answered(result)
+        if decision is None:
             reply = ex.auth_failed()
             ex.outcome = reply.outcome
             self._answer(reply.status, reply.text, close=head.has_body)
-        elif type(result) is Refusal:
+        elif type(decision) is Refusal:
             close = head.has_body or self.close_after
-            ex.status = result.status
-            message = relay_response(result, close, head.method == "HEAD")
+            ex.status = decision.status
+            message = relay_response(decision, close, head.method == "HEAD")
             ex.sent = len(message)
             self._write(message)
             ex.outcome = "answered"
@@ -285,8 +285,8 @@ class Http1Proxy(Protocol):
             else:
                 self._await_next()
         else:
-            self.admitted, ex.user = self.admitted._replace(add=result.add), result.user
-            self._proceed(head, route, raw_host, path)
+            self.admitted, ex.user = decision.admitted, decision.admitted.user
+            self._proceed(head, decision.route, raw_host, path)
 
     def _proceed(self, head: RequestHead, route: Any, raw_host: bytes, path: str) -> None:
         """The request may go on to ``route``'s backend: its body framing, its head for the backend, a connection."""

@@ -22,7 +22,7 @@ from edge.config.routes import RouteTable
 from edge.ops.access_log import ConnectionInfo, log_request
 from edge.sniff import NEED_MORE
 from edge.http.h1 import BadRequest, RequestHead, parse_request_head
-from edge.http.policy import https_location
+from edge.http.policy import ACME_PREFIX, HandOver, port80
 
 
 
@@ -42,7 +42,6 @@ class RedirectRuntime(TypingProtocol):
 
     def refused(self, gate: str, client: str) -> str | None: ...
 
-ACME_PREFIX = "/.well-known/acme-challenge/"
 MAX_HEAD = 65536
 MAX_REQUESTS = 100
 
@@ -113,39 +112,30 @@ class Redirector(Protocol):
                 sent = self._respond(200, answer, None, not head.keep_alive, head)
                 self._log(head, host, 200, sent)
                 return False
-        entry = self.runtime.routes.lookup(host)
-        route = entry.match(head.path.split("?", 1)[0]) if entry is not None else None
-        if route is None and entry is not None:
-            route = entry.routes[-1]  # shortest prefix: the host's ACME and plain-HTTP settings
+        decision = port80(self.runtime.routes.lookup(host), head.header("host") or "", head.path,
+                          self.runtime.https_port, self.info.listener == "http")
+        route = decision.route
         if route is not None:
             self.info.route = route.name
-        if route is not None and route.http == "allow" and self.info.listener == "http":
-            self._cancel_timer()
-            self.info.bytes_in -= len(self.buffer)  # counted again by the proxy it is handed to
-            self.hand_over(self.runtime.plain_http(self.info, self.hand_over), self.buffer)
-            return True
-        if route is not None and route.http == "forward" and self.info.listener == "http":
-            why = self.runtime.refused(f"route:{route.name}", self.info.client[0])
+        if type(decision) is HandOver:
+            if decision.backend is None:  # http = "allow": edge's plain-HTTP proxy takes the connection
+                self._cancel_timer()
+                self.info.bytes_in -= len(self.buffer)  # counted again by the proxy it is handed to
+                self.hand_over(self.runtime.plain_http(self.info, self.hand_over), self.buffer)
+                return True
+            why = self.runtime.refused(f"route:{route.name}", self.info.client[0]) if decision.gated else None
             if why is not None:  # the route's allow/deny and conn_limit hold on port 80 too
                 self.info.ended = why
                 sent = self._respond(403, "access denied\n", None, True, head)
                 self._log(head, host, 403, sent)
                 return True
-            self._forward(route.http_backend, head, host)
-            return True
-        if route is not None and route.acme_backend and head.path.startswith(ACME_PREFIX):
-            self._forward(route.acme_backend, head, host)
+            self._forward(decision.backend, head, host)
             return True
         self.buffer = self.buffer[head.length :]
         self.served += 1
         close = head.has_body or not head.keep_alive or self.served >= MAX_REQUESTS
-        if route is not None and route.http == "deny":
-            sent = self._respond(404, "no plain HTTP for this host\n", None, close, head)
-            self._log(head, host, 404, sent)
-        else:
-            location = self._location(head)
-            sent = self._respond(308, f"Redirecting to {location}\n", location, close, head)
-            self._log(head, host, 308, sent)
+        sent = self._respond(decision.status, f"{decision.text}\n", decision.location, close, head)
+        self._log(head, host, decision.status, sent)
         if not close:
             self._arm()
         return False
@@ -166,9 +156,6 @@ class Redirector(Protocol):
 
         lookup.addCallback(answered)
         return True
-
-    def _location(self, head: RequestHead) -> str:
-        return https_location(head.header("host") or "", head.path, self.runtime.https_port)
 
     def _respond(
         self, status: int, body: str, location: str | None, close: bool, head: RequestHead | None = None
