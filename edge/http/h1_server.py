@@ -39,12 +39,13 @@ from edge.http.h1_client import Discard, UpstreamConnection
 from edge.http.fields import (admitted_fields, block_fields, edit_fields, h2_request_fields, names_pattern,
                               sort_fields)
 from edge.http.forwarded import forwarded_block
-from edge.http.forward_auth import relay_response
+from edge.http.forward_auth import ask_auth, relay_response
 from edge.http.h1_to_h2 import H1Response, H2Relay
 from edge.http.exchange import Cut, Exchange, Reply, Retry
 from edge.http.policy import (Admission, Admitted, Answer, Ask, Forward, Passed, Refusal, body_limit,
                               is_websocket)
 from edge.http.relay import log_exchange, warn
+from edge.http.snapshot import HttpSnapshot
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
     HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_list,
@@ -120,7 +121,7 @@ class Http1Proxy(Protocol):
 
     backlog: Backlog | None = None  # set when connected, if the transport cannot count what it holds
 
-    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str) -> None:
+    def __init__(self, runtime: HttpSnapshot, info: ConnectionInfo, scheme: str) -> None:
         self.runtime = runtime
         self.info = info
         self.scheme = scheme  # "https" when terminated here, "http" for http = "allow"
@@ -230,8 +231,9 @@ class Http1Proxy(Protocol):
             ask = decision
             self._ready(ask.route)
             self.admitted, ex.user = ask.admitted, ask.admitted.user
-            self.auth = self.runtime.ask_auth(ask.route, ask.question,
-                                              lambda result: self._auth_answered(result, head, ask, raw_host, path))
+            runtime = self.runtime
+            self.auth = ask_auth(runtime.auth_upstreams, runtime.reactor, ask.question,
+                                 lambda result: self._auth_answered(result, head, ask, raw_host, path))
             return
         if kind is Forward:
             self._ready(decision.route)

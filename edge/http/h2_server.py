@@ -58,7 +58,9 @@ from edge.http.h2_client import H2BackendConnection
 from edge.http.h2 import H2Codec
 from edge.http.exchange import Cut, Exchange, Reply, Retry
 from edge.http.policy import Admission, Admitted, Answer, Ask, Forward, Refusal, body_limit
+from edge.http.forward_auth import ask_auth
 from edge.http.relay import log_exchange, warn
+from edge.http.snapshot import HttpSnapshot
 from edge.http.transform import BodyCoder, HeaderRules, ResponsePolicy, edits_request, forwarding, response_policy
 from edge.net.timers import coarse
 
@@ -74,7 +76,7 @@ _TUNNEL_SKIP = HOP_BY_HOP | {b"sec-websocket-accept"}
 class H2Server(Protocol):
     """One HTTP/2 client connection (ALPN ``h2``)."""
 
-    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str = "https") -> None:
+    def __init__(self, runtime: HttpSnapshot, info: ConnectionInfo, scheme: str = "https") -> None:
         self.runtime = runtime
         self.info = info
         self.scheme = scheme
@@ -309,8 +311,8 @@ class H2Server(Protocol):
         if ask is not None:  # the auth server (or the password hashing) first; the body waits in the exchange
             self.exchanges[stream] = exchange  # its body, end and reset are its own while the auth server thinks
             exchange.held = []
-            exchange.auth = runtime.ask_auth(route, ask.question,
-                                             lambda result: exchange.auth_answered(ask.answered(result), upstream))
+            exchange.auth = ask_auth(runtime.auth_upstreams, runtime.reactor, ask.question,
+                                     lambda result: exchange.auth_answered(ask.answered(result), upstream))
             return
         self.exchanges[stream] = exchange
         exchange.start(upstream)
