@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from edge.acme.responders import ACME_TLS_ALPN, ChallengeResponders
 from edge.config import Config, Door
+from edge.config.access import Gates
 from edge.ops.access_log import ConnectionInfo
 from edge.ops.outcomes import CLIENT_CLOSED, Ending, Outcome
 from edge.config.routes import HostEntry, RouteTable
@@ -35,9 +36,9 @@ from edge.net.transports import AcceptedTransport, under_tls
 
 
 
-class DispatchRuntime(TypingProtocol):
-    """What the dispatcher needs of the live configuration (``edge.app.runtime.Runtime`` has it): the
-    contract, so the dispatcher does not import the runtime that builds its handlers."""
+class DispatchSnapshot(TypingProtocol):
+    """What the dispatcher reads of the config snapshot a connection starts with (``edge.app.runtime.Runtime``
+    is one): data only."""
 
     reactor: Any
     config: Config
@@ -45,6 +46,15 @@ class DispatchRuntime(TypingProtocol):
     doors: Mapping[str, Door]
     door_routes: Mapping[str, RouteTable]
     acme_responders: ChallengeResponders
+    gates: Gates
+
+
+class DispatchHandlers(TypingProtocol):
+    """The hand-overs the dispatcher makes (``edge.app.handlers.Handlers`` builds them), and the snapshot
+    they are built from."""
+
+    @property
+    def runtime(self) -> DispatchSnapshot: ...
 
     def forward(self, backend: str, info: ConnectionInfo) -> Protocol: ...
 
@@ -52,9 +62,8 @@ class DispatchRuntime(TypingProtocol):
 
     def tls_handler(self, entry: HostEntry, info: ConnectionInfo) -> Protocol | None: ...
 
-    def refused(self, gate: str, client: str) -> Ending | None: ...
-
     def acme_tls_handler(self, options: Any, info: ConnectionInfo) -> Protocol: ...
+
 
 log = Logger()
 
@@ -66,8 +75,9 @@ class Dispatcher(Protocol):
     transport: AcceptedTransport  # from makeConnection on
     factory: DispatchFactory
 
-    def __init__(self, runtime: DispatchRuntime, listener: str) -> None:
-        self.runtime = runtime
+    def __init__(self, handlers: DispatchHandlers, listener: str) -> None:
+        self.handlers = handlers
+        self.runtime = runtime = handlers.runtime
         self.listener = listener  # "ssh", "http", "https" or a [[doors]] name
         door = runtime.doors.get(listener)
         self.sniffing = listener == "https" or (door is not None and door.sni)  # else the door says what comes
@@ -138,11 +148,16 @@ class Dispatcher(Protocol):
         if self.runtime.config.listen.deny and not self.runtime.config.listen.deny.permits(client):
             why = Outcome.REFUSED.because("address denied")
         elif self.listener in self.runtime.doors:
-            why = self.runtime.refused(f"door:{self.listener}", client)
+            why = self._refused(f"door:{self.listener}", client)
         if why is None:
             return True
         self._reject(why)
         return False
+
+    def _refused(self, gate: str, client: str) -> Ending | None:
+        """Why ``client`` may not pass ``gate`` (a passthrough route's, the SSH door's, a door's); None if it may."""
+        why = self.runtime.gates.refused(gate, client, self.runtime.reactor.seconds())
+        return None if why is None else Outcome.REFUSED.because(why)
 
     def _route_door(self) -> None:
         """Ports 22 and 80, and doors without ``sni``, need no sniffing: their door says what comes."""
@@ -150,7 +165,7 @@ class Dispatcher(Protocol):
             self._to_ssh()
         elif self.listener == "http":
             self.info.protocol = "http"
-            self.hand_over(self.runtime.redirector(self.info, self.hand_over), self.buffer)
+            self.hand_over(self.handlers.redirector(self.info, self.hand_over), self.buffer)
         else:
             self._to_door_backend()
 
@@ -164,7 +179,7 @@ class Dispatcher(Protocol):
             return
         self.info.route = self.info.route or self.listener
         self.info.protocol = self.info.protocol or "tcp"
-        self.hand_over(self.runtime.forward(backend, self.info), self.buffer)
+        self.hand_over(self.handlers.forward(backend, self.info), self.buffer)
 
     def _sniff_door(self) -> None:
         """A door with ``sni = true``: TLS is routed by its server name among the routes listing the door."""
@@ -178,11 +193,11 @@ class Dispatcher(Protocol):
                 self._to_door_backend()
                 return
             info.route, info.tls_mode = route.name, route.tls
-            why = self.runtime.refused(f"route:{route.name}", info.client[0])
+            why = self._refused(f"route:{route.name}", info.client[0])
             if why is not None:
                 self._reject(why)
                 return
-            self.hand_over(self.runtime.forward(route.backend, info), self.buffer)
+            self.hand_over(self.handlers.forward(route.backend, info), self.buffer)
         elif hello is not NEED_MORE:
             self._to_door_backend()
 
@@ -199,7 +214,7 @@ class Dispatcher(Protocol):
             self._to_ssh()
         elif http is True:
             self.info.protocol = "http"
-            self.hand_over(self.runtime.redirector(self.info, self.hand_over), data)
+            self.hand_over(self.handlers.redirector(self.info, self.hand_over), data)
         elif ssh is NO_MATCH and http is NO_MATCH:
             self._reject(Outcome.ERROR.because("not TLS, SSH or HTTP"))
 
@@ -212,12 +227,12 @@ class Dispatcher(Protocol):
                          UNRECOGNIZED_NAME_ALERT)
             return
         route = entry.passthrough
-        why = self.runtime.refused(f"route:{route.name}", info.client[0]) if route is not None else None
-        if route is not None and why is not None:
+        why = self._refused(f"route:{route.name}", info.client[0]) if route is not None else None
+        if why is not None:
             info.route, info.tls_mode = route.name, route.tls
             self._reject(why)
             return
-        handler = self.runtime.tls_handler(entry, info)
+        handler = self.handlers.tls_handler(entry, info)
         if handler is None and entry.passthrough is None and ACME_TLS_ALPN.decode() in info.alpn:
             lookup = self.runtime.acme_responders.shared_tls_alpn01(info.sni)
             if lookup is not None:  # another edge's TLS-ALPN-01 validation, answered from the shared storage
@@ -236,18 +251,18 @@ class Dispatcher(Protocol):
         if options is None:
             self._reject(Outcome.REFUSED.because("no certificate for SNI"), UNRECOGNIZED_NAME_ALERT)
             return
-        self.hand_over(self.runtime.acme_tls_handler(options, self.info), self.buffer)
+        self.hand_over(self.handlers.acme_tls_handler(options, self.info), self.buffer)
 
     def _to_ssh(self) -> None:
         self.info.protocol = "ssh"
         if self.runtime.config.ssh_backend is None:
             self._reject(Outcome.REFUSED.because("no [ssh] backend"))
             return
-        why = self.runtime.refused("ssh", self.info.client[0])
+        why = self._refused("ssh", self.info.client[0])
         if why is not None:
             self._reject(why)
             return
-        self.hand_over(self.runtime.forward(self.runtime.config.ssh_backend, self.info), self.buffer)
+        self.hand_over(self.handlers.forward(self.runtime.config.ssh_backend, self.info), self.buffer)
 
     def hand_over(self, handler: Protocol, data: bytes) -> None:
         """Give this transport, and the bytes read so far, to ``handler``."""
@@ -318,12 +333,13 @@ class DispatchFactory(Factory[Dispatcher]):
 
     noisy = False
 
-    def __init__(self, runtime_source, listener: str, connections: set | None = None) -> None:
-        self.runtime_source = runtime_source  # a callable: reload swaps what it returns
+    def __init__(self, handlers_source: Callable[[], DispatchHandlers], listener: str,
+                 connections: set | None = None) -> None:
+        self.handlers_source = handlers_source  # the live snapshot's handlers: a reload swaps what it returns
         self.listener = listener
         self.connections = connections if connections is not None else set()
 
     def buildProtocol(self, addr) -> Dispatcher:
-        protocol = Dispatcher(self.runtime_source(), self.listener)
+        protocol = Dispatcher(self.handlers_source(), self.listener)
         protocol.factory = self
         return protocol

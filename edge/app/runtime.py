@@ -1,51 +1,33 @@
 # -*- test-case-name: tests.e2e.test_reload -*-
-"""A config snapshot made live: the route table, backends and handler builders.
+"""A config snapshot made live, as plain data: the route tables, backends and their pools, access rules
+(guards, gates), forward_auth pools and certificates.
 
-The dispatcher asks the runtime it started with for handlers, so a reload
-(which builds a new runtime) never changes what an open connection uses.
+Built once per snapshot; a reload builds another (carrying over what did not
+change: backends with their counters and pools, rate-limit tables) and new
+connections use it, while open connections keep the one they started with.
+Handlers read it; none calls back into it.  What a connection is handed to
+is built in one place, :mod:`edge.app.handlers`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
-from edge.config.access import AddressRule, Limiter, Rate
-from edge.acme.responders import ACME_TLS_ALPN, ChallengeResponders
-from edge.config.access import limit_key
+from edge.config.access import AddressRule, Gates, Limiter, Rate
+from edge.acme.responders import ChallengeResponders
 from edge.tcp.backends import Backend
 from edge.tls.files import load_directory
 from edge.tls.local_ca import LocalIssuer
 from edge.tls.store import CertificateStore
 from edge.config import BackendConfig, Config, Server
 from edge.config.model import Scheme
-from edge.ops.access_log import ConnectionInfo
-from edge.ops.outcomes import Ending, Outcome
-from edge.tcp.forward import TcpForward
-from edge.http.h1_server import Http1Proxy
-from edge.http.h2_server import H2Server
 from edge.http.policy import Guard
-from edge.http.redirect import Redirector
-from edge.config.routes import HostEntry, RouteTable
-from edge.sniff.proxy import build_v1, build_v2
-from edge.tls.terminate import AlpnSwitch, EdgeTLSProtocol
+from edge.config.routes import RouteTable
 from edge.http.upstream import Upstream
 
 log = Logger()
-
-
-def _v1(info: ConnectionInfo) -> bytes:
-    return build_v1(info.client, info.local)
-
-
-def _v2(info: ConnectionInfo) -> bytes:
-    return build_v2(info.client, info.local, info.sni)
-
-
-PROXY_HEADERS: dict[str | None, Callable[[ConnectionInfo], bytes] | None] = {None: None, "v1": _v1, "v2": _v2}
 
 
 class MissingCertificate(Exception):
@@ -53,6 +35,8 @@ class MissingCertificate(Exception):
 
 
 class Runtime:
+    """One config snapshot, live: read by the dispatcher, the handlers and the admin page."""
+
     def __init__(self, config: Config, reactor: Any, certificates: CertificateStore | None = None,
                  responders: ChallengeResponders | None = None, previous: "Runtime | None" = None) -> None:
         self.config = config
@@ -95,12 +79,13 @@ class Runtime:
                        for route in config.routes if route.terminated and route.guarded}
         # TCP gates: (allow/deny, connection limiter) of passthrough routes, the SSH door and [[doors]]; and
         # of routes whose port 80 is forwarded whole (http = "forward"): their allow/deny hold there too.
-        self.gates: dict[str, tuple[AddressRule, Limiter | None]] = {
+        gates: dict[str, tuple[AddressRule, Limiter | None]] = {
             f"route:{route.name}": (route.addresses, limiter(f"route:{route.name}", route.conn_limit))
             for route in config.routes if not route.terminated or route.http == "forward"}
-        self.gates["ssh"] = (config.ssh_addresses, limiter("ssh", config.ssh_conn_limit))
+        gates["ssh"] = (config.ssh_addresses, limiter("ssh", config.ssh_conn_limit))
         for door in config.doors:
-            self.gates[f"door:{door.name}"] = (door.addresses, limiter(f"door:{door.name}", door.conn_limit))
+            gates[f"door:{door.name}"] = (door.addresses, limiter(f"door:{door.name}", door.conn_limit))
+        self.gates = Gates(gates)
         # forward_auth servers: a keep-alive pool each (kept across a reload, as backends' are).
         self.auth_upstreams: dict[tuple[str, int], Upstream] = {}
         for route in config.routes:
@@ -117,32 +102,6 @@ class Runtime:
             self.auth_upstreams[key] = pool
         self.https_port = next((a.port for a in config.listen.https if hasattr(a, "port")), 443)
         self.certificates = certificates if certificates is not None else self.load_certificates(config)
-        self.http_factory = Factory.forProtocol(Protocol)  # TLS factories wrap one; edge builds the protocols
-
-    def refused(self, gate: str, client: str) -> Ending | None:
-        """Why a connection from ``client`` may not pass ``gate`` ("route:NAME", "ssh", "door:NAME"); None if it may."""
-        rule, limiter = self.gates.get(gate, (None, None))
-        if rule and not rule.permits(client):
-            return Outcome.REFUSED.because("address not allowed")
-        if limiter is not None and limiter.take(limit_key(client), self.reactor.seconds()) > 0:
-            return Outcome.REFUSED.because("too many connections")
-        return None
-
-    def ask_auth(self, route: Any, head: Any, done: Callable[[Any], None]) -> Any:
-        """Ask ``route``'s forward_auth server about a request (``head``: the question,
-        :class:`edge.http.forward_auth.AuthCheck`), or have a password hashed off the reactor (``head``: a
-        :class:`edge.http.policy.PasswordCheck`).  The answer goes to ``done``; the result has ``cancel()``."""
-        from edge.http.forward_auth import AuthCheck
-        from edge.http.password_checks import PasswordJob
-        from edge.http.policy import PasswordCheck
-
-        if type(head) is PasswordCheck:
-            return PasswordJob(self.reactor, head, done)
-
-        auth = route.forward_auth
-        check = AuthCheck(self.auth_upstreams[auth.host, auth.port], self.reactor, auth, head, done)
-        check.start()
-        return check
 
     def retire(self, successor: "Runtime") -> None:
         """``successor`` replaced this runtime: close the keep-alive pools it does not carry on."""
@@ -194,46 +153,3 @@ class Runtime:
                         f"routes[{route.index}].hosts: no certificate for {host!r} "
                         f"(put one in [edge] certs_dir, set [tls] issuer = \"local\", or configure [acme])")
         return store
-
-    def forward(self, backend: str, info: ConnectionInfo) -> TcpForward:
-        """A TCP forwarder to ``backend`` for the connection ``info``."""
-        chosen = self.backends[backend]
-        header = PROXY_HEADERS[chosen.config.proxy_protocol]
-        return TcpForward(chosen, info, self.reactor, self.config.timeouts.idle, header)
-
-    def redirector(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Redirector:
-        return Redirector(self, info, hand_over)
-
-    def tls_handler(self, entry: HostEntry, info: ConnectionInfo) -> Protocol | None:
-        """The handler for a TLS connection to ``entry``'s host; None if no certificate."""
-        route = entry.passthrough
-        if route is not None:
-            info.route, info.tls_mode = route.name, route.tls
-            return self.forward(route.backend, info)
-        if ACME_TLS_ALPN.decode() in info.alpn:  # a TLS-ALPN-01 validation for a host we manage
-            options = self.acme_responders.tls_alpn01(info.sni)
-            return None if options is None else self.acme_tls_handler(options, info)
-        cert = self.certificates.lookup(info.sni)
-        if cert is None:
-            return None
-        info.tls_mode = entry.routes[0].tls if len({r.tls for r in entry.routes}) == 1 else "terminate"
-        info.route = ",".join(r.name for r in entry.routes)
-        tls_factory = cert.tls_factory(self.http_factory)
-
-        def choose(negotiated: bytes | None) -> Protocol:
-            if negotiated == b"h2":
-                return H2Server(self, info, "https")
-            return Http1Proxy(self, info, "https")
-
-        protocol = EdgeTLSProtocol(tls_factory, AlpnSwitch(choose, info, self.reactor, self.config.timeouts.inspect),
-                                   info, self.reactor)
-        return protocol
-
-    def acme_tls_handler(self, options: Any, info: ConnectionInfo) -> Protocol:
-        """Answers a TLS-ALPN-01 validation with ``options`` (the RFC 8737 certificate), then nothing."""
-        info.tls_mode = "acme-tls/1"
-        return TLSMemoryBIOProtocol(TLSMemoryBIOFactory(options, False, Factory.forProtocol(Protocol)), Protocol())
-
-    def plain_http(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Protocol:
-        """The HTTP/1.1 proxy for routes served over plain HTTP (``http = "allow"``)."""
-        return Http1Proxy(self, info, "http")

@@ -32,6 +32,7 @@ from edge.config import Config, ConfigError, load, parse
 from edge.discovery.labels import Container, merge
 from edge.discovery.podman import PodmanDiscovery
 from edge.app.dispatch import DispatchFactory
+from edge.app.handlers import Handlers
 from edge.net.event_loop import lighten, settle_memory
 from edge.tcp.health import HealthService
 from edge.net.listeners import ListenerService
@@ -105,8 +106,9 @@ class EdgeService(MultiService):
         self.discovery_routes: set[str] = set()  # containers routed now
         self.discovery_noted: set[tuple[str, str]] = set()  # problems logged once
         self.runtime = build_runtime(config, reactor, self.responders)
+        self.handlers = Handlers(self.runtime)  # what new connections are handed to: built with each runtime
         self.factories: dict[str, IProtocolFactory] = {
-            door: DispatchFactory(lambda: self.runtime, door, self.connections) for door in ("ssh", "http", "https")}
+            door: DispatchFactory(lambda: self.handlers, door, self.connections) for door in ("ssh", "http", "https")}
         self.factories["admin"] = admin_site(lambda: self.runtime, lambda: [
             (door, str(address)) for door, address in self.listeners])
         if config.admin is not None and not _loopback(getattr(config.admin, "host", "localhost")) \
@@ -149,7 +151,7 @@ class EdgeService(MultiService):
                 continue
             door, address = key
             if door not in self.factories:  # a [[doors]] name
-                self.factories[door] = DispatchFactory(lambda: self.runtime, door, self.connections)
+                self.factories[door] = DispatchFactory(lambda: self.handlers, door, self.connections)
             try:
                 new[key] = ListenerService(self.reactor, door, address, self.factories[door],
                                            reuse_port=self.reuse_port and door != "admin")
@@ -254,6 +256,7 @@ class EdgeService(MultiService):
         """New connections use ``runtime``; open ones keep theirs.  ACME starts again on a reload (it
         re-reads its state) or when the terminated hosts changed."""
         previous, self.runtime = self.runtime, runtime
+        self.handlers = Handlers(runtime)
         previous.retire(runtime)  # requests in flight finish on their old connections
         settle_memory()
         if reload or _acme_hosts(previous.config) != _acme_hosts(config) or previous.config.acme != config.acme:

@@ -163,6 +163,26 @@ class Limiter:
 # -- users files (basic auth) ---------------------------------------------------------------------
 
 
+class Gates:
+    """The TCP gates of a config snapshot, by name: ``route:NAME`` (passthrough routes, and routes whose port
+    80 is forwarded whole), ``ssh``, ``door:NAME``; each an address rule and a connection limiter."""
+
+    __slots__ = ("gates",)
+
+    def __init__(self, gates: dict[str, tuple[AddressRule, Limiter | None]]) -> None:
+        self.gates = gates
+
+    def refused(self, gate: str, client: str, now: float) -> str | None:
+        """Why a connection from ``client`` may not pass ``gate`` (``address not allowed``, ``too many
+        connections``); None if it may (a pass is counted)."""
+        rule, limiter = self.gates.get(gate, (None, None))
+        if rule and not rule.permits(client):
+            return "address not allowed"
+        if limiter is not None and limiter.take(limit_key(client), now) > 0:
+            return "too many connections"
+        return None
+
+
 class UsersFileError(ValueError):
     """A users file line edge cannot use; the message names the line."""
 

@@ -229,17 +229,17 @@ class Route:
     compress: bool = False  # gzip / zstd for clients that accept them
     intercept_errors: bool = False  # a backend's 4xx/5xx with a page in errors_dir gets the page instead
 
-    @property
+    @cached_property  # asked for every request, as are the two below
     def guarded(self) -> bool:
         """Whether a request must pass access rules before it goes on."""
         return bool(self.addresses) or self.basic_auth is not None or self.forward_auth is not None \
             or self.rate_limit is not None
 
-    @property
+    @cached_property
     def terminated(self) -> bool:
         return self.tls != "passthrough"
 
-    @property
+    @cached_property
     def name(self) -> str:
         """What logs, metrics and the status page call this route (stable when routes are reordered)."""
         return self.label or f"routes[{self.index}]"

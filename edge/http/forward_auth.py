@@ -13,13 +13,15 @@ back to the client as the auth server sent it; no answer in time is a 503
 :func:`auth_head` and :func:`verdict` are the sans-IO halves; :class:`AuthCheck`
 is the thin Twisted shell that carries one question over the auth server's
 keep-alive pool (:class:`edge.http.h1_client.Http1Pool`, the backends' own).
+:func:`ask_auth` carries out the admission step's :class:`edge.http.policy.Ask`
+for both HTTP servers: this question, or a password hashed off the reactor.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
 
-from typing import Any, Callable, NamedTuple, final
+from typing import Any, Callable
 
 from twisted.logger import Logger
 
@@ -27,6 +29,9 @@ from edge.config import ForwardAuth
 from edge.http.framing import ResponseHead
 from edge.http.framing import ChunkedReader
 from edge.http.h1 import HOP_BY_HOP, connection_tokens, field_list
+from edge.http.password_checks import PasswordJob
+from edge.http.policy import AuthQuestion, PasswordCheck, Passed, Refusal
+from edge.http.upstream import Upstream
 
 log = Logger()
 
@@ -44,23 +49,6 @@ _RESPONSE_SKIP = HOP_BY_HOP | {b"content-length"}
 
 # Where the auth servers name the user they admitted (Authelia, oauth2-proxy, Authentik): for the access log.
 USER_FIELDS = (b"remote-user", b"x-auth-request-user", b"x-authentik-username")
-
-
-@final  # no subclasses: ``type(x) is Passed`` (cheaper than isinstance) narrows both ways
-class Passed(NamedTuple):
-    """The auth server admitted the request: the headers to add to it, and who it is (if it says)."""
-
-    add: tuple[tuple[bytes, bytes], ...]
-    user: str | None
-
-
-@final  # no subclasses: ``type(x) is Refusal`` (cheaper than isinstance) narrows both ways
-class Refusal(NamedTuple):
-    """The auth server's answer, to be sent to the client as it is."""
-
-    status: int
-    fields: list[tuple[bytes, bytes]]  # lower-case names, framing and hop-by-hop headers removed
-    body: bytes
 
 
 def auth_head(config: ForwardAuth, method: str, scheme: str, host: str, uri: str, client: str,
@@ -202,3 +190,16 @@ def relay_response(refusal: Refusal, close: bool, head_only: bool) -> bytes:
     if close:
         lines.append(b"connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head_only else refusal.body)
+
+
+def ask_auth(upstreams: dict[tuple[str, int], Upstream], reactor: Any, question: AuthQuestion | PasswordCheck,
+        done: Callable[[Passed | Refusal | None], None]) -> AuthCheck | PasswordJob:
+    """Carry out an :class:`edge.http.policy.Ask`'s ``question``: the forward_auth server asked over its pool
+    (``upstreams``, by host and port), or the password hashed off the reactor.  The answer goes to ``done``;
+    ``cancel()`` on the result stops it (the client left)."""
+    if type(question) is PasswordCheck:
+        return PasswordJob(reactor, question, done)
+    config = question.config
+    check = AuthCheck(upstreams[config.host, config.port], reactor, config, auth_head(*question), done)
+    check.start()
+    return check

@@ -55,6 +55,10 @@ class RequestHead:
         return tuple((name.decode("ascii"), value.decode("latin-1"))
                      for name, value in field_list(self.fields, self.lower))
 
+    def pairs(self) -> list[tuple[bytes, bytes]]:
+        """Every header as (lower-case name, value) bytes, in order."""
+        return field_list(self.fields, self.lower)
+
     def header(self, name: str) -> str | None:
         """The (first) value of ``name``; None if absent."""
         value = field_value(self.fields, self.lower, name.encode("ascii"))

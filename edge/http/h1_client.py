@@ -24,7 +24,7 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
-from edge.tcp.backends import Backend, ServerAttempt, ServerState, unavailable
+from edge.tcp.backends import Backend, ServerAttempt, ServerState, first_choice, unavailable
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.framing import ResponseHead, UntilClose, parse_response_head, response_reader
 
@@ -158,7 +158,26 @@ class Http1Pool:
 
         May call back before it returns (an idle connection was at hand).
         """
-        _Acquire(self, owner, fresh).start()  # the backend's failover loop; it skips servers at max_conn
+        first = first_choice(self.backend)
+        candidates, index = first
+        if not fresh and index < len(candidates):
+            state = candidates[index]
+            connection = self.idle_connection(state)
+            if connection is not None:  # the loop's first step served it: no loop to run
+                state.active += 1
+                owner.upstream_ready(connection)
+                return
+        _Acquire(self, owner, fresh, first).start()  # the backend's failover loop; it skips servers at max_conn
+
+    def idle_connection(self, state: ServerState) -> UpstreamConnection | None:
+        """A kept-alive connection to ``state`` that is still open, if there is one."""
+        idle = self.idle.get(state)
+        while idle:
+            connection = idle.pop()
+            if not connection.lost and connection.transport.connected:
+                connection.reused = True
+                return connection
+        return None
 
     def release(self, connection: UpstreamConnection, reusable: bool) -> None:
         """The request on ``connection`` is over: keep the connection for the next one, or close it."""
@@ -194,19 +213,16 @@ class _Acquire(ServerAttempt):
 
     __slots__ = ("pool", "owner", "fresh")
 
-    def __init__(self, pool: Http1Pool, owner: Owner, fresh: bool) -> None:
-        super().__init__(pool.backend)
+    def __init__(self, pool: Http1Pool, owner: Owner, fresh: bool, first: tuple[list[ServerState], int]) -> None:
+        super().__init__(pool.backend, first=first)
         self.pool, self.owner, self.fresh = pool, owner, fresh
 
     def serve(self, state: ServerState) -> bool:
-        idle = None if self.fresh else self.pool.idle.get(state)
-        while idle:
-            connection = idle.pop()
-            if not connection.lost and connection.transport.connected:
-                connection.reused = True
-                self.owner.upstream_ready(connection)
-                return True
-        return False
+        connection = None if self.fresh else self.pool.idle_connection(state)
+        if connection is None:
+            return False
+        self.owner.upstream_ready(connection)
+        return True
 
     def build(self, state: ServerState) -> UpstreamConnection:
         return UpstreamConnection(self.pool, state)

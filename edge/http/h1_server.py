@@ -32,6 +32,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edge.config import Route
 from edge.http.answers import DISCARD_LIMIT, REASON_TEXT, error_response, h1_message, own_answer
 from edge.ops.access_log import ConnectionInfo
 from edge.ops.outcomes import CLIENT_CLOSED, CLOSED, Outcome
@@ -41,12 +42,13 @@ from edge.http.h1_client import Discard, UpstreamConnection
 from edge.http.fields import (admitted_fields, block_fields, edit_fields, h2_request_fields, names_pattern,
                               sort_fields)
 from edge.http.forwarded import forwarded_block
-from edge.http.forward_auth import Passed, Refusal, auth_head, relay_response
+from edge.http.forward_auth import ask_auth, relay_response
 from edge.http.h1_to_h2 import H1Response, H2Relay
 from edge.http.exchange import Cut, Exchange, Reply, Retry
-from edge.http.policy import (Admitted, Answer, PasswordCheck, body_limit, decide, host_entry, is_websocket,
-                              one_authorization)
+from edge.http.policy import (Admission, Admitted, Answer, Ask, Forward, Passed, Refusal, body_limit,
+                              is_websocket)
 from edge.http.relay import log_exchange, warn
+from edge.http.snapshot import HttpSnapshot
 from edge.sniff import NEED_MORE, Malformed
 from edge.http.h1 import (
     HOP_BY_HOP, PROTECTED_FIELDS, BadRequest, RequestHead, connection_tokens, drop_fields, field_list,
@@ -123,7 +125,7 @@ class Http1Proxy(Protocol):
     backlog: Backlog | None = None  # set when connected, if the transport cannot count what it holds
     transport: tcp.Connection | TLSMemoryBIOProtocol  # the client's (plain, or TLS terminated here)
 
-    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str) -> None:
+    def __init__(self, runtime: HttpSnapshot, info: ConnectionInfo, scheme: str) -> None:
         self.runtime = runtime
         self.info = info
         self.scheme = scheme  # "https" when terminated here, "http" for http = "allow"
@@ -138,10 +140,9 @@ class Http1Proxy(Protocol):
         # the request in progress
         self.head: RequestHead | None = None
         self.ex = Exchange(b"-", "-", "-", "HTTP/1.1", 0.0)  # the request's exchange (its decisions, its log line)
-        # Keep-alive requests repeat their Host: its checks, route lookup and forwarding headers are kept.
-        self.last_host: bytes | None = None
-        self.last_host_value = self.last_host_name = ""
-        self.last_entry: Any = None
+        # The admission step (Host, route, access rules); it keeps the last Host: keep-alive requests repeat it.
+        self.admission = Admission(runtime.routes, runtime.guards, scheme, info.sni, info.client[0],
+                                   runtime.https_port, runtime.reactor.seconds)
         self.forwarded_host: bytes | None = None
         self.forwarded_tail = b""
         self.admitted: Admitted | None = None  # what a guarded route's access rules said
@@ -221,50 +222,50 @@ class Http1Proxy(Protocol):
         self.transform = self.body = self.upgrade = None
         self.close_after = not head.keep_alive
         raw_host = head.get(b"host")
-        if raw_host is None:
-            self._answer_and_close(400, "missing Host header")
-            return
-        if raw_host == self.last_host:  # keep-alive: the same Host as the last request, already checked
-            host_value, host, entry = self.last_host_value, self.last_host_name, self.last_entry
-        else:
-            host_value = raw_host.decode("latin-1")
-            try:
-                host, entry = host_entry(self.runtime.routes, host_value)
-            except BadRequest as e:
-                self._answer_and_close(e.status, str(e))
-                return
-            self.last_host, self.last_host_value, self.last_host_name, self.last_entry = \
-                raw_host, host_value, host, entry
-        ex.host = host_value
         path = head.path
-        runtime = self.runtime
-        route = decide(entry, host, host_value, path, self.scheme, self.info.sni, runtime.https_port)
-        if type(route) is Answer:
-            self._answer(route.status, route.text, close=head.has_body, location=route.location)
+        admission = self.admission
+        decision = admission.admit(raw_host, ex.method, path, head.pairs)
+        if raw_host is not None and raw_host == admission.last_host:
+            ex.host = admission.host
+        kind = type(decision)
+        if kind is Answer:
+            self._refuse(head, decision)
             return
-        ex.route = route
-        self.policy = response_policy(route, self.scheme, head.method.encode("latin-1"),
+        if kind is Ask:  # the auth server (or the password hashing) first
+            ask = decision
+            self._ready(ask.route)
+            self.admitted, ex.user = ask.admitted, ask.admitted.user
+            runtime = self.runtime
+            self.auth = ask_auth(runtime.auth_upstreams, runtime.reactor, ask.question,
+                                 lambda result: self._auth_answered(result, head, ask, raw_host, path))
+            return
+        if kind is Forward:
+            self._ready(decision.route)
+            self.admitted, ex.user = decision.admitted, decision.admitted.user
+            self._proceed(head, decision.route, raw_host, path)
+            return
+        self._ready(decision)
+        self._proceed(head, decision, raw_host, path)
+
+    def _ready(self, route: Route) -> None:
+        """The request is for ``route``: its response rules apply from here on (to edge's answers too)."""
+        self.ex.route = route
+        head = self.head
+        self.policy = response_policy(route, self.scheme, self.ex.method,
                                       field_values(head.fields, head.lower, b"accept-encoding")
                                       if route.compress else ())
-        if route.guarded:
-            verdict = runtime.guards[route.name].check(self.info.client[0], one_authorization(
-                                                           field_values(head.fields, head.lower, b"authorization")),
-                                                       runtime.reactor.seconds())
-            if type(verdict) is Answer:
-                self._answer(verdict.status, verdict.text, close=head.has_body, location=verdict.location,
-                             headers=verdict.headers)
-                return
-            self.admitted, ex.user = verdict, verdict.user
-            if verdict.ask is not None:
-                question = verdict.ask if type(verdict.ask) is PasswordCheck else auth_head(
-                    verdict.ask, head.method, self.scheme, host_value, path, self.info.client[0],
-                    field_list(head.fields, head.lower))
-                self.auth = runtime.ask_auth(
-                    route, question, lambda result: self._auth_answered(result, head, route, raw_host, path))
-                return
-        self._proceed(head, route, raw_host, path)
 
-    def _auth_answered(self, result: Passed | Refusal | None, head: RequestHead, route: Any, raw_host: bytes,
+    def _refuse(self, head: RequestHead, answer: Answer) -> None:
+        """Edge's own answer of the admission step: 404, 421, 308, an access rule's 401 / 403 / 429, or a 400."""
+        if answer.close:
+            self._answer_and_close(answer.status, answer.text)
+            return
+        if answer.route is not None:
+            self._ready(answer.route)
+        self._answer(answer.status, answer.text, close=head.has_body, location=answer.location,
+                     headers=answer.headers)
+
+    def _auth_answered(self, result: Passed | Refusal | None, head: RequestHead, ask: Ask, raw_host: bytes,
                        path: str) -> None:
         """The forward_auth server's word (or the password's, hashed off the reactor): go on with its headers,
         relay its answer, or 503 (fail closed)."""
@@ -272,14 +273,15 @@ class Http1Proxy(Protocol):
         if self.closed or self.head is not head:
             return
         ex = self.ex
-        if result is None:
+        decision = ask.answered(result)
+        if decision is None:
             reply = ex.auth_failed()
             ex.outcome = reply.outcome
             self._answer(reply.status, reply.text, close=head.has_body)
-        elif type(result) is Refusal:
+        elif type(decision) is Refusal:
             close = head.has_body or self.close_after
-            ex.status = result.status
-            message = relay_response(result, close, head.method == "HEAD")
+            ex.status = decision.status
+            message = relay_response(decision, close, head.method == "HEAD")
             ex.sent = len(message)
             self._write(message)
             ex.outcome = "answered"
@@ -289,9 +291,8 @@ class Http1Proxy(Protocol):
             else:
                 self._await_next()
         else:
-            assert self.admitted is not None  # what the route's rules said, set before the question was asked
-            self.admitted, ex.user = self.admitted._replace(add=result.add), result.user
-            self._proceed(head, route, raw_host, path)
+            self.admitted, ex.user = decision.admitted, decision.admitted.user
+            self._proceed(head, decision.route, raw_host, path)
 
     def _proceed(self, head: RequestHead, route: Any, raw_host: bytes, path: str) -> None:
         """The request may go on to ``route``'s backend: its body framing, its head for the backend, a connection."""
@@ -341,7 +342,7 @@ class Http1Proxy(Protocol):
         if admitted is not None and (admitted.drop or admitted.add):
             fields = admitted_fields(fields, admitted.drop, admitted.add)
         sorted_ = sort_fields(fields, tokens)  # Content-Length was checked by parse_request_head
-        method = head.method.encode("latin-1")
+        method = self.ex.method
         rules = None
         if edits_request(route):
             path, rules = forwarding(route, path)
@@ -380,7 +381,7 @@ class Http1Proxy(Protocol):
         route = self.ex.route
         if edits_request(route):
             path, rules = forwarding(route, path)
-        line = head.line if path is head.target else b"%s %s" % (head.method.encode("latin-1"),
+        line = head.line if path is head.target else b"%s %s" % (self.ex.method,
                                                                   path.encode("latin-1"))
         if not removed or (len(removed) == 1 and removed[0][0] == b"connection" and removed[0][1] in _PLAIN_CONNECTION):
             # The usual request: no forwarding headers of its own, so the ones we add depend on the Host only.
@@ -413,7 +414,7 @@ class Http1Proxy(Protocol):
             self.pool.release(connection, reusable=True)  # nothing was sent on it
             return
         self.upstream = connection
-        connection.start(self, self.head.method.encode("latin-1"), self.upgrade is not None)
+        connection.start(self, self.ex.method, self.upgrade is not None)
         out = [self.upstream_head]
         body = self.body
         if body is not None:
@@ -545,7 +546,7 @@ class Http1Proxy(Protocol):
     def upstream_response(self, connection: UpstreamConnection, head: ResponseHead, body: bytes, done: bool) -> None:
         self._cancel_response_timer()
         ex = self.ex
-        ex.connected(str(connection.state))
+        ex.connected(connection.state.name)
         self.info.server = ex.server
         reply = ex.response(head.status, time.monotonic(), self.runtime.config.error_pages)
         if reply is not None:
@@ -622,7 +623,7 @@ class Http1Proxy(Protocol):
             return
         runtime = self.runtime
         assert relay.connection is not None and self.head is not None  # a stream is open for this request
-        self.info.server = self.ex.server = str(relay.connection.state)
+        self.info.server = self.ex.server = relay.connection.state.name
         if self.body is None:
             self._arm(runtime.config.timeouts.response, "response")
             if self.paused and len(self.buffer) <= MAX_HEAD:

@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edge.config import Route
 from edge.ops.access_log import ConnectionInfo
 from edge.ops.outcomes import CLIENT_CLOSED, CLOSED, Outcome
 from edge.net.eager import write_now
@@ -59,10 +60,11 @@ from edge.http.h1_client import Discard, UpstreamConnection
 from edge.http.h2_client import H2BackendConnection
 from edge.http import h2_lean
 from edge.http.h2 import H2Codec
-from edge.http.forward_auth import Passed, Refusal, auth_head
 from edge.http.exchange import Cut, Exchange, Reply, Retry
-from edge.http.policy import Admitted, Answer, PasswordCheck, body_limit, decide, host_entry, one_authorization
+from edge.http.policy import Admission, Admitted, Answer, Ask, Forward, Refusal, body_limit
+from edge.http.forward_auth import ask_auth
 from edge.http.relay import log_exchange, warn
+from edge.http.snapshot import HttpSnapshot
 from edge.http.transform import BodyCoder, HeaderRules, ResponsePolicy, edits_request, forwarding, response_policy
 from edge.net import fastpath
 from edge.net.timers import coarse
@@ -82,7 +84,7 @@ class H2Server(Protocol):
 
     transport: TLSMemoryBIOProtocol | tcp.Connection  # the client's: TLS terminated here (or plain)
 
-    def __init__(self, runtime: Any, info: ConnectionInfo, scheme: str = "https") -> None:
+    def __init__(self, runtime: HttpSnapshot, info: ConnectionInfo, scheme: str = "https") -> None:
         self.runtime = runtime
         self.info = info
         self.scheme = scheme
@@ -101,9 +103,9 @@ class H2Server(Protocol):
         self.last_activity = time.monotonic()
         self.head_since: float | None = None  # bytes arrived that completed nothing yet (a header block trickling)
         self.timer: Any = None
-        self.last_host: bytes | None = None  # the :authority of the last request, and what it decided
-        self.last_entry: Any = None
-        self.last_name = ""
+        # The admission step (Host, route, access rules); it keeps the last :authority: requests repeat it.
+        self.admission = Admission(runtime.routes, runtime.guards, scheme, info.sni, info.client[0],
+                                   runtime.https_port, runtime.reactor.seconds)
         self.forwarded_for: bytes | None = None  # the :authority the forwarding headers below were made for
         self.forwarded = b""
 
@@ -255,37 +257,29 @@ class H2Server(Protocol):
         if not authority:
             self.answer(stream, event, 400, "missing :authority", started=started)
             return
-        host_value = authority.decode("latin-1")
-        try:
-            if authority == self.last_host:
-                name, entry = self.last_name, self.last_entry
-            else:
-                name, entry = host_entry(self.runtime.routes, host_value)
-                self.last_host, self.last_name, self.last_entry = authority, name, entry
-        except BadRequest as e:
-            self.answer(stream, event, e.status, str(e), started=started)
+        decision = self.admission.admit(authority, method, target.decode("latin-1"), lambda: event.fields)
+        kind = type(decision)
+        if kind is Answer:  # 404, 421, 308, a 400 for an invalid :authority, an access rule's 401 / 403 / 429
+            route = decision.route
+            self.answer(stream, event, decision.status, decision.text, decision.location, route=route,
+                        started=started, headers=decision.headers,
+                        policy=None if route is None else self._policy(route, event))
             return
-        path = target.decode("latin-1")
-        runtime = self.runtime
-        route = decide(entry, name, host_value, path, self.scheme, self.info.sni, runtime.https_port)
-        if type(route) is Answer:
-            self.answer(stream, event, route.status, route.text, route.location, started=started)
-            return
-        policy = response_policy(route, self.scheme, method, [value for name, value in event.fields
-                                                              if name == b"accept-encoding"] if route.compress else ())
-        admitted = None
-        if route.guarded:
-            authorization = one_authorization([value for name, value in event.fields if name == b"authorization"])
-            verdict = runtime.guards[route.name].check(self.info.client[0], authorization, runtime.reactor.seconds())
-            if type(verdict) is Answer:
-                self.answer(stream, event, verdict.status, verdict.text, verdict.location, route=route, started=started,
-                            headers=verdict.headers, policy=policy)
-                return
-            admitted = verdict
-        self._proceed(stream, event, authority, route, admitted, started, policy)
+        if kind is Forward or kind is Ask:
+            route, admitted = decision.route, decision.admitted
+        else:
+            route, admitted = decision, None
+        self._proceed(stream, event, authority, route, admitted, started, self._policy(route, event),
+                      decision if kind is Ask else None)
+
+    def _policy(self, route: Route, event: Request) -> ResponsePolicy | None:
+        """What ``route`` does to this request's responses (edge's answers too): header rules, HSTS, compression."""
+        return response_policy(route, self.scheme, event.method,
+                               [value for name, value in event.fields if name == b"accept-encoding"]
+                               if route.compress else ())
 
     def _proceed(self, stream: int, event: Request, authority: bytes, route: Any, admitted: Admitted | None,
-                 started: float, policy: ResponsePolicy | None) -> None:
+                 started: float, policy: ResponsePolicy | None, ask: Ask | None) -> None:
         """The request may go on to ``route``'s backend: its head for the backend, then an exchange."""
         runtime = self.runtime
         method, target, tunnel = event.method, event.target, event.protocol is not None
@@ -322,13 +316,11 @@ class H2Server(Protocol):
         ex.user = admitted.user if admitted is not None else None
         exchange = H2Exchange(self, stream, event, ex, head, chunked, tunnel, expect)
         exchange.policy = policy
-        if admitted is not None and admitted.ask is not None:  # the auth server first; the body waits in the exchange
-            question = admitted.ask if type(admitted.ask) is PasswordCheck else auth_head(
-                admitted.ask, method.decode("latin-1"), self.scheme, authority.decode("latin-1"),
-                target.decode("latin-1"), self.info.client[0], event.fields)
+        if ask is not None:  # the auth server (or the password hashing) first; the body waits in the exchange
             self.exchanges[stream] = exchange  # its body, end and reset are its own while the auth server thinks
             exchange.held = []
-            exchange.auth = runtime.ask_auth(route, question, lambda result: exchange.auth_answered(result, upstream))
+            exchange.auth = ask_auth(runtime.auth_upstreams, runtime.reactor, ask.question,
+                                     lambda result: exchange.auth_answered(ask.answered(result), upstream))
             return
         self.exchanges[stream] = exchange
         exchange.start(upstream)
@@ -584,7 +576,7 @@ class H2Exchange:
         if self.closed:
             return
         self.backend_conn = self.ack_conn = connection
-        self.ex.connected(str(connection.state))
+        self.ex.connected(connection.state.name)
         end = self.client_done and not self.out_pending and self.trailers_in is None
         assert not isinstance(self.head, bytes)  # an HTTP/2 backend's: fields
         self.backend_stream = connection.open_stream(self, self.head, end)
@@ -706,7 +698,7 @@ class H2Exchange:
             self.pool.release(connection, reusable=True)  # nothing was sent on it
             return
         self.upstream = connection
-        self.ex.connected(str(connection.state))
+        self.ex.connected(connection.state.name)
         connection.start(self, b"GET" if self.tunnel else self.event.method, self.tunnel)
         out = self.head
         assert isinstance(out, bytes)  # an HTTP/1.1 backend's head
@@ -957,7 +949,7 @@ class H2Exchange:
         self._release(False)
         self._end(outcome, 499)
 
-    def auth_answered(self, result: Passed | Refusal | None, upstream: Any) -> None:
+    def auth_answered(self, result: Forward | Refusal | None, upstream: Any) -> None:
         """The forward_auth server's word: go on with its headers, relay its answer, or 503 (fail closed)."""
         self.auth = None
         held, self.held = self.held or [], None
@@ -975,12 +967,13 @@ class H2Exchange:
             ex.sent = self.server.relay(self.stream, self.event, result, self)
             self._end("answered", result.status)
         else:
-            if result.add:
+            add = result.admitted.add
+            if add:
                 if isinstance(self.head, bytes):  # an HTTP/1.1 backend's head: before its blank line
-                    self.head = self.head[:-4] + b"".join(b"\r\n%s: %s" % field for field in result.add) + b"\r\n\r\n"
+                    self.head = self.head[:-4] + b"".join(b"\r\n%s: %s" % field for field in add) + b"\r\n\r\n"
                 else:
-                    self.head = self.head + list(result.add)
-            ex.user = result.user
+                    self.head = self.head + list(add)
+            ex.user = result.admitted.user
             self.start(upstream)
             for data, size in held:  # what the client sent meanwhile, in order
                 if size < 0:

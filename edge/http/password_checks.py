@@ -15,8 +15,7 @@ from typing import Any, Callable
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from edge.http.forward_auth import Passed, Refusal
-from edge.http.policy import Answer, PasswordCheck
+from edge.http.policy import Answer, PasswordCheck, Passed, Refusal
 
 THREADS = 2  # hashing threads: the other core keeps serving
 MAX_WAITING = 64  # checks queued or running; more is a flood, answered 503 without hashing

@@ -1,13 +1,19 @@
 # -*- test-case-name: tests.unit.http.test_policy, tests.unit.config.test_access, tests.e2e.test_http_proxy -*-
-"""What to do with a request: the one routing decision for HTTP/1.1, HTTP/2 and port 80.
+"""What to do with a request: the one admission step for HTTP/1.1, HTTP/2 and port 80.
 
-Given the Host (or ``:authority``), the path and how the request arrived,
-:func:`decide` returns the route to forward it to, or the :class:`Answer`
-edge gives itself (404 no route, 421 Host against SNI, 308 to HTTPS or 404
-for ``http = "redirect"|"deny"`` on plain HTTP).  :func:`body_limit` and
-:func:`is_websocket` decide the rest: ``max_body`` and whether a request
-asks for a WebSocket tunnel.  A guarded route's access rules (allow/deny,
-rate_limit, basic_auth, forward_auth) are the next step, :class:`Guard`.
+:class:`Admission` is asked once per request by both servers: the Host (or
+``:authority``) looked up (:func:`host_entry`), the routing decision
+(:func:`decide`: the route, or edge's own 404, 421 Host against SNI, 308 to
+HTTPS or 404 for ``http = "redirect"|"deny"`` on plain HTTP), the route's
+access rules (:class:`Guard`: allow/deny, rate_limit, basic_auth) and the
+forward_auth question.  It answers with one decision the server carries
+out: a :class:`Route` (forward it as it is), :class:`Forward` (forward it,
+changed as the access rules say), :class:`Ask` (ask the auth server, or
+have a password hashed, first; :meth:`Ask.answered` reads the answer) or an
+:class:`Answer`.  Port 80's redirector asks :func:`port80`: a
+:class:`HandOver` of the connection, or an :class:`Answer`.
+:func:`body_limit` and :func:`is_websocket` decide the rest: ``max_body``
+and whether a request asks for a WebSocket tunnel.
 No sockets, no Twisted: plain values in, plain values out.
 """
 
@@ -16,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import NamedTuple, final
+from typing import Callable, Mapping, NamedTuple, Sequence, final
 
 from edge.config.access import Limiter, Rate, Users, limit_key
 from edge.config import ForwardAuth, Route
@@ -33,6 +39,8 @@ class Answer(NamedTuple):
     text: str
     location: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # more response headers (WWW-Authenticate, Retry-After)
+    route: Route | None = None  # the route refused it (access rules): its response rules apply, the log names it
+    close: bool = False  # the request was malformed (an invalid Host): an HTTP/1.1 connection cannot go on
 
 
 # Requests sent again on a fresh backend connection when the first one failed before any answer (RFC 9110 9.2.2).
@@ -40,6 +48,7 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 NO_ROUTE = Answer(404, REASON_TEXT[404])
 MISDIRECTED = Answer(421, REASON_TEXT[421])
 NO_PLAIN_HTTP = Answer(404, REASON_TEXT[404])
+MISSING_HOST = Answer(400, "missing Host header", close=True)
 
 
 def https_location(host: str, path: str, port: int) -> str:
@@ -215,3 +224,147 @@ class PasswordCheck(NamedTuple):
     key: str  # the client, as limits count it
     user: str
     password: bytes
+
+
+@final  # no subclasses: ``type(x) is Passed`` (cheaper than isinstance) narrows both ways
+class Passed(NamedTuple):
+    """The auth server (or the password check) admitted the request: the headers to add to it, and who it is."""
+
+    add: tuple[tuple[bytes, bytes], ...]
+    user: str | None
+
+
+@final  # no subclasses: ``type(x) is Refusal`` (cheaper than isinstance) narrows both ways
+class Refusal(NamedTuple):
+    """The auth server's answer (or a password check's 401 / 429), to be sent to the client as it is."""
+
+    status: int
+    fields: list[tuple[bytes, bytes]]  # lower-case names, framing and hop-by-hop headers removed
+    body: bytes
+
+
+class Forward(NamedTuple):
+    """The request passed ``route``'s access rules and goes on, changed as ``admitted`` says.  (A request for a
+    route without access rules is forwarded as it is: the decision is the :class:`Route` itself.)"""
+
+    route: Route
+    admitted: Admitted
+
+
+class AuthQuestion(NamedTuple):
+    """What the forward_auth server is asked about a request (:func:`edge.http.forward_auth.auth_head`'s
+    arguments): the request as the client sent it, before strip_prefix or header rules."""
+
+    config: ForwardAuth
+    method: str
+    scheme: str
+    host: str  # the Host (:authority) as sent
+    uri: str  # the path and query as sent
+    client: str
+    fields: Sequence[tuple[bytes, bytes]]  # the request's headers, lower-case names
+
+
+class Ask(NamedTuple):
+    """Before the request goes on, the server asks: the forward_auth server (an :class:`AuthQuestion`) or a
+    password hashed off the reactor (a :class:`PasswordCheck`); :meth:`answered` reads the answer."""
+
+    route: Route
+    admitted: Admitted
+    question: AuthQuestion | PasswordCheck
+
+    def answered(self, result: Passed | Refusal | None) -> Forward | Refusal | None:
+        """The request goes on (with the auth server's ``copy_headers``, as the user it names), or the
+        auth server's (the password check's) answer goes to the client, or None: no answer, 503 (fail closed)."""
+        if result is None or type(result) is Refusal:
+            return result
+        return Forward(self.route, self.admitted._replace(user=result.user, add=result.add, ask=None))
+
+
+class Admission:
+    """The one admission step of a client connection's requests, for HTTP/1.1 and HTTP/2 alike.
+
+    ``routes`` and ``guards`` (a :class:`Guard` per guarded route's name) are the config snapshot's the
+    connection started with; ``scheme`` is how it arrived ("https" terminated here, "http" plain), ``sni``
+    its TLS server name, ``client`` its address, ``clock`` the time for rate limits.  The Host of the last
+    request and what it resolved to are kept: keep-alive requests repeat it.
+    """
+
+    __slots__ = ("routes", "guards", "scheme", "sni", "client", "https_port", "clock", "last_host", "host",
+                 "name", "entry")
+
+    def __init__(self, routes: RouteTable, guards: Mapping[str, Guard], scheme: str, sni: str | None,
+                 client: str, https_port: int, clock: Callable[[], float]) -> None:
+        self.routes, self.guards, self.scheme, self.sni = routes, guards, scheme, sni
+        self.client, self.https_port, self.clock = client, https_port, clock
+        self.last_host: bytes | None = None
+        self.host = "-"  # the Host (:authority) of the request last admitted, as text: for its log line
+        self.name = ""  # its name, lower case, no port
+        self.entry: HostEntry | None = None  # its routes
+
+    def admit(self, host: bytes | None, method: bytes, path: str,
+              fields: Callable[[], Sequence[tuple[bytes, bytes]]]) -> Route | Forward | Ask | Answer:
+        """What to do with a request for ``host`` (the Host header or ``:authority`` as sent; None: none)
+        and ``path`` (the target's path and query).  ``fields()`` gives its headers (lower-case names); it is
+        called only for a guarded route (the Authorization header, the forward_auth question)."""
+        if not host:
+            return MISSING_HOST
+        if host != self.last_host:
+            value = host.decode("latin-1")
+            try:
+                self.name, self.entry = host_entry(self.routes, value)
+            except BadRequest as e:
+                self.last_host = None
+                return Answer(e.status, str(e), close=True)
+            self.last_host, self.host = host, value
+        route = decide(self.entry, self.name, self.host, path, self.scheme, self.sni, self.https_port)
+        if type(route) is Answer or not route.guarded:
+            return route
+        headers = fields()
+        authorization = one_authorization([value for name, value in headers if name == b"authorization"])
+        verdict = self.guards[route.name].check(self.client, authorization, self.clock())
+        if type(verdict) is Answer:
+            return verdict._replace(route=route)
+        ask = verdict.ask
+        if ask is None:
+            return Forward(route, verdict)
+        if type(ask) is PasswordCheck:
+            return Ask(route, verdict, ask)
+        return Ask(route, verdict, AuthQuestion(ask, method.decode("latin-1"), self.scheme, self.host, path,
+                                                self.client, headers))
+
+
+ACME_PREFIX = "/.well-known/acme-challenge/"
+
+
+class HandOver(NamedTuple):
+    """Port 80's connection leaves the redirector: to the plain-HTTP proxy (``backend`` None, ``http =
+    "allow"``), or whole to a TCP forwarder for ``backend`` (``http = "forward"``, once past the route's
+    allow/deny and conn_limit: ``gated``; or an ACME challenge for the route's ``acme_backend``)."""
+
+    route: Route
+    backend: str | None = None
+    gated: bool = False
+
+
+def port80(entry: HostEntry | None, host_value: str, path: str, https_port: int, door: bool) -> HandOver | Answer:
+    """Plain HTTP's decision for a request (ACME challenges edge answers itself were answered before): a
+    hand-over of the connection, or edge's answer (308 to HTTPS, or 404 for ``http = "deny"``).  The route
+    whose plain-HTTP settings apply is the path's, or the host's shortest prefix when no path matches (its
+    ACME and ``http`` settings).  ``door``: it arrived on port 80 (plain HTTP on 443 is only redirected)."""
+    route = entry.match(path.split("?", 1)[0]) if entry is not None else None
+    if route is None and entry is not None:
+        route = entry.routes[-1]
+    if route is not None:
+        if door and route.http == "allow":
+            return HandOver(route)
+        if door and route.http == "forward":
+            return HandOver(route, route.http_backend, True)
+        if route.acme_backend and path.startswith(ACME_PREFIX):
+            return HandOver(route, route.acme_backend)
+        if route.http == "deny":
+            return NOT_ON_PLAIN_HTTP._replace(route=route)
+    location = https_location(host_value, path, https_port)
+    return Answer(308, f"Redirecting to {location}", location, route=route)
+
+
+NOT_ON_PLAIN_HTTP = Answer(404, "no plain HTTP for this host")

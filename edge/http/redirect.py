@@ -2,10 +2,14 @@
 """Port 80 (and plain HTTP arriving on 443): redirect to HTTPS.
 
 Every request gets a 308 to ``https://`` on the same host and path, except
-ACME HTTP-01 challenge paths for hosts whose route names an
-``acme_backend``: that connection is handed, bytes and all, to a TCP
-forwarder for the cluster's own ACME client (cert-manager).  Keep-alive is
-honoured for bodiless requests, up to a bounded number per connection.
+what :func:`edge.http.policy.port80` decides otherwise: ACME HTTP-01
+challenge paths for hosts whose route names an ``acme_backend`` (that
+connection is handed, bytes and all, to a TCP forwarder for the cluster's
+own ACME client, cert-manager), ``http = "forward"`` (the same, to the
+route's ``http_backend``), ``http = "allow"`` (edge's plain-HTTP proxy) and
+``http = "deny"`` (404).  Challenges edge answers itself come first.
+Keep-alive is honoured for bodiless requests, up to a bounded number per
+connection.
 """
 
 from __future__ import annotations
@@ -19,33 +23,37 @@ from twisted.python.failure import Failure
 
 from edge.acme.responders import ChallengeResponders
 from edge.config import Config
+from edge.config.access import Gates
 from edge.http.answers import error_response, plain_response
 from edge.config.routes import RouteTable
 from edge.ops.access_log import ConnectionInfo, log_request
 from edge.ops.outcomes import CLIENT_CLOSED, Ending, Outcome
 from edge.sniff import NEED_MORE
 from edge.http.h1 import BadRequest, RequestHead, parse_request_head
-from edge.http.policy import https_location
+from edge.http.policy import ACME_PREFIX, HandOver, port80
 
 
 
-class RedirectRuntime(TypingProtocol):
-    """What the redirector needs of the live configuration (``edge.app.runtime.Runtime`` has it): the
-    contract, so this module does not import the runtime that builds it."""
+class RedirectSnapshot(TypingProtocol):
+    """What the redirector reads of its connection's config snapshot (``edge.app.runtime.Runtime`` is one):
+    data only, so this module needs nothing of the app layer."""
 
     reactor: Any
     config: Config
     acme_responders: ChallengeResponders
     routes: RouteTable
     https_port: int
+    gates: Gates
+
+
+class HandOvers(TypingProtocol):
+    """The hand-overs port 80 makes (``edge.app.handlers.Handlers`` builds them, for the same snapshot)."""
 
     def forward(self, backend: str, info: ConnectionInfo) -> Protocol: ...
 
     def plain_http(self, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]) -> Protocol: ...
 
-    def refused(self, gate: str, client: str) -> Ending | None: ...
 
-ACME_PREFIX = "/.well-known/acme-challenge/"
 MAX_HEAD = 65536
 MAX_REQUESTS = 100
 
@@ -53,10 +61,10 @@ MAX_REQUESTS = 100
 class Redirector(Protocol):
     transport: tcp.Connection  # the client's, handed over by the dispatcher
 
-    def __init__(
-        self, runtime: RedirectRuntime, info: ConnectionInfo, hand_over: Callable[[Protocol, bytes], None]
-    ) -> None:
+    def __init__(self, runtime: RedirectSnapshot, handlers: HandOvers, info: ConnectionInfo,
+                 hand_over: Callable[[Protocol, bytes], None]) -> None:
         self.runtime = runtime
+        self.handlers = handlers
         self.info = info
         self.hand_over = hand_over
         self.buffer = b""
@@ -118,40 +126,31 @@ class Redirector(Protocol):
                 sent = self._respond(200, answer, None, not head.keep_alive, head)
                 self._log(head, host, 200, sent)
                 return False
-        entry = self.runtime.routes.lookup(host)
-        route = entry.match(head.path.split("?", 1)[0]) if entry is not None else None
-        if route is None and entry is not None:
-            route = entry.routes[-1]  # shortest prefix: the host's ACME and plain-HTTP settings
+        decision = port80(self.runtime.routes.lookup(host), head.header("host") or "", head.path,
+                          self.runtime.https_port, self.info.listener == "http")
+        route = decision.route
         if route is not None:
             self.info.route = route.name
-        if route is not None and route.http == "allow" and self.info.listener == "http":
-            self._cancel_timer()
-            self.info.bytes_in -= len(self.buffer)  # counted again by the proxy it is handed to
-            self.hand_over(self.runtime.plain_http(self.info, self.hand_over), self.buffer)
-            return True
-        # http = "forward" (the config sets http_backend with it, and only with it)
-        if route is not None and route.http_backend is not None and self.info.listener == "http":
-            why = self.runtime.refused(f"route:{route.name}", self.info.client[0])
+        if type(decision) is HandOver:
+            if decision.backend is None:  # http = "allow": edge's plain-HTTP proxy takes the connection
+                self._cancel_timer()
+                self.info.bytes_in -= len(self.buffer)  # counted again by the proxy it is handed to
+                self.hand_over(self.handlers.plain_http(self.info, self.hand_over), self.buffer)
+                return True
+            why = self.runtime.gates.refused(f"route:{route.name}", self.info.client[0],
+                                             self.runtime.reactor.seconds()) if decision.gated else None
             if why is not None:  # the route's allow/deny and conn_limit hold on port 80 too
-                self.info.ended = why
+                self.info.ended = Outcome.REFUSED.because(why)
                 sent = self._respond(403, "access denied\n", None, True, head)
                 self._log(head, host, 403, sent)
                 return True
-            self._forward(route.http_backend, head, host)
-            return True
-        if route is not None and route.acme_backend and head.path.startswith(ACME_PREFIX):
-            self._forward(route.acme_backend, head, host)
+            self._forward(decision.backend, head, host)
             return True
         self.buffer = self.buffer[head.length :]
         self.served += 1
         close = head.has_body or not head.keep_alive or self.served >= MAX_REQUESTS
-        if route is not None and route.http == "deny":
-            sent = self._respond(404, "no plain HTTP for this host\n", None, close, head)
-            self._log(head, host, 404, sent)
-        else:
-            location = self._location(head)
-            sent = self._respond(308, f"Redirecting to {location}\n", location, close, head)
-            self._log(head, host, 308, sent)
+        sent = self._respond(decision.status, f"{decision.text}\n", decision.location, close, head)
+        self._log(head, host, decision.status, sent)
         if not close:
             self._arm()
         return False
@@ -172,9 +171,6 @@ class Redirector(Protocol):
 
         lookup.addCallback(answered)
         return True
-
-    def _location(self, head: RequestHead) -> str:
-        return https_location(head.header("host") or "", head.path, self.runtime.https_port)
 
     def _respond(
         self, status: int, body: str, location: str | None, close: bool, head: RequestHead | None = None
@@ -197,7 +193,7 @@ class Redirector(Protocol):
         self.info.bytes_in -= len(self.buffer)  # counted again by the forwarder it is handed to
         log_request(self.info, head.method, host, head.path, 0, 0, self.info.route, backend, None, None, 0.0,
                     "HTTP/1.1", "forwarded", count=False)
-        self.hand_over(self.runtime.forward(backend, self.info), self.buffer)
+        self.hand_over(self.handlers.forward(backend, self.info), self.buffer)
 
     def _log(self, head: RequestHead, host: str, status: int, sent: int) -> None:
         log_request(self.info, head.method, host, head.path, status, sent, self.info.route, None, None, None,

@@ -35,11 +35,12 @@ class BackendUnavailable(Exception):
 class ServerState:
     """Live counters for one server; kept across connections."""
 
-    __slots__ = ("server", "active", "fails", "down_until", "endpoint",
+    __slots__ = ("server", "name", "active", "fails", "down_until", "endpoint",
                  "checked_up", "check_fails", "check_passes", "checking", "last_check_error")
 
     def __init__(self, server: Server, reactor: Any, connect_timeout: float) -> None:
         self.server = server
+        self.name = str(server)  # in every request's log line and metrics
         self.active = 0
         self.fails = 0  # passive health: failed connects in a row
         self.down_until = 0.0
@@ -51,7 +52,7 @@ class ServerState:
         self.endpoint = _endpoint(reactor, server.host, server.port, connect_timeout)
 
     def __str__(self) -> str:
-        return str(self.server)
+        return self.name
 
 
 def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
@@ -135,6 +136,15 @@ def next_server(candidates: list[ServerState], index: int, max_conn: int | None)
     return index
 
 
+def first_choice(backend: Backend) -> tuple[list[ServerState], int]:
+    """The failover loop's first step: the servers in the order this request tries them, and the index of
+    the first with room (``len`` of them when none has).  A pool whose connection to that server is at hand
+    serves the request without the loop (no :class:`ServerAttempt` per keep-alive request); otherwise the
+    loop goes on from there (``ServerAttempt(..., first=...)``)."""
+    candidates = backend.ordered()
+    return candidates, next_server(candidates, 0, backend.config.max_conn)
+
+
 class ServerAttempt:
     """The one failover loop: a backend's servers tried in turn until one serves or accepts a connection.
 
@@ -154,11 +164,14 @@ class ServerAttempt:
 
     __slots__ = ("backend", "candidates", "index", "tried", "state", "attempt", "serial", "finished", "hold")
 
-    def __init__(self, backend: Backend, hold: bool = True) -> None:
+    def __init__(self, backend: Backend, hold: bool = True,
+                 first: tuple[list[ServerState], int] | None = None) -> None:
         self.backend = backend
         self.hold = hold
-        self.candidates = backend.ordered()
-        self.index = self.tried = self.serial = 0
+        # ``first``: :func:`first_choice` already taken by a pool that had nothing at hand there
+        self.candidates, self.index = first if first is not None else (backend.ordered(), 0)
+        self.tried = self.serial = 0
+        self.state: ServerState | None = None
         self.attempt: Any = None
         self.finished = False
 

@@ -291,3 +291,13 @@ def test_ssh_doors_and_listen_keys(tmp_path):
     assert config.ssh_addresses.permits("198.51.100.1") and not config.ssh_addresses.permits("192.0.2.1")
     assert config.ssh_conn_limit == Rate(10, 60.0, 10)
     assert config.doors[0].conn_limit == Rate(3, 3600.0, 5) and not config.doors[0].addresses.permits("::1")
+
+
+def test_gates_refuse_by_address_then_by_rate():
+    """The snapshot's TCP gates (passthrough routes, the SSH door, [[doors]]), as the dispatcher and port 80 ask them."""
+    gates = access.Gates({"ssh": (rule(allow=["192.0.2.0/24"]), Limiter(Rate(1, 60.0, 2))),
+                          "route:open": (rule(), None)})
+    assert gates.refused("ssh", "198.51.100.1", 0.0) == "address not allowed"
+    assert [gates.refused("ssh", "192.0.2.9", 0.0) for _ in range(3)] == [None, None, "too many connections"]
+    assert gates.refused("ssh", "192.0.2.9", 60.0) is None  # refilled
+    assert gates.refused("route:open", "203.0.113.5", 0.0) is None and gates.refused("door:none", "::1", 0.0) is None

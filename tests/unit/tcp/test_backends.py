@@ -8,7 +8,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from edge.tcp.backends import Backend, NoServerAvailable, BackendUnavailable, ServerAttempt, next_server, unavailable
+from edge.tcp.backends import (Backend, BackendUnavailable, NoServerAvailable, ServerAttempt, first_choice, next_server,
+                               unavailable)
 from edge.config import BackendConfig, Server
 
 
@@ -39,8 +40,9 @@ def backend(up: list[bool], max_conn: int | None = None) -> Backend:
 class Record(ServerAttempt):
     __slots__ = ("events", "idle")
 
-    def __init__(self, backend: Backend, idle: set[int] = frozenset(), hold: bool = True) -> None:
-        super().__init__(backend, hold)
+    def __init__(self, backend: Backend, idle: set[int] = frozenset(), hold: bool = True,
+                 first: tuple[list[Any], int] | None = None) -> None:
+        super().__init__(backend, hold, first)
         self.events: list[Any] = []
         self.idle = idle
 
@@ -83,6 +85,21 @@ def test_a_server_that_serves_from_what_it_has_opens_nothing():
     pool = backend([True, True])
     attempt = Record(pool, idle={8000}).start()
     assert attempt.events == [("idle", 8000)] and pool.servers[0].endpoint.connects == 0
+
+
+def test_the_first_choice_is_where_the_loop_goes_on():
+    """A pool takes the loop's first step itself (an idle connection there serves without a loop); when
+    nothing is at hand, the loop goes on from that server, and the rotation moved only once."""
+    pool = backend([True, True, True], max_conn=1)
+    pool.servers[0].active = 1
+    candidates, index = first_choice(pool)
+    assert [s.server.port for s in candidates] == [8000, 8001, 8002] and index == 1
+    attempt = Record(pool, first=(candidates, index)).start()
+    assert attempt.events == [("opened", 8001)] and pool._next == 1
+    pool.servers[1].active = pool.servers[2].active = 1
+    candidates, index = first_choice(pool)
+    assert index == len(candidates)  # none with room: the loop gives up without trying
+    assert Record(pool, first=(candidates, index)).start().events == [("gave up", None)]
 
 
 def test_every_server_refusing_gives_up_with_the_last_error_and_no_slot_held():
