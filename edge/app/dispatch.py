@@ -40,13 +40,21 @@ class DispatchSnapshot(TypingProtocol):
     """What the dispatcher reads of the config snapshot a connection starts with (``edge.app.runtime.Runtime``
     is one): data only."""
 
-    reactor: Any
-    config: Config
-    routes: RouteTable
-    doors: Mapping[str, Door]
-    door_routes: Mapping[str, RouteTable]
-    acme_responders: ChallengeResponders
-    gates: Gates
+    # Read-only (properties), so a snapshot's own dicts satisfy the Mappings.
+    @property
+    def reactor(self) -> Any: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def routes(self) -> RouteTable: ...
+    @property
+    def doors(self) -> Mapping[str, Door]: ...
+    @property
+    def door_routes(self) -> Mapping[str, RouteTable]: ...
+    @property
+    def acme_responders(self) -> ChallengeResponders: ...
+    @property
+    def gates(self) -> Gates: ...
 
 
 class DispatchHandlers(TypingProtocol):
@@ -228,7 +236,7 @@ class Dispatcher(Protocol):
             return
         route = entry.passthrough
         why = self._refused(f"route:{route.name}", info.client[0]) if route is not None else None
-        if why is not None:
+        if route is not None and why is not None:
             info.route, info.tls_mode = route.name, route.tls
             self._reject(why)
             return

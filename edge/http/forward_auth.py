@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.logger import Logger
 
@@ -52,7 +52,7 @@ USER_FIELDS = (b"remote-user", b"x-auth-request-user", b"x-authentik-username")
 
 
 def auth_head(config: ForwardAuth, method: str, scheme: str, host: str, uri: str, client: str,
-              fields: list[tuple[bytes, bytes]]) -> bytes:
+              fields: Sequence[tuple[bytes, bytes]]) -> bytes:
     """The GET to the auth server for a request (``fields``: its headers as lower-case (name, value) pairs)."""
     authority = f"[{config.host}]" if ":" in config.host else config.host
     if config.port != 80:

@@ -227,11 +227,11 @@ class Http1Proxy(Protocol):
         decision = admission.admit(raw_host, ex.method, path, head.pairs)
         if raw_host is not None and raw_host == admission.last_host:
             ex.host = admission.host
-        kind = type(decision)
-        if kind is Answer:
+        if type(decision) is Answer:
             self._refuse(head, decision)
             return
-        if kind is Ask:  # the auth server (or the password hashing) first
+        assert raw_host is not None  # a request without Host was answered 400 by the admission step
+        if type(decision) is Ask:  # the auth server (or the password hashing) first
             ask = decision
             self._ready(ask.route)
             self.admitted, ex.user = ask.admitted, ask.admitted.user
@@ -239,7 +239,7 @@ class Http1Proxy(Protocol):
             self.auth = ask_auth(runtime.auth_upstreams, runtime.reactor, ask.question,
                                  lambda result: self._auth_answered(result, head, ask, raw_host, path))
             return
-        if kind is Forward:
+        if type(decision) is Forward:
             self._ready(decision.route)
             self.admitted, ex.user = decision.admitted, decision.admitted.user
             self._proceed(head, decision.route, raw_host, path)
@@ -251,6 +251,7 @@ class Http1Proxy(Protocol):
         """The request is for ``route``: its response rules apply from here on (to edge's answers too)."""
         self.ex.route = route
         head = self.head
+        assert head is not None  # set by _start before the admission step
         self.policy = response_policy(route, self.scheme, self.ex.method,
                                       field_values(head.fields, head.lower, b"accept-encoding")
                                       if route.compress else ())

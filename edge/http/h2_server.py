@@ -258,19 +258,18 @@ class H2Server(Protocol):
             self.answer(stream, event, 400, "missing :authority", started=started)
             return
         decision = self.admission.admit(authority, method, target.decode("latin-1"), lambda: event.fields)
-        kind = type(decision)
-        if kind is Answer:  # 404, 421, 308, a 400 for an invalid :authority, an access rule's 401 / 403 / 429
+        if type(decision) is Answer:  # 404, 421, 308, a 400 for an invalid :authority, an access rule's 401 / 403 / 429
             route = decision.route
             self.answer(stream, event, decision.status, decision.text, decision.location, route=route,
                         started=started, headers=decision.headers,
                         policy=None if route is None else self._policy(route, event))
             return
-        if kind is Forward or kind is Ask:
+        ask = decision if type(decision) is Ask else None
+        if type(decision) is Forward or type(decision) is Ask:
             route, admitted = decision.route, decision.admitted
         else:
             route, admitted = decision, None
-        self._proceed(stream, event, authority, route, admitted, started, self._policy(route, event),
-                      decision if kind is Ask else None)
+        self._proceed(stream, event, authority, route, admitted, started, self._policy(route, event), ask)
 
     def _policy(self, route: Route, event: Request) -> ResponsePolicy | None:
         """What ``route`` does to this request's responses (edge's answers too): header rules, HSTS, compression."""

@@ -243,6 +243,7 @@ class Refusal(NamedTuple):
     body: bytes
 
 
+@final  # no subclasses: ``type(x) is Forward`` narrows both ways
 class Forward(NamedTuple):
     """The request passed ``route``'s access rules and goes on, changed as ``admitted`` says.  (A request for a
     route without access rules is forwarded as it is: the decision is the :class:`Route` itself.)"""
@@ -264,6 +265,7 @@ class AuthQuestion(NamedTuple):
     fields: Sequence[tuple[bytes, bytes]]  # the request's headers, lower-case names
 
 
+@final  # no subclasses: ``type(x) is Ask`` narrows both ways
 class Ask(NamedTuple):
     """Before the request goes on, the server asks: the forward_auth server (an :class:`AuthQuestion`) or a
     password hashed off the reactor (a :class:`PasswordCheck`); :meth:`answered` reads the answer."""
@@ -336,6 +338,7 @@ class Admission:
 ACME_PREFIX = "/.well-known/acme-challenge/"
 
 
+@final  # no subclasses: ``type(x) is HandOver`` narrows both ways
 class HandOver(NamedTuple):
     """Port 80's connection leaves the redirector: to the plain-HTTP proxy (``backend`` None, ``http =
     "allow"``), or whole to a TCP forwarder for ``backend`` (``http = "forward"``, once past the route's

@@ -27,7 +27,7 @@ from edge.config.access import Gates
 from edge.http.answers import error_response, plain_response
 from edge.config.routes import RouteTable
 from edge.ops.access_log import ConnectionInfo, log_request
-from edge.ops.outcomes import CLIENT_CLOSED, Ending, Outcome
+from edge.ops.outcomes import CLIENT_CLOSED, Outcome
 from edge.sniff import NEED_MORE
 from edge.http.h1 import BadRequest, RequestHead, parse_request_head
 from edge.http.policy import ACME_PREFIX, HandOver, port80
@@ -138,7 +138,7 @@ class Redirector(Protocol):
                 self.hand_over(self.handlers.plain_http(self.info, self.hand_over), self.buffer)
                 return True
             why = self.runtime.gates.refused(f"route:{route.name}", self.info.client[0],
-                                             self.runtime.reactor.seconds()) if decision.gated else None
+                                             self.runtime.reactor.seconds()) if decision.gated and route else None
             if why is not None:  # the route's allow/deny and conn_limit hold on port 80 too
                 self.info.ended = Outcome.REFUSED.because(why)
                 sent = self._respond(403, "access denied\n", None, True, head)

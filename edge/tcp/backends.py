@@ -171,7 +171,6 @@ class ServerAttempt:
         # ``first``: :func:`first_choice` already taken by a pool that had nothing at hand there
         self.candidates, self.index = first if first is not None else (backend.ordered(), 0)
         self.tried = self.serial = 0
-        self.state: ServerState | None = None
         self.attempt: Any = None
         self.finished = False
 
