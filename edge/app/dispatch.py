@@ -336,7 +336,7 @@ class Dispatcher(Protocol):
             self.info.finish(self.info.ended or CLIENT_CLOSED)
 
 
-class DispatchFactory(Factory[Dispatcher]):
+class DispatchFactory(Factory):  # not Factory[Dispatcher]: Twisted 23.10's Factory is not generic
     """Builds a :class:`Dispatcher` per connection for one front door."""
 
     noisy = False
@@ -347,7 +347,7 @@ class DispatchFactory(Factory[Dispatcher]):
         self.listener = listener
         self.connections = connections if connections is not None else set()
 
-    def buildProtocol(self, addr) -> Dispatcher:
+    def buildProtocol(self, addr) -> Dispatcher:  # type: ignore[override]  # (unsubscripted Factory, above)
         protocol = Dispatcher(self.handlers_source(), self.listener)
         protocol.factory = self
         return protocol

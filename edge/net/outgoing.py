@@ -208,7 +208,7 @@ def open_endpoint(endpoint: Any, build: Callable[[], P], on_open: Callable[[P], 
     return _Attempt(endpoint, build, on_open, on_fail)
 
 
-class _Attempt(Factory[Protocol], Generic[P]):
+class _Attempt(Factory, Generic[P]):  # not Factory[Protocol]: Twisted 23.10's Factory is not generic
     """A connect through another endpoint, reported like :class:`Connecting` (nothing after ``cancel``)."""
 
     noisy = False

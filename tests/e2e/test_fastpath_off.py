@@ -29,7 +29,7 @@ def off_environment() -> dict[str, str]:
 
 def test_the_switch_turns_every_fast_path_off():
     """What the suites below rely on: in their environment, no fast path of either module is on."""
-    check = ("import edge.net.fastpath as f, edge.tls.fast_tls, edge.transports\n"
+    check = ("import edge.net.fastpath as f, edge.tls.fast_tls, edge.net.transports\n"
              "on = [name for name, path in f.PATHS.items() if path.on or not path.switched_off]\n"
              "assert len(f.PATHS) >= 10 and not on, on\n")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,

@@ -25,7 +25,7 @@ from edge.http.events import Aborted, BodyEnd, Ended, Request
 from edge.http.h2 import BLOCK_SIZE, BLOCKS, H2Codec
 from edge.http.hpack_encoder import field
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PATHS = [b"/", b"/1k", b"/a/b?c=d", b"/" + b"x" * 300]
 EXTRA = [[], [(b"accept", b"*/*")], [(b"user-agent", b"h2load"), (b"accept-encoding", b"gzip")],
          [(b"te", b"gzip")]]  # the last is malformed: a 400 on its stream
