@@ -24,7 +24,7 @@ from edge.http.redirect import Redirector
 from edge.ops.access_log import ConnectionInfo
 from edge.sniff.proxy import build_v1, build_v2
 from edge.tcp.forward import TcpForward
-from edge.tls.terminate import AlpnSwitch, EdgeTLSProtocol
+from edge.tls.terminate import AlpnSwitch, EdgeTLSProtocol, ValidationAnswered
 
 
 def _v1(info: ConnectionInfo) -> bytes:
@@ -89,4 +89,5 @@ class Handlers:
     def acme_tls_handler(self, options: Any, info: ConnectionInfo) -> Protocol:
         """Answers a TLS-ALPN-01 validation with ``options`` (the RFC 8737 certificate), then nothing."""
         info.tls_mode = "acme-tls/1"
-        return TLSMemoryBIOProtocol(TLSMemoryBIOFactory(options, False, Factory.forProtocol(Protocol)), Protocol())
+        answered = ValidationAnswered(info, self.runtime.reactor, self.runtime.config.timeouts.inspect)
+        return TLSMemoryBIOProtocol(TLSMemoryBIOFactory(options, False, Factory.forProtocol(Protocol)), answered)

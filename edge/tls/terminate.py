@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_terminate -*-
+# -*- test-case-name: tests.e2e.test_terminate, tests.unit.tls.test_terminate -*-
 """TLS termination at the dispatcher's hand-over point.
 
 The dispatcher already has the ClientHello and its SNI; it picks the
@@ -126,3 +126,29 @@ class AlpnSwitch(Protocol):
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()
+
+
+class ValidationAnswered(Protocol):
+    """Inside a TLS-ALPN-01 validation's connection (RFC 8737): the handshake with the challenge certificate
+    is the whole answer, so nothing is read.  Its end is logged like any connection's, and a validator (or
+    anyone sending ``acme-tls/1``) that keeps it open is cut after ``timeout``."""
+
+    transport: TLSMemoryBIOProtocol  # the validation's TLS connection
+
+    def __init__(self, info: ConnectionInfo, reactor: Any, timeout: float) -> None:
+        self.info, self.reactor, self.timeout = info, reactor, timeout
+        self.timer: Any = None
+
+    def connectionMade(self) -> None:
+        self.timer = self.reactor.callLater(self.timeout, self._too_long)
+
+    def _too_long(self) -> None:
+        self.timer = None
+        self.info.ended = Outcome.TIMEOUT.because("validation connection")
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.info.finish(self.info.ended or CLOSED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 import socket
 import ssl
 import stat
@@ -103,11 +104,17 @@ def test_http01_obtains_and_serves_certificates(start, tmp_path, ca, dns, origin
 def test_tls_alpn01_without_a_port_80_listener(start, tmp_path, ca, dns, origin):
     ports = {"https": free_port()}
     pebble = start(Pebble, tmp_path, ca, dns.dns_port, free_port(), ports["https"])
-    edge = start(Edge, tmp_path / "edge", acme_body(origin, pebble.directory, ca, "tls-alpn-01"), http=False, ports=ports)
+    edge = start(Edge, tmp_path / "edge", acme_body(origin, pebble.directory, ca, "tls-alpn-01"), http=False, ports=ports,
+                 log_format="json")
     for host in HOSTS:
         edge.wait_log(f"certificate for {host} obtained from ACME", timeout=60)
     result = fetch(edge.https_port, "b.example.test", pebble.root_pem(), tmp_path)
     assert result.returncode == 0, result.stderr
+    # The validations' own connections are logged like any other (they used to leave no line and no metric).
+    deadline = time.monotonic() + 10
+    while (validated := {ev["sni"] for ev in edge.events() if ev.get("tls_mode") == "acme-tls/1"}) != set(HOSTS):
+        assert time.monotonic() < deadline, edge.events()
+        time.sleep(0.05)
 
 
 def test_outage_backoff_recovery_and_live_swap(start, tmp_path, ca, dns, origin):
