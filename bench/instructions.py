@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,7 @@ class CallgrindEdge(Edge):
         return total
 
 
-def measure(name: str, tmp: Path, origin, cert: Path, key: Path, seconds: float) -> float:
+def measure(name: str, tmp: Path, origin, cert: Path, key: Path, seconds: float, keep: Path | None = None) -> float:
     mode, close, _ = SCENARIOS[name]
     edge = CallgrindEdge(tmp / name, mode, origin, cert, key)
     try:
@@ -70,12 +71,17 @@ def measure(name: str, tmp: Path, origin, cert: Path, key: Path, seconds: float)
         subprocess.run(["callgrind_control", "--instr=on", str(edge.pid)], capture_output=True, check=True)
         if name == "h2":
             served = h2load(url, seconds, 10)["rps"] * int(max(1, seconds))
-        else:
-            served = wrk(url, seconds, 8, close=close)["rps"] * int(max(1, seconds))
+        else:  # wrk's own count of completed requests, not rate x seconds (which drifts by a few %)
+            result = wrk(url, seconds, 8, close=close)
+            served = result["requests"] or result["rps"] * int(max(1, seconds))
         subprocess.run(["callgrind_control", "--instr=off", str(edge.pid)], capture_output=True, check=True)
     finally:
         edge.stop()  # callgrind writes its counts as edge exits
     time.sleep(0.5)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        for path in edge.tmp.glob("callgrind.out*"):
+            shutil.copy(path, keep / f"{name}.{path.name}")
     return edge.counted() / served
 
 
@@ -83,6 +89,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated: " + ", ".join(SCENARIOS))
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load under callgrind")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="a folder to copy callgrind's output files to (for callgrind_annotate)")
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(SCENARIOS)
     for tool in ("valgrind", "callgrind_control", "wrk", "nginx"):
@@ -95,7 +103,7 @@ def main() -> int:
         origin = Origin(tmp / "origin", cert, key, 1024 * 1024)
         try:
             for scenario in names:
-                per_unit = measure(scenario, tmp, origin, cert, key, args.duration)
+                per_unit = measure(scenario, tmp, origin, cert, key, args.duration, args.keep)
                 print(f"{scenario:12} {per_unit:>12,.0f} instructions per {SCENARIOS[scenario][2]}", flush=True)
         finally:
             origin.program.stop()

@@ -132,9 +132,11 @@ def wrk(url: str, seconds: float, connections: int, close: bool = False, cpu: in
     if not match:
         raise RuntimeError(f"wrk failed: {out}{result.stderr}")
     rps = float(match.group(1))
+    total = re.search(r"(\d+) requests in", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan")}
+    return {"rps": rps, "requests": int(total.group(1)) if total else 0,
+            "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan")}
 
 
 def h2load(url: str, seconds: float, connections: int, streams: int = 10, cpu: int | None = None) -> dict:

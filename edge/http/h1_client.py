@@ -62,6 +62,8 @@ class UpstreamConnection(Protocol):
         self.reused = False  # this request runs on a connection that served one before
         self.lost = False
         self.upgrade = False  # the request asked to switch protocols: a 101 is its answer, then raw bytes
+        # Its transport was a client's producer (a streamed response): the client may have paused it.
+        self.streamed = False
 
     def start(self, owner: Owner, method: bytes, upgrade: bool = False) -> None:
         self.owner = owner
@@ -186,7 +188,9 @@ class Http1Pool:
         if reusable and not self.closed and not connection.lost and connection.transport.connected:
             idle = self.idle.setdefault(connection.state, [])
             if len(idle) < MAX_IDLE_PER_SERVER:
-                connection.transport.resumeProducing()  # a slow client may have paused it near the end
+                if connection.streamed:  # a slow client may have paused it near the end
+                    connection.streamed = False
+                    connection.transport.resumeProducing()
                 idle.append(connection)
                 return
         if not connection.lost:

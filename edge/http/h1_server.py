@@ -565,7 +565,7 @@ class Http1Proxy(Protocol):
         elif not self.closed:
             if self.backlog is not None:
                 self._watch_backlog(False)
-            self.streaming = True
+            self.streaming = connection.streamed = True
             self.transport.registerProducer(connection.transport, True)
             # A client that stops reading pauses the backend, and a backend that stops sending leaves the
             # client waiting: either way nothing moves, and the idle timeout ends it.
@@ -935,7 +935,7 @@ class Http1Proxy(Protocol):
         self._arm(self.runtime.config.timeouts.idle, "idle")
         if self.backlog is not None:
             self._watch_backlog(False)
-        self.streaming = True
+        self.streaming = connection.streamed = True
         self.transport.registerProducer(connection.transport, True)
         self.producing = True
         connection.transport.registerProducer(self.transport, True)

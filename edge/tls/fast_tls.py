@@ -40,7 +40,6 @@ from typing import Any
 from OpenSSL import SSL
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.abstract import FileDescriptor
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
@@ -201,8 +200,8 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
                 except Error:
                     self._tlsShutdownFinished(Failure())
                 else:
-                    if not self._aborted:
-                        ProtocolWrapper.dataReceived(self, data)
+                    if not self._aborted:  # ProtocolWrapper.dataReceived, inline
+                        self.wrappedProtocol.dataReceived(data)
                     if connection is self._tlsConnection and not connection.pending() \
                             and held(connection, "_into_ssl") == 0:
                         break

@@ -96,3 +96,39 @@ def test_a_host_with_a_final_newline_is_invalid():
         with pytest.raises(BadRequest):
             split_host(value)
     assert split_host("A.Example:8443") == ("a.example", 8443)
+
+
+def _three_counts(fields: bytes) -> bool:
+    """The control-character check as it was first written: what check_fields's one pass must agree with."""
+    from edge.http.h1 import CONTROLS
+
+    return (len(fields.translate(None, CONTROLS)) == len(fields) and fields.count(b"\n") == fields.count(b"\r\n")
+            and fields.count(b"\r") == fields.count(b"\n"))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"\x00", b"\x7f", b"\t", b"a", b": ", b"\r\r\n", b"\n\r"]),
+                max_size=12))
+def test_the_one_pass_control_check_agrees_with_the_three_counts(pieces):
+    from edge.http.h1 import _BAD_FIELD_LINE, check_fields
+
+    fields = b"\r\nx-a:" + b"".join(pieces) + b"\r\nx-b: c"
+    try:
+        check_fields(fields)
+        refused = None
+    except Malformed as e:
+        refused = str(e)
+    if _BAD_FIELD_LINE.search(fields):  # the line check comes first
+        assert refused == "malformed header line"
+    else:
+        assert (refused is None) == _three_counts(fields)
+        assert refused in (None, "control character in a header line")
+
+
+@pytest.mark.parametrize("version, connection, keep", [
+    ("1.1", None, True), ("1.0", None, False), ("1.1", b"close", False), ("1.1", b"keep-alive", True),
+    ("1.0", b"keep-alive", True), ("1.0", b"Keep-Alive", True), ("1.0", b"close", False)])
+def test_keep_alive(version, connection, keep):
+    line = b"" if connection is None else b"Connection: " + connection + b"\r\n"
+    head = parse_request_head(b"GET / HTTP/%s\r\nHost: a\r\n%s\r\n" % (version.encode(), line))
+    assert head.keep_alive is keep
