@@ -26,6 +26,13 @@ code runs), and switched off by ``EDGE_FASTPATH=off`` or
 ``tls_queue``
     counts the application bytes queued behind a handshake (``_appSendBuffer``), for the pipelining
     bound and close watches; off, they count as unknown (0).
+``tls_direct``
+    with ``tls_io`` and ``tls_bio_size``: the steady state's ``SSL_read``, ``SSL_write``, ``BIO_read``,
+    ``BIO_write`` and ``SSL_pending`` called as pyOpenSSL's ``recv``, ``send``, ``bio_read``, ``bio_write``
+    and ``pending`` call them, with its own error checks (``Connection._raise_ssl_error``,
+    ``_handle_bio_errors``), minus a Python frame, an argument check and a buffer allocation each: about
+    half of the Python calls a kept-alive request made in pyOpenSSL.  Reads go into one buffer kept for
+    the reactor's thread, the only one that runs these protocols.
 
 The counts of bytes in and out go to ``self.info`` (an ``edge.connection.ConnectionInfo``): in, as they
 arrive; out, as the TLS records are written to the socket's transport (by ``_flushSendBIO`` with
@@ -87,6 +94,48 @@ TLS_CLOSE = decide("tls_close", lambda: takes(getattr(_TLS, "_shutdownTLS", None
                                               ("self",)))
 TLS_QUEUE = decide("tls_queue", lambda: _assigned_in_make_connection("_appSendBuffer"))
 
+def _probe_direct() -> list[str]:
+    from OpenSSL.SSL import _ffi, _lib  # tls_bio_size (required) found them
+
+    missing = [f"OpenSSL.SSL._lib.{n}" for n in ("SSL_read", "SSL_write", "SSL_pending", "BIO_read", "BIO_write")
+               if not callable(getattr(_lib, n, None))]
+    missing += has(_ffi, "buffer", "new")
+    missing += takes(getattr(SSL.Connection, "_raise_ssl_error", None), "OpenSSL.SSL.Connection._raise_ssl_error",
+                     ("self", "ssl", "result"))
+    missing += takes(getattr(SSL.Connection, "_handle_bio_errors", None),
+                     "OpenSSL.SSL.Connection._handle_bio_errors", ("self", "bio", "result"))
+    if missing:
+        return missing
+    # What the calls do, against pyOpenSSL's own methods: a client's first write starts its handshake
+    # (WantReadError, the ClientHello in its output BIO); a server takes the ClientHello through its input BIO
+    # and, having no certificate, fails on reading it, as it does through pyOpenSSL.
+    context = SSL.Context(SSL.TLS_METHOD)
+    outcomes = []
+    for direct in (True, False):
+        client = SSL.Connection(context, None)
+        client.set_connect_state()
+        server = SSL.Connection(context, None)
+        server.set_accept_state()
+        try:
+            _ssl_send(client, b"x") if direct else client.send(b"x")
+            sent: Any = "sent"
+        except Exception as e:
+            sent = type(e)
+        pending = _mem_data(client._from_ssl)
+        hello = _bio_read(client, pending) if direct else client.bio_read(pending)
+        taken = _bio_write(server, hello) if direct else server.bio_write(hello)
+        try:
+            _ssl_recv(server) if direct else server.recv(2**15)
+            read: Any = "read"
+        except Exception as e:
+            read = type(e)
+        outcomes.append((sent, len(hello) > 0, taken == len(hello), read,
+                         _pending(server._ssl) if direct else server.pending()))
+    if outcomes[0] != outcomes[1] or outcomes[0][:3] != (WantReadError, True, True):
+        return [f"OpenSSL.SSL direct calls (did {outcomes[0]}, pyOpenSSL {outcomes[1]})"]
+    return []
+
+
 if TLS_BIO_SIZE:
     from OpenSSL.SSL import _ffi, _lib
 
@@ -101,6 +150,53 @@ else:
     def held(connection: Any, bio_name: str) -> int:
         """Bytes waiting in a memory BIO: unknown (-1) without the ``tls_bio_size`` fast path."""
         return -1
+
+if TLS_BIO_SIZE:
+    _SSL_read: Any = _lib.SSL_read
+    _SSL_write: Any = _lib.SSL_write
+    _pending: Any = _lib.SSL_pending
+    _BIO_read: Any = _lib.BIO_read
+    _BIO_write: Any = _lib.BIO_write
+    _buffer: Any = _ffi.buffer
+    _READ = 2**15
+    _READ_BUFFER: Any = _ffi.new("char[]", _READ)  # the reactor thread's: filled and copied out in one call
+
+    def _mem_data(bio: Any) -> int:
+        return _MEM_DATA(bio, _NULL)
+
+    def _ssl_recv(connection: Any) -> bytes:
+        """``connection.recv(2**15)``."""
+        ssl = connection._ssl
+        result = _SSL_read(ssl, _READ_BUFFER, _READ)
+        connection._raise_ssl_error(ssl, result)
+        return _buffer(_READ_BUFFER, result)[:]
+
+    def _ssl_send(connection: Any, data: bytes) -> int:
+        """``connection.send(data)`` for bytes of at most 2 GiB."""
+        ssl = connection._ssl
+        result = _SSL_write(ssl, data, len(data))
+        connection._raise_ssl_error(ssl, result)
+        return result
+
+    def _bio_read(connection: Any, size: int) -> bytes:
+        """``connection.bio_read(size)``."""
+        if size > _READ:
+            return connection.bio_read(size)
+        bio = connection._from_ssl
+        result = _BIO_read(bio, _READ_BUFFER, size)
+        if result <= 0:
+            connection._handle_bio_errors(bio, result)
+        return _buffer(_READ_BUFFER, result)[:]
+
+    def _bio_write(connection: Any, data: bytes) -> int:
+        """``connection.bio_write(data)`` for bytes."""
+        bio = connection._into_ssl
+        result = _BIO_write(bio, data, len(data))
+        if result <= 0:
+            connection._handle_bio_errors(bio, result)
+        return result
+
+TLS_DIRECT = decide("tls_direct", _probe_direct, requires=("tls_io", "tls_bio_size"))
 
 
 class CountingTransport:
@@ -137,7 +233,10 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
         def dataReceived(self, data: bytes) -> None:
             self.info.bytes_in += len(data)
             if self._handshakeDone and not self._appSendBuffer:  # the steady state: Twisted's steps, inline
-                self._tlsConnection.bio_write(data)
+                if TLS_DIRECT:
+                    _bio_write(self._tlsConnection, data)
+                else:
+                    self._tlsConnection.bio_write(data)
                 self._flushReceiveBIO()
                 return
             super().dataReceived(data)
@@ -161,7 +260,10 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
             if self._handshakeDone and not self.disconnecting and not self._appSendBuffer \
                     and not self._lostTLSConnection and len(data) <= 16384 and type(data) is bytes and data:
                 try:
-                    self._tlsConnection.send(data)
+                    if TLS_DIRECT:
+                        _ssl_send(self._tlsConnection, data)
+                    else:
+                        self._tlsConnection.send(data)
                 except WantReadError:
                     self._bufferedWrite(data)
                     return
@@ -175,13 +277,19 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
         def _flushSendBIO(self) -> None:
             # As Twisted's, but the TLS records go out in this reactor turn (edge.net.eager), and are counted.
             connection = self._tlsConnection
-            pending = held(connection, "_from_ssl")
-            if pending == 0:
-                return
-            try:
-                data = connection.bio_read(pending if pending > 0 else 2**15)
-            except WantReadError:
-                return
+            if TLS_DIRECT:
+                pending = _MEM_DATA(connection._from_ssl, _NULL)
+                if pending == 0:
+                    return
+                data = _bio_read(connection, pending)  # a memory BIO that holds bytes gives them
+            else:
+                pending = held(connection, "_from_ssl")
+                if pending == 0:
+                    return
+                try:
+                    data = connection.bio_read(pending if pending > 0 else 2**15)
+                except WantReadError:
+                    return
             self.info.bytes_out += len(data)
             write_now(self.transport, data)
 
@@ -191,7 +299,7 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
             connection = self._tlsConnection
             while not self._lostTLSConnection:
                 try:
-                    data = connection.recv(2**15)
+                    data = _ssl_recv(connection) if TLS_DIRECT else connection.recv(2**15)
                 except WantReadError:
                     break
                 except ZeroReturnError:  # the client's close_notify
@@ -202,8 +310,12 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
                 else:
                     if not self._aborted:  # ProtocolWrapper.dataReceived, inline
                         self.wrappedProtocol.dataReceived(data)
-                    if connection is self._tlsConnection and not connection.pending() \
-                            and held(connection, "_into_ssl") == 0:
+                    if connection is not self._tlsConnection:
+                        continue
+                    if TLS_DIRECT:
+                        if not _pending(connection._ssl) and _MEM_DATA(connection._into_ssl, _NULL) == 0:
+                            break
+                    elif not connection.pending() and held(connection, "_into_ssl") == 0:
                         break
             self._flushSendBIO()
 

@@ -34,7 +34,7 @@ def test_every_fast_path_is_on_with_this_twisted_and_pyopenssl():
 
     assert {name: path.missing for name, path in fastpath.PATHS.items() if not path.on} == {}
     assert {"write_buffer", "quick_close", "eager_write", "splice", "accept", "connect", "linger", "epoll",
-            "systemd", "tls_io", "tls_bio_size", "tls_close", "tls_queue"} <= set(fastpath.PATHS)
+            "systemd", "tls_io", "tls_bio_size", "tls_close", "tls_queue", "tls_direct"} <= set(fastpath.PATHS)
 
 
 def _run(code: str, **environ: str) -> dict:
