@@ -281,7 +281,10 @@ class FastTLSProtocol(TLSMemoryBIOProtocol):
                 pending = _MEM_DATA(connection._from_ssl, _NULL)
                 if pending == 0:
                     return
-                data = _bio_read(connection, pending)  # a memory BIO that holds bytes gives them
+                try:
+                    data = _bio_read(connection, pending)
+                except WantReadError:  # as below; a memory BIO that holds bytes gives them
+                    return
             else:
                 pending = held(connection, "_from_ssl")
                 if pending == 0:

@@ -142,3 +142,60 @@ def test_an_epoll_reactor_without_its_private_state_is_left_as_it_is(monkeypatch
     fastpath.after_events(clock, lambda: called.append(1))
     clock.advance(0)
     assert called == [1]
+
+
+def test_tls_direct_calls_carry_a_session_as_pyopenssls_methods_do(tmp_path):
+    """A real handshake and records both ways, every step through tls_direct's calls on one side and pyOpenSSL's
+    methods on the other: the bytes and the errors agree (WantReadError while the peer's records are missing,
+    ZeroReturnError after its close_notify)."""
+    from OpenSSL import SSL
+
+    from edge.tls import fast_tls as f
+    from tests.support.certs import TestCA
+
+    assert f.TLS_DIRECT
+    cert, key, _ = TestCA(tmp_path / "ca").issue("localhost")
+    server_context = SSL.Context(SSL.TLS_METHOD)
+    server_context.use_certificate_file(str(cert))
+    server_context.use_privatekey_file(str(key))
+    server = SSL.Connection(server_context, None)
+    server.set_accept_state()
+    client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+    client.set_connect_state()
+
+    def shuttle(direct_from, direct_to, source, target):  # the records ``source`` wrote, into ``target``
+        size = f._mem_data(source._from_ssl)
+        if not size:
+            return 0
+        data = f._bio_read(source, size) if direct_from else source.bio_read(size)
+        assert len(data) == size
+        return f._bio_write(target, data) if direct_to else target.bio_write(data)
+
+    def read(connection, direct):
+        try:
+            return f._ssl_recv(connection) if direct else connection.recv(2**15)
+        except SSL.WantReadError:
+            return None
+
+    with pytest.raises(SSL.WantReadError):
+        f._ssl_send(client, b"hello")  # the handshake first
+    for _ in range(10):  # client (direct calls) <-> server (pyOpenSSL's methods) until both are through
+        shuttle(True, False, client, server)
+        assert read(server, False) is None
+        shuttle(False, True, server, client)
+        if read(client, True) is None and client.get_state_string() == b"SSL negotiation finished successfully":
+            break
+    f._ssl_send(client, b"hello")
+    shuttle(True, False, client, server)
+    assert read(server, False) == b"hello"
+    assert server.send(b"x" * 20000) == 16384  # one record at a time (partial writes)
+    server.send(b"x" * 3616)
+    shuttle(False, True, server, client)
+    got = b""
+    while (chunk := read(client, True)) is not None:  # two records
+        got += chunk
+    assert got == b"x" * 20000
+    server.shutdown()
+    shuttle(False, True, server, client)
+    with pytest.raises(SSL.ZeroReturnError):
+        f._ssl_recv(client)
