@@ -90,7 +90,7 @@ def edge_config(backends: Backends, users: Path) -> str:
                 routes=[route("h2.example.test", "web2", intercept_errors=True),
                         route("plain.example.test"),
                         route("down.example.test", "down"),
-                        route("closed.example.test", allow=["10.0.0.0/8"]),
+                        route("closed.example.test", allow=["192.0.2.0/24"]),
                         route("auth.example.test", basic_auth={"file": str(users), "realm": "Home lab"}),
                         route("rate.example.test", rate_limit={"requests": 1, "per": "1m", "burst": 1}),
                         route("plain-http.example.test", http="deny"),
